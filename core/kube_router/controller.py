@@ -1,0 +1,147 @@
+"""The base of every controller: a coalescing work queue and the loop that drives it.
+
+A controller names the kinds it reads (``kinds``). The core subscribes it to those kinds on
+the bus; each event marks keys dirty (``keys_for``), which is cheap and never blocks. The
+controller's own task waits until the informers of all its kinds have listed everything
+once (so nothing is pruned from an incomplete cache), runs one full sync, and from then on
+syncs the keys that became dirty, however many events marked them, plus a full sync every
+``resync_period`` seconds to repair drift.
+
+``sync`` computes the desired state of the given keys from the stores and applies the
+difference against the kernel. It recomputes; it never patches from event deltas.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Hashable, Iterable
+from typing import TYPE_CHECKING
+
+from kube_router.errors import TemporaryError
+
+if TYPE_CHECKING:
+    from kube_router.agent import Agent
+    from kube_router.bus import Event
+
+log = logging.getLogger(__name__)
+
+
+class WorkQueue:
+    """A set of dirty keys; adding a key already dirty costs nothing."""
+
+    def __init__(self) -> None:
+        self._dirty: set[Hashable] = set()
+        self._full = False
+        self._wakeup = asyncio.Event()
+
+    def add(self, key: Hashable) -> None:
+        self._dirty.add(key)
+        self._wakeup.set()
+
+    def add_all(self) -> None:
+        """Ask for a full sync."""
+        self._full = True
+        self._wakeup.set()
+
+    def __len__(self) -> int:
+        return len(self._dirty) + self._full
+
+    async def wait(self, timeout: float | None) -> None:
+        try:
+            await asyncio.wait_for(self._wakeup.wait(), timeout)
+        except TimeoutError:
+            self._full = True
+
+    def take(self) -> frozenset[Hashable] | None:
+        """Return the dirty keys and forget them; None means "everything"."""
+        self._wakeup.clear()
+        keys, full = frozenset(self._dirty), self._full
+        self._dirty.clear()
+        self._full = False
+        return None if full else keys
+
+
+class Controller:
+    """Subclass this; set ``name`` and ``kinds``; implement ``sync``."""
+
+    name: str = ""
+    kinds: tuple[str, ...] = ()
+    #: Seconds between full syncs; the plugin's ``--*-sync-period`` flag usually sets it.
+    resync_period: float = 300.0
+    #: Seconds before retrying keys whose sync raised an error.
+    retry_delay: float = 5.0
+
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+        self.queue = WorkQueue()
+        self.applied_resource_version = ""
+        self.last_sync: float | None = None  # wall-clock time of the last successful sync
+        self.last_error: str | None = None
+        self.synced = False  # the first full sync succeeded
+
+    # -- for subclasses ------------------------------------------------------------------
+
+    def keys_for(self, event: Event) -> Iterable[Hashable]:
+        """Map an event to the keys it makes dirty. The default is the object's own key."""
+        return (event.key,)
+
+    async def start(self) -> None:
+        """Called once, after the caches are complete and before the first full sync:
+        read the kernel state the controller owns."""
+
+    async def sync(self, keys: frozenset[Hashable] | None) -> None:
+        """Bring the kernel in line with the stores for ``keys`` (None: everything)."""
+        raise NotImplementedError
+
+    async def stop(self) -> None:
+        """Called once at shutdown. Leave kernel state as it is: the next start reconciles."""
+
+    # -- driven by the core ---------------------------------------------------------------
+
+    def on_event(self, event: Event) -> None:
+        for key in self.keys_for(event):
+            self.queue.add(key)
+
+    async def run(self) -> None:
+        await self.agent.wait_synced(self.kinds)
+        await self.start()
+        self.queue.add_all()
+        while True:
+            await self.queue.wait(None if not self.synced else self.resync_period)
+            # Events already published must have reached our queue before we take a
+            # snapshot of the informers' versions, or we would claim versions not applied.
+            await self.agent.bus_caught_up(self)
+            version = self.agent.resource_version(self.kinds)
+            keys = self.queue.take()
+            await self._sync_once(keys, version)
+
+    async def _sync_once(self, keys: frozenset[Hashable] | None, version: str) -> None:
+        started = time.monotonic()
+        try:
+            await self.sync(keys)
+        except Exception as exc:  # a controller must never die; it retries
+            delay = exc.delay if isinstance(exc, TemporaryError) else self.retry_delay
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            self.agent.metrics.sync_errors.labels(self.name).inc()
+            log.exception("sync failed controller=%s retry_in=%.1fs", self.name, delay)
+            asyncio.get_running_loop().call_later(delay, self._requeue, keys)
+            return
+        finally:
+            self.agent.metrics.sync_seconds.labels(self.name).observe(
+                time.monotonic() - started
+            )
+        self.last_error = None
+        self.last_sync = time.time()
+        if keys is None:
+            self.synced = True
+        if self.synced and not len(self.queue):
+            self.applied_resource_version = version
+
+    def _requeue(self, keys: frozenset[Hashable] | None) -> None:
+        if keys is None:
+            self.queue.add_all()
+        else:
+            for key in keys:
+                self.queue.add(key)

@@ -1,0 +1,334 @@
+"""Slim, immutable records of the API objects the controllers read.
+
+Watch payloads are decoded with orjson into plain dicts and then into these records, which
+hold only the fields some controller uses. The client's model classes are far too slow for
+tens of thousands of objects, and a record compares cheaply, so an update that changes
+nothing a controller reads (a status heartbeat, say) can be dropped before it costs a sync.
+
+Each ``decode_*`` takes the object as a dict and returns a record; it raises
+:class:`ValueError` (naming the field) on an object it cannot read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from dataclasses import field
+from types import MappingProxyType
+from typing import Any
+
+_EMPTY: Mapping[str, str] = MappingProxyType({})
+
+
+def _frozen_map(value: Any) -> Mapping[str, str]:
+    if not value:
+        return _EMPTY
+    return MappingProxyType({str(k): str(v) for k, v in value.items()})
+
+
+@dataclass(frozen=True, slots=True)
+class Meta:
+    namespace: str
+    name: str
+    uid: str
+    # Excluded from equality so an update that changes nothing else compares equal.
+    resource_version: str = field(compare=False)
+    labels: Mapping[str, str] = _EMPTY
+    annotations: Mapping[str, str] = _EMPTY
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}" if self.namespace else self.name
+
+
+def _meta(obj: Mapping[str, Any]) -> Meta:
+    md = obj.get("metadata") or {}
+    name = md.get("name")
+    if not name:
+        raise ValueError("metadata.name is missing")
+    return Meta(
+        namespace=md.get("namespace") or "",
+        name=name,
+        uid=md.get("uid") or "",
+        resource_version=md.get("resourceVersion") or "",
+        labels=_frozen_map(md.get("labels")),
+        annotations=_frozen_map(md.get("annotations")),
+    )
+
+
+# --- Service ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ServicePort:
+    name: str
+    protocol: str  # TCP, UDP or SCTP
+    port: int
+    target_port: int | str
+    node_port: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Service:
+    meta: Meta
+    type: str  # ClusterIP, NodePort, LoadBalancer, ExternalName
+    cluster_ips: tuple[str, ...]  # empty for headless ("None") and ExternalName
+    ports: tuple[ServicePort, ...]
+    selector: Mapping[str, str]
+    external_ips: tuple[str, ...]
+    load_balancer_ips: tuple[str, ...]  # status.loadBalancer.ingress[].ip, ipMode Proxy excluded
+    session_affinity: str  # None or ClientIP
+    affinity_timeout: int  # seconds; meaningful with ClientIP
+    external_traffic_policy: str  # Cluster or Local
+    internal_traffic_policy: str  # Cluster or Local
+    health_check_node_port: int | None
+    headless: bool
+
+    @property
+    def key(self) -> str:
+        return self.meta.key
+
+
+DEFAULT_AFFINITY_TIMEOUT = 10800
+
+
+def decode_service(obj: Mapping[str, Any]) -> Service:
+    meta = _meta(obj)
+    spec = obj.get("spec") or {}
+    stype = spec.get("type") or "ClusterIP"
+    cluster_ip = spec.get("clusterIP") or ""
+    ips = spec.get("clusterIPs") or ([cluster_ip] if cluster_ip else [])
+    headless = cluster_ip == "None"
+    if headless or stype == "ExternalName":
+        ips = []
+    ports = []
+    for i, p in enumerate(spec.get("ports") or ()):
+        try:
+            port = int(p["port"])
+        except (KeyError, TypeError, ValueError):
+            raise ValueError(f"spec.ports[{i}].port is missing or not a number") from None
+        node_port = p.get("nodePort")
+        ports.append(
+            ServicePort(
+                name=p.get("name") or "",
+                protocol=(p.get("protocol") or "TCP").upper(),
+                port=port,
+                target_port=p.get("targetPort") or port,
+                node_port=int(node_port) if node_port else None,
+            )
+        )
+    affinity = spec.get("sessionAffinity") or "None"
+    timeout = (
+        ((spec.get("sessionAffinityConfig") or {}).get("clientIP") or {}).get("timeoutSeconds")
+    )
+    ingress = ((obj.get("status") or {}).get("loadBalancer") or {}).get("ingress") or ()
+    hc_port = spec.get("healthCheckNodePort")
+    return Service(
+        meta=meta,
+        type=stype,
+        cluster_ips=tuple(ip for ip in ips if ip and ip != "None"),
+        ports=tuple(ports),
+        selector=_frozen_map(spec.get("selector")),
+        external_ips=tuple(spec.get("externalIPs") or ()),
+        load_balancer_ips=tuple(
+            i["ip"] for i in ingress if i.get("ip") and i.get("ipMode") != "Proxy"
+        ),
+        session_affinity=affinity,
+        affinity_timeout=int(timeout) if timeout else DEFAULT_AFFINITY_TIMEOUT,
+        external_traffic_policy=spec.get("externalTrafficPolicy") or "Cluster",
+        internal_traffic_policy=spec.get("internalTrafficPolicy") or "Cluster",
+        health_check_node_port=int(hc_port) if hc_port else None,
+        headless=headless,
+    )
+
+
+# --- EndpointSlice ---------------------------------------------------------------------
+
+SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointPort:
+    name: str
+    protocol: str
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    addresses: tuple[str, ...]
+    ready: bool
+    serving: bool
+    terminating: bool
+    node_name: str
+    pod_name: str  # targetRef name when it is a Pod, else ""
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointSlice:
+    meta: Meta
+    service_name: str  # from the kubernetes.io/service-name label; "" when absent
+    address_type: str  # IPv4, IPv6 or FQDN
+    endpoints: tuple[Endpoint, ...]
+    ports: tuple[EndpointPort, ...]
+
+    @property
+    def key(self) -> str:
+        return self.meta.key
+
+    @property
+    def service_key(self) -> str:
+        return f"{self.meta.namespace}/{self.service_name}" if self.service_name else ""
+
+
+def decode_endpointslice(obj: Mapping[str, Any]) -> EndpointSlice:
+    meta = _meta(obj)
+    endpoints = []
+    for ep in obj.get("endpoints") or ():
+        cond = ep.get("conditions") or {}
+        # API semantics: a nil ready means ready; serving defaults to ready.
+        ready = cond.get("ready") is not False
+        serving = cond.get("serving")
+        ref = ep.get("targetRef") or {}
+        endpoints.append(
+            Endpoint(
+                addresses=tuple(ep.get("addresses") or ()),
+                ready=ready,
+                serving=ready if serving is None else bool(serving),
+                terminating=bool(cond.get("terminating")),
+                node_name=ep.get("nodeName") or "",
+                pod_name=ref.get("name", "") if ref.get("kind") == "Pod" else "",
+            )
+        )
+    ports = tuple(
+        EndpointPort(
+            name=p.get("name") or "",
+            protocol=(p.get("protocol") or "TCP").upper(),
+            port=int(p["port"]),
+        )
+        for p in obj.get("ports") or ()
+        if p.get("port") is not None
+    )
+    return EndpointSlice(
+        meta=meta,
+        service_name=meta.labels.get(SERVICE_NAME_LABEL, ""),
+        address_type=obj.get("addressType") or "IPv4",
+        endpoints=tuple(endpoints),
+        ports=ports,
+    )
+
+
+# --- Pod -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerPort:
+    name: str
+    protocol: str
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class Pod:
+    meta: Meta
+    node_name: str
+    pod_ips: tuple[str, ...]
+    phase: str
+    host_network: bool
+    ports: tuple[ContainerPort, ...]
+    termination_grace_seconds: int
+
+    @property
+    def key(self) -> str:
+        return self.meta.key
+
+
+def decode_pod(obj: Mapping[str, Any]) -> Pod:
+    meta = _meta(obj)
+    spec = obj.get("spec") or {}
+    status = obj.get("status") or {}
+    ips = [p.get("ip") for p in status.get("podIPs") or ()] or [status.get("podIP")]
+    ports = tuple(
+        ContainerPort(
+            name=p.get("name") or "",
+            protocol=(p.get("protocol") or "TCP").upper(),
+            port=int(p["containerPort"]),
+        )
+        for c in spec.get("containers") or ()
+        for p in c.get("ports") or ()
+        if p.get("containerPort") is not None
+    )
+    grace = spec.get("terminationGracePeriodSeconds")
+    return Pod(
+        meta=meta,
+        node_name=spec.get("nodeName") or "",
+        pod_ips=tuple(ip for ip in ips if ip),
+        phase=status.get("phase") or "",
+        host_network=bool(spec.get("hostNetwork")),
+        ports=ports,
+        termination_grace_seconds=int(grace) if grace is not None else 30,
+    )
+
+
+# --- Node ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    meta: Meta
+    internal_ips: tuple[str, ...]
+    external_ips: tuple[str, ...]
+    pod_cidrs: tuple[str, ...]
+
+    @property
+    def key(self) -> str:
+        return self.meta.key
+
+
+def decode_node(obj: Mapping[str, Any]) -> Node:
+    meta = _meta(obj)
+    spec = obj.get("spec") or {}
+    addresses = (obj.get("status") or {}).get("addresses") or ()
+    cidrs = spec.get("podCIDRs") or ([spec["podCIDR"]] if spec.get("podCIDR") else [])
+    return Node(
+        meta=meta,
+        internal_ips=tuple(a["address"] for a in addresses if a.get("type") == "InternalIP"),
+        external_ips=tuple(a["address"] for a in addresses if a.get("type") == "ExternalIP"),
+        pod_cidrs=tuple(cidrs),
+    )
+
+
+# --- Namespace and NetworkPolicy ------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Namespace:
+    meta: Meta
+
+    @property
+    def key(self) -> str:
+        return self.meta.key
+
+
+def decode_namespace(obj: Mapping[str, Any]) -> Namespace:
+    return Namespace(meta=_meta(obj))
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkPolicy:
+    meta: Meta
+    spec: Mapping[str, Any]  # kept as the API's dict: the firewall compiles it whole
+
+    @property
+    def key(self) -> str:
+        return self.meta.key
+
+    def __hash__(self) -> int:  # the spec is a dict; identity by key and version is enough
+        return hash((self.meta.key, self.meta.resource_version))
+
+
+def decode_networkpolicy(obj: Mapping[str, Any]) -> NetworkPolicy:
+    return NetworkPolicy(meta=_meta(obj), spec=obj.get("spec") or {})
+
+
+Record = Service | EndpointSlice | Pod | Node | Namespace | NetworkPolicy

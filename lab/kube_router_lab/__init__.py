@@ -1,0 +1,1 @@
+"""The lab: a multi-node kube-router-py cluster on one machine."""
