@@ -70,14 +70,15 @@ class Bus:
         self._subs: dict[str, list[_Subscription]] = defaultdict(list)
         self.published: dict[str, int] = defaultdict(int)
 
-    def subscribe(self, kind: str, callback: Subscriber, *, name: str = "") -> None:
+    def subscribe(self, kind: str, callback: Subscriber, *, name: str = "") -> _Subscription:
         sub = _Subscription(name or getattr(callback, "__qualname__", repr(callback)), callback)
         self._subs[kind].append(sub)
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
-            return  # started by start() once the loop runs
+            return sub  # started by start() once the loop runs
         sub.task = loop.create_task(sub.run(), name=f"bus:{kind}:{sub.name}")
+        return sub
 
     def kinds(self) -> set[str]:
         return set(self._subs)

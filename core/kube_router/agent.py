@@ -1,0 +1,194 @@
+"""The agent's lifecycle: informers for the kinds the controllers need, the bus between
+them, the controllers' loops, the health server, and a clean stop on SIGTERM/SIGINT.
+
+Stopping leaves every kernel object in place: the next start reads the kernel and
+reconciles, so traffic keeps flowing through a restart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+from kube_router.bus import Bus
+from kube_router.bus import _Subscription
+from kube_router.controller import Controller
+from kube_router.kube.kinds import ENDPOINTSLICE
+from kube_router.kube.kinds import KINDS
+from kube_router.kube.records import EndpointSlice
+from kube_router.kube.store import Store
+from kube_router.metrics import Metrics
+
+if TYPE_CHECKING:
+    from kube_router.kube.informer import Informer
+
+log = logging.getLogger(__name__)
+
+
+class EnabledHooks:
+    """A hook relay that reaches only the enabled plugins.
+
+    Plugins call each other's hooks through ``agent.hook``; a plugin that is installed but
+    not enabled must not take part.
+    """
+
+    def __init__(self, pm: pluggy.PluginManager, disabled: Iterable[object]) -> None:
+        self._pm = pm
+        self._disabled = list(disabled)
+        self._callers: dict[str, Any] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        caller = self._callers.get(name)
+        if caller is None:
+            caller = self._pm.subset_hook_caller(name, self._disabled)
+            self._callers[name] = caller
+        return caller
+
+
+def _slice_service(rec: Any) -> tuple[str, ...]:
+    assert isinstance(rec, EndpointSlice)
+    return (rec.service_key,) if rec.service_key else ()
+
+
+class Agent:
+    def __init__(self, config: argparse.Namespace, pm: pluggy.PluginManager,
+                 enabled: Iterable[str]) -> None:
+        self.config = config
+        self.node_name: str = config.hostname_override
+        self.pm = pm
+        self.enabled = list(enabled)
+        disabled = [p for n, p in pm.list_name_plugin() if n not in self.enabled]
+        self.hook = EnabledHooks(pm, disabled)
+        self.metrics = Metrics()
+        self.bus = Bus()
+        self._stores: dict[str, Store] = {}
+        self.informers: dict[str, Informer] = {}
+        self.controllers: list[Controller] = []
+        self._subscriptions: dict[int, list[_Subscription]] = {}
+        self._stop = asyncio.Event()
+
+    # -- what controllers use ---------------------------------------------------------------
+
+    def store(self, kind: str) -> Store:
+        if kind not in KINDS:
+            raise KeyError(f"unknown kind {kind!r}; known: {', '.join(KINDS)}")
+        store = self._stores.get(kind)
+        if store is None:
+            store = self._stores[kind] = Store(kind)
+            if kind == ENDPOINTSLICE:
+                store.add_index("service", _slice_service)
+        return store
+
+    async def wait_synced(self, kinds: Iterable[str]) -> None:
+        await asyncio.gather(*(self.informers[k].synced.wait() for k in kinds))
+
+    async def bus_caught_up(self, controller: Controller) -> None:
+        subs = self._subscriptions.get(id(controller), ())
+        while any(s.queue.qsize() for s in subs):
+            await asyncio.sleep(0)
+
+    def resource_version(self, kinds: Iterable[str]) -> str:
+        """The oldest resourceVersion among these kinds' informers: every change up to it
+        has been delivered."""
+        versions = [self.informers[k].resource_version for k in kinds]
+        try:
+            return str(min(int(v or 0) for v in versions)) if versions else ""
+        except ValueError:  # not numeric: opaque, as the API allows; report the first
+            return versions[0]
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def build(self) -> None:
+        """Ask the enabled plugins for their controllers and wire them to the bus."""
+        for result in self.hook.kube_router_controllers(agent=self):
+            self.controllers.extend(result or ())
+        for c in self.controllers:
+            if not c.name:
+                c.name = type(c).__name__
+            subs = []
+            for kind in c.kinds:
+                self.store(kind)
+                subs.append(self.bus.subscribe(kind, c.on_event, name=c.name))
+            self._subscriptions[id(c)] = subs
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def run(self, api: Any) -> None:
+        """Run until stop() or a signal. ``api`` is a kubernetes ApiClient."""
+        from kube_router.kube.informer import Informer  # keeps `--help` fast
+
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop)
+        self.bus.start()
+        for kind, store in self._stores.items():
+            self.informers[kind] = Informer(KINDS[kind], api, store, self.bus.publish,
+                                            loop=loop, metrics=self.metrics)
+        for inf in self.informers.values():
+            inf.start()
+        tasks = [loop.create_task(self._guard(c), name=f"controller:{c.name}")
+                 for c in self.controllers]
+        log.info("agent started node=%s plugins=%s controllers=%s kinds=%s", self.node_name,
+                 ",".join(self.enabled), ",".join(c.name for c in self.controllers),
+                 ",".join(self.informers))
+        await self._stop.wait()
+        log.info("agent stopping node=%s", self.node_name)
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for c in self.controllers:
+            try:
+                await c.stop()
+            except Exception:
+                log.exception("controller stop failed controller=%s", c.name)
+        await asyncio.gather(*(asyncio.to_thread(i.stop) for i in self.informers.values()))
+        await self.bus.stop()
+        log.info("agent stopped node=%s", self.node_name)
+
+    async def _guard(self, controller: Controller) -> None:
+        """A controller's loop must not end the agent; restart it after a pause."""
+        while True:
+            try:
+                await controller.run()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                controller.last_error = f"{type(exc).__name__}: {exc}"
+                log.exception("controller crashed controller=%s restart_in=5s", controller.name)
+                await asyncio.sleep(5)
+
+    # -- health -----------------------------------------------------------------------------
+
+    def readiness(self) -> dict[str, Any]:
+        controllers = {
+            c.name: {
+                "resourceVersion": c.applied_resource_version,
+                "lastSync": c.last_sync,
+                "lastError": c.last_error,
+                "synced": c.synced,
+            }
+            for c in self.controllers
+        }
+        informers = {
+            kind: {
+                "resourceVersion": i.resource_version,
+                "synced": i.synced.is_set(),
+                "objects": len(self._stores[kind]),
+                "relists": i.relists,
+                "lastError": i.last_error,
+            }
+            for kind, i in self.informers.items()
+        }
+        ready = all(c["synced"] for c in controllers.values()) and all(
+            i["synced"] for i in informers.values()
+        )
+        return {"node": self.node_name, "ready": ready, "controllers": controllers,
+                "informers": informers}

@@ -1,0 +1,282 @@
+"""The ``kube-router-py`` command: ``run`` (the default), ``plugins``, ``status``, and the
+subcommands plugins add."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import socket
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+
+import pluggy
+
+from kube_router import __version__
+from kube_router import plugins
+from kube_router.errors import PluginLoadError
+from kube_router.errors import UsageError
+from kube_router.status import StatusSection
+
+log = logging.getLogger("kube_router")
+
+#: kube-router's own switches, and the plugin each one stands for.
+RUN_ALIASES = {"run_service_proxy": "proxy", "run_router": "router", "run_firewall": "firewall"}
+COMMANDS = ("run", "plugins", "status")
+
+
+def str2bool(value: str) -> bool:
+    v = value.strip().lower()
+    if v in ("1", "t", "true", "yes", "y", "on"):
+        return True
+    if v in ("0", "f", "false", "no", "n", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+
+
+def _agent_options(pm: pluggy.PluginManager) -> argparse.ArgumentParser:
+    """Flags shared by ``run`` and ``status``: the core's and every installed plugin's."""
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("core")
+    g.add_argument("--enable", type=lambda s: [n.strip() for n in s.split(",") if n.strip()],
+                   help="comma-separated plugins to run (default: every installed plugin)")
+    for flag, name in RUN_ALIASES.items():
+        g.add_argument("--" + flag.replace("_", "-"), type=str2bool, nargs="?", const=True,
+                       help=f"kube-router's switch for the {name!r} plugin (true/false)")
+    g.add_argument("--kubeconfig", default=os.environ.get("KUBECONFIG"),
+                   help="kubeconfig file (default: in-cluster config)")
+    g.add_argument("--master", help="API server address, overriding the kubeconfig's")
+    g.add_argument("--hostname-override",
+                   help="this node's name (default: $NODE_NAME, else the hostname)")
+    g.add_argument("--health-addr", default="0.0.0.0", help="health server address")
+    g.add_argument("--health-port", type=int, default=20244,
+                   help="/healthz, /readyz and /metrics port; 0 turns it off")
+    g.add_argument("--metrics-addr", default="0.0.0.0")
+    g.add_argument("--metrics-port", type=int, default=0,
+                   help="a separate Prometheus port (0: /metrics on the health port only)")
+    g.add_argument("--metrics-path", default="/metrics")
+    g.add_argument("--cleanup-config", action="store_true",
+                   help="remove every kernel object the installed plugins made, then exit")
+    g.add_argument("-v", "--v", dest="verbose", action="count", default=0,
+                   help="more logging; repeat for more")
+    pm.hook.kube_router_add_options(parser=p)
+    return p
+
+
+def build_parser(pm: pluggy.PluginManager) -> argparse.ArgumentParser:
+    opts = _agent_options(pm)
+    parser = argparse.ArgumentParser(
+        prog="kube-router-py",
+        description="Kubernetes networking agent: service proxy, pod routing, firewall.",
+    )
+    parser.add_argument("--version", action="version", version=f"kube-router-py {__version__}")
+    parser.add_argument("--disable-plugin", action="append", default=[], metavar="NAME",
+                        help="do not load this installed plugin at all")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.add_parser("run", parents=[opts], help="run the agent (the default command)",
+                   description="Run the agent on this node.").set_defaults(func=cmd_run)
+    sub.add_parser("plugins", help="list the installed plugins").set_defaults(func=cmd_plugins)
+    sub.add_parser("status", parents=[opts], help="show this node's state",
+                   description="Show the agent's health and each enabled plugin's state."
+                   ).set_defaults(func=cmd_status)
+    pm.hook.kube_router_add_commands(subparsers=sub)
+    return parser
+
+
+def _with_default_command(argv: list[str], known: Sequence[str]) -> list[str]:
+    """``kube-router-py --enable x`` means ``kube-router-py run --enable x``."""
+    i = 0
+    while i < len(argv) and argv[i].startswith("--disable-plugin"):
+        i += 1 if "=" in argv[i] else 2
+    if i < len(argv) and (argv[i] in known or argv[i] in ("-h", "--help", "--version")):
+        return argv
+    return [*argv[:i], "run", *argv[i:]]
+
+
+def _blocked(argv: list[str]) -> list[str]:
+    names = []
+    for i, arg in enumerate(argv):
+        if arg == "--disable-plugin" and i + 1 < len(argv):
+            names.append(argv[i + 1])
+        elif arg.startswith("--disable-plugin="):
+            names.append(arg.split("=", 1)[1])
+    return names
+
+
+def setup_logging(verbose: int) -> None:
+    level = logging.DEBUG if verbose >= 2 else logging.INFO
+    logging.basicConfig(
+        level=level, stream=sys.stderr,
+        format="%(asctime)s level=%(levelname)s logger=%(name)s %(message)s",
+    )
+    if verbose < 3:  # the client's own debug output is rarely what an operator wants
+        logging.getLogger("urllib3").setLevel(logging.WARNING)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    pm = plugins.new_manager()
+    for name in _blocked(argv):
+        pm.set_blocked(name)
+    try:
+        installed = plugins.load(pm)
+    except PluginLoadError as exc:
+        print(f"kube-router-py: {exc}", file=sys.stderr)
+        return 2
+    parser = build_parser(pm)
+    known = [*COMMANDS, *parser._subparsers._group_actions[0].choices]  # type: ignore[union-attr]
+    config = parser.parse_args(_with_default_command(argv, known))
+    config.pluginmanager = pm
+    config.installed = installed
+    return int(config.func(config) or 0)
+
+
+# -- commands -------------------------------------------------------------------------------
+
+
+def enabled_plugins(config: argparse.Namespace) -> list[str]:
+    installed = config.installed
+    names = plugins.resolve_enabled(config.enable, installed)
+    for flag, name in RUN_ALIASES.items():
+        switch = getattr(config, flag, None)
+        if switch is True and name not in names:
+            names = plugins.resolve_enabled([*names, name], installed)
+        elif switch is False and name in names:
+            names.remove(name)
+    return names
+
+
+def _prepare(config: argparse.Namespace) -> list[str]:
+    """Resolve node name and enabled plugins, and let enabled plugins check their flags."""
+    config.hostname_override = (
+        config.hostname_override or os.environ.get("NODE_NAME") or socket.gethostname()
+    )
+    enabled = enabled_plugins(config)
+    config.enabled = set(enabled)
+    pm: pluggy.PluginManager = config.pluginmanager
+    disabled = [p for n, p in pm.list_name_plugin() if n not in config.enabled]
+    pm.subset_hook_caller("kube_router_configure", disabled)(config=config)
+    return enabled
+
+
+def cmd_run(config: argparse.Namespace) -> int:
+    setup_logging(config.verbose)
+    if config.cleanup_config:
+        return run_cleanups(config)
+    try:
+        enabled = _prepare(config)
+    except (PluginLoadError, UsageError) as exc:
+        print(f"kube-router-py: {exc}", file=sys.stderr)
+        return 2
+    for name in enabled:
+        info = config.installed.get(name)
+        if info:
+            log.info("plugin name=%s distribution=%s version=%s", name, info.distribution,
+                     info.version)
+    from kube_router.agent import Agent
+    from kube_router.health import HealthServer
+    from kube_router.kube.client import load_client
+
+    agent = Agent(config, config.pluginmanager, enabled)
+    agent.build()
+    api = load_client(config.kubeconfig, config.master)
+    servers = []
+    if config.health_port:
+        servers.append(HealthServer(config.health_addr, config.health_port,
+                                    readiness=agent.readiness,
+                                    registry=agent.metrics.registry))
+    if config.metrics_port:
+        servers.append(HealthServer(config.metrics_addr, config.metrics_port,
+                                    readiness=agent.readiness, registry=agent.metrics.registry,
+                                    metrics_path=config.metrics_path))
+    for s in servers:
+        s.start()
+    try:
+        asyncio.run(agent.run(api))
+    finally:
+        for s in servers:
+            s.stop()
+    return 0
+
+
+def run_cleanups(config: argparse.Namespace) -> int:
+    """Every installed plugin's cleanup, each isolated from the others' failures."""
+    pm: pluggy.PluginManager = config.pluginmanager
+    failed = 0
+    for impl in reversed(pm.hook.kube_router_cleanup.get_hookimpls()):
+        try:
+            impl.function(config=config)
+            log.info("cleanup done plugin=%s", impl.plugin_name)
+        except Exception:
+            failed += 1
+            log.exception("cleanup failed plugin=%s", impl.plugin_name)
+    return 1 if failed else 0
+
+
+def cmd_plugins(config: argparse.Namespace) -> int:
+    from kube_router.status import format_table
+
+    enable = set(config.installed)
+    try:
+        enable = set(enabled_plugins(_defaults_for(config)))
+    except PluginLoadError:
+        pass
+    rows = [
+        [i.name, i.distribution, i.version, "yes" if i.name in enable else "no",
+         "agent" if i.agent else "command"]
+        for i in config.installed.values()
+    ]
+    print("\n".join(format_table(["NAME", "DISTRIBUTION", "VERSION", "ENABLED", "KIND"], rows)))
+    return 0
+
+
+def _defaults_for(config: argparse.Namespace) -> argparse.Namespace:
+    ns = argparse.Namespace(enable=None, installed=config.installed)
+    for flag in RUN_ALIASES:
+        setattr(ns, flag, None)
+    return ns
+
+
+def cmd_status(config: argparse.Namespace) -> int:
+    try:
+        _prepare(config)
+    except (PluginLoadError, UsageError) as exc:
+        print(f"kube-router-py: {exc}", file=sys.stderr)
+        return 2
+    sections = [agent_section(config)]
+    pm: pluggy.PluginManager = config.pluginmanager
+    disabled = [p for n, p in pm.list_name_plugin() if n not in config.enabled]
+    for impl in reversed(pm.subset_hook_caller("kube_router_status", disabled).get_hookimpls()):
+        try:
+            sections.extend(impl.function(config=config) or ())
+        except Exception as exc:
+            sections.append(StatusSection(impl.plugin_name, [], note=f"error: {exc}"))
+    print("\n\n".join(s.render() for s in sections))
+    return 0
+
+
+def agent_section(config: argparse.Namespace) -> StatusSection:
+    host = "127.0.0.1" if config.health_addr in ("0.0.0.0", "::", "") else config.health_addr
+    url = f"http://{host}:{config.health_port}/readyz"
+    section = StatusSection(f"agent on {config.hostname_override}",
+                            ["CONTROLLER", "SYNCED", "RESOURCE VERSION", "LAST ERROR"])
+    try:
+        with urllib.request.urlopen(url, timeout=3) as resp:
+            state = json.load(resp)
+    except urllib.error.HTTPError as exc:  # 503 still carries the state
+        state = json.load(exc)
+    except OSError as exc:
+        section.note = f"agent not answering at {url}: {exc}"
+        return section
+    section.note = f"ready: {'yes' if state.get('ready') else 'no'}"
+    for name, c in state.get("controllers", {}).items():
+        section.rows.append([name, "yes" if c["synced"] else "no", c["resourceVersion"] or "-",
+                             c["lastError"] or "-"])
+    for kind, i in state.get("informers", {}).items():
+        section.rows.append([f"informer {kind}", "yes" if i["synced"] else "no",
+                             i["resourceVersion"] or "-", i.get("lastError") or "-"])
+    return section

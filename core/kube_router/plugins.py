@@ -1,0 +1,86 @@
+"""Plugin discovery: the ``kube_router.plugins`` entry-point group, and enabling by name.
+
+Every installed plugin is registered (so its flags and subcommands exist); only enabled
+ones get the running hooks (controllers, configure, status). A plugin that fails to import
+stops start-up with its name, rather than silently running without it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from types import ModuleType
+
+import pluggy
+
+from kube_router import ENTRY_POINT_GROUP
+from kube_router import PROJECT
+from kube_router import hookspecs
+from kube_router.errors import PluginLoadError
+
+#: Set to 1 to load no plugin from entry points (like PYTEST_DISABLE_PLUGIN_AUTOLOAD).
+DISABLE_AUTOLOAD_ENV = "KUBE_ROUTER_DISABLE_PLUGIN_AUTOLOAD"
+
+
+@dataclass(frozen=True)
+class PluginInfo:
+    name: str
+    distribution: str
+    version: str
+    module: str
+    agent: bool  # implements kube_router_controllers: something to enable
+
+
+def new_manager() -> pluggy.PluginManager:
+    pm = pluggy.PluginManager(PROJECT)
+    pm.add_hookspecs(hookspecs)
+    return pm
+
+
+def load(pm: pluggy.PluginManager) -> dict[str, PluginInfo]:
+    """Register every plugin of the entry-point group; return their descriptions by name."""
+    found: dict[str, PluginInfo] = {}
+    if os.environ.get(DISABLE_AUTOLOAD_ENV):
+        return found
+    for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+        if pm.get_plugin(ep.name) is not None or pm.is_blocked(ep.name):
+            continue
+        try:
+            plugin = ep.load()
+        except Exception as exc:
+            raise PluginLoadError(
+                f"plugin {ep.name!r} ({ep.value}) failed to import: {type(exc).__name__}: {exc}"
+            ) from exc
+        pm.register(plugin, name=ep.name)
+        dist = ep.dist
+        found[ep.name] = describe(ep.name, plugin, dist.name if dist else "?",
+                                  dist.version if dist else "?")
+    pm.check_pending()
+    return found
+
+
+def register(pm: pluggy.PluginManager, name: str, plugin: object) -> PluginInfo:
+    """Register a plugin object directly (tests, embedding)."""
+    pm.register(plugin, name=name)
+    pm.check_pending()
+    return describe(name, plugin, "(registered)", "")
+
+
+def describe(name: str, plugin: object, dist: str, version: str) -> PluginInfo:
+    module = plugin.__name__ if isinstance(plugin, ModuleType) else type(plugin).__qualname__
+    return PluginInfo(name=name, distribution=dist, version=version, module=module,
+                      agent=hasattr(plugin, "kube_router_controllers"))
+
+
+def resolve_enabled(requested: list[str] | None, installed: dict[str, PluginInfo]) -> list[str]:
+    """Check the names asked for; None means every installed agent plugin."""
+    if requested is None:
+        return [n for n, info in installed.items() if info.agent]
+    missing = [n for n in requested if n not in installed]
+    if missing:
+        have = ", ".join(sorted(installed)) or "none"
+        raise PluginLoadError(
+            f"unknown or uninstalled plugin {', '.join(missing)}; installed plugins: {have}"
+        )
+    return list(dict.fromkeys(requested))
