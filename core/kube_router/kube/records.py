@@ -33,8 +33,9 @@ class Meta:
     uid: str
     # Excluded from equality so an update that changes nothing else compares equal.
     resource_version: str = field(compare=False)
-    labels: Mapping[str, str] = _EMPTY
-    annotations: Mapping[str, str] = _EMPTY
+    # A factory: dataclasses refuse an unhashable default such as a mappingproxy.
+    labels: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
+    annotations: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
 
     @property
     def key(self) -> str:

@@ -1,0 +1,465 @@
+"""List and watch one kind, keep its Store current, publish what changed.
+
+One daemon thread per kind does the network reads and the decoding (raw JSON with orjson
+into slim records); the Store is touched and events are published only on the agent's
+event loop. The thread hands its results over through one FIFO of operations that the loop
+drains in bounded slices, so a list of 50,000 objects costs a few hundred callbacks, not
+50,000, and never holds the loop for long.
+
+Recovery rules: a watch that the server ends after its timeout is reopened at once from
+the last resourceVersion; a failure (refused connection, cut stream, an error status)
+is retried from the same resourceVersion with exponential backoff; "410 Gone" means the
+history is lost, so the informer lists again and publishes only the differences against
+its Store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlencode
+
+import orjson
+import urllib3
+
+from kube_router.bus import Event, EventType
+from kube_router.kube.kinds import Kind
+from kube_router.kube.records import Record
+from kube_router.kube.store import Store
+
+if TYPE_CHECKING:
+    import kubernetes.client
+
+    from kube_router.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+BACKOFF_MIN = 0.2
+BACKOFF_MAX = 30.0
+CONNECT_TIMEOUT = 10.0
+LIST_READ_TIMEOUT = 120.0
+#: Records handed to the loop per operation while listing.
+LIST_BATCH = 1000
+#: Records the loop applies before it yields to other callbacks.
+APPLY_SLICE = 2000
+#: A watch that ends this close to its timeoutSeconds ended normally.
+WATCH_END_SLACK = 2.0
+
+
+class _Gone(Exception):
+    """The server no longer has the history we asked for (HTTP or watch error 410)."""
+
+
+class _ApiStatusError(Exception):
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(f"code={code} message={message}")
+        self.code = code
+
+
+def object_key(obj: Mapping[str, Any]) -> str:
+    md = obj.get("metadata") or {}
+    ns, name = md.get("namespace") or "", md.get("name") or "?"
+    return f"{ns}/{name}" if ns else name
+
+
+def _status_message(body: bytes) -> str:
+    try:
+        doc = orjson.loads(body)
+        if isinstance(doc, dict) and doc.get("message"):
+            return str(doc["message"])
+    except orjson.JSONDecodeError:
+        pass
+    return body[:200].decode("utf-8", "replace").strip() or "(empty body)"
+
+
+class Informer:
+    """Keep ``store`` equal to the API server's objects of ``kind``.
+
+    ``publish`` receives an :class:`~kube_router.bus.Event` for every change, on ``loop``.
+    """
+
+    def __init__(
+        self,
+        kind: Kind,
+        api: kubernetes.client.ApiClient,
+        store: Store,
+        publish: Callable[[Event], None],
+        *,
+        loop: asyncio.AbstractEventLoop,
+        metrics: Metrics | None = None,
+        page_size: int = 0,
+        watch_timeout: int = 300,
+    ) -> None:
+        self.kind = kind
+        self.api = api
+        self.store = store
+        self.publish = publish
+        self.loop = loop
+        self.metrics = metrics
+        self.page_size = page_size
+        self.watch_timeout = watch_timeout
+        #: The newest resourceVersion applied to the store (written on the loop only).
+        self.resource_version = ""
+        self.synced = asyncio.Event()
+        self.relists = 0
+        self.last_error: str | None = None
+
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._response: urllib3.BaseHTTPResponse | None = None
+        self._response_lock = threading.Lock()
+        # The newest resourceVersion received (thread side): where a watch resumes.
+        self._received_rv = ""
+        # Operations for the loop, in the order the server sent them.
+        self._ops: deque[tuple[Any, ...]] = deque()
+        self._ops_lock = threading.Lock()
+        self._flush_scheduled = False
+        self._seen: set[str] | None = None  # keys seen by the list being applied
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._thread = threading.Thread(
+            target=self._run, name=f"informer-{self.kind.name}", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._abort_response()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            if self._thread.is_alive():
+                log.warning("informer did not stop in time kind=%s", self.kind.name)
+            self._thread = None
+
+    # -- the thread -----------------------------------------------------------------------
+
+    def _run(self) -> None:
+        backoff = BACKOFF_MIN
+        need_list = True
+        relist = False
+        while not self._stopping.is_set():
+            try:
+                if need_list:
+                    self._list(relist)
+                    need_list, relist = False, False
+                    backoff = BACKOFF_MIN
+                if self._watch():
+                    backoff = BACKOFF_MIN
+                self.last_error = None
+            except _Gone as exc:
+                if self._stopping.is_set():
+                    break
+                log.info("watch expired, listing again kind=%s reason=%s", self.kind.name, exc)
+                need_list, relist = True, True
+                self.relists += 1
+                if self.metrics is not None:
+                    self.metrics.relists.labels(self.kind.name).inc()
+            except Exception as exc:
+                if self._stopping.is_set():
+                    break
+                reason = f"{type(exc).__name__}: {exc}".replace("\n", " ")
+                self.last_error = reason
+                log.warning(
+                    "list/watch failed kind=%s rv=%s retry_in=%.1fs reason=%s",
+                    self.kind.name, self._received_rv or "-", backoff, reason,
+                )
+                self._stopping.wait(backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX)
+        log.debug("informer stopped kind=%s", self.kind.name)
+
+    def _request(self, query: dict[str, str], read_timeout: float) -> urllib3.BaseHTTPResponse:
+        """Send a GET for this kind; return the response with its body unread."""
+        cfg = self.api.configuration
+        headers = {"Accept": "application/json", **self.api.default_headers}
+        auth = cfg.auth_settings().get("BearerToken")
+        if auth and auth.get("value"):
+            headers[auth["key"]] = auth["value"]
+        url = f"{cfg.host}{self.kind.path}"
+        if query:
+            url += "?" + urlencode(query)
+        resp = self.api.rest_client.pool_manager.request(
+            "GET",
+            url,
+            headers=headers,
+            timeout=urllib3.Timeout(connect=CONNECT_TIMEOUT, read=read_timeout),
+            preload_content=False,
+            # Our own backoff decides when to try again.
+            retries=False,
+        )
+        with self._response_lock:
+            self._response = resp
+        if self._stopping.is_set():
+            self._abort_response()
+        if resp.status != 200:
+            body = resp.read()
+            self._release(resp)
+            if resp.status == 410:
+                raise _Gone(_status_message(body))
+            raise _ApiStatusError(resp.status, _status_message(body))
+        return resp
+
+    def _release(self, resp: urllib3.BaseHTTPResponse) -> None:
+        with self._response_lock:
+            if self._response is resp:
+                self._response = None
+        resp.release_conn()
+
+    def _abort_response(self) -> None:
+        """Wake a thread blocked reading the current response (called from stop)."""
+        with self._response_lock:
+            resp = self._response
+        if resp is None:
+            return
+        try:
+            resp.shutdown()  # type: ignore[attr-defined]
+        except (AttributeError, ValueError, RuntimeError, OSError):
+            resp.close()
+
+    def _list(self, relist: bool) -> None:
+        self._enqueue(("begin",))
+        cont = ""
+        while True:
+            query: dict[str, str] = {}
+            if self.page_size:
+                query["limit"] = str(self.page_size)
+            if cont:
+                query["continue"] = cont
+            try:
+                resp = self._request(query, LIST_READ_TIMEOUT)
+            except _Gone:
+                if not cont:
+                    raise
+                # The continue token expired between pages: start the list over.
+                log.info("list continue token expired kind=%s", self.kind.name)
+                self._enqueue(("begin",))
+                cont = ""
+                continue
+            try:
+                body = resp.read()
+            finally:
+                self._release(resp)
+            doc = orjson.loads(body)
+            del body
+            meta = doc.get("metadata") or {}
+            self._enqueue_records(doc.get("items") or ())
+            rv = meta.get("resourceVersion") or ""
+            cont = meta.get("continue") or ""
+            if not cont:
+                break
+        self._received_rv = rv
+        log.info(
+            "listed kind=%s rv=%s relist=%s", self.kind.name, rv, relist,
+        )
+        self._enqueue(("end", rv))
+
+    def _enqueue_records(self, items: Any) -> None:
+        decode = self.kind.decode
+        batch: list[tuple[str, Record]] = []
+        for obj in items:
+            try:
+                rec = decode(obj)
+            except Exception as exc:
+                self._warn_undecodable(obj, exc)
+                continue
+            batch.append((rec.key, rec))
+            if len(batch) >= LIST_BATCH:
+                self._enqueue(("chunk", batch))
+                batch = []
+        if batch:
+            self._enqueue(("chunk", batch))
+
+    def _warn_undecodable(self, obj: Any, exc: Exception) -> None:
+        key = object_key(obj) if isinstance(obj, dict) else "?"
+        log.warning(
+            "skipping object that cannot be decoded kind=%s object=%s reason=%s",
+            self.kind.name, key, exc,
+        )
+
+    def _watch(self) -> bool:
+        """Follow one watch stream until it ends. Return True if it delivered anything.
+
+        A stream the server ends well before the timeout we asked for counts as cut and
+        raises, so that the caller backs off instead of reconnecting in a tight loop.
+        """
+        query = {
+            "watch": "true",
+            "allowWatchBookmarks": "true",
+            "timeoutSeconds": str(self.watch_timeout),
+            "resourceVersion": self._received_rv,
+        }
+        started = time.monotonic()
+        resp = self._request(query, self.watch_timeout + 30.0)
+        delivered = False
+        try:
+            for line in self._lines(resp):
+                self._on_watch_line(line)
+                delivered = True
+        finally:
+            with self._response_lock:
+                self._response = None
+            resp.close()
+        if self._stopping.is_set():
+            return delivered
+        if time.monotonic() - started < self.watch_timeout - WATCH_END_SLACK:
+            raise ConnectionError("watch stream ended early")
+        return delivered
+
+    @staticmethod
+    def _lines(resp: urllib3.BaseHTTPResponse) -> Iterator[bytes]:
+        chunks: Iterator[bytes]
+        if getattr(resp, "chunked", False):
+            chunks = resp.read_chunked()  # type: ignore[attr-defined]
+        else:
+            chunks = iter(lambda: resp.read1(65536), b"")
+        rest = b""
+        for chunk in chunks:
+            if not chunk:
+                continue
+            parts = (rest + chunk).split(b"\n")
+            rest = parts.pop()
+            for line in parts:
+                if line.strip():
+                    yield line
+        if rest.strip():
+            yield rest
+
+    def _on_watch_line(self, line: bytes) -> None:
+        try:
+            ev = orjson.loads(line)
+            etype = ev["type"]
+            obj = ev["object"]
+        except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+            raise ConnectionError(f"malformed watch event: {exc}") from None
+        if etype == "ERROR":
+            code = obj.get("code") if isinstance(obj, dict) else None
+            message = obj.get("message", "") if isinstance(obj, dict) else str(obj)
+            if code == 410:
+                raise _Gone(message)
+            raise _ApiStatusError(int(code or 0), message)
+        if not isinstance(obj, dict):
+            raise ConnectionError(f"watch event {etype} without an object")
+        rv = (obj.get("metadata") or {}).get("resourceVersion") or self._received_rv
+        self._received_rv = rv
+        if etype == "BOOKMARK":
+            self._enqueue(("rv", rv))
+            return
+        if etype not in ("ADDED", "MODIFIED", "DELETED"):
+            log.warning("ignoring watch event kind=%s type=%s", self.kind.name, etype)
+            self._enqueue(("rv", rv))
+            return
+        if self.metrics is not None:
+            self.metrics.events_received.labels(self.kind.name).inc()
+        try:
+            rec: Record | None = self.kind.decode(obj)
+        except Exception as exc:
+            rec = None
+            if etype != "DELETED":
+                self._warn_undecodable(obj, exc)
+                self._enqueue(("rv", rv))
+                return
+        # A deletion needs only the key, even when the rest of the object is unreadable.
+        key = rec.key if rec is not None else object_key(obj)
+        self._enqueue(("event", etype, key, rec, rv))
+
+    # -- handing over to the loop ---------------------------------------------------------
+
+    def _enqueue(self, op: tuple[Any, ...]) -> None:
+        with self._ops_lock:
+            self._ops.append(op)
+            if self._flush_scheduled:
+                return
+            self._flush_scheduled = True
+        try:
+            self.loop.call_soon_threadsafe(self._flush)
+        except RuntimeError:  # the loop is closed: the agent is going away
+            self._stopping.set()
+
+    def _flush(self) -> None:
+        """Apply queued operations on the loop, at most about APPLY_SLICE records a call."""
+        budget = APPLY_SLICE
+        while budget > 0:
+            with self._ops_lock:
+                if not self._ops:
+                    self._flush_scheduled = False
+                    return
+                op = self._ops.popleft()
+            try:
+                budget -= self._apply(op)
+            except Exception:
+                log.exception("applying informer update failed kind=%s op=%s",
+                              self.kind.name, op[0])
+        self.loop.call_soon(self._flush)
+
+    def _apply(self, op: tuple[Any, ...]) -> int:
+        what = op[0]
+        if what == "event":
+            _, etype, key, rec, rv = op
+            self._apply_event(etype, key, rec)
+            self.resource_version = rv
+            return 1
+        if what == "rv":
+            self.resource_version = op[1]
+            return 1
+        if what == "chunk":
+            self._apply_listed(op[1])
+            return len(op[1])
+        if what == "begin":
+            self._seen = set()
+            return 1
+        if what == "end":
+            self._apply_list_end(op[1])
+            return 1
+        raise ValueError(f"unknown operation {what}")
+
+    def _emit(self, etype: EventType, key: str, new: Record | None, old: Record | None) -> None:
+        try:
+            self.publish(Event(self.kind.name, etype, key, new, old))
+        except Exception:
+            log.exception("publish failed kind=%s key=%s", self.kind.name, key)
+
+    def _apply_event(self, etype: str, key: str, rec: Record | None) -> None:
+        store = self.store
+        if etype == "DELETED":
+            old = store.remove(key)
+            if old is not None:
+                self._emit(EventType.DELETED, key, None, old)
+            return
+        assert rec is not None
+        old = store.put(key, rec)
+        if old is None:
+            self._emit(EventType.ADDED, key, rec, None)
+        elif old != rec:  # records compare without resourceVersion
+            self._emit(EventType.MODIFIED, key, rec, old)
+
+    def _apply_listed(self, batch: list[tuple[str, Record]]) -> None:
+        seen = self._seen
+        put = self.store.put
+        emit = self._emit
+        for key, rec in batch:
+            if seen is not None:
+                seen.add(key)
+            old = put(key, rec)
+            if old is None:
+                emit(EventType.ADDED, key, rec, None)
+            elif old != rec:
+                emit(EventType.MODIFIED, key, rec, old)
+
+    def _apply_list_end(self, rv: str) -> None:
+        seen = self._seen or set()
+        # Store.keys() is a copy (and iterating a Store yields records, not keys).
+        for key in self.store.keys():  # noqa: SIM118
+            if key not in seen:
+                old = self.store.remove(key)
+                self._emit(EventType.DELETED, key, None, old)
+        self._seen = None
+        self.resource_version = rv
+        self.synced.set()
