@@ -4,12 +4,13 @@ Guarantees, in plain words:
 
 - Every subscriber of a kind receives every event of that kind, in the order the informer
   saw them.
-- Each subscriber has its own queue and task: a subscriber that is slow or raises delays
-  or loses only its own events. The informers and the other subscribers go on.
-- Publishing never blocks and never raises.
+- Each subscriber has its own queue and task: a subscriber that raises loses only the
+  event it raised on; a backlog in one queue never holds events back from another.
+- Publishing never blocks and never raises: informers never wait for subscribers.
 
-Subscribers are meant to be cheap (a controller marks keys dirty and returns); the real
-work happens in the controller's own worker.
+Callbacks run on the agent's event loop, so they must be cheap and must not block (a
+controller marks keys dirty and returns); the real work happens in the controller's own
+task.
 """
 
 from __future__ import annotations

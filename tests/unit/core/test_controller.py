@@ -1,0 +1,140 @@
+import asyncio
+import types
+
+import pytest
+
+from kube_router.bus import Event
+from kube_router.bus import EventType
+from kube_router.controller import Controller
+from kube_router.controller import WorkQueue
+from kube_router.errors import TemporaryError
+from kube_router.metrics import Metrics
+
+
+class FakeInformer:
+    def __init__(self, rv: str) -> None:
+        self.resource_version = rv
+        self.synced = asyncio.Event()
+
+
+class MiniAgent:
+    """Just the part of Agent a controller's loop uses."""
+
+    def __init__(self, kinds) -> None:
+        self.metrics = Metrics()
+        self.informers = {k: FakeInformer("10") for k in kinds}
+
+    async def wait_synced(self, kinds):
+        await asyncio.gather(*(self.informers[k].synced.wait() for k in kinds))
+
+    async def bus_caught_up(self, controller):
+        await asyncio.sleep(0)
+
+    def resource_version(self, kinds):
+        return str(min(int(self.informers[k].resource_version) for k in kinds))
+
+
+class Recording(Controller):
+    name = "recording"
+    kinds = ("Service",)
+    resync_period = 3600
+
+    def __init__(self, agent, fail_times=0):
+        super().__init__(agent)
+        self.calls = []
+        self.fail_times = fail_times
+
+    async def sync(self, keys):
+        self.calls.append(keys)
+        if self.fail_times:
+            self.fail_times -= 1
+            raise TemporaryError("kernel busy", delay=0.01)
+
+
+def _ev(key):
+    return Event(kind="Service", type=EventType.MODIFIED, key=key, new=None, old=None)
+
+
+async def _until(cond, timeout=2.0):
+    for _ in range(int(timeout / 0.005)):
+        if cond():
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError("condition not reached")
+
+
+def test_work_queue_coalesces_repeated_keys():
+    async def main():
+        q = WorkQueue()
+        for _ in range(1000):
+            q.add("default/myip")
+        q.add("default/other")
+        return q.take()
+
+    assert asyncio.run(main()) == frozenset({"default/myip", "default/other"})
+
+
+def test_nothing_is_synced_before_the_caches_are_complete():
+    async def main():
+        agent = MiniAgent(["Service"])
+        c = Recording(agent)
+        task = asyncio.create_task(c.run())
+        await asyncio.sleep(0.05)
+        before = list(c.calls)
+        agent.informers["Service"].synced.set()
+        await _until(lambda: c.calls)
+        task.cancel()
+        return before, c.calls
+
+    before, after = asyncio.run(main())
+    assert before == []
+    assert after[0] is None  # the first sync is a full one
+
+
+def test_a_burst_of_events_for_one_key_is_one_sync_and_the_version_is_recorded():
+    async def main():
+        agent = MiniAgent(["Service"])
+        agent.informers["Service"].synced.set()
+        c = Recording(agent)
+        task = asyncio.create_task(c.run())
+        await _until(lambda: c.synced)
+        agent.informers["Service"].resource_version = "42"
+        for _ in range(1000):
+            c.on_event(_ev("default/myip"))
+        await _until(lambda: len(c.calls) == 2)
+        await asyncio.sleep(0.02)
+        task.cancel()
+        return c
+
+    c = asyncio.run(main())
+    assert c.calls == [None, frozenset({"default/myip"})]
+    assert c.applied_resource_version == "42"
+    assert c.last_error is None
+
+
+def test_a_failed_sync_is_retried_and_the_error_reported_until_then():
+    async def main():
+        agent = MiniAgent(["Service"])
+        agent.informers["Service"].synced.set()
+        c = Recording(agent, fail_times=1)
+        task = asyncio.create_task(c.run())
+        await _until(lambda: c.last_error is not None)
+        error = c.last_error
+        await _until(lambda: c.synced)
+        task.cancel()
+        return error, c
+
+    error, c = asyncio.run(main())
+    assert "kernel busy" in error
+    assert c.calls == [None, None]
+    assert c.last_error is None
+
+
+@pytest.mark.parametrize("keys", [None, frozenset({"a/b"})])
+def test_requeue_keeps_full_or_partial_scope(keys):
+    async def main():
+        c = Recording(types.SimpleNamespace())
+        c._requeue(keys)
+        return c.queue.take()
+
+    assert asyncio.run(main()) == keys
