@@ -1,0 +1,1 @@
+"""The IPVS service proxy plugin: Services and EndpointSlices into IPVS on every node."""

@@ -1,0 +1,571 @@
+"""A lean generic-netlink codec for the few IPVS messages the proxy sends.
+
+pyroute2 spends hundreds of microseconds encoding one IPVS message and waits for an ack
+after each; a cold sync of thousands of services then takes many seconds. Here messages are
+packed with :mod:`struct`, concatenated into large ``sendmsg`` batches without
+``NLM_F_ACK`` (the kernel then answers only failures, tagged with their sequence number), and
+one acked request closes each batch as a barrier. Errors are mapped back to the operation
+that caused them by sequence number.
+
+The constants are the kernel's UAPI values from ``linux/ip_vs.h`` and ``linux/netlink.h``.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import os
+import socket
+import struct
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+# netlink
+NETLINK_GENERIC = 16
+NLM_F_REQUEST = 0x1
+NLM_F_MULTI = 0x2
+NLM_F_ACK = 0x4
+NLM_F_DUMP = 0x300
+NLMSG_ERROR = 0x2
+NLMSG_DONE = 0x3
+NLA_F_NESTED = 0x8000
+NLA_TYPE_MASK = 0x3FFF
+SOL_NETLINK = 270
+NETLINK_CAP_ACK = 10
+NETLINK_EXT_ACK = 11
+SO_RCVBUFFORCE = 33
+SO_SNDBUFFORCE = 32
+
+# generic netlink controller
+GENL_ID_CTRL = 0x10
+CTRL_CMD_GETFAMILY = 3
+CTRL_ATTR_FAMILY_ID = 1
+CTRL_ATTR_FAMILY_NAME = 2
+
+# IPVS commands
+IPVS_GENL_NAME = "IPVS"
+IPVS_GENL_VERSION = 1
+CMD_NEW_SERVICE = 1
+CMD_SET_SERVICE = 2
+CMD_DEL_SERVICE = 3
+CMD_GET_SERVICE = 4
+CMD_NEW_DEST = 5
+CMD_SET_DEST = 6
+CMD_DEL_DEST = 7
+CMD_GET_DEST = 8
+CMD_GET_INFO = 15
+CMD_FLUSH = 17
+
+# IPVS attributes
+CMD_ATTR_SERVICE = 1
+CMD_ATTR_DEST = 2
+
+SVC_ATTR_AF = 1
+SVC_ATTR_PROTOCOL = 2
+SVC_ATTR_ADDR = 3
+SVC_ATTR_PORT = 4
+SVC_ATTR_FWMARK = 5
+SVC_ATTR_SCHED_NAME = 6
+SVC_ATTR_FLAGS = 7
+SVC_ATTR_TIMEOUT = 8
+SVC_ATTR_NETMASK = 9
+SVC_ATTR_STATS = 10
+SVC_ATTR_STATS64 = 12
+
+DEST_ATTR_ADDR = 1
+DEST_ATTR_PORT = 2
+DEST_ATTR_FWD_METHOD = 3
+DEST_ATTR_WEIGHT = 4
+DEST_ATTR_U_THRESH = 5
+DEST_ATTR_L_THRESH = 6
+DEST_ATTR_ACTIVE_CONNS = 7
+DEST_ATTR_INACT_CONNS = 8
+DEST_ATTR_PERSIST_CONNS = 9
+DEST_ATTR_STATS = 10
+DEST_ATTR_ADDR_FAMILY = 11
+DEST_ATTR_STATS64 = 12
+
+# stats (STATS: u32 except bytes; STATS64: all u64)
+STATS_CONNS = 1
+STATS_INPKTS = 2
+STATS_OUTPKTS = 3
+STATS_INBYTES = 4
+STATS_OUTBYTES = 5
+STATS_CPS = 6
+STATS_INPPS = 7
+STATS_OUTPPS = 8
+STATS_INBPS = 9
+STATS_OUTBPS = 10
+
+SVC_F_PERSISTENT = 0x1
+SVC_F_HASHED = 0x2  # internal; the kernel reports it, we never set it
+SVC_F_SCHED1 = 0x8
+SVC_F_SCHED2 = 0x10
+SVC_F_SCHED3 = 0x20
+FWD_MASQ = 0
+
+PROTOCOLS = {"TCP": socket.IPPROTO_TCP, "UDP": socket.IPPROTO_UDP, "SCTP": 132}
+PROTOCOL_NAMES = {v: k for k, v in PROTOCOLS.items()}
+
+_NLMSG = struct.Struct("=IHHII")
+_GENL = struct.Struct("=BBH")
+_NLA = struct.Struct("=HH")
+_U16 = struct.Struct("=H")
+_U32 = struct.Struct("=I")
+_U64 = struct.Struct("=Q")
+_BE16 = struct.Struct("!H")
+_FLAGS = struct.Struct("=II")
+
+# One sendmsg carries at most this many bytes of requests.
+BATCH_BYTES = 256 * 1024
+
+
+class IPVSError(OSError):
+    """A netlink request failed; ``op`` describes the operation."""
+
+    def __init__(self, code: int, op: str) -> None:
+        super().__init__(code, f"{os.strerror(code)}: {op}")
+        self.op = op
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceKey:
+    """Identifies one IPVS virtual service (fwmark services are not managed here)."""
+
+    af: int  # socket.AF_INET or AF_INET6
+    protocol: int  # IPPROTO_*
+    addr: str
+    port: int
+
+    def __str__(self) -> str:
+        proto = PROTOCOL_NAMES.get(self.protocol, str(self.protocol))
+        host = f"[{self.addr}]" if self.af == socket.AF_INET6 else self.addr
+        return f"{proto}/{host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceAttrs:
+    """What may change in place on a virtual service (IPVS_CMD_SET_SERVICE)."""
+
+    scheduler: str = "rr"
+    flags: int = 0  # IP_VS_SVC_F_* without HASHED
+    timeout: int = 0  # persistence timeout, seconds
+
+
+@dataclass(frozen=True, slots=True)
+class DestAttrs:
+    weight: int = 1
+    fwd_method: int = FWD_MASQ
+
+
+@dataclass(slots=True)
+class Stats:
+    conns: int = 0
+    inpkts: int = 0
+    outpkts: int = 0
+    inbytes: int = 0
+    outbytes: int = 0
+    cps: int = 0
+    inpps: int = 0
+    outpps: int = 0
+    inbps: int = 0
+    outbps: int = 0
+
+
+@dataclass(slots=True)
+class DumpedService:
+    key: ServiceKey | None  # None for a fwmark service
+    fwmark: int
+    attrs: ServiceAttrs
+    stats: Stats = field(default_factory=Stats)
+
+
+@dataclass(slots=True)
+class DumpedDest:
+    addr: str
+    port: int
+    attrs: DestAttrs
+    active_conns: int = 0
+    inactive_conns: int = 0
+    stats: Stats = field(default_factory=Stats)
+
+
+# -- attribute packing ----------------------------------------------------------------
+
+
+def _nla(atype: int, payload: bytes) -> bytes:
+    length = 4 + len(payload)
+    pad = (-length) & 3
+    return _NLA.pack(length, atype) + payload + b"\0" * pad
+
+
+def _addr_bytes(af: int, addr: str) -> bytes:
+    return socket.inet_pton(af, addr)
+
+
+def _service_id(key: ServiceKey) -> bytes:
+    return (
+        _nla(SVC_ATTR_AF, _U16.pack(key.af))
+        + _nla(SVC_ATTR_PROTOCOL, _U16.pack(key.protocol))
+        + _nla(SVC_ATTR_ADDR, _addr_bytes(key.af, key.addr))
+        + _nla(SVC_ATTR_PORT, _BE16.pack(key.port))
+    )
+
+
+def _service_full(key: ServiceKey, attrs: ServiceAttrs) -> bytes:
+    netmask = 0xFFFFFFFF if key.af == socket.AF_INET else 128
+    # The kernel rejects NEW/SET without all four of these.
+    return (
+        _service_id(key)
+        + _nla(SVC_ATTR_SCHED_NAME, attrs.scheduler.encode() + b"\0")
+        + _nla(SVC_ATTR_FLAGS, _FLAGS.pack(attrs.flags, 0xFFFFFFFF))
+        + _nla(SVC_ATTR_TIMEOUT, _U32.pack(attrs.timeout))
+        + _nla(SVC_ATTR_NETMASK, _U32.pack(netmask))
+    )
+
+
+def _dest_id(af: int, addr: str, port: int) -> bytes:
+    return (
+        _nla(DEST_ATTR_ADDR, _addr_bytes(af, addr))
+        + _nla(DEST_ATTR_PORT, _BE16.pack(port))
+        + _nla(DEST_ATTR_ADDR_FAMILY, _U16.pack(af))
+    )
+
+
+def _dest_full(af: int, addr: str, port: int, attrs: DestAttrs) -> bytes:
+    return (
+        _dest_id(af, addr, port)
+        + _nla(DEST_ATTR_FWD_METHOD, _U32.pack(attrs.fwd_method))
+        + _nla(DEST_ATTR_WEIGHT, _U32.pack(attrs.weight))
+        + _nla(DEST_ATTR_U_THRESH, _U32.pack(0))
+        + _nla(DEST_ATTR_L_THRESH, _U32.pack(0))
+    )
+
+
+def _nested(atype: int, payload: bytes) -> bytes:
+    return _nla(atype | NLA_F_NESTED, payload)
+
+
+# -- messages -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Op:
+    """One IPVS request, encoded except for its netlink header."""
+
+    cmd: int
+    body: bytes  # genl header + attributes
+    desc: str  # for error messages: what this operation was
+
+
+_CMD_NAMES = {
+    CMD_NEW_SERVICE: "add-service", CMD_SET_SERVICE: "set-service",
+    CMD_DEL_SERVICE: "del-service", CMD_NEW_DEST: "add-dest", CMD_SET_DEST: "set-dest",
+    CMD_DEL_DEST: "del-dest",
+}
+
+
+def _op(cmd: int, attrs: bytes, desc: str) -> Op:
+    return Op(cmd, _GENL.pack(cmd, IPVS_GENL_VERSION, 0) + attrs, f"{_CMD_NAMES[cmd]} {desc}")
+
+
+def new_service(key: ServiceKey, attrs: ServiceAttrs) -> Op:
+    return _op(CMD_NEW_SERVICE, _nested(CMD_ATTR_SERVICE, _service_full(key, attrs)), str(key))
+
+
+def set_service(key: ServiceKey, attrs: ServiceAttrs) -> Op:
+    return _op(CMD_SET_SERVICE, _nested(CMD_ATTR_SERVICE, _service_full(key, attrs)), str(key))
+
+
+def del_service(key: ServiceKey) -> Op:
+    return _op(CMD_DEL_SERVICE, _nested(CMD_ATTR_SERVICE, _service_id(key)), str(key))
+
+
+def _dest_desc(key: ServiceKey, addr: str, port: int) -> str:
+    host = f"[{addr}]" if key.af == socket.AF_INET6 else addr
+    return f"{key} -> {host}:{port}"
+
+
+def new_dest(key: ServiceKey, addr: str, port: int, attrs: DestAttrs) -> Op:
+    return _op(
+        CMD_NEW_DEST,
+        _nested(CMD_ATTR_SERVICE, _service_id(key))
+        + _nested(CMD_ATTR_DEST, _dest_full(key.af, addr, port, attrs)),
+        _dest_desc(key, addr, port),
+    )
+
+
+def set_dest(key: ServiceKey, addr: str, port: int, attrs: DestAttrs) -> Op:
+    return _op(
+        CMD_SET_DEST,
+        _nested(CMD_ATTR_SERVICE, _service_id(key))
+        + _nested(CMD_ATTR_DEST, _dest_full(key.af, addr, port, attrs)),
+        _dest_desc(key, addr, port),
+    )
+
+
+def del_dest(key: ServiceKey, addr: str, port: int) -> Op:
+    return _op(
+        CMD_DEL_DEST,
+        _nested(CMD_ATTR_SERVICE, _service_id(key))
+        + _nested(CMD_ATTR_DEST, _dest_id(key.af, addr, port)),
+        _dest_desc(key, addr, port),
+    )
+
+
+def frame(family: int, op_body: bytes, seq: int, flags: int = NLM_F_REQUEST) -> bytes:
+    return _NLMSG.pack(_NLMSG.size + len(op_body), family, flags, seq, 0) + op_body
+
+
+# -- attribute parsing ----------------------------------------------------------------
+
+
+def parse_attrs(data: bytes | memoryview, offset: int = 0, end: int | None = None) -> dict:
+    """Parse a flat attribute stream into {type: payload bytes}."""
+    out: dict[int, bytes] = {}
+    end = len(data) if end is None else end
+    while offset + 4 <= end:
+        length, atype = _NLA.unpack_from(data, offset)
+        if length < 4:
+            break
+        out[atype & NLA_TYPE_MASK] = bytes(data[offset + 4 : offset + length])
+        offset += (length + 3) & ~3
+    return out
+
+
+def _u32(attrs: dict, key: int, default: int = 0) -> int:
+    v = attrs.get(key)
+    return _U32.unpack(v[:4])[0] if v else default
+
+
+def _addr(af: int, raw: bytes) -> str:
+    if af == socket.AF_INET6:
+        return str(ipaddress.IPv6Address(raw[:16]))
+    return socket.inet_ntop(socket.AF_INET, raw[:4])
+
+
+def _parse_stats(raw: bytes | None, wide: bool) -> Stats:
+    st = Stats()
+    if not raw:
+        return st
+    a = parse_attrs(raw)
+    names = ("conns", "inpkts", "outpkts", "inbytes", "outbytes", "cps", "inpps",
+             "outpps", "inbps", "outbps")
+    for i, name in enumerate(names, start=1):
+        v = a.get(i)
+        if v is None:
+            continue
+        if len(v) >= 8:
+            setattr(st, name, _U64.unpack(v[:8])[0])
+        elif len(v) >= 4:
+            setattr(st, name, _U32.unpack(v[:4])[0])
+    del wide
+    return st
+
+
+def decode_service(payload: bytes) -> DumpedService:
+    outer = parse_attrs(payload)
+    a = parse_attrs(outer.get(CMD_ATTR_SERVICE, b""))
+    af = _U16.unpack(a[SVC_ATTR_AF][:2])[0] if SVC_ATTR_AF in a else socket.AF_INET
+    fwmark = _u32(a, SVC_ATTR_FWMARK)
+    flags = _FLAGS.unpack(a[SVC_ATTR_FLAGS][:8])[0] if SVC_ATTR_FLAGS in a else 0
+    sched = a.get(SVC_ATTR_SCHED_NAME, b"").split(b"\0", 1)[0].decode()
+    attrs = ServiceAttrs(scheduler=sched, flags=flags & ~SVC_F_HASHED,
+                         timeout=_u32(a, SVC_ATTR_TIMEOUT))
+    key = None
+    if SVC_ATTR_ADDR in a and not fwmark:
+        key = ServiceKey(
+            af=af,
+            protocol=_U16.unpack(a[SVC_ATTR_PROTOCOL][:2])[0],
+            addr=_addr(af, a[SVC_ATTR_ADDR]),
+            port=_BE16.unpack(a[SVC_ATTR_PORT][:2])[0],
+        )
+    stats_raw = a.get(SVC_ATTR_STATS64)
+    stats = _parse_stats(stats_raw if stats_raw else a.get(SVC_ATTR_STATS), bool(stats_raw))
+    return DumpedService(key=key, fwmark=fwmark, attrs=attrs, stats=stats)
+
+
+def decode_dest(payload: bytes, af: int) -> DumpedDest:
+    outer = parse_attrs(payload)
+    a = parse_attrs(outer.get(CMD_ATTR_DEST, b""))
+    if DEST_ATTR_ADDR_FAMILY in a:
+        af = _U16.unpack(a[DEST_ATTR_ADDR_FAMILY][:2])[0]
+    stats_raw = a.get(DEST_ATTR_STATS64)
+    return DumpedDest(
+        addr=_addr(af, a[DEST_ATTR_ADDR]),
+        port=_BE16.unpack(a[DEST_ATTR_PORT][:2])[0],
+        attrs=DestAttrs(weight=_u32(a, DEST_ATTR_WEIGHT),
+                        fwd_method=_u32(a, DEST_ATTR_FWD_METHOD) & 0x7),
+        active_conns=_u32(a, DEST_ATTR_ACTIVE_CONNS),
+        inactive_conns=_u32(a, DEST_ATTR_INACT_CONNS),
+        stats=_parse_stats(stats_raw if stats_raw else a.get(DEST_ATTR_STATS), bool(stats_raw)),
+    )
+
+
+def iter_messages(data: bytes) -> Iterator[tuple[int, int, int, bytes]]:
+    """Yield (type, flags, seq, payload) for each netlink message in a datagram."""
+    offset = 0
+    while offset + _NLMSG.size <= len(data):
+        length, mtype, flags, seq, _pid = _NLMSG.unpack_from(data, offset)
+        if length < _NLMSG.size:
+            break
+        yield mtype, flags, seq, data[offset + _NLMSG.size : offset + length]
+        offset += (length + 3) & ~3
+
+
+# -- the socket -----------------------------------------------------------------------
+
+
+class IPVSSocket:
+    """A generic-netlink socket bound to the IPVS family. Blocking; not thread-safe."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_GENERIC)
+        try:
+            # A batch can draw many error replies at once: make room so none is dropped.
+            self.sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 8 * 1024 * 1024)
+            self.sock.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, 4 * 1024 * 1024)
+        except OSError:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 * 1024 * 1024)
+        # Errors then carry only the failed request's header, not its whole payload.
+        self.sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)
+        self.sock.bind((0, 0))
+        self._seq = 0
+        self.family = self._resolve_family()
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> IPVSSocket:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _next_seq(self) -> int:
+        self._seq = (self._seq + 1) & 0xFFFFFFFF or 1
+        return self._seq
+
+    def _recv(self) -> bytes:
+        return self.sock.recv(1 << 20)
+
+    def _resolve_family(self) -> int:
+        seq = self._next_seq()
+        body = _GENL.pack(CTRL_CMD_GETFAMILY, 1, 0) + _nla(
+            CTRL_ATTR_FAMILY_NAME, IPVS_GENL_NAME.encode() + b"\0"
+        )
+        self.sock.send(frame(GENL_ID_CTRL, body, seq))
+        while True:
+            for mtype, _flags, mseq, payload in iter_messages(self._recv()):
+                if mseq != seq:
+                    continue
+                if mtype == NLMSG_ERROR:
+                    code = -struct.unpack_from("=i", payload)[0]
+                    raise IPVSError(code or errno.ENOENT, "resolve generic netlink family IPVS")
+                attrs = parse_attrs(payload, _GENL.size)
+                return _U16.unpack(attrs[CTRL_ATTR_FAMILY_ID][:2])[0]
+
+    # -- batches ------------------------------------------------------------------------
+
+    def apply(self, ops: Iterable[Op]) -> list[tuple[Op, IPVSError]]:
+        """Send every operation, pipelined; return the ones that failed with their error.
+
+        Failures do not stop the batch: each message is independent in the kernel.
+        """
+        pending: dict[int, Op] = {}
+        failures: list[tuple[Op, IPVSError]] = []
+        buf: list[bytes] = []
+        size = 0
+        family = self.family
+        for op in ops:
+            seq = self._next_seq()
+            msg = frame(family, op.body, seq)
+            pending[seq] = op
+            buf.append(msg)
+            size += len(msg)
+            if size >= BATCH_BYTES:
+                self.sock.send(b"".join(buf))
+                buf.clear()
+                size = 0
+                self._drain_errors(pending, failures, block=False)
+        # The barrier: an acked GET_INFO; its reply comes after every earlier error.
+        barrier = self._next_seq()
+        buf.append(frame(family, _GENL.pack(CMD_GET_INFO, IPVS_GENL_VERSION, 0), barrier,
+                         NLM_F_REQUEST | NLM_F_ACK))
+        self.sock.send(b"".join(buf))
+        self._drain_errors(pending, failures, block=True, barrier=barrier)
+        return failures
+
+    def _drain_errors(
+        self,
+        pending: dict[int, Op],
+        failures: list[tuple[Op, IPVSError]],
+        *,
+        block: bool,
+        barrier: int = 0,
+    ) -> None:
+        flags = 0 if block else socket.MSG_DONTWAIT
+        while True:
+            try:
+                data = self.sock.recv(1 << 20, flags)
+            except BlockingIOError:
+                return
+            done = False
+            for mtype, _f, seq, payload in iter_messages(data):
+                if seq == barrier:
+                    if mtype == NLMSG_ERROR:
+                        code = -struct.unpack_from("=i", payload)[0]
+                        if code:
+                            raise IPVSError(code, "IPVS barrier request")
+                        done = True
+                    continue
+                if mtype != NLMSG_ERROR:
+                    continue
+                code = -struct.unpack_from("=i", payload)[0]
+                op = pending.get(seq)
+                if code and op is not None:
+                    failures.append((op, IPVSError(code, op.desc)))
+            if done:
+                return
+
+    # -- dumps --------------------------------------------------------------------------
+
+    def _dump(self, body: bytes) -> list[bytes]:
+        seq = self._next_seq()
+        self.sock.send(frame(self.family, body, seq, NLM_F_REQUEST | NLM_F_DUMP))
+        out: list[bytes] = []
+        while True:
+            for mtype, _f, mseq, payload in iter_messages(self._recv()):
+                if mseq != seq:
+                    continue
+                if mtype == NLMSG_DONE:
+                    return out
+                if mtype == NLMSG_ERROR:
+                    code = -struct.unpack_from("=i", payload)[0]
+                    if code:
+                        raise IPVSError(code, "IPVS dump")
+                    return out
+                out.append(payload[_GENL.size :])
+
+    def services(self) -> list[DumpedService]:
+        body = _GENL.pack(CMD_GET_SERVICE, IPVS_GENL_VERSION, 0)
+        return [decode_service(p) for p in self._dump(body)]
+
+    def dests(self, key: ServiceKey) -> list[DumpedDest]:
+        body = _GENL.pack(CMD_GET_DEST, IPVS_GENL_VERSION, 0) + _nested(
+            CMD_ATTR_SERVICE, _service_id(key)
+        )
+        return [decode_dest(p, key.af) for p in self._dump(body)]
+
+    def dests_fwmark(self, af: int, fwmark: int) -> list[DumpedDest]:
+        body = _GENL.pack(CMD_GET_DEST, IPVS_GENL_VERSION, 0) + _nested(
+            CMD_ATTR_SERVICE,
+            _nla(SVC_ATTR_AF, _U16.pack(af)) + _nla(SVC_ATTR_FWMARK, _U32.pack(fwmark)),
+        )
+        return [decode_dest(p, af) for p in self._dump(body)]
+
+
+def service_key(af: int, protocol: str, addr: str, port: int) -> ServiceKey:
+    """Build a key from API-style values ("TCP", "10.96.0.1", 80)."""
+    return ServiceKey(af=af, protocol=PROTOCOLS[protocol.upper()],
+                      addr=str(ipaddress.ip_address(addr)), port=port)

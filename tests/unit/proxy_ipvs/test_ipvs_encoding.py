@@ -1,0 +1,99 @@
+"""Byte-level checks of the IPVS encoder, against layouts worked out from linux/ip_vs.h."""
+
+from __future__ import annotations
+
+import socket
+import struct
+
+from kube_router_proxy_ipvs import ipvs_netlink as nl
+
+
+def _attrs(blob: bytes) -> list[tuple[int, bytes]]:
+    out, off = [], 0
+    while off < len(blob):
+        length, atype = struct.unpack_from("=HH", blob, off)
+        out.append((atype, blob[off + 4 : off + length]))
+        off += (length + 3) & ~3
+    return out
+
+
+def test_new_service_layout() -> None:
+    key = nl.service_key(socket.AF_INET, "tcp", "10.96.0.1", 443)
+    op = nl.new_service(key, nl.ServiceAttrs("rr", nl.SVC_F_PERSISTENT, 10800))
+    assert op.body[:4] == bytes([nl.CMD_NEW_SERVICE, 1, 0, 0])
+    [(outer_type, inner)] = _attrs(op.body[4:])
+    assert outer_type == nl.CMD_ATTR_SERVICE | nl.NLA_F_NESTED
+    attrs = dict(_attrs(inner))
+    assert attrs[nl.SVC_ATTR_AF] == struct.pack("=H", socket.AF_INET)
+    assert attrs[nl.SVC_ATTR_PROTOCOL] == struct.pack("=H", 6)
+    assert attrs[nl.SVC_ATTR_ADDR] == bytes([10, 96, 0, 1])
+    assert attrs[nl.SVC_ATTR_PORT] == b"\x01\xbb"  # network byte order
+    assert attrs[nl.SVC_ATTR_SCHED_NAME] == b"rr\0"
+    assert attrs[nl.SVC_ATTR_FLAGS] == struct.pack("=II", 1, 0xFFFFFFFF)
+    assert attrs[nl.SVC_ATTR_TIMEOUT] == struct.pack("=I", 10800)
+    assert attrs[nl.SVC_ATTR_NETMASK] == struct.pack("=I", 0xFFFFFFFF)
+    assert op.desc == "add-service TCP/10.96.0.1:443"
+
+
+def test_attributes_are_padded_to_four_bytes() -> None:
+    key = nl.service_key(socket.AF_INET, "UDP", "10.96.0.10", 53)
+    op = nl.new_service(key, nl.ServiceAttrs("wlc"))  # "wlc\0" and "rr\0" pad differently
+    assert len(op.body) % 4 == 0
+    inner = dict(_attrs(dict(_attrs(op.body[4:]))[nl.CMD_ATTR_SERVICE | nl.NLA_F_NESTED]))
+    assert inner[nl.SVC_ATTR_SCHED_NAME] == b"wlc\0"
+
+
+def test_new_dest_is_masq_with_thresholds() -> None:
+    key = nl.service_key(socket.AF_INET6, "TCP", "fd00::1", 80)
+    op = nl.new_dest(key, "fd01::5", 8080, nl.DestAttrs(weight=2))
+    outer = dict(_attrs(op.body[4:]))
+    svc = dict(_attrs(outer[nl.CMD_ATTR_SERVICE | nl.NLA_F_NESTED]))
+    assert svc[nl.SVC_ATTR_ADDR] == socket.inet_pton(socket.AF_INET6, "fd00::1")
+    assert nl.SVC_ATTR_SCHED_NAME not in svc  # the service is only identified
+    dest = dict(_attrs(outer[nl.CMD_ATTR_DEST | nl.NLA_F_NESTED]))
+    assert dest[nl.DEST_ATTR_ADDR] == socket.inet_pton(socket.AF_INET6, "fd01::5")
+    assert dest[nl.DEST_ATTR_PORT] == struct.pack("!H", 8080)
+    assert dest[nl.DEST_ATTR_FWD_METHOD] == struct.pack("=I", 0)
+    assert dest[nl.DEST_ATTR_WEIGHT] == struct.pack("=I", 2)
+    assert dest[nl.DEST_ATTR_U_THRESH] == dest[nl.DEST_ATTR_L_THRESH] == b"\0\0\0\0"
+    assert dest[nl.DEST_ATTR_ADDR_FAMILY] == struct.pack("=H", socket.AF_INET6)
+
+
+def test_del_dest_carries_only_identity() -> None:
+    key = nl.service_key(socket.AF_INET, "TCP", "10.96.0.1", 80)
+    op = nl.del_dest(key, "10.2.0.3", 8080)
+    outer = dict(_attrs(op.body[4:]))
+    dest = dict(_attrs(outer[nl.CMD_ATTR_DEST | nl.NLA_F_NESTED]))
+    assert set(dest) == {nl.DEST_ATTR_ADDR, nl.DEST_ATTR_PORT, nl.DEST_ATTR_ADDR_FAMILY}
+    assert op.desc == "del-dest TCP/10.96.0.1:80 -> 10.2.0.3:8080"
+
+
+def test_frame_header() -> None:
+    msg = nl.frame(0x1F, b"\x01\x01\x00\x00", 7)
+    assert struct.unpack("=IHHII", msg[:16]) == (20, 0x1F, nl.NLM_F_REQUEST, 7, 0)
+
+
+def test_decode_round_trip_of_a_dumped_service() -> None:
+    key = nl.service_key(socket.AF_INET, "TCP", "10.96.0.1", 80)
+    # a dump reply carries the address as 16 bytes and the HASHED flag
+    inner = (
+        nl._nla(nl.SVC_ATTR_AF, struct.pack("=H", socket.AF_INET))
+        + nl._nla(nl.SVC_ATTR_PROTOCOL, struct.pack("=H", 6))
+        + nl._nla(nl.SVC_ATTR_ADDR, bytes([10, 96, 0, 1]) + b"\0" * 12)
+        + nl._nla(nl.SVC_ATTR_PORT, struct.pack("!H", 80))
+        + nl._nla(nl.SVC_ATTR_SCHED_NAME, b"lc\0")
+        + nl._nla(nl.SVC_ATTR_FLAGS, struct.pack("=II", 3, 0xFFFFFFFF))
+        + nl._nla(nl.SVC_ATTR_TIMEOUT, struct.pack("=I", 60))
+        + nl._nla(nl.SVC_ATTR_STATS64 | nl.NLA_F_NESTED,
+                  nl._nla(nl.STATS_CONNS, struct.pack("=Q", 5))
+                  + nl._nla(nl.STATS_INBYTES, struct.pack("=Q", 1 << 40)))
+    )
+    dumped = nl.decode_service(nl._nla(nl.CMD_ATTR_SERVICE | nl.NLA_F_NESTED, inner))
+    assert dumped.key == key
+    assert dumped.attrs == nl.ServiceAttrs("lc", nl.SVC_F_PERSISTENT, 60)
+    assert dumped.stats.conns == 5 and dumped.stats.inbytes == 1 << 40
+
+
+def test_iter_messages_splits_a_datagram() -> None:
+    data = nl.frame(2, b"\xfe\xff\xff\xff", 3) + nl.frame(3, b"\0\0\0\0", 4)
+    assert [(t, s) for t, _f, s, _p in nl.iter_messages(data)] == [(2, 3), (3, 4)]
