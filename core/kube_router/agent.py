@@ -12,7 +12,8 @@ import asyncio
 import logging
 import signal
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+from typing import Any
 
 import pluggy
 

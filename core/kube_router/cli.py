@@ -220,11 +220,7 @@ def run_cleanups(config: argparse.Namespace) -> int:
 def cmd_plugins(config: argparse.Namespace) -> int:
     from kube_router.status import format_table
 
-    enable = set(config.installed)
-    try:
-        enable = set(enabled_plugins(_defaults_for(config)))
-    except PluginLoadError:
-        pass
+    enable = set(enabled_plugins(_defaults_for(config)))
     rows = [
         [i.name, i.distribution, i.version, "yes" if i.name in enable else "no",
          "agent" if i.agent else "command"]

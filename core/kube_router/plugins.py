@@ -29,7 +29,7 @@ class PluginInfo:
     distribution: str
     version: str
     module: str
-    agent: bool  # implements kube_router_controllers: something to enable
+    agent: bool  # takes part in running the agent (not only a subcommand): enable-able
 
 
 def new_manager() -> pluggy.PluginManager:
@@ -54,7 +54,7 @@ def load(pm: pluggy.PluginManager) -> dict[str, PluginInfo]:
             ) from exc
         pm.register(plugin, name=ep.name)
         dist = ep.dist
-        found[ep.name] = describe(ep.name, plugin, dist.name if dist else "?",
+        found[ep.name] = describe(pm, ep.name, plugin, dist.name if dist else "?",
                                   dist.version if dist else "?")
     pm.check_pending()
     return found
@@ -64,13 +64,20 @@ def register(pm: pluggy.PluginManager, name: str, plugin: object) -> PluginInfo:
     """Register a plugin object directly (tests, embedding)."""
     pm.register(plugin, name=name)
     pm.check_pending()
-    return describe(name, plugin, "(registered)", "")
+    return describe(pm, name, plugin, "(registered)", "")
 
 
-def describe(name: str, plugin: object, dist: str, version: str) -> PluginInfo:
+#: Hooks that only shape the command line; a plugin with nothing else is a command.
+_COMMAND_HOOKS = frozenset({"kube_router_add_options", "kube_router_add_commands",
+                            "kube_router_add_hookspecs"})
+
+
+def describe(pm: pluggy.PluginManager, name: str, plugin: object, dist: str,
+             version: str) -> PluginInfo:
     module = plugin.__name__ if isinstance(plugin, ModuleType) else type(plugin).__qualname__
+    hooks = {caller.name for caller in pm.get_hookcallers(plugin) or ()}
     return PluginInfo(name=name, distribution=dist, version=version, module=module,
-                      agent=hasattr(plugin, "kube_router_controllers"))
+                      agent=bool(hooks - _COMMAND_HOOKS))
 
 
 def resolve_enabled(requested: list[str] | None, installed: dict[str, PluginInfo]) -> list[str]:

@@ -15,7 +15,9 @@ import os
 from pathlib import Path
 
 import kubernetes.client
-from kubernetes.config import ConfigException, load_incluster_config, load_kube_config
+from kubernetes.config import ConfigException
+from kubernetes.config import load_incluster_config
+from kubernetes.config import load_kube_config
 
 
 def load_client(kubeconfig: str | None, master: str | None) -> kubernetes.client.ApiClient:

@@ -20,14 +20,18 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from collections.abc import Iterator
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+from typing import Any
 from urllib.parse import urlencode
 
 import orjson
 import urllib3
 
-from kube_router.bus import Event, EventType
+from kube_router.bus import Event
+from kube_router.bus import EventType
 from kube_router.kube.kinds import Kind
 from kube_router.kube.records import Record
 from kube_router.kube.store import Store

@@ -7,7 +7,9 @@ no lock is needed.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
+from collections.abc import Iterable
+from collections.abc import Iterator
 
 from kube_router.kube.records import Record
 

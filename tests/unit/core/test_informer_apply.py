@@ -11,7 +11,9 @@ import threading
 import orjson
 import pytest
 import urllib3
-from kube_router.bus import Event, EventType
+
+from kube_router.bus import Event
+from kube_router.bus import EventType
 from kube_router.kube import informer as informer_mod
 from kube_router.kube.informer import Informer
 from kube_router.kube.kinds import KINDS

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from kube_router.kube import records
 from kube_router.kube.kinds import KINDS
 
