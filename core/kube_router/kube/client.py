@@ -1,9 +1,10 @@
 """Building the Kubernetes API client from the agent's flags.
 
 The order follows kube-router: an explicit ``--kubeconfig`` wins (``--master`` then only
-overrides its server address); ``--master`` alone talks to that address without credentials;
-with neither, the pod's service account (in-cluster config) is used, and outside a cluster
-the usual ``$KUBECONFIG`` or ``~/.kube/config``.
+overrides its server address); otherwise the pod's service account (in-cluster config) is
+used, with ``--master`` replacing the address it names; outside a cluster ``--master`` alone
+talks to that address without credentials, and with neither flag the usual ``$KUBECONFIG``
+or ``~/.kube/config`` is read.
 
 Only the client's connection machinery (TLS, credentials, connection pool) is used: the
 informers send their own requests and decode the JSON themselves.
@@ -31,19 +32,22 @@ def load_client(kubeconfig: str | None, master: str | None) -> kubernetes.client
         if not Path(kubeconfig).is_file():
             raise ConfigException(f"kubeconfig file {kubeconfig} does not exist")
         load_kube_config(config_file=kubeconfig, client_configuration=cfg, persist_config=False)
-    elif not master:
+    else:
         try:
             load_incluster_config(client_configuration=cfg)
         except ConfigException as exc:
-            fallback = _default_kubeconfig()
-            if fallback is None:
+            # With --master alone, talk to it without credentials (as kube-router does);
+            # with nothing at all, fall back to the usual kubeconfig locations.
+            fallback = None if master else _default_kubeconfig()
+            if fallback is not None:
+                load_kube_config(
+                    config_file=str(fallback), client_configuration=cfg, persist_config=False
+                )
+            elif not master:
                 raise ConfigException(
                     "no --kubeconfig or --master given, not running in a cluster "
                     f"({exc}), and no default kubeconfig found"
                 ) from None
-            load_kube_config(
-                config_file=str(fallback), client_configuration=cfg, persist_config=False
-            )
     if master:
         cfg.host = master.rstrip("/")
     return kubernetes.client.ApiClient(configuration=cfg)
