@@ -1,0 +1,1 @@
+"""The lab's embedded Kubernetes API: an in-memory object store and an HTTP front end."""
