@@ -1,0 +1,1 @@
+"""BGP pod routing for kube-router-py: gobgpd, learned routes in the kernel, CNI config."""

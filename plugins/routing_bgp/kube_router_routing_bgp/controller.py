@@ -1,0 +1,291 @@
+"""The routing controller: gobgpd's peers and paths from the Node objects, learned paths
+into the kernel, and the node's pod network (CNI config, kube-bridge, egress masquerade).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import tempfile
+import time
+from collections.abc import Hashable
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from kube_router.controller import Controller
+from kube_router.errors import TemporaryError
+from kube_router.kube.records import Node
+from kube_router_routing_bgp import desired
+from kube_router_routing_bgp.gobgpd import Gobgpd
+from kube_router_routing_bgp.gobgpd import GobgpError
+from kube_router_routing_bgp.gobgpd import PeerConfig
+from kube_router_routing_bgp.gobgpd import admin_target
+from kube_router_routing_bgp.kernel_routes import RouteTable
+from kube_router_routing_bgp.metrics import RouterMetrics
+from kube_router_routing_bgp.route_sync import RouteInstaller
+
+if TYPE_CHECKING:
+    from kube_router.agent import Agent
+    from kube_router.bus import Event
+
+log = logging.getLogger(__name__)
+
+_ALL = "nodes"
+# Before pruning protocol-17 routes nobody advertises, give the peers time to come up and
+# send their tables again: a restarted agent must not drop working routes.
+PRUNE_GRACE = 60.0
+
+
+class RouterController(Controller):
+    name = "router"
+    kinds = ("Node",)
+
+    def __init__(self, agent: Agent) -> None:
+        super().__init__(agent)
+        cfg = agent.config
+        self.config = cfg
+        self.resync_period = cfg.routes_sync_period
+        self._runtime_dir = tempfile.mkdtemp(prefix="kube-router-bgp-")
+        self.gobgpd = Gobgpd(
+            api_host=admin_target(cfg.gobgp_admin_address, cfg.gobgp_admin_port,
+                                  self._runtime_dir),
+            binary=cfg.gobgpd_path, graceful_restart=cfg.bgp_graceful_restart)
+        self.metrics = RouterMetrics(agent.metrics.registry)
+        self.table: RouteTable | None = None
+        self.installer: RouteInstaller | None = None
+        self.local: desired.LocalBgp | None = None
+        self.peers: dict[str, PeerConfig] = {}  # applied to gobgpd
+        self.paths: dict[str, str] = {}  # prefix -> next hop, advertised
+        self._bgp_started_at = 0.0
+        self._tasks: list[asyncio.Task[None]] = []
+        self._bgp_tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
+        self._reject_nets: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+        for cidr in getattr(cfg, "service_cluster_ip_range", None) or ():
+            with contextlib.suppress(ValueError):
+                self._reject_nets.append(ipaddress.ip_network(cidr, strict=False))
+        self.pod_network = None
+        if cfg.enable_cni or cfg.enable_pod_egress:
+            from kube_router_routing_bgp.pod_network import PodNetwork
+
+            self.pod_network = PodNetwork(cfg)
+
+    def keys_for(self, event: Event) -> Iterable[Hashable]:
+        # Peers and egress sets depend on every node: one key, one sync per burst.
+        return (_ALL,)
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.table = RouteTable()
+        self.installer = RouteInstaller(self.table, metrics=self.metrics)
+        self.installer.reject = self._rejected
+        await self.installer.load()
+        log.info("router starting node=%s learned_routes_in_kernel=%d",
+                 self.agent.node_name, len(self.installer.actual))
+        loop = asyncio.get_running_loop()
+        self._tasks = [
+            loop.create_task(self.installer.run(), name="router:install"),
+            loop.create_task(self._reconcile_loop(), name="router:reconcile"),
+        ]
+
+    async def stop(self) -> None:
+        self._stopping = True
+        for t in (*self._bgp_tasks, *self._tasks):
+            t.cancel()
+        await asyncio.gather(*self._bgp_tasks, *self._tasks, return_exceptions=True)
+        # With graceful restart the peers keep our routes while we are away; without it
+        # gobgpd goes with the agent either way (it dies with its parent).
+        await self.gobgpd.stop()
+        if self.table is not None:
+            self.table.close()
+
+    def _rejected(self, net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:
+        # Import policy as the original: no default route, no service addresses.
+        if net.prefixlen == 0:
+            return True
+        return any(net.version == r.version and net.subnet_of(r) for r in self._reject_nets)
+
+    # -- sync --------------------------------------------------------------------
+
+    async def sync(self, keys: frozenset[Hashable] | None) -> None:
+        started = time.monotonic()
+        nodes_store = self.agent.store("Node")
+        me = nodes_store.get(self.agent.node_name)
+        if not isinstance(me, Node):
+            raise TemporaryError(f"node {self.agent.node_name} not found in the API")
+        local = desired.local_bgp(me, self.config)
+        if local is None:
+            raise TemporaryError(f"node {self.agent.node_name} has no usable address or ASN")
+        nodes = [n for n in nodes_store if isinstance(n, Node)]
+        my_cidrs = desired.pod_cidrs(me)
+        assert self.installer is not None
+        self.installer.local_addresses = {local.address}
+        self.installer.local_prefixes = set(my_cidrs)
+
+        errors: list[str] = []
+        if self.pod_network is not None:
+            try:
+                await self.pod_network.sync(me, local.address, my_cidrs,
+                                            desired.cluster_pod_cidrs(nodes),
+                                            {ip for n in nodes if (ip := desired.node_ip(n))})
+            except Exception as exc:  # the BGP part must go on without the pod network
+                log.warning("pod network sync failed node=%s error=%s", me.meta.name, exc)
+                errors.append(f"pod network: {exc}")
+
+        try:
+            await self._ensure_bgp(local)
+            t0 = time.monotonic()
+            errors += await self._sync_peers(me, local, nodes)
+            self.metrics.internal_peers_sync_time.observe(time.monotonic() - t0)
+            errors += await self._sync_paths(local, my_cidrs)
+            await self._update_peer_metrics()
+        except GobgpError as exc:
+            raise TemporaryError(f"gobgpd: {exc}", delay=2.0) from exc
+        finally:
+            self.metrics.routes_sync_time.observe(time.monotonic() - started)
+        if errors:
+            raise TemporaryError("; ".join(errors))
+
+    async def _ensure_bgp(self, local: desired.LocalBgp) -> None:
+        if self.local is not None and local != self.local and self.gobgpd.running():
+            log.info("node BGP identity changed asn=%d router_id=%s address=%s: restarting "
+                     "gobgpd", local.asn, local.router_id, local.address)
+            await self._stop_bgp_tasks()
+            await self.gobgpd.stop()
+        if not self.gobgpd.running():
+            await self._stop_bgp_tasks()
+            self.peers.clear()
+            self.paths.clear()
+            await self.gobgpd.spawn()
+        if not await self.gobgpd.started():
+            await self.gobgpd.start_bgp(
+                asn=local.asn, router_id=local.router_id, listen_addresses=[local.address],
+                listen_port=self.config.bgp_port,
+                graceful_restart=self.config.bgp_graceful_restart,
+                restart_time=self.config.bgp_graceful_restart_time)
+            log.info("bgp started asn=%d router_id=%s listen=%s:%d", local.asn,
+                     local.router_id, local.address, self.config.bgp_port)
+            self.local = local
+            self.peers.clear()
+            self.paths.clear()
+            self._bgp_started_at = time.monotonic()
+            loop = asyncio.get_running_loop()
+            self._bgp_tasks = [
+                loop.create_task(self._watch(), name="router:watch"),
+                loop.create_task(self._supervise(), name="router:supervise"),
+            ]
+
+    async def _stop_bgp_tasks(self) -> None:
+        current = asyncio.current_task()
+        tasks = [t for t in self._bgp_tasks if t is not current]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._bgp_tasks = []
+
+    async def _sync_peers(self, me: Node, local: desired.LocalBgp,
+                          nodes: list[Node]) -> list[str]:
+        want = desired.ibgp_peers(me, local, nodes, self.config)
+        try:
+            want.update(desired.external_peers(self.config, local.address))
+        except (desired.PeerFlagsError, OSError) as exc:
+            log.warning("external peers skipped node=%s error=%s", me.meta.name, exc)
+        errors = []
+        for addr in [a for a in self.peers if a not in want]:
+            try:
+                await self.gobgpd.delete_peer(addr)
+                del self.peers[addr]
+                log.info("bgp peer removed node=%s peer=%s", me.meta.name, addr)
+            except GobgpError as exc:
+                errors.append(f"delete peer {addr}: {exc}")
+        for addr, peer in want.items():
+            if self.peers.get(addr) == peer:
+                continue
+            try:
+                if addr in self.peers:
+                    await self.gobgpd.delete_peer(addr)
+                    del self.peers[addr]
+                try:
+                    await self.gobgpd.add_peer(peer)
+                except GobgpError as exc:
+                    if "existing peer" not in str(exc):
+                        raise
+                    # gobgpd kept it from before we lost track (a failed call): redo it.
+                    await self.gobgpd.delete_peer(addr)
+                    await self.gobgpd.add_peer(peer)
+                self.peers[addr] = peer
+                log.info("bgp peer added node=%s peer=%s asn=%d external=%s", me.meta.name,
+                         addr, peer.asn, peer.external)
+            except GobgpError as exc:
+                errors.append(f"add peer {addr}: {exc}")
+        return errors
+
+    async def _sync_paths(self, local: desired.LocalBgp, cidrs: list[str]) -> list[str]:
+        want = {c: local.address for c in cidrs
+                if ipaddress.ip_network(c).version == ipaddress.ip_address(local.address).version}
+        errors = []
+        for prefix, nh in list(self.paths.items()):
+            if want.get(prefix) != nh:
+                try:
+                    await self.gobgpd.delete_path(prefix, nh)
+                    del self.paths[prefix]
+                    self.metrics.sent.labels("withdraw-pod-route").inc()
+                    log.info("pod cidr withdrawn prefix=%s", prefix)
+                except GobgpError as exc:
+                    errors.append(f"withdraw {prefix}: {exc}")
+        for prefix, nh in want.items():
+            if prefix in self.paths:
+                continue
+            try:
+                await self.gobgpd.add_path(prefix, nh)
+                self.paths[prefix] = nh
+                self.metrics.sent.labels("pod-route").inc()
+                log.info("pod cidr advertised prefix=%s next_hop=%s", prefix, nh)
+            except (GobgpError, ValueError) as exc:
+                errors.append(f"advertise {prefix}: {exc}")
+        return errors
+
+    async def _update_peer_metrics(self) -> None:
+        peers = await self.gobgpd.list_peers()
+        self.metrics.peer_info.clear()
+        for p in peers:
+            kind = "external" if (cfg := self.peers.get(p.address)) and cfg.external else "internal"
+            self.metrics.peer_info.labels(p.address, kind, str(p.asn), p.state).set(1)
+
+    # -- background tasks ----------------------------------------------------------
+
+    async def _watch(self) -> None:
+        assert self.installer is not None
+        while self.gobgpd.running():
+            try:
+                async for batch in self.gobgpd.watch_best():
+                    self.installer.update(batch)
+            except GobgpError as exc:
+                if not self.gobgpd.running():
+                    return
+                log.warning("best path watch ended error=%s; resubscribing", exc)
+            await asyncio.sleep(1)
+
+    async def _supervise(self) -> None:
+        rc = await self.gobgpd.wait()
+        if self._stopping:
+            return
+        log.warning("gobgpd exited rc=%s; restarting and reconfiguring it", rc)
+        await asyncio.sleep(1)
+        self.queue.add_all()
+
+    async def _reconcile_loop(self) -> None:
+        assert self.installer is not None
+        while True:
+            await asyncio.sleep(self.config.injected_routes_sync_period)
+            try:
+                if self.gobgpd.running() and self.gobgpd.stub is not None and self.local:
+                    self.installer.replace_all(await self.gobgpd.best_paths())
+                    self.installer.pruning = (
+                        time.monotonic() - self._bgp_started_at > PRUNE_GRACE)
+                await self.installer.reconcile()
+            except Exception as exc:
+                log.warning("route reconcile failed error=%s", exc)
