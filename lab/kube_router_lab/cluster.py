@@ -1,0 +1,387 @@
+"""The lab cluster: wires, API server, the cluster's controllers, kubelets, whats-my-ip,
+external peers and one agent per node, behind one object a scenario drives.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from kube_router_lab import netns as ns
+from kube_router_lab.agents import Agent
+from kube_router_lab.agents import AgentSpec
+from kube_router_lab.agents import agent_argv
+from kube_router_lab.agents import installed_plugins
+from kube_router_lab.agents import signal_gobgpd
+from kube_router_lab.agents import unsynced_reason
+from kube_router_lab.apiserver import ApiError
+from kube_router_lab.apiserver import ApiServer
+from kube_router_lab.apiserver import ApiStore
+from kube_router_lab.controllers import ClusterControllers
+from kube_router_lab.controllers import kubernetes_service
+from kube_router_lab.controllers import node_object
+from kube_router_lab.kubelet import LAB_CONF
+from kube_router_lab.kubelet import ROUTER_CONF
+from kube_router_lab.kubelet import Kubelet
+from kube_router_lab.kubelet import bridge_conflist
+from kube_router_lab.kubelet import reset_dir
+from kube_router_lab.kubelet import write_conf
+from kube_router_lab.spec import ClusterSpec
+from kube_router_lab.topology import Topology
+from kube_router_lab.whatsmyip import WhatsMyIp
+
+API_PORT = 6443
+CLUSTER_ASN = 64512
+#: Seconds a deleted pod keeps serving, marked terminating, before it goes.
+DEFAULT_GRACE = 2.0
+
+
+class LabError(RuntimeError):
+    pass
+
+
+class Lab:
+    def __init__(self, spec: ClusterSpec, *, workdir: Path,
+                 log: Callable[[str], None] = print, grace: float = DEFAULT_GRACE) -> None:
+        self.spec = spec
+        self.workdir = Path(workdir)
+        self.log = log
+        self.grace = grace
+        self.topology = Topology(spec, log=log)
+        self.store = ApiStore()
+        self.server: ApiServer | None = None
+        self.controllers = ClusterControllers(self.store, spec, log=log, grace=grace)
+        self.servers = WhatsMyIp(log=log)
+        self.kubelets: dict[str, Kubelet] = {}
+        self.agents: dict[str, Agent] = {}
+        self.peers: dict[str, Any] = {}
+        installed = installed_plugins()
+        missing = [e for e in spec.enable if e not in installed]
+        if missing:
+            log(f"event=plugins_missing names={','.join(missing)} "
+                f"installed={','.join(sorted(installed)) or '-'}")
+        self.enable = [e for e in spec.enable if e in installed]
+        self.router = "router" in self.enable
+        self.kubeconfig = self.workdir / "kubeconfig"
+        self._up = False
+
+    # -- building and tearing down ---------------------------------------------------
+
+    def up(self) -> None:
+        started = time.monotonic()
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        try:
+            # Without the router plugin nothing routes between nodes' pod CIDRs: the lab
+            # installs static routes itself.
+            self.topology.up(pod_routes=not self.router)
+            self._up = True
+            self.controllers.install_admission()
+            for name in ("default", "kube-system", "kube-public", "kube-node-lease"):
+                self.store.create({"apiVersion": "v1", "kind": "Namespace",
+                                   "metadata": {"name": name}})
+            for i in range(self.spec.nodes):
+                self.store.create(node_object(self.spec, i))
+            for obj in kubernetes_service(self.spec):
+                self.store.create(obj)
+            self.server = ApiServer(self.store, host=self.spec.apiserver_ip(), port=API_PORT)
+            self.server.start()
+            self.server.write_kubeconfig(self.kubeconfig)
+            self.controllers.start()
+            self.servers.start()
+            for i, h in enumerate(self.topology.nodes):
+                self.kubelets[h.name] = Kubelet(
+                    node=h.name, node_netns=h.netns, node_ip=h.ip, store=self.store,
+                    servers=self.servers, conf_dir=self._node_conf(h.name, i), log=self.log)
+            for k in self.kubelets.values():
+                k.start()
+            self._start_peers()
+            self._start_agents()
+        except BaseException:
+            self.down()
+            raise
+        self.log(f"event=lab_up nodes={self.spec.nodes} enable={','.join(self.enable) or '-'} "
+                 f"seconds={time.monotonic() - started:.1f}")
+
+    def _node_conf(self, node: str, i: int) -> Path:
+        base = self.workdir / node
+        conf_dir = base / "cni" / "net.d"
+        reset_dir(conf_dir)
+        ipam = base / "cni" / "ipam"
+        reset_dir(ipam)
+        if self.router:
+            # The router plugin completes this with the node's range (as kube-router does
+            # with the file it is given) and may rewrite it entirely.
+            write_conf(conf_dir, ROUTER_CONF, bridge_conflist(pod_cidr=None, data_dir=ipam,
+                                                              name="kube-router"))
+        else:
+            write_conf(conf_dir, LAB_CONF, bridge_conflist(pod_cidr=self.spec.pod_cidr(i),
+                                                           data_dir=ipam))
+        return conf_dir
+
+    def _start_peers(self) -> None:
+        if not self.spec.peers:
+            return
+        try:
+            from kube_router_lab.peers import start_peer
+        except ImportError as exc:
+            self.log(f"event=peers_unavailable error={exc}")
+            return
+        node_ips = [h.ip for h in self.topology.nodes]
+        for peer, host in zip(self.spec.peers, self.topology.peers, strict=True):
+            pdir = self.workdir / "peers" / peer.name
+            pdir.mkdir(parents=True, exist_ok=True)
+            self.peers[peer.name] = start_peer(peer, netns=host.netns, ip=host.ip,
+                                               node_ips=node_ips, cluster_asn=CLUSTER_ASN,
+                                               workdir=pdir)
+            self.log(f"event=peer_started name={peer.name} software={peer.software} "
+                     f"ip={host.ip} asn={peer.asn}")
+
+    def _agent_extra_args(self) -> list[str]:
+        extra: list[str] = []
+        if self.router and self.spec.peers:
+            extra += ["--peer-router-ips", ",".join(h.ip for h in self.topology.peers),
+                      "--peer-router-asns", ",".join(str(p.asn) for p in self.spec.peers)]
+        return extra + list(self.spec.agent_args)
+
+    def _start_agents(self) -> None:
+        if not self.enable:
+            return
+        extra = self._agent_extra_args()
+        for h in self.topology.nodes:
+            conf = self.workdir / h.name / "cni" / "net.d" / ROUTER_CONF
+            spec = AgentSpec(
+                node=h.name, netns=h.netns, ip=h.ip,
+                argv=tuple(agent_argv(node=h.name, netns=h.netns, enable=self.enable,
+                                      kubeconfig=self.kubeconfig, extra=extra)),
+                env=(("NODE_NAME", h.name), ("KUBE_ROUTER_CNI_CONF_FILE", str(conf)),
+                     ("PYTHONUNBUFFERED", "1")),
+                log_path=self.workdir / h.name / "agent.log")
+            self.agents[h.name] = Agent(spec, log=self.log)
+        # Popen returns at once: the agents' slow Python start-ups overlap.
+        for a in self.agents.values():
+            a.start()
+
+    def down(self) -> None:
+        with ThreadPoolExecutor(max_workers=max(1, len(self.agents))) as pool:
+            list(pool.map(lambda a: a.stop(), self.agents.values()))
+        self.agents.clear()
+        for name, peer in list(self.peers.items()):
+            try:
+                peer.stop()
+            except Exception as exc:
+                self.log(f"event=peer_stop_failed name={name} error={exc}")
+        self.peers.clear()
+        pod_netns = []
+        for k in self.kubelets.values():
+            k.stop(teardown=False)
+            pod_netns += [w.netns for w in k._wired.values()]
+        self.kubelets.clear()
+        self.servers.stop()
+        self.controllers.stop()
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
+        if self._up:
+            self.topology.down(extra_netns=pod_netns)
+            self._up = False
+
+    def __enter__(self) -> Lab:
+        self.up()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.down()
+
+    # -- changing the API ----------------------------------------------------------
+
+    def apply(self, docs: list[dict]) -> None:
+        """Apply every document like kubectl; a bad one is reported and skipped, and the
+        call raises at the end naming all of them."""
+        failed = []
+        for doc in docs:
+            if doc is None:
+                continue
+            what = _describe(doc)
+            try:
+                if not isinstance(doc, dict):
+                    raise LabError("not a mapping")
+                self.store.apply(doc)
+            except (ApiError, LabError) as exc:
+                self.log(f"event=apply_failed object={what} error={exc}")
+                failed.append(f"{what}: {exc}")
+        if failed:
+            raise LabError("apply failed for " + "; ".join(failed))
+
+    def delete(self, kind: str, namespace: str | None, name: str) -> None:
+        if kind == "Pod":
+            if self.store.get("Pod", namespace or "default", name) is None:
+                raise ApiError(404, "NotFound", f'pods "{name}" not found')
+            self.controllers.delete_pod(namespace or "default", name)
+            return
+        self.store.delete(kind, namespace, name)
+
+    def annotate(self, kind: str, namespace: str | None, name: str,
+                 changes: dict[str, str | None]) -> None:
+        self.store.patch(kind, namespace, name, {"metadata": {"annotations": dict(changes)}})
+
+    def resource_version(self) -> str:
+        return self.store.resource_version()
+
+    # -- waiting ---------------------------------------------------------------------
+
+    def settle(self, timeout: float = 60.0) -> bool:
+        """Wait until every pod bound to a node runs with an IP and the controllers and
+        kubelets have nothing queued; False on timeout."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.controllers.wait_idle(max(0.0, deadline - time.monotonic())) and all(
+                    k.idle() for k in self.kubelets.values()):
+                pods, _ = self.store.list("Pod")
+                if all((p.get("status") or {}).get("podIP") or
+                       (p.get("metadata") or {}).get("deletionTimestamp") or
+                       (p.get("spec") or {}).get("nodeName") not in self.kubelets
+                       for p in pods):
+                    return True
+            time.sleep(0.05)
+        return False
+
+    def unsynced(self, resource_version: str) -> dict[str, str]:
+        """Node -> reason for every agent that has not applied ``resource_version``."""
+        if not self.agents:
+            return {}
+        with ThreadPoolExecutor(max_workers=len(self.agents)) as pool:
+            docs = dict(zip(self.agents, pool.map(lambda a: a.readiness(),
+                                                  self.agents.values()), strict=True))
+        out = {}
+        for node, doc in docs.items():
+            reason = unsynced_reason(doc, resource_version)
+            if reason:
+                out[node] = reason
+        return out
+
+    # -- where things are ------------------------------------------------------------
+
+    def netns(self, where: str) -> str | None:
+        if where == "host":
+            return None
+        if "/" in where:
+            namespace, name = where.split("/", 1)
+            for k in self.kubelets.values():
+                found = k.pod_netns(namespace, name)
+                if found:
+                    return found
+            raise KeyError(f"pod {where} is not running on any node")
+        return self.topology.host(where).netns
+
+    def substitute(self, key: str) -> str:
+        kind, _, ref = key.partition(":")
+        if kind == "node":
+            return self.topology.host(ref).ip
+        if kind == "pod":
+            namespace, _, name = ref.partition("/")
+            pod = self.store.get("Pod", namespace, name)
+            ip = ((pod or {}).get("status") or {}).get("podIP")
+            if not ip:
+                raise KeyError(f"pod {ref} has no IP")
+            return ip
+        if kind in ("svc", "nodeport"):
+            svc_ref, _, port = ref.partition(":") if kind == "nodeport" else (ref, "", "")
+            namespace, _, name = svc_ref.partition("/")
+            svc = self.store.get("Service", namespace, name)
+            if svc is None:
+                raise KeyError(f"service {svc_ref} does not exist")
+            spec = svc.get("spec") or {}
+            if kind == "svc":
+                if spec.get("clusterIP") in (None, "", "None"):
+                    raise KeyError(f"service {svc_ref} has no cluster IP")
+                return spec["clusterIP"]
+            for p in spec.get("ports") or []:
+                if str(p.get("port")) == port and p.get("nodePort"):
+                    return str(p["nodePort"])
+            raise KeyError(f"service {svc_ref} has no node port for port {port!r}")
+        raise KeyError(f"unknown substitution {key!r} (svc:, nodeport:, pod:, node:)")
+
+    def run(self, where: str, argv: list[str], timeout: float = 30.0) -> tuple[int, str, str]:
+        return ns.run_in(self.netns(where), argv, timeout=timeout)
+
+    def restart(self, target: str, node: str | None = None, signal: str = "TERM",
+                down: float | None = None) -> None:
+        if target == "apiserver":
+            if self.server is None:
+                raise LabError("the API server is not running")
+            self.server.stop()
+            self.log(f"event=apiserver_stopped down={down or 0:g}")
+            time.sleep(down or 0.0)
+            self.server.start()
+            self.log("event=apiserver_started")
+            return
+        nodes = [node] if node else list(self.kubelets)
+        for n in nodes:
+            self.topology.host(n)  # a clear KeyError for an unknown node
+        if target == "agent":
+            for n in nodes:
+                if n not in self.agents:
+                    raise LabError(f"no agent runs on {n}")
+                self.agents[n].restart(signal, down)
+        elif target == "gobgpd":
+            for n in nodes:
+                pids = signal_gobgpd(self.topology.host(n).netns, signal)
+                if not pids:
+                    raise LabError(f"no gobgpd runs on {n}")
+                self.log(f"event=gobgpd_signalled node={n} signal={signal} "
+                         f"pids={','.join(map(str, pids))}")
+        else:
+            raise LabError(f"unknown restart target {target!r} (agent, gobgpd, apiserver)")
+
+    def reach(self, src: str, target: str, timeout: float = 1.0) -> bool:
+        """One TCP HTTP GET or UDP datagram from pod ``src`` to ``target``; True when
+        whats-my-ip (or anything) answers."""
+        where = self.netns(src)
+        addr, port, udp = self._target(target)
+        s = ns.socket_in(where, socket.AF_INET, socket.SOCK_DGRAM if udp else socket.SOCK_STREAM)
+        try:
+            s.settimeout(timeout)
+            deadline = time.monotonic() + timeout
+            if udp:
+                s.sendto(b"ping\n", (addr, port))
+                data, _ = s.recvfrom(4096)
+                return bool(data)
+            s.connect((addr, port))
+            s.sendall(f"GET / HTTP/1.0\r\nHost: {addr}\r\n\r\n".encode())
+            data = b""
+            while time.monotonic() < deadline:
+                s.settimeout(max(0.01, deadline - time.monotonic()))
+                try:
+                    chunk = s.recv(4096)
+                except TimeoutError:
+                    break
+                if not chunk:
+                    break
+                data += chunk
+            return b"HOSTNAME:" in data or data.startswith(b"HTTP/")
+        except OSError:
+            return False
+        finally:
+            s.close()
+
+    def _target(self, target: str) -> tuple[str, int, bool]:
+        udp = target.endswith("/udp")
+        body = target.removesuffix("/udp").removesuffix("/tcp")
+        ref, _, port_s = body.rpartition(":")
+        if not port_s.isdigit() or not ref:
+            raise KeyError(f"reach target {target!r}: expected NS/POD:PORT[/udp] or "
+                           "svc:NS/NAME:PORT[/udp]")
+        addr = self.substitute(ref) if ref.startswith("svc:") else self.substitute(f"pod:{ref}")
+        return addr, int(port_s), udp
+
+
+def _describe(doc: Any) -> str:
+    if not isinstance(doc, dict):
+        return repr(doc)[:60]
+    m = doc.get("metadata") or {}
+    ns_ = m.get("namespace")
+    return f"{doc.get('kind', '?')} {ns_ + '/' if ns_ else ''}{m.get('name', '?')}"

@@ -1,0 +1,106 @@
+"""The lab's wires: an underlay bridge in the lab's own namespace carrying the API server's
+address, one namespace per node and per external peer, each joined to the bridge by a veth.
+
+Everything is made with ``ip -batch`` (one process for the lab's namespace, one per node),
+because in the guest every process start costs tens of milliseconds.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from kube_router_lab import netns as ns
+from kube_router_lab.spec import ClusterSpec
+
+BRIDGE = "lab-underlay"
+
+
+class TopologyError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class Host:
+    """One namespace on the underlay: a node or an external peer."""
+
+    name: str  # what scenarios call it: node-0, tor
+    netns: str
+    ip: str
+    veth: str  # its end in the lab's namespace
+
+
+def _batch(netns: str | None, lines: Sequence[str], *, force: bool = False) -> None:
+    argv = ["ip"] + (["-force"] if force else []) + ["-batch", "-"]
+    rc, _out, err = ns.run_in(netns, argv, input=("\n".join(lines) + "\n").encode())
+    if rc != 0 and not force:
+        raise TopologyError(f"ip -batch in netns={netns or 'lab'} failed rc={rc}: {err.strip()}")
+
+
+class Topology:
+    def __init__(self, spec: ClusterSpec, *, log: Callable[[str], None] = print) -> None:
+        self.spec = spec
+        self.log = log
+        self.nodes = [Host(spec.node_name(i), spec.node_name(i), spec.node_ip(i),
+                           f"lab-n{i}") for i in range(spec.nodes)]
+        self.peers = [Host(p.name, f"peer-{p.name}", spec.peer_ip(i), f"lab-p{i}")
+                      for i, p in enumerate(spec.peers)]
+
+    @property
+    def hosts(self) -> list[Host]:
+        return self.nodes + self.peers
+
+    def up(self, *, pod_routes: bool = True) -> None:
+        """Make the wires; ``pod_routes`` adds static routes to every node's pod CIDR
+        (the lab's own pod network, for when no router plugin does it)."""
+        self.down(quiet=True)  # leftovers of a run that crashed would make every add fail
+        plen = self.spec.prefixlen()
+        root = [f"link add {BRIDGE} type bridge",
+                f"addr add {self.spec.apiserver_ip()}/{plen} dev {BRIDGE}",
+                f"link set {BRIDGE} up"]
+        for h in self.hosts:
+            root += [f"netns add {h.netns}",
+                     f"link add {h.veth} type veth peer name eth0 netns {h.netns}",
+                     f"link set {h.veth} master {BRIDGE} up"]
+        _batch(None, root)
+        for i, h in enumerate(self.hosts):
+            lines = ["link set lo up", f"addr add {h.ip}/{plen} dev eth0", "link set eth0 up"]
+            if i < len(self.nodes) and pod_routes:
+                lines += self.pod_routes(i)
+            _batch(h.netns, lines)
+        for h in self.nodes:
+            # Nodes route pod traffic between eth0 and the pod bridge.
+            ns.write_sysctl(h.netns, "net.ipv4.ip_forward", "1")
+        self.log(f"event=topology_up bridge={BRIDGE} nodes={len(self.nodes)} "
+                 f"peers={len(self.peers)}")
+
+    def pod_routes(self, i: int) -> list[str]:
+        """The routes node i needs to reach the other nodes' pods without a router."""
+        return [f"route replace {self.spec.pod_cidr(j)} via {self.spec.node_ip(j)} dev eth0"
+                for j in range(self.spec.nodes) if j != i]
+
+    def down(self, *, quiet: bool = False, extra_netns: Sequence[str] = ()) -> None:
+        """Delete the lab's namespaces (and ``extra_netns``, e.g. pods') and the bridge."""
+        # Deleting a namespace deletes its veth end, and with it the peer in ours.
+        names = [*extra_netns, *(h.netns for h in self.hosts)]
+        lines = [f"netns delete {n}" for n in names if ns.exists(n)]
+        lines.append(f"link delete {BRIDGE}")
+        _batch(None, lines, force=True)
+        if not quiet:
+            self.log(f"event=topology_down bridge={BRIDGE}")
+
+    def host(self, name: str) -> Host:
+        for h in self.hosts:
+            if h.name == name:
+                return h
+        raise KeyError(f"no node or peer named {name!r} (known: "
+                       f"{', '.join(h.name for h in self.hosts)})")
+
+    def node_of_ip(self, ip: str) -> Host | None:
+        addr = ipaddress.ip_address(ip)
+        for h in self.nodes:
+            if ipaddress.ip_address(h.ip) == addr:
+                return h
+        return None
