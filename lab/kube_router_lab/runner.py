@@ -1,0 +1,355 @@
+"""Runs a parsed scenario's steps against a lab, prints the transcript, builds the report.
+
+The transcript is written for someone seeing the lab for the first time: each step says what
+it did, shows what the commands printed, and ends with PASS or FAIL and the reason.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from dataclasses import field
+from pathlib import Path
+from typing import Any
+from typing import Protocol
+
+from kube_router_lab.scenario import AnnotateStep
+from kube_router_lab.scenario import ApplyStep
+from kube_router_lab.scenario import DeleteStep
+from kube_router_lab.scenario import JoinStep
+from kube_router_lab.scenario import ReachStep
+from kube_router_lab.scenario import RestartStep
+from kube_router_lab.scenario import RunStep
+from kube_router_lab.scenario import Scenario
+from kube_router_lab.scenario import ScenarioError
+from kube_router_lab.scenario import WaitStep
+from kube_router_lab.scenario import expand
+from kube_router_lab.scenario import load_scenario
+
+POLL = 0.25  # seconds between readiness polls while waiting for the agents
+
+
+class LabLike(Protocol):
+    """The part of :class:`kube_router_lab.cluster.Lab` the runner uses."""
+
+    def apply(self, docs: list[dict]) -> None: ...
+    def delete(self, kind: str, namespace: str | None, name: str) -> None: ...
+    def annotate(self, kind: str, namespace: str | None, name: str,
+                 changes: dict[str, str | None]) -> None: ...
+    def resource_version(self) -> str: ...
+    def unsynced(self, resource_version: str) -> dict[str, str]: ...
+    def substitute(self, key: str) -> str: ...
+    def run(self, where: str, argv: list[str], timeout: float = 30.0) -> tuple[int, str, str]: ...
+    def restart(self, target: str, node: str | None = None, signal: str = "TERM",
+                down: float | None = None) -> None: ...
+    def reach(self, src: str, target: str, timeout: float = 1.0) -> bool: ...
+
+
+class StepFailed(Exception):
+    """A step's outcome did not meet its expectation; the message is the reason."""
+
+
+@dataclass
+class StepResult:
+    index: int
+    kind: str
+    passed: bool = False
+    seconds: float = 0.0
+    reason: str | None = None
+    outputs: list[str] | None = None
+    matrix: list[list[int]] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"index": self.index, "kind": self.kind, "passed": self.passed,
+                             "seconds": round(self.seconds, 3)}
+        if self.outputs is not None:
+            d["outputs"] = self.outputs
+        if self.reason:
+            d["reason"] = self.reason
+        if self.matrix is not None:
+            d["matrix"] = self.matrix
+        return d
+
+
+@dataclass
+class _Runs:
+    """The outcome of a run step's repetitions (possibly still going on in a thread)."""
+
+    step: RunStep
+    rcs: list[int] = field(default_factory=list)
+    outputs: list[str] = field(default_factory=list)
+    stderrs: list[str] = field(default_factory=list)
+    error: str | None = None
+    thread: threading.Thread | None = None
+    stdout_re: re.Pattern[str] | None = None
+
+
+class Runner:
+    """Executes a scenario's steps in order against ``lab``."""
+
+    def __init__(self, scenario: Scenario, lab: LabLike, *, keep_going: bool = False,
+                 out: Callable[[str], None] | None = None) -> None:
+        self.scenario = scenario
+        self.lab = lab
+        self.keep_going = keep_going
+        self.out = out or _print
+        self.results: list[StepResult] = []
+        self.backgrounds: dict[str, _Runs] = {}
+        self._lock = threading.Lock()  # background runs print too
+
+    def say(self, line: str) -> None:
+        with self._lock:
+            self.out(line)
+
+    # -- driving ------------------------------------------------------------------------
+
+    def run(self) -> dict[str, Any]:
+        started = time.monotonic()
+        total = len(self.scenario.steps)
+        for step in self.scenario.steps:
+            head = f"step {step.index}/{total} {step.describe()}"
+            self.say(f"\n{head}" + (f"  # {step.title}" if step.title else ""))
+            res = StepResult(step.index, step.kind)
+            t0 = time.monotonic()
+            try:
+                getattr(self, f"_{step.kind}")(step, res)
+                res.passed = True
+            except StepFailed as exc:
+                res.reason = str(exc)
+            except KeyError as exc:  # the lab's way to say "no such thing"
+                res.reason = str(exc.args[0]) if exc.args else "not found"
+            except Exception as exc:
+                res.reason = f"{type(exc).__name__}: {exc}"
+            res.seconds = time.monotonic() - t0
+            self.results.append(res)
+            verdict = "PASS" if res.passed else "FAIL"
+            detail = f" {res.reason}" if res.reason else ""
+            self.say(f"  {verdict} step {step.index} ({step.kind}, {res.seconds:.1f}s){detail}")
+            if not res.passed and not self.keep_going:
+                skipped = total - step.index
+                if skipped:
+                    self.say(f"\nstopping at the first failure; {skipped} steps not run "
+                             f"(--keep-going runs them)")
+                break
+        self._finish_backgrounds()
+        passed = (len(self.results) == total and all(r.passed for r in self.results))
+        seconds = time.monotonic() - started
+        failed = [r.index for r in self.results if not r.passed]
+        self.say(f"\n{'PASSED' if passed else 'FAILED'}: {self.scenario.name}: "
+                 f"{sum(r.passed for r in self.results)}/{total} steps passed in {seconds:.1f}s"
+                 + (f"; failed steps: {', '.join(map(str, failed))}" if failed else ""))
+        return {"scenario": self.scenario.name, "passed": passed, "seconds": round(seconds, 3),
+                "steps": [r.to_json() for r in self.results]}
+
+    def _finish_backgrounds(self) -> None:
+        for name, runs in self.backgrounds.items():
+            if runs.thread is not None and runs.thread.is_alive():
+                self.say(f"waiting for background {name!r}, never joined (its result is "
+                         f"not checked)")
+                runs.thread.join()
+
+    # -- steps --------------------------------------------------------------------------
+
+    def _apply(self, step: ApplyStep, res: StepResult) -> None:
+        self.lab.apply(step.docs)
+
+    def _delete(self, step: DeleteStep, res: StepResult) -> None:
+        self.lab.delete(step.obj_kind, step.namespace, step.name)
+
+    def _annotate(self, step: AnnotateStep, res: StepResult) -> None:
+        self.lab.annotate(step.obj_kind, step.namespace, step.name, dict(step.changes))
+
+    def _wait(self, step: WaitStep, res: StepResult) -> None:
+        rv = self.lab.resource_version()
+        deadline = time.monotonic() + step.timeout
+        while True:
+            pending = self.lab.unsynced(rv)
+            if not pending:
+                self.say(f"  every agent applied resourceVersion {rv}")
+                return
+            if time.monotonic() >= deadline:
+                why = "; ".join(f"{node}: {reason}" for node, reason in sorted(pending.items()))
+                raise StepFailed(f"not synced to resourceVersion {rv} after "
+                                 f"{step.timeout:g}s: {why}")
+            time.sleep(POLL)
+
+    def _resolve(self, key: str) -> str:
+        try:
+            return self.lab.substitute(key)
+        except KeyError as exc:
+            why = exc.args[0] if exc.args else "unknown"
+            raise StepFailed(f"unknown substitution ${{{key}}}: {why}") from None
+
+    def _run(self, step: RunStep, res: StepResult) -> None:
+        argv = [expand(w, self._resolve) for w in step.argv]
+        runs = _Runs(step)
+        if step.expect.stdout is not None:
+            runs.stdout_re = re.compile(expand(step.expect.stdout, self._resolve, escape=True),
+                                        re.MULTILINE)
+        if argv != step.argv:
+            self.say(f"  $ {shlex.join(argv)}")
+        if step.background:
+            runs.thread = threading.Thread(target=self._repeat, args=(runs, argv, True),
+                                           name=f"lab-background-{step.background}", daemon=True)
+            self.backgrounds[step.background] = runs
+            runs.thread.start()
+            res.reason = None
+            self.say(f"  started {step.times} runs in the background as {step.background!r}")
+            return
+        self._repeat(runs, argv, False)
+        self._judge(runs, res)
+
+    def _repeat(self, runs: _Runs, argv: list[str], quiet: bool) -> None:
+        step = runs.step
+        try:
+            for i in range(step.times):
+                if i and step.interval:
+                    time.sleep(step.interval)
+                rc, stdout, stderr = self.lab.run(step.where, argv, timeout=step.timeout)
+                runs.rcs.append(rc)
+                runs.outputs.append(stdout.strip())
+                runs.stderrs.append(stderr.strip())
+                if not quiet:
+                    self._show(i + 1, step.times, rc, stdout, stderr)
+        except Exception as exc:
+            runs.error = f"run {len(runs.rcs) + 1}: {type(exc).__name__}: {exc}"
+
+    def _show(self, i: int, n: int, rc: int, stdout: str, stderr: str) -> None:
+        tag = f"  [{i}/{n}] exit {rc}" if n > 1 else f"  exit {rc}"
+        lines = stdout.strip().splitlines()
+        if len(lines) == 1:
+            self.say(f"{tag}: {lines[0]}")
+        else:
+            self.say(tag + (":" if lines else ", no output"))
+            for ln in lines:
+                self.say(f"    {ln}")
+        if stderr.strip() and rc != 0:
+            for ln in stderr.strip().splitlines()[-10:]:
+                self.say(f"    stderr: {ln}")
+
+    def _judge(self, runs: _Runs, res: StepResult) -> None:
+        res.outputs = runs.outputs
+        if runs.error:
+            raise StepFailed(runs.error)
+        reason = runs.step.expect.check(runs.rcs, runs.outputs, runs.stdout_re)
+        if reason:
+            # the failing run's stderr is usually the fastest way to the cause
+            m = re.match(r"run (\d+):", reason)
+            if m and "exit status" in reason:
+                err = runs.stderrs[int(m.group(1)) - 1]
+                if err:
+                    reason += f" (stderr: {err.splitlines()[-1]})"
+            raise StepFailed(reason)
+        self.say("  " + _summary(runs))
+
+    def _join(self, step: JoinStep, res: StepResult) -> None:
+        runs = self.backgrounds[step.name]
+        assert runs.thread is not None
+        runs.thread.join()
+        n = len(runs.rcs)
+        for i, (rc, out) in enumerate(zip(runs.rcs, runs.outputs, strict=True), 1):
+            first = out.splitlines()[0] if out else ""
+            self.say(f"  [{i}/{n}] exit {rc}: {first}")
+        self._judge(runs, res)
+
+    def _restart(self, step: RestartStep, res: StepResult) -> None:
+        self.lab.restart(step.target, node=step.node, signal=step.signal, down=step.down)
+
+    def _reach(self, step: ReachStep, res: StepResult) -> None:
+        matrix = [[int(bool(self.lab.reach(src, dst, timeout=step.timeout)))
+                   for dst in step.targets] for src in step.sources]
+        res.matrix = matrix
+        for line in format_matrix(step.sources, step.targets, matrix, step.expect):
+            self.say(f"  {line}")
+        if matrix != step.expect:
+            wrong = sum(a != b for ra, rb in zip(matrix, step.expect, strict=True)
+                        for a, b in zip(ra, rb, strict=True))
+            raise StepFailed(f"reach matrix differs from expect in {wrong} cells (marked *)")
+
+
+def _summary(runs: _Runs) -> str:
+    exp = runs.step.expect
+    parts = [f"{len(runs.rcs)} runs"]
+    if exp.rc is not None:
+        parts.append(f"exit {exp.rc}")
+    if runs.stdout_re is not None:
+        parts.append(f"output matches /{runs.stdout_re.pattern}/")
+    if exp.distinct is not None:
+        parts.append(f"distinct {exp.distinct}")
+    if exp.same:
+        parts.append("all the same")
+    return "ok: " + ", ".join(parts)
+
+
+def format_matrix(sources: list[str], targets: list[str], got: list[list[int]],
+                  want: list[list[int]]) -> list[str]:
+    """Rows: sources; columns: targets; a cell ``1*`` is one that differs from ``want``."""
+    width = max(len(s) for s in sources)
+    lines = ["targets: " + ", ".join(f"[{j}] {t}" for j, t in enumerate(targets, 1))]
+    head = " " * width + "  " + " ".join(f"[{j}]".rjust(4) for j in range(1, len(targets) + 1))
+    lines.append(head + "   expected")
+    for src, row, exp in zip(sources, got, want, strict=True):
+        cells = " ".join((f"{v}*" if v != e else f"{v} ").rjust(4) for v, e in zip(row, exp,
+                                                                                 strict=True))
+        lines.append(f"{src.ljust(width)}  {cells}   {' '.join(map(str, exp))}")
+    return lines
+
+
+def _print(line: str) -> None:
+    print(line, flush=True)
+
+
+# -- the whole run, inside the guest -------------------------------------------------------
+
+
+def run_scenario_file(path: Path, *, report: Path | None = None, keep_going: bool = False,
+                      lab_factory: Callable[..., Any] | None = None) -> int:
+    """Parse ``path``, bring the lab up, run the steps, tear down, write ``report``.
+
+    Returns 0 when every step passed, 1 when one failed, 2 when the file is invalid.
+    """
+    try:
+        scenario = load_scenario(path)
+    except ScenarioError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    spec = scenario.cluster
+    _print(f"scenario: {scenario.name} ({path.name})")
+    _print(f"cluster: {spec.nodes} nodes, enable {','.join(spec.enable) or '-'}, pods "
+           f"{spec.cluster_cidr}, services {spec.service_cidr}, underlay {spec.underlay}"
+           + (f", peers {', '.join(p.name for p in spec.peers)}" if spec.peers else ""))
+    if lab_factory is None:
+        from kube_router_lab.cluster import Lab as lab_factory
+    result: dict[str, Any]
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="lab-") as work:
+        lab = lab_factory(spec, workdir=Path(work), log=lambda m: _print(f"  lab: {m}"))
+        try:
+            _print("\nbringing the lab up")
+            t0 = time.monotonic()
+            lab.up()
+            _print(f"lab up in {time.monotonic() - t0:.1f}s")
+            result = Runner(scenario, lab, keep_going=keep_going).run()
+            result["seconds"] = round(time.monotonic() - started, 3)  # the lab's start too
+        except Exception as exc:
+            msg = f"lab failed: {type(exc).__name__}: {exc}"
+            _print(f"\nFAILED: {scenario.name}: {msg}")
+            result = {"scenario": scenario.name, "passed": False,
+                      "seconds": round(time.monotonic() - started, 3), "steps": [],
+                      "error": msg}
+        finally:
+            try:
+                lab.down()
+            except Exception as exc:
+                _print(f"lab: teardown failed: {type(exc).__name__}: {exc}")
+    if report is not None:
+        report.parent.mkdir(parents=True, exist_ok=True)
+        report.write_text(json.dumps(result, indent=1) + "\n")
+    return 0 if result["passed"] else 1

@@ -1,0 +1,249 @@
+"""The runner against a small in-test lab: step order, expectations, stop at the first
+failure, background runs, the report's shape."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import pytest
+
+from kube_router_lab.runner import Runner
+from kube_router_lab.runner import run_scenario_file
+from kube_router_lab.scenario import load_scenario
+
+
+class FakeLab:
+    """Records calls; ``run`` answers from a script of outputs."""
+
+    def __init__(self, *_a, **_k) -> None:
+        self.calls: list[tuple] = []
+        self.rv = 10
+        self.synced_after = 0  # unsynced() polls before every agent reports synced
+        self.outputs: dict[str, list[str]] = {}
+        self.reachable: set[tuple[str, str]] = set()
+        self.lock = threading.Lock()
+        self.up_called = self.down_called = False
+
+    def up(self) -> None:
+        self.up_called = True
+
+    def down(self) -> None:
+        self.down_called = True
+
+    def apply(self, docs: list[dict]) -> None:
+        self.calls.append(("apply", [d["metadata"]["name"] for d in docs]))
+        self.rv += len(docs)
+
+    def delete(self, kind, namespace, name) -> None:
+        self.calls.append(("delete", kind, namespace, name))
+
+    def annotate(self, kind, namespace, name, changes) -> None:
+        self.calls.append(("annotate", kind, namespace, name, changes))
+
+    def resource_version(self) -> str:
+        return str(self.rv)
+
+    def unsynced(self, rv: str) -> dict[str, str]:
+        if self.synced_after > 0:
+            self.synced_after -= 1
+            return {"node-1": f"at 3, not {rv}"}
+        return {}
+
+    def substitute(self, key: str) -> str:
+        known = {"svc:default/myip": "10.1.0.12", "node:node-1": "192.168.10.101"}
+        if key not in known:
+            raise KeyError(f"no {key}")
+        return known[key]
+
+    def run(self, where, argv, timeout=30.0):
+        with self.lock:
+            self.calls.append(("run", where, list(argv)))
+            script = self.outputs.get(" ".join(argv))
+            out = script.pop(0) if script else " ".join(argv)
+        rc = 1 if argv[0] == "false" else 0
+        return rc, out + "\n", "boom\n" if rc else ""
+
+    def restart(self, target, node=None, signal="TERM", down=None) -> None:
+        self.calls.append(("restart", target, node, signal, down))
+
+    def reach(self, src, target, timeout=1.0) -> bool:
+        return (src, target) in self.reachable
+
+
+def scenario(tmp_path: Path, body: str):
+    p = tmp_path / "s.yaml"
+    p.write_text("name: t\ncluster: {nodes: 2}\nsteps:\n" + body)
+    return load_scenario(p)
+
+
+def run(tmp_path: Path, body: str, lab: FakeLab | None = None, keep_going: bool = False):
+    lab = lab or FakeLab()
+    lines: list[str] = []
+    report = Runner(scenario(tmp_path, body), lab, keep_going=keep_going,
+                    out=lines.append).run()
+    return report, lab, "\n".join(lines)
+
+
+def test_all_kinds_pass_and_report_shape(tmp_path: Path) -> None:
+    lab = FakeLab()
+    lab.outputs["curl -s 10.1.0.12:8080"] = [f"HOSTNAME:myip-{i}" for i in range(5)]
+    lab.reachable = {("x/a", "x/a:80"), ("x/b", "svc:x/s:80/udp")}
+    lab.synced_after = 2
+    report, lab, text = run(tmp_path, """
+  - apply: {kind: Namespace, metadata: {name: x}}
+  - wait: synced
+  - run: {in: node-1, cmd: "curl -s ${svc:default/myip}:8080", times: 5}
+    expect: {stdout: "^HOSTNAME:myip-", distinct: 5}
+  - annotate: {kind: Service, name: myip, set: {kube-router.io/service.scheduler: lc}}
+  - delete: {kind: Service, namespace: default, name: myip}
+  - restart: {target: agent, in: node-0, signal: KILL}
+  - reach: {from: [x/a, x/b], to: [x/a:80, svc:x/s:80/udp], expect: "1 0\\n0 1"}
+""", lab)
+    assert report["passed"] is True, text
+    assert json.loads(json.dumps(report)) == report
+    assert set(report) == {"scenario", "passed", "seconds", "steps"}
+    kinds = [s["kind"] for s in report["steps"]]
+    assert kinds == ["apply", "wait", "run", "annotate", "delete", "restart", "reach"]
+    assert [s["index"] for s in report["steps"]] == list(range(1, 8))
+    assert report["steps"][2]["outputs"] == [f"HOSTNAME:myip-{i}" for i in range(5)]
+    assert report["steps"][6]["matrix"] == [[1, 0], [0, 1]]
+    assert ("run", "node-1", ["curl", "-s", "10.1.0.12:8080"]) in lab.calls
+    assert ("restart", "agent", "node-0", "KILL", None) in lab.calls
+    assert ("annotate", "Service", "default", "myip",
+            {"kube-router.io/service.scheduler": "lc"}) in lab.calls
+    assert "PASS step 3" in text and "PASSED: t: 7/7" in text
+
+
+def test_stops_at_first_failure(tmp_path: Path) -> None:
+    report, _lab, text = run(tmp_path, """
+  - run: {in: host, cmd: "echo a", times: 3}
+    expect: {distinct: 2}
+  - run: {in: host, cmd: "echo b"}
+""")
+    assert report["passed"] is False
+    assert len(report["steps"]) == 1
+    assert report["steps"][0]["reason"] == "distinct 1, expected 2"
+    assert "FAIL step 1" in text and "1 steps not run" in text
+
+
+def test_keep_going(tmp_path: Path) -> None:
+    report, _, _text = run(tmp_path, """
+  - run: {in: host, cmd: "false"}
+  - run: {in: host, cmd: "echo b"}
+""", keep_going=True)
+    assert [s["passed"] for s in report["steps"]] == [False, True]
+    assert report["passed"] is False
+    assert report["steps"][0]["reason"] == "run 1: exit status 1, expected 0 (stderr: boom)"
+
+
+def test_unknown_substitution_at_run_time_fails_the_step(tmp_path: Path) -> None:
+    report, _, _ = run(tmp_path, "  - run: {in: host, cmd: 'curl ${svc:default/nope}'}\n")
+    assert report["steps"][0]["reason"].startswith("unknown substitution ${svc:default/nope}")
+
+
+def test_substitution_in_expected_output_is_literal(tmp_path: Path) -> None:
+    lab = FakeLab()
+    lab.outputs["ipvsadm -S -n"] = ["-A -t 10.1.0.12:8080 -s rr -p 10800"]
+    report, _, text = run(tmp_path, """
+  - run: {in: node-0, cmd: "ipvsadm -S -n"}
+    expect: {stdout: "-A -t ${svc:default/myip}:8080 -s rr -p 10800"}
+""", lab)
+    assert report["passed"], text
+
+
+def test_wait_times_out_naming_the_node(tmp_path: Path) -> None:
+    lab = FakeLab()
+    lab.synced_after = 10**6
+    report, _, _ = run(tmp_path, "  - wait: synced\n    timeout: 0.3\n", lab)
+    reason = report["steps"][0]["reason"]
+    assert reason.startswith("not synced to resourceVersion 10 after 0.3s: node-1: at 3")
+
+
+def test_background_and_join(tmp_path: Path) -> None:
+    report, lab, text = run(tmp_path, """
+  - run: {in: node-1, cmd: "echo tick", times: 4, interval: 0.05, background: load}
+  - restart: {target: agent, in: node-1}
+  - join: load
+    title: requests went on through the restart
+""")
+    assert report["passed"], text
+    join = report["steps"][2]
+    assert join["kind"] == "join" and join["outputs"] == ["echo tick"] * 4
+    assert sum(1 for c in lab.calls if c[0] == "run") == 4
+
+
+def test_background_failure_shows_at_join(tmp_path: Path) -> None:
+    report, _, _ = run(tmp_path, """
+  - run: {in: node-1, cmd: "false", times: 2, background: load}
+  - join: load
+""")
+    assert report["steps"][0]["passed"] is True
+    assert report["steps"][1]["passed"] is False
+    assert "exit status 1" in report["steps"][1]["reason"]
+
+
+def test_reach_mismatch_prints_both(tmp_path: Path) -> None:
+    report, _, text = run(tmp_path, "  - reach: {from: [x/a], to: [x/a:80], expect: '1'}\n")
+    assert report["steps"][0]["matrix"] == [[0]]
+    assert "differs from expect in 1 cells" in report["steps"][0]["reason"]
+    assert "0*" in text and "expected" in text
+
+
+def test_lab_exception_fails_step_not_runner(tmp_path: Path) -> None:
+    lab = FakeLab()
+
+    def broken(*a, **k):
+        raise RuntimeError("apiserver gone")
+
+    lab.apply = broken  # type: ignore[method-assign]
+    report, _, _ = run(tmp_path, "  - apply: {kind: Namespace, metadata: {name: x}}\n", lab)
+    assert report["steps"][0]["reason"] == "RuntimeError: apiserver gone"
+
+
+def test_run_scenario_file_writes_report_and_tears_down(tmp_path: Path, capsys) -> None:
+    p = tmp_path / "s.yaml"
+    p.write_text("name: file\nsteps:\n  - run: {in: host, cmd: 'echo hi'}\n")
+    labs: list[FakeLab] = []
+
+    def factory(spec, *, workdir, log):
+        labs.append(FakeLab())
+        assert workdir.is_dir()
+        return labs[-1]
+
+    rc = run_scenario_file(p, report=tmp_path / "r" / "report.json", lab_factory=factory)
+    assert rc == 0
+    data = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert data["passed"] is True and data["scenario"] == "file"
+    assert labs[0].up_called and labs[0].down_called
+    assert "exit 0: echo hi" in capsys.readouterr().out
+
+
+def test_run_scenario_file_lab_up_failure(tmp_path: Path) -> None:
+    p = tmp_path / "s.yaml"
+    p.write_text("steps:\n  - run: {in: host, cmd: 'echo hi'}\n")
+
+    class Broken(FakeLab):
+        def up(self) -> None:
+            raise OSError("no bridge")
+
+    rc = run_scenario_file(p, report=tmp_path / "r.json", lab_factory=Broken)
+    data = json.loads((tmp_path / "r.json").read_text())
+    assert rc == 1 and data["passed"] is False and "no bridge" in data["error"]
+
+
+def test_invalid_file_is_status_2(tmp_path: Path, capsys) -> None:
+    p = tmp_path / "s.yaml"
+    p.write_text("steps:\n  - fly: 1\n")
+    assert run_scenario_file(p, lab_factory=FakeLab) == 2
+    assert "step 1 (fly)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("same,outs,ok", [(True, ["a", "a"], True), (True, ["a", "b"], False)])
+def test_same(tmp_path: Path, same: bool, outs: list[str], ok: bool) -> None:
+    lab = FakeLab()
+    lab.outputs["curl x"] = list(outs)
+    report, _, _ = run(tmp_path, f"  - run: {{in: node-1, cmd: 'curl x', times: 2}}\n"
+                                 f"    expect: {{same: {str(same).lower()}}}\n", lab)
+    assert report["passed"] is ok
