@@ -11,11 +11,10 @@ import logging
 import re
 import secrets
 import threading
+import time
 import uuid
 from collections import deque
 from collections.abc import Callable
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC
 from datetime import datetime
@@ -63,13 +62,40 @@ class Event:
     old: Entry | None
 
 
+_stamp: tuple[int, str] = (0, "")
+
+
 def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    # Formatting a timestamp costs more than the rest of a create: once per second is enough.
+    global _stamp
+    second = int(time.time())
+    if _stamp[0] != second:
+        _stamp = (second, datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
+    return _stamp[1]
 
 
 def _body(obj: dict[str, Any]) -> dict[str, Any]:
     """Everything but metadata and status: a change here bumps metadata.generation."""
     return {k: v for k, v in obj.items() if k not in ("metadata", "status")}
+
+
+class _Locked:
+    """The store lock, counting nesting per thread: _dispatch leaves a commit nested in
+    another one (an admission function writing) to the outermost caller to deliver."""
+
+    __slots__ = ("_local", "_lock")
+
+    def __init__(self, lock: threading.RLock, local: threading.local) -> None:
+        self._lock = lock
+        self._local = local
+
+    def __enter__(self) -> None:
+        self._lock.acquire()
+        self._local.depth = getattr(self._local, "depth", 0) + 1
+
+    def __exit__(self, *exc: object) -> None:
+        self._local.depth -= 1
+        self._lock.release()
 
 
 class ApiStore:
@@ -319,25 +345,20 @@ class ApiStore:
             new["metadata"].pop("namespace", None)
         return new
 
-    @contextmanager
-    def _locked(self) -> Iterator[None]:
-        # The depth tells _dispatch whether a commit is nested inside another one (an
-        # admission function writing), whose outermost caller delivers the callbacks.
-        with self._lock:
-            self._local.depth = getattr(self._local, "depth", 0) + 1
-            try:
-                yield
-            finally:
-                self._local.depth -= 1
+    def _locked(self) -> _Locked:
+        return _Locked(self._lock, self._local)
 
     def _admit(self, res: Resource, new: dict[str, Any], old: dict[str, Any] | None
                ) -> dict[str, Any]:
-        for fn in self._admission.get(res.kind, []) + self._admission.get("*", []):
+        fns = self._admission.get(res.kind, []) + self._admission.get("*", [])
+        if not fns:
+            return new
+        for fn in fns:
             new = fn(new, orjson.loads(orjson.dumps(old)) if old is not None else None)
             if not isinstance(new, dict):
                 raise ApiError(500, "InternalError", f"admission for {res.kind} returned no object")
-        new = self._copy_in(new)
-        return new
+        # Admission may hand back objects it shares with others: take our own copy.
+        return self._copy_in(new)
 
     @staticmethod
     def _validate(res: Resource, obj: dict[str, Any]) -> None:
