@@ -25,7 +25,6 @@ from kube_router_lab.controllers import ClusterControllers
 from kube_router_lab.controllers import kubernetes_service
 from kube_router_lab.controllers import node_object
 from kube_router_lab.kubelet import LAB_CONF
-from kube_router_lab.kubelet import ROUTER_CONF
 from kube_router_lab.kubelet import Kubelet
 from kube_router_lab.kubelet import bridge_conflist
 from kube_router_lab.kubelet import reset_dir
@@ -112,12 +111,9 @@ class Lab:
         reset_dir(conf_dir)
         ipam = base / "cni" / "ipam"
         reset_dir(ipam)
-        if self.router:
-            # The router plugin completes this with the node's range (as kube-router does
-            # with the file it is given) and may rewrite it entirely.
-            write_conf(conf_dir, ROUTER_CONF, bridge_conflist(pod_cidr=None, data_dir=ipam,
-                                                              name="kube-router"))
-        else:
+        # With the router plugin enabled, it writes the node's config here
+        # (--cni-conf-dir); the kubelet waits for it.
+        if not self.router:
             write_conf(conf_dir, LAB_CONF, bridge_conflist(pod_cidr=self.spec.pod_cidr(i),
                                                            data_dir=ipam))
         return conf_dir
@@ -152,13 +148,15 @@ class Lab:
             return
         extra = self._agent_extra_args()
         for h in self.topology.nodes:
-            conf = self.workdir / h.name / "cni" / "net.d" / ROUTER_CONF
+            cni = self.workdir / h.name / "cni"
+            node_extra = (["--cni-conf-dir", str(cni / "net.d"),
+                           "--cni-ipam-data-dir", str(cni / "ipam")] if self.router else [])
             spec = AgentSpec(
                 node=h.name, netns=h.netns, ip=h.ip,
                 argv=tuple(agent_argv(node=h.name, netns=h.netns, enable=self.enable,
-                                      kubeconfig=self.kubeconfig, extra=extra)),
-                env=(("NODE_NAME", h.name), ("KUBE_ROUTER_CNI_CONF_FILE", str(conf)),
-                     ("PYTHONUNBUFFERED", "1")),
+                                      kubeconfig=self.kubeconfig,
+                                      extra=[*node_extra, *extra])),
+                env=(("NODE_NAME", h.name), ("PYTHONUNBUFFERED", "1")),
                 log_path=self.workdir / h.name / "agent.log")
             self.agents[h.name] = Agent(spec, log=self.log)
         # Popen returns at once: the agents' slow Python start-ups overlap.
