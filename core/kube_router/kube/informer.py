@@ -16,6 +16,7 @@ its Store.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import threading
 import time
@@ -53,6 +54,39 @@ LIST_BATCH = 1000
 APPLY_SLICE = 2000
 #: A watch that ends this close to its timeoutSeconds ended normally.
 WATCH_END_SLACK = 2.0
+
+
+class _GcPause:
+    """Hold off the cyclic garbage collector while any informer parses a list.
+
+    Parsing a list allocates millions of small dicts, lists and records that all stay
+    alive, so every collection walks a growing heap and finds nothing: measured here, that
+    is 30-50 % of the time of a 70,000-object list. Reference counting still frees what
+    dies meanwhile; only cycles wait until the last list is done. Shared by all informers
+    because the switch is process-wide.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._holders = 0
+        self._we_disabled = False
+
+    def __enter__(self) -> None:
+        with self._lock:
+            if self._holders == 0 and gc.isenabled():
+                gc.disable()
+                self._we_disabled = True
+            self._holders += 1
+
+    def __exit__(self, *exc: object) -> None:
+        with self._lock:
+            self._holders -= 1
+            if self._holders == 0 and self._we_disabled:
+                self._we_disabled = False
+                gc.enable()
+
+
+_gc_pause = _GcPause()
 
 
 class _Gone(Exception):
@@ -231,12 +265,16 @@ class Informer:
     def _list(self, relist: bool) -> None:
         self._enqueue(("begin",))
         cont = ""
+        # Where the time goes, for the log line: waiting for the server, JSON, records.
+        fetch = parse = decode = 0.0
+        size = count = 0
         while True:
             query: dict[str, str] = {}
             if self.page_size:
                 query["limit"] = str(self.page_size)
             if cont:
                 query["continue"] = cont
+            started = time.perf_counter()
             try:
                 resp = self._request(query, LIST_READ_TIMEOUT)
             except _Gone:
@@ -251,24 +289,37 @@ class Informer:
                 body = resp.read()
             finally:
                 self._release(resp)
-            doc = orjson.loads(body)
-            del body
-            meta = doc.get("metadata") or {}
-            self._enqueue_records(doc.get("items") or ())
+            read = time.perf_counter()
+            with _gc_pause:
+                doc = orjson.loads(body)
+                size += len(body)
+                del body
+                parsed = time.perf_counter()
+                meta = doc.get("metadata") or {}
+                items = doc.pop("items", None) or []
+                del doc
+                count += len(items)
+                self._enqueue_records(items)
+            fetch += read - started
+            parse += parsed - read
+            decode += time.perf_counter() - parsed
             rv = meta.get("resourceVersion") or ""
             cont = meta.get("continue") or ""
             if not cont:
                 break
         self._received_rv = rv
         log.info(
-            "listed kind=%s rv=%s relist=%s", self.kind.name, rv, relist,
+            "listed kind=%s rv=%s relist=%s objects=%d bytes=%d fetch_s=%.3f parse_s=%.3f "
+            "decode_s=%.3f", self.kind.name, rv, relist, count, size, fetch, parse, decode,
         )
         self._enqueue(("end", rv))
 
-    def _enqueue_records(self, items: Any) -> None:
+    def _enqueue_records(self, items: list[Any]) -> None:
         decode = self.kind.decode
         batch: list[tuple[str, Record]] = []
-        for obj in items:
+        for i, obj in enumerate(items):
+            # Drop each parsed dict once decoded so a big list is not held twice over.
+            items[i] = None
             try:
                 rec = decode(obj)
             except Exception as exc:
