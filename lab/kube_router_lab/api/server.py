@@ -6,9 +6,11 @@ condition); stop() closes every connection, start() again serves the same store.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import logging
 import socket
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler
@@ -128,6 +130,13 @@ class _HTTPServer(ThreadingHTTPServer):
         finally:
             with self._conns_lock:
                 self._conns.pop(request, None)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        exc = sys.exc_info()[1]
+        if isinstance(exc, OSError):  # a client hung up, or stop() cut the connection
+            log.debug("connection ended client=%s reason=%s", client_address[0], exc)
+        else:
+            log.exception("request failed client=%s", client_address[0])
 
     def close_connections(self) -> None:
         with self._conns_lock:
@@ -349,16 +358,47 @@ class _Handler(BaseHTTPRequestHandler):
                        field_selector(params.get("fieldSelector")))
 
     def _list(self, res: Resource, namespace: str | None, params: dict[str, str]) -> None:
+        store = self.server.api.store
         pred = self._selector(params)
-        entries, rv = self.server.api.store.snapshot(res.kind, namespace)
-        if pred is not None:
-            entries = [e for e in entries if pred(e.obj)]
-        # limit/continue are ignored: answering everything at once is what the real
-        # server's watch cache does too, and clients then see no continue token.
+        try:
+            limit = int(params.get("limit") or 0)
+        except ValueError:
+            raise ApiError(400, "BadRequest", "limit must be an integer") from None
+        meta: dict[str, Any]
+        if limit > 0 or params.get("continue"):
+            entries, meta = self._page(res, namespace, params.get("continue"), limit, pred)
+        else:
+            entries, rv = store.snapshot(res.kind, namespace)
+            if pred is not None:
+                entries = [e for e in entries if pred(e.obj)]
+            meta = {"resourceVersion": str(rv)}
         head = orjson.dumps({"kind": res.list_kind, "apiVersion": res.api_version,
-                             "metadata": {"resourceVersion": str(rv)}})
+                             "metadata": meta})
         body = b"".join((head[:-1], b',"items":[', b",".join(e.raw for e in entries), b"]}"))
         self._send(200, body)
+
+    def _page(self, res: Resource, namespace: str | None, token: str | None, limit: int,
+              pred: Predicate | None) -> tuple[list[Any], dict[str, Any]]:
+        """One page in key order. Pages come from the current state, but every page reports
+        the first page's resourceVersion, so a watch from it replays whatever changed while
+        paging; a token older than the history is 410 Expired, as etcd compaction makes it."""
+        store = self.server.api.store
+        after: tuple[str, str] | None = None
+        if token:
+            try:
+                data = orjson.loads(base64.urlsafe_b64decode(token.encode()))
+                rv, after = int(data["rv"]), (str(data["ns"]), str(data["name"]))
+            except (ValueError, KeyError, TypeError):
+                raise ApiError(400, "BadRequest", "invalid continue token") from None
+            store.check_version(rv)
+        else:
+            rv = int(store.resource_version())
+        entries, last = store.page(res.kind, namespace, after, limit or 500, pred)
+        meta: dict[str, Any] = {"resourceVersion": str(rv)}
+        if last is not None:
+            meta["continue"] = base64.urlsafe_b64encode(
+                orjson.dumps({"rv": rv, "ns": last[0], "name": last[1]})).decode()
+        return entries, meta
 
     def _delete_collection(self, res: Resource, namespace: str | None,
                            params: dict[str, str]) -> None:

@@ -6,6 +6,7 @@ without copying; each keeps its serialized bytes so a list of 50,000 Pods is a j
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import logging
 import re
@@ -117,6 +118,8 @@ class ApiStore:
         # What `apply` last saw per object, for its three-way merge (like kubectl's
         # last-applied annotation, kept out of the object).
         self._applied: dict[tuple[str, str, str], dict[str, Any]] = {}
+        # Keys in order, built on demand for paged lists; dropped when a key comes or goes.
+        self._sorted: dict[str, list[tuple[str, str]] | None] = {}
 
     # -- reading ------------------------------------------------------------------
 
@@ -144,6 +147,39 @@ class ApiStore:
             if namespace is None:
                 return list(values), self._rv
             return [e for e in values if e.obj["metadata"].get("namespace") == namespace], self._rv
+
+    def page(self, kind: str, namespace: str | None, after: tuple[str, str] | None,
+             limit: int, pred: Callable[[dict[str, Any]], bool] | None
+             ) -> tuple[list[Entry], tuple[str, str] | None]:
+        """Up to ``limit`` matching entries in key order (namespace, name) after ``after``,
+        and the key to continue from (None when this page is the last)."""
+        self._resource(kind)
+        with self._lock:
+            keys = self._sorted.get(kind)
+            if keys is None:
+                keys = self._sorted[kind] = sorted(self._objects[kind])
+            objects = self._objects[kind]
+            if after is not None:
+                i = bisect.bisect_right(keys, after)
+            else:
+                i = bisect.bisect_left(keys, (namespace, "")) if namespace else 0
+            out: list[Entry] = []
+            while i < len(keys) and (namespace is None or keys[i][0] == namespace):
+                entry = objects[keys[i]]
+                i += 1
+                if pred is None or pred(entry.obj):
+                    out.append(entry)
+                    if len(out) == limit:
+                        more = i < len(keys) and (namespace is None or keys[i][0] == namespace)
+                        return out, keys[i - 1] if more else None
+            return out, None
+
+    def check_version(self, rv: int) -> None:
+        """ApiError 410 Expired when changes since ``rv`` are no longer known (a continue
+        token from before a compaction, as etcd answers)."""
+        with self._lock:
+            if rv < self._floor:
+                raise self._expired(rv)
 
     def events_after(self, rv: int, timeout: float | None) -> tuple[list[Event], int]:
         """Events committed after ``rv``, waiting up to ``timeout`` s for one to happen;
@@ -427,7 +463,10 @@ class ApiStore:
         entry = Entry.of(obj)
         if etype == "DELETED":
             del self._objects[res.kind][key]
+            self._sorted[res.kind] = None
         else:
+            if etype == "ADDED":
+                self._sorted[res.kind] = None
             self._objects[res.kind][key] = entry
         if len(self._history) == self._history.maxlen:
             self._floor = self._history[0].rv

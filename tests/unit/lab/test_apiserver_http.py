@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+import urllib.error
 import urllib.request
 
 import pytest
@@ -315,3 +316,42 @@ def test_list_of_50k_pods_is_fast_server_side(store: ApiStore, server: ApiServer
         best = min(best, time.perf_counter() - t0)
     assert body.count(b'"kind":"Pod"') == 50_000
     assert best < 1.0, f"listing 50k pods took {best:.2f}s"
+
+
+def test_paged_list_with_limit_and_continue(store: ApiStore, api: client.ApiClient) -> None:
+    v1 = client.CoreV1Api(api)
+    for ns, name in [("b", "p1"), ("a", "p2"), ("a", "p1"), ("c", "p0"), ("a", "p3")]:
+        v1.create_namespaced_pod(ns, pod_body(name, app="web" if name != "p3" else "db"))
+    first = v1.list_pod_for_all_namespaces(limit=2)
+    pages = [[(p.metadata.namespace, p.metadata.name) for p in first.items]]
+    token = first.metadata._continue
+    while token:
+        page = v1.list_pod_for_all_namespaces(limit=2, _continue=token)
+        assert page.metadata.resource_version == first.metadata.resource_version
+        pages.append([(p.metadata.namespace, p.metadata.name) for p in page.items])
+        token = page.metadata._continue
+    assert pages == [[("a", "p1"), ("a", "p2")], [("a", "p3"), ("b", "p1")], [("c", "p0")]]
+    one_ns = v1.list_namespaced_pod("a", limit=5, label_selector="app=web")
+    assert [p.metadata.name for p in one_ns.items] == ["p1", "p2"]
+    assert one_ns.metadata._continue is None
+    stale = v1.list_pod_for_all_namespaces(limit=1).metadata._continue
+    v1.create_namespaced_pod("d", pod_body("late"))
+    store.compact()
+    with pytest.raises(ApiException) as err:
+        v1.list_pod_for_all_namespaces(limit=1, _continue=stale)
+    assert err.value.status == 410
+
+
+def test_server_side_apply_yaml_and_unknown_paths(server: ApiServer, store: ApiStore) -> None:
+    body = b"apiVersion: v1\nkind: ConfigMap\nmetadata: {name: cm}\ndata: {a: '1'}\n"
+    req = urllib.request.Request(
+        server.url + "/api/v1/namespaces/default/configmaps/cm?fieldManager=t", data=body,
+        method="PATCH", headers={"Content-Type": "application/apply-patch+yaml"})
+    with urllib.request.urlopen(req) as resp:
+        assert json.loads(resp.read())["data"] == {"a": "1"}
+    assert store.get("ConfigMap", "default", "cm")["data"] == {"a": "1"}
+    for path in ("/api/v1/widgets", "/apis/apps/v1/namespaces/x/deployments/a/scale", "/nope"):
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(server.url + path)
+        assert err.value.code == 404
+        assert json.loads(err.value.read())["kind"] == "Status"
