@@ -9,7 +9,6 @@ from kube_router import hookspec
 
 if TYPE_CHECKING:
     from kube_router.kube.records import Service
-
     from kube_router_proxy_ipvs.scheduler import IPVSScheduler
 
 

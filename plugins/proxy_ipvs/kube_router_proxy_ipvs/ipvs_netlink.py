@@ -17,8 +17,10 @@ import ipaddress
 import os
 import socket
 import struct
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from collections.abc import Iterator
+from dataclasses import dataclass
+from dataclasses import field
 
 # netlink
 NETLINK_GENERIC = 16

@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 
 import pytest
-from kube_router_proxy_ipvs import ipvs_netlink as nl
 from proxy_kernel_helpers import run
+
+from kube_router_proxy_ipvs import ipvs_netlink as nl
 
 
 def _ipvs_available() -> str | None:

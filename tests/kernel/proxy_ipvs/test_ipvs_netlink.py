@@ -6,8 +6,10 @@ import errno
 import socket
 
 import pytest
+from proxy_kernel_helpers import ipvsadm_rules
+from proxy_kernel_helpers import run
+
 from kube_router_proxy_ipvs import ipvs_netlink as nl
-from proxy_kernel_helpers import ipvsadm_rules, run
 
 pytestmark = pytest.mark.kernel
 

@@ -1,0 +1,89 @@
+"""iptables through ``iptables-restore --noflush`` batches, with backend detection.
+
+A plugin writes whole chains it owns: a ``:CHAIN`` line in a ``--noflush`` restore empties
+that chain and the rules that follow refill it, in one atomic commit, while every other
+chain (and every other tool's rule) stays as it is. Built-in chains are never declared
+(that would flush them): jumps into them are added only when missing.
+
+The backend (legacy or nft) is the one the host already uses: mixing them corrupts rules.
+``KUBE_ROUTER_IPTABLES=legacy|nft`` forces it (the lab's guest kernel has only legacy).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from functools import cache
+
+from kube_router.linux.run import run
+from kube_router.linux.run import run_sync
+
+ENV = "KUBE_ROUTER_IPTABLES"
+#: Seconds to wait for the xtables lock held by another writer (kube-proxy, firewalld...).
+LOCK_WAIT = "5"
+
+
+def _count_rules(tool: str) -> int:
+    path = shutil.which(tool)
+    if not path:
+        return -1
+    proc = subprocess.run([path], capture_output=True, text=True, check=False)
+    if proc.returncode:
+        return -1
+    return sum(1 for line in proc.stdout.splitlines() if line.startswith("-A"))
+
+
+@cache
+def backend() -> str:
+    """"legacy" or "nft": forced by the environment, else the one holding more rules."""
+    forced = os.environ.get(ENV, "").strip().lower()
+    if forced in ("legacy", "nft"):
+        return forced
+    legacy = _count_rules("iptables-legacy-save")
+    nft = _count_rules("iptables-nft-save")
+    if legacy > nft:
+        return "legacy"
+    if nft > legacy or shutil.which("iptables-nft-restore"):
+        return "nft"
+    return "legacy"
+
+
+def tool(name: str, family: int = 4) -> str:
+    """The binary for ``name`` ("iptables", "iptables-save", "iptables-restore")."""
+    base = name.replace("iptables", "ip6tables") if family == 6 else name
+    prefix, _, suffix = base.partition("-")
+    candidate = f"{prefix}-{backend()}" + (f"-{suffix}" if suffix else "")
+    return candidate if shutil.which(candidate) else base
+
+
+async def save(table: str, family: int = 4) -> str:
+    _, out, _ = await run([tool("iptables-save", family), "-t", table])
+    return out
+
+
+def save_sync(table: str, family: int = 4) -> str:
+    _, out, _ = run_sync([tool("iptables-save", family), "-t", table])
+    return out
+
+
+async def restore(table: str, lines: list[str], family: int = 4) -> None:
+    """Commit ``lines`` (chain declarations and rules, no ``*table``/COMMIT) atomically."""
+    text = "\n".join([f"*{table}", *lines, "COMMIT", ""])
+    await run([tool("iptables-restore", family), "-w", LOCK_WAIT, "--noflush"], text)
+
+
+def restore_sync(table: str, lines: list[str], family: int = 4) -> None:
+    text = "\n".join([f"*{table}", *lines, "COMMIT", ""])
+    run_sync([tool("iptables-restore", family), "-w", LOCK_WAIT, "--noflush"], text)
+
+
+def chains(saved: str) -> set[str]:
+    """Chain names declared in an iptables-save dump of one table."""
+    return {line[1:].split()[0] for line in saved.splitlines() if line.startswith(":")}
+
+
+def rules_of(saved: str, chain: str) -> list[str]:
+    """The rule specs of ``chain`` as iptables-save prints them (without ``-A CHAIN``)."""
+    prefix = f"-A {chain} "
+    return [line[len(prefix):] for line in saved.splitlines() if line.startswith(prefix)]

@@ -1,0 +1,67 @@
+"""``--cleanup-config``: remove exactly what the proxy made.
+
+IPVS services are deleted only when they are in the proxy's ranges (and not in
+--excluded-cidrs) or on kube-dummy-if; other tools' services stay. Then the chains, jumps
+and sets of :mod:`firewall`, and the dummy link itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+
+from kube_router_proxy_ipvs import desired as dz
+from kube_router_proxy_ipvs import ipvs_netlink as nl
+from kube_router_proxy_ipvs.dummy_if import DummyInterface
+from kube_router_proxy_ipvs.dummy_if import delete_link
+from kube_router_proxy_ipvs.dummy_if import local_addresses
+from kube_router_proxy_ipvs.firewall import cleanup_firewall
+from kube_router_proxy_ipvs.settings import settings_from_config
+from kube_router_proxy_ipvs.status import NAMES_FILE
+
+log = logging.getLogger(__name__)
+
+
+def _delete_services(settings: dz.Settings, node_ips: list[str], dummy: set[str]) -> int:
+    try:
+        sock = nl.IPVSSocket()
+    except OSError as exc:
+        log.info("no ipvs to clean error=%s", exc)
+        return 0
+    with sock:
+        ops = [nl.del_service(s.key) for s in sock.services()
+               if s.key is not None and dz.owns(s.key, settings, node_ips, dummy)]
+        failures = sock.apply(ops)
+        for op, err in failures:
+            log.warning("cleanup failed op=%r error=%s", op.desc, err.strerror)
+        return len(ops) - len(failures)
+
+
+async def cleanup(config: argparse.Namespace) -> None:
+    settings = settings_from_config(config, "")
+    families = [4] if settings.ipv4 else []
+    if settings.ipv6:
+        families.append(6)
+    dummy = DummyInterface()
+    dummy_addrs: set[str] = set()
+    try:
+        from pyroute2 import AsyncIPRoute
+
+        async with AsyncIPRoute() as ipr:
+            found = await ipr.link_lookup(ifname=dummy.name)
+        if found:
+            await dummy.load()
+            dummy_addrs = set(dummy.addrs)
+    except Exception as exc:
+        log.warning("cleanup cannot read link name=%s error=%s", dummy.name, exc)
+    node_ips = await local_addresses()
+    deleted = await asyncio.to_thread(_delete_services, settings, node_ips, dummy_addrs)
+    await cleanup_firewall(families or [4])
+    try:
+        removed = await delete_link()
+    except Exception as exc:
+        log.warning("cleanup cannot delete link name=%s error=%s", dummy.name, exc)
+        removed = False
+    NAMES_FILE.unlink(missing_ok=True)
+    log.info("proxy cleanup done ipvs_services=%d dummy_link_removed=%s", deleted, removed)

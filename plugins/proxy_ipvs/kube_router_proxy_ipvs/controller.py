@@ -1,0 +1,280 @@
+"""The proxy's controller: Services, EndpointSlices and this Node in, IPVS state out.
+
+Keys are Service keys ("ns/name"). A change to one Service or one of its slices syncs only
+that Service's virtual servers, VIPs and rules; a full sync (at start and every
+``--ipvs-sync-period``) recomputes everything and prunes what no Service wants any more.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import subprocess
+import time
+from collections.abc import Hashable
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from kube_router.controller import Controller
+from kube_router.kube.records import EndpointSlice
+from kube_router.kube.records import Node
+from kube_router.kube.records import Service
+from kube_router_proxy_ipvs import desired as dz
+from kube_router_proxy_ipvs import ipvs_netlink as nl
+from kube_router_proxy_ipvs.dummy_if import DummyInterface
+from kube_router_proxy_ipvs.dummy_if import local_addresses
+from kube_router_proxy_ipvs.ipvs_manager import IPVSManager
+from kube_router_proxy_ipvs.ipvs_manager import SyncResult
+from kube_router_proxy_ipvs.scheduler import DEFAULT
+from kube_router_proxy_ipvs.scheduler import KNOWN_SCHEDULERS
+from kube_router_proxy_ipvs.scheduler import IPVSScheduler
+from kube_router_proxy_ipvs.settings import settings_from_config
+from kube_router_proxy_ipvs.status import write_names
+
+if TYPE_CHECKING:
+    from kube_router.agent import Agent
+    from kube_router.bus import Event
+    from kube_router_proxy_ipvs.firewall import ServiceFirewall
+
+log = logging.getLogger(__name__)
+
+#: Seconds between checks of real servers drained at weight 0.
+REAP_INTERVAL = 5.0
+
+
+class ProxyController(Controller):
+    name = "proxy"
+    kinds = ("Service", "EndpointSlice", "Node")
+
+    def __init__(self, agent: Agent, firewall: ServiceFirewall | None = None) -> None:
+        super().__init__(agent)
+        cfg = agent.config
+        self.resync_period = float(getattr(cfg, "ipvs_sync_period", 300.0))
+        self.settings = settings_from_config(cfg, agent.node_name)
+        self.bind_all = bool(getattr(cfg, "nodeport_bindon_all_ip", False))
+        self.services = agent.store("Service")
+        self.slices = agent.store("EndpointSlice")
+        self.nodes = agent.store("Node")
+        self.node_ips: list[str] = []
+        self.ipvs = IPVSManager(self._owns, graceful=bool(getattr(
+            cfg, "ipvs_graceful_termination", False)),
+            graceful_period=float(getattr(cfg, "ipvs_graceful_period", 30.0)))
+        self.dummy = DummyInterface()
+        self.firewall = firewall
+        # What each Service put in the kernel, so a partial sync knows what to take away.
+        self.svc_servers: dict[str, set[nl.ServiceKey]] = {}
+        self.svc_vips: dict[str, set[str]] = {}
+        self.svc_states: dict[str, dz.ServiceState] = {}
+        self._vip_users: dict[str, set[str]] = {}
+        self._modules_loaded: set[str] = set()
+        self._bad_scheduler: set[tuple[str, str]] = set()
+        self._reaper: asyncio.Task[None] | None = None
+        self.last_result = SyncResult()
+        self._names_pending = False
+
+    # -- events -------------------------------------------------------------------------
+
+    def keys_for(self, event: Event) -> Iterable[Hashable]:
+        if event.kind == "EndpointSlice":
+            keys = set()
+            for rec in (event.new, event.old):
+                if isinstance(rec, EndpointSlice) and rec.service_key:
+                    keys.add(rec.service_key)
+            return keys
+        if event.kind == "Node":
+            if event.key == self.agent.node_name:
+                self.queue.add_all()  # our addresses may have changed: NodePorts move
+            return ()
+        return (event.key,)
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self.ipvs.load)
+        await self.dummy.load()
+        if self.firewall is not None:
+            await self.firewall.start()
+        log.info("proxy state loaded ipvs_services=%d owned=%d vips=%d",
+                 len(self.ipvs.actual), len(self.ipvs.owned_keys()), len(self.dummy.addrs))
+        if self.ipvs.graceful:
+            self._reaper = asyncio.get_running_loop().create_task(self._reap_loop())
+
+    async def stop(self) -> None:
+        if self._reaper is not None:
+            self._reaper.cancel()
+        self.ipvs.close()
+
+    # -- the sync -----------------------------------------------------------------------
+
+    def _owns(self, key: nl.ServiceKey) -> bool:
+        return dz.owns(key, self.settings, self.node_ips, self.dummy.addrs)
+
+    async def _refresh_node_ips(self) -> None:
+        if self.bind_all:
+            self.node_ips = await local_addresses()
+            return
+        node = self.nodes.get(self.agent.node_name)
+        self.node_ips = list(node.internal_ips) if isinstance(node, Node) else []
+
+    def scheduler_for(self, svc: Service) -> IPVSScheduler:
+        try:
+            chosen = self.agent.hook.kube_router_ipvs_scheduler(service=svc,
+                                                                 config=self.agent.config)
+        except AttributeError:  # no plugin declares or implements the hook
+            chosen = None
+        except Exception as exc:
+            log.warning("scheduler hook failed service=%s error=%s", svc.key, exc)
+            chosen = None
+        if chosen is None:
+            return DEFAULT
+        if chosen.name not in KNOWN_SCHEDULERS:
+            if (svc.key, chosen.name) not in self._bad_scheduler:
+                self._bad_scheduler.add((svc.key, chosen.name))
+                log.warning("unknown ipvs scheduler service=%s scheduler=%s using=rr",
+                            svc.key, chosen.name)
+            return DEFAULT
+        return chosen
+
+    async def _load_module(self, name: str) -> None:
+        if name in self._modules_loaded or name == "rr":
+            return
+        self._modules_loaded.add(name)
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                "modprobe", f"ip_vs_{name}", stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE)
+            _, err = await proc.communicate()
+        except OSError as exc:
+            log.warning("modprobe failed module=ip_vs_%s error=%s", name, exc)
+            return
+        if proc.returncode:
+            # Built in, or the kernel autoloads it on first use: IPVS reports real failures.
+            log.info("modprobe failed module=ip_vs_%s rc=%s stderr=%s", name,
+                     proc.returncode, err.decode().strip())
+
+    def _state(self, svc: Service) -> dz.ServiceState:
+        slices = [s for s in self.slices.by_index("service", svc.key)
+                  if isinstance(s, EndpointSlice)]
+        return dz.service_state(svc, slices, self.settings, self.scheduler_for(svc),
+                                self.node_ips)
+
+    async def sync(self, keys: frozenset[Hashable] | None) -> None:
+        started = time.monotonic()
+        if keys is None:
+            await self._refresh_node_ips()
+            names = [s.key for s in self.services if isinstance(s, Service)]
+        else:
+            names = [str(k) for k in keys]
+        states: dict[str, dz.ServiceState] = {}
+        for name in names:
+            svc = self.services.get(name)
+            if not isinstance(svc, Service):
+                states[name] = dz.ServiceState()
+                continue
+            try:
+                states[name] = self._state(svc)
+            except Exception as exc:  # one bad object must not stop the others
+                log.warning("skipping service service=%s error=%s", name, exc)
+                states[name] = self.svc_states.get(name, dz.ServiceState())
+        desired: dict[nl.ServiceKey, dz.VirtualServer] = {}
+        for st in states.values():
+            desired.update(st.servers)
+        for sched in {v.attrs.scheduler for v in desired.values()}:
+            await self._load_module(sched)
+
+        if keys is None:
+            remove: set[nl.ServiceKey] = self.ipvs.owned_keys() - desired.keys()
+            vips_add = set().union(*(st.vips for st in states.values())) if states else set()
+            vips_remove = self.dummy.addrs - vips_add
+            self.svc_servers = {n: set(st.servers) for n, st in states.items() if st.servers}
+            self.svc_vips = {n: set(st.vips) for n, st in states.items() if st.vips}
+            self.svc_states = {n: st for n, st in states.items() if st.servers}
+            self._vip_users = {}
+            for n, vips in self.svc_vips.items():
+                for v in vips:
+                    self._vip_users.setdefault(v, set()).add(n)
+        else:
+            remove = set()
+            vips_add, vips_remove = set(), set()
+            for name, st in states.items():
+                old = self.svc_servers.pop(name, set())
+                remove |= old - st.servers.keys()
+                if st.servers:
+                    self.svc_servers[name] = set(st.servers)
+                    self.svc_states[name] = st
+                else:
+                    self.svc_states.pop(name, None)
+                for v in self.svc_vips.pop(name, set()) - st.vips:
+                    users = self._vip_users.get(v, set())
+                    users.discard(name)
+                    if not users:
+                        self._vip_users.pop(v, None)
+                        vips_remove.add(v)
+                for v in st.vips:
+                    self._vip_users.setdefault(v, set()).add(name)
+                if st.vips:
+                    self.svc_vips[name] = set(st.vips)
+                vips_add |= st.vips
+            # a key another Service still wants stays
+            still = set().union(*(self.svc_servers.values())) if self.svc_servers else set()
+            remove -= still
+
+        # VIPs first so a new service answers as soon as IPVS has it; removals after IPVS.
+        await self.dummy.update(vips_add, set())
+        new_keys = any(k not in self.ipvs.actual for k in desired)
+        result = await self.ipvs.apply(desired, remove)
+        await self.dummy.update(set(), vips_remove)
+        if self.firewall is not None:
+            await self.firewall.sync(self, full=keys is None)
+        await self._flush_udp(result.udp_removed)
+        self.last_result = result
+        if keys is None or remove or new_keys:
+            self._schedule_names()
+        log.info("proxy sync full=%s services=%d ipvs_ops=%d failures=%d seconds=%.4f",
+                 keys is None, len(names), result.ops, len(result.failures),
+                 time.monotonic() - started)
+
+    def _schedule_names(self) -> None:
+        """Write the VIP -> Service names for ``status`` at most once a second."""
+        if self._names_pending:
+            return
+        self._names_pending = True
+
+        def write() -> None:
+            self._names_pending = False
+            write_names(self.svc_servers)
+
+        asyncio.get_running_loop().call_later(1.0, write)
+
+    # -- graceful termination and UDP ---------------------------------------------------
+
+    async def _reap_loop(self) -> None:
+        while True:
+            await asyncio.sleep(REAP_INTERVAL)
+            try:
+                result = self.ipvs.reap()
+                await self._flush_udp(result.udp_removed)
+            except Exception:
+                log.exception("graceful termination check failed")
+
+    async def _flush_udp(self, removed: list[tuple[nl.ServiceKey, str, int]]) -> None:
+        """Forget conntrack entries of removed UDP real servers only (not the whole VIP), so
+        clients of the other real servers keep their flows."""
+        for key, ip, port in removed:
+            fam = "ipv6" if key.af == socket.AF_INET6 else "ipv4"
+            argv = ["conntrack", "-D", "-f", fam, "-p", "udp", "--orig-dst", key.addr,
+                    "--orig-port-dst", str(key.port), "--reply-src", ip,
+                    "--reply-port-src", str(port)]
+            try:
+                proc = await asyncio.create_subprocess_exec(
+                    *argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                _, err = await proc.communicate()
+            except OSError as exc:
+                log.warning("conntrack flush failed service=%s dest=%s:%d error=%s",
+                            key, ip, port, exc)
+                continue
+            # rc 1 with "0 flow entries" just means there was nothing to flush
+            if proc.returncode not in (0, 1):
+                log.warning("conntrack flush failed service=%s dest=%s:%d rc=%s stderr=%s",
+                            key, ip, port, proc.returncode, err.decode().strip())

@@ -1,0 +1,245 @@
+"""A Service and its EndpointSlices turned into the IPVS virtual servers a node should have.
+
+Pure functions of the records and the proxy's settings: no kernel, no I/O, so they are unit
+tested on their own.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import socket
+from collections.abc import Iterable
+from collections.abc import Mapping
+from dataclasses import dataclass
+from dataclasses import field
+
+from kube_router.kube.records import EndpointSlice
+from kube_router.kube.records import Service
+from kube_router.kube.records import ServicePort
+from kube_router_proxy_ipvs import ipvs_netlink as nl
+from kube_router_proxy_ipvs.scheduler import IPVSScheduler
+
+log = logging.getLogger(__name__)
+
+PROXY_NAME_LABEL = "service.kubernetes.io/service-proxy-name"
+HEADLESS_LABEL = "service.kubernetes.io/headless"
+LOCAL_ANNOTATION = "kube-router.io/service.local"
+HAIRPIN_ANNOTATION = "kube-router.io/service.hairpin"
+HAIRPIN_EXTERNAL_ANNOTATION = "kube-router.io/service.hairpin.externalips"
+SKIP_LB_ANNOTATION = "kube-router.io/service.skiplbips"
+OUR_PROXY_NAME = "kube-router"
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The proxy's view of its flags and of this node."""
+
+    node_name: str
+    service_cidrs: tuple[Network, ...]
+    external_ranges: tuple[Network, ...] = ()
+    lb_ranges: tuple[Network, ...] = ()
+    excluded: tuple[Network, ...] = ()
+    strict_external: bool = True
+    ipv4: bool = True
+    ipv6: bool = False
+    nodeport_range: tuple[int, int] = (30000, 32767)
+    hairpin_all: bool = False
+
+
+@dataclass(frozen=True)
+class VirtualServer:
+    """The desired state of one IPVS service."""
+
+    attrs: nl.ServiceAttrs
+    dests: Mapping[tuple[str, int], int]  # (ip, port) -> weight
+
+
+@dataclass
+class ServiceState:
+    """Everything one Service asks of this node."""
+
+    servers: dict[nl.ServiceKey, VirtualServer] = field(default_factory=dict)
+    vips: set[str] = field(default_factory=set)  # addresses for kube-dummy-if
+    # (vip, proto, port, endpoint ip) for local endpoints of hairpin-enabled services
+    hairpin: set[tuple[str, str, int, str]] = field(default_factory=set)
+
+
+def _family(addr: str) -> int:
+    return socket.AF_INET6 if ":" in addr else socket.AF_INET
+
+
+def _in(addr: ipaddress.IPv4Address | ipaddress.IPv6Address, nets: Iterable[Network]) -> bool:
+    return any(addr.version == n.version and addr in n for n in nets)
+
+
+def skip_reason(svc: Service) -> str | None:
+    """Why the proxy leaves this Service alone, or None."""
+    proxy = svc.meta.labels.get(PROXY_NAME_LABEL)
+    if proxy is not None and proxy != OUR_PROXY_NAME:
+        return f"service-proxy-name={proxy}"
+    if svc.type == "ExternalName":
+        return "ExternalName"
+    if svc.headless or not svc.cluster_ips or HEADLESS_LABEL in svc.meta.labels:
+        return "headless"
+    return None
+
+
+def _endpoints(
+    port: ServicePort, slices: Iterable[EndpointSlice], family: int, node_name: str,
+    local_only: bool,
+) -> dict[tuple[str, int], int]:
+    """Real servers of one Service port: ready endpoints, else serving-terminating ones."""
+    out: dict[tuple[str, int], int] = {}
+    want = "IPv6" if family == socket.AF_INET6 else "IPv4"
+    for sl in slices:
+        if sl.address_type != want:
+            continue
+        target = None
+        for p in sl.ports:
+            # The slice's port carries the Service port's name ("" when unnamed).
+            if p.name == port.name and p.protocol == port.protocol:
+                target = p.port
+                break
+        if target is None:
+            continue
+        for ep in sl.endpoints:
+            if not (ep.ready or (ep.serving and ep.terminating)):
+                continue
+            if local_only and ep.node_name != node_name:
+                continue
+            for addr in ep.addresses:
+                out[(addr, target)] = 1
+    return out
+
+
+def _persistence(svc: Service) -> tuple[int, int]:
+    if svc.session_affinity == "ClientIP":
+        return nl.SVC_F_PERSISTENT, svc.affinity_timeout
+    return 0, 0
+
+
+def service_state(
+    svc: Service,
+    slices: Iterable[EndpointSlice],
+    settings: Settings,
+    scheduler: IPVSScheduler,
+    node_ips: Iterable[str],
+) -> ServiceState:
+    """The virtual servers, dummy-interface addresses and hairpin pairs for one Service."""
+    state = ServiceState()
+    if skip_reason(svc):
+        return state
+    slices = list(slices)
+    pflags, timeout = _persistence(svc)
+    attrs = nl.ServiceAttrs(scheduler=scheduler.name, flags=pflags | scheduler.flag_bits(),
+                            timeout=timeout)
+    ext_local = (svc.external_traffic_policy == "Local"
+                 or svc.meta.annotations.get(LOCAL_ANNOTATION, "").lower() == "true")
+    int_local = svc.internal_traffic_policy == "Local"
+    hairpin = settings.hairpin_all or HAIRPIN_ANNOTATION in svc.meta.annotations
+    hairpin_ext = hairpin and HAIRPIN_EXTERNAL_ANNOTATION in svc.meta.annotations
+    families = []
+    if settings.ipv4:
+        families.append(socket.AF_INET)
+    if settings.ipv6:
+        families.append(socket.AF_INET6)
+
+    external = _external_addresses(svc, settings)
+    node_ips = list(node_ips)
+    for port in svc.ports:
+        proto = nl.PROTOCOLS.get(port.protocol)
+        if proto is None:
+            log.warning("unsupported protocol service=%s port=%s protocol=%s",
+                        svc.key, port.port, port.protocol)
+            continue
+        for family in families:
+            all_eps = _endpoints(port, slices, family, settings.node_name, False)
+            local_eps = _endpoints(port, slices, family, settings.node_name, True)
+            local_ips = {ip for ip, _ in local_eps}
+
+            def add(addr: str, vport: int, dests: dict[tuple[str, int], int],
+                    with_hairpin: bool, is_vip: bool, family: int = family,
+                    proto: int = proto, local_ips: set[str] = local_ips,
+                    port: ServicePort = port) -> None:
+                if family == socket.AF_INET6:
+                    addr = str(ipaddress.ip_address(addr))
+                    dests = {(str(ipaddress.ip_address(i)), p): w for (i, p), w in dests.items()}
+                key = nl.ServiceKey(family, proto, addr, vport)
+                state.servers[key] = VirtualServer(attrs, dests)
+                if is_vip:
+                    state.vips.add(addr)
+                if with_hairpin:
+                    for ep_ip in local_ips & {ip for ip, _ in dests}:
+                        state.hairpin.add((addr, port.protocol, vport, ep_ip))
+
+            # ClusterIP; with internalTrafficPolicy Local and no local endpoint, nothing.
+            for ip in svc.cluster_ips:
+                if _family(ip) != family:
+                    continue
+                eps = local_eps if int_local else all_eps
+                if int_local and not eps:
+                    continue
+                add(ip, port.port, eps, hairpin, True)
+            eps = local_eps if ext_local else all_eps
+            if ext_local and not eps:
+                continue  # traffic policy Local and nothing local: no external entry at all
+            if port.node_port and svc.type in ("NodePort", "LoadBalancer"):
+                for ip in node_ips:
+                    if _family(ip) == family:
+                        add(ip, port.node_port, eps, hairpin, False)
+            for ip in external:
+                if _family(ip) == family:
+                    add(ip, port.port, eps, hairpin_ext, True)
+    return state
+
+
+_warned: set[tuple[str, str]] = set()
+
+
+def _warn_once(svc: Service, what: str) -> None:
+    if (svc.key, what) not in _warned:
+        _warned.add((svc.key, what))
+        log.warning("ignoring address service=%s reason=%s", svc.key, what)
+
+
+def _external_addresses(svc: Service, settings: Settings) -> list[str]:
+    """externalIPs and LoadBalancer ingress IPs that pass kube-router's validation."""
+    out: list[str] = []
+    candidates = [(ip, settings.external_ranges, "externalIP") for ip in svc.external_ips]
+    if SKIP_LB_ANNOTATION not in svc.meta.annotations:
+        candidates += [(ip, settings.lb_ranges, "loadBalancer") for ip in svc.load_balancer_ips]
+    for raw, ranges, what in candidates:
+        try:
+            addr = ipaddress.ip_address(raw)
+        except ValueError:
+            _warn_once(svc, f"{what} {raw!r} is not an IP address")
+            continue
+        if _in(addr, settings.service_cidrs):
+            _warn_once(svc, f"{what} {raw} is inside the service cluster IP range")
+            continue
+        if settings.strict_external and not _in(addr, ranges):
+            _warn_once(svc, f"{what} {raw} is outside the configured ranges")
+            continue
+        out.append(str(addr))
+    return out
+
+
+def owns(key: nl.ServiceKey, settings: Settings, node_ips: Iterable[str],
+         dummy_addrs: Iterable[str]) -> bool:
+    """Whether an IPVS service found in the kernel is in this proxy's ranges.
+
+    Only these are ever deleted; anything else (another tool's services, --excluded-cidrs)
+    is left exactly as it is.
+    """
+    addr = ipaddress.ip_address(key.addr)
+    if _in(addr, settings.excluded):
+        return False
+    if _in(addr, settings.service_cidrs) or _in(addr, settings.external_ranges):
+        return True
+    if _in(addr, settings.lb_ranges) or key.addr in set(dummy_addrs):
+        return True
+    lo, hi = settings.nodeport_range
+    return key.addr in set(node_ips) and lo <= key.port <= hi

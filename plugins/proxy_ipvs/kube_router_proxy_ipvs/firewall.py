@@ -1,0 +1,237 @@
+"""What pods and hosts need around IPVS: sysctls, SNAT, hairpin, the INPUT guard and ipsets.
+
+Objects (kube-router's names, so this is a drop-in replacement):
+
+- nat chain ``KUBE-ROUTER-HAIRPIN``: a pod reaching itself through a VIP is SNATed to the VIP.
+- nat chain ``KUBE-ROUTER-IPVS-SNAT``: IPVS NAT traffic that does not come from this node's
+  pods is masqueraded, so replies come back through this node; traffic from local pods
+  keeps its source IP (``--masquerade-all`` masquerades everything).
+- filter chain ``KUBE-ROUTER-SERVICES``, jumped from INPUT for traffic to a VIP: accept
+  VIP:port pairs that exist, reject the rest (``--ipvs-permit-all``).
+- ipsets ``kube-router-svip``, ``kube-router-svip-prt``, ``kube-router-local-ips``.
+
+Chains are rewritten whole with ``iptables-restore --noflush`` and only when their content
+changes; sets are swapped in only when their members change. Nothing else is touched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import socket
+from typing import TYPE_CHECKING
+
+from kube_router.kube.records import Node
+from kube_router.linux import ipset
+from kube_router.linux import iptables
+from kube_router.linux import sysctl
+from kube_router.linux.run import run
+from kube_router_proxy_ipvs import ipvs_netlink as nl
+from kube_router_proxy_ipvs.dummy_if import DUMMY_IF
+from kube_router_proxy_ipvs.dummy_if import local_addresses
+
+if TYPE_CHECKING:
+    from kube_router_proxy_ipvs.controller import ProxyController
+
+log = logging.getLogger(__name__)
+
+HAIRPIN_CHAIN = "KUBE-ROUTER-HAIRPIN"
+SNAT_CHAIN = "KUBE-ROUTER-IPVS-SNAT"
+SERVICES_CHAIN = "KUBE-ROUTER-SERVICES"
+SVIP = "kube-router-svip"
+SVIP_PRT = "kube-router-svip-prt"
+LOCAL_IPS = "kube-router-local-ips"
+SET_TMP_SUFFIX = "-pxtmp"
+COMMENT = "kube-router-py proxy"
+
+SYSCTLS = {
+    "net.ipv4.vs.conntrack": 1,  # IPVS NAT traffic must go through netfilter (SNAT, hairpin)
+    "net.ipv4.vs.expire_nodest_conn": 1,
+    "net.ipv4.vs.expire_quiescent_template": 1,
+    "net.ipv4.vs.conn_reuse_mode": 0,
+    "net.ipv4.ip_forward": 1,
+    "net.ipv4.conf.all.arp_ignore": 1,  # never answer ARP for VIPs on kube-dummy-if
+    "net.ipv4.conf.all.arp_announce": 2,
+}
+
+
+def set_name(base: str, family: int) -> str:
+    return base if family == 4 else f"inet6:{base}"
+
+
+def jump_rules() -> dict[tuple[str, str], str]:
+    """(table, built-in chain) -> our jump rule, as iptables-save prints it."""
+    return {
+        ("nat", "POSTROUTING"): f'-m comment --comment "{COMMENT} hairpin" -m ipvs '
+                                f"--vdir ORIGINAL -j {HAIRPIN_CHAIN}",
+        ("nat", "POSTROUTING#2"): f'-m comment --comment "{COMMENT} snat" -j {SNAT_CHAIN}',
+        ("filter", "INPUT"): f'-m comment --comment "{COMMENT} service guard" -m set '
+                             f"--match-set {{svip}} dst -j {SERVICES_CHAIN}",
+    }
+
+
+class ServiceFirewall:
+    def __init__(self, config: argparse.Namespace) -> None:
+        self.masquerade_all = bool(getattr(config, "masquerade_all", False))
+        self.permit_all = bool(getattr(config, "ipvs_permit_all", True))
+        self.families = [4] if getattr(config, "enable_ipv4", True) else []
+        if getattr(config, "enable_ipv6", False):
+            self.families.append(6)
+        self._chains: dict[tuple[int, str, str], list[str]] = {}  # what we last wrote
+        self._sets: dict[str, set[str]] = {}
+        self.writes = 0  # iptables-restore runs (tests: a restart with no change makes none)
+        self.local_ips: set[str] = set()
+
+    async def start(self) -> None:
+        for name, value in SYSCTLS.items():
+            sysctl.write(name, value)
+        if sysctl.read("net.ipv4.conf.all.rp_filter") == "1":
+            sysctl.write("net.ipv4.conf.all.rp_filter", 2)  # strict breaks VIP replies
+        # Pod to VIP to a pod on the same bridge: the reply must pass netfilter to be un-NATed.
+        await run(["modprobe", "br_netfilter"], check=False)
+        sysctl.write("net.bridge.bridge-nf-call-iptables", 1)
+        if 6 in self.families:
+            sysctl.write("net.bridge.bridge-nf-call-ip6tables", 1)
+        for family in self.families:
+            for table in ("nat", "filter"):
+                saved = await iptables.save(table, family)
+                for chain in (HAIRPIN_CHAIN, SNAT_CHAIN, SERVICES_CHAIN):
+                    if chain in iptables.chains(saved):
+                        self._chains[(family, table, chain)] = iptables.rules_of(saved, chain)
+
+    # -- desired content ----------------------------------------------------------------
+
+    def _pod_cidrs(self, ctrl: ProxyController) -> list[str]:
+        node = ctrl.nodes.get(ctrl.agent.node_name)
+        return list(node.pod_cidrs) if isinstance(node, Node) else []
+
+    def _nat_rules(self, ctrl: ProxyController, family: int) -> dict[str, list[str]]:
+        plen = 128 if family == 6 else 32
+        hairpin = sorted({h for st in ctrl.svc_states.values() for h in st.hairpin
+                          if (":" in h[0]) == (family == 6)})
+        hp = [f"-s {ep}/{plen} -d {ep}/{plen} -m ipvs --vaddr {vip} --vport {port} "
+              f"-j SNAT --to-source {vip}" for vip, _proto, port, ep in hairpin]
+        # written as iptables-save prints it, so a restart compares equal and writes nothing
+        masq = "-m ipvs --vdir ORIGINAL --vmethod MASQ"
+        cidrs = [c for c in self._pod_cidrs(ctrl) if (":" in c) == (family == 6)]
+        if self.masquerade_all or not cidrs:
+            snat = [f"{masq} -j MASQUERADE"]
+        else:
+            snat = [f"! -s {c} {masq} -j MASQUERADE" for c in cidrs]
+        return {HAIRPIN_CHAIN: hp, SNAT_CHAIN: snat}
+
+    def _guard_rules(self, family: int) -> list[str]:
+        if not self.permit_all:
+            return []
+        prt, local = (set_name(n, family) for n in (SVIP_PRT, LOCAL_IPS))
+        if family == 4:
+            icmp = [f"-p icmp -m icmp --icmp-type {t} -j ACCEPT"
+                    for t in ("8", "3", "11")]
+            reject = "icmp-port-unreachable"
+        else:
+            icmp = [f"-p ipv6-icmp -m icmp6 --icmpv6-type {t} -j ACCEPT"
+                    for t in ("128", "1", "3", "135", "136")]
+            reject = "icmp6-port-unreachable"
+        return [*icmp,
+                f"-m set --match-set {prt} dst,dst -j ACCEPT",
+                f"-m set ! --match-set {local} dst -j REJECT --reject-with {reject}"]
+
+    def _set_members(self, ctrl: ProxyController, family: int) -> dict[str, set[str]]:
+        v6 = family == 6
+        keys = [k for keys in ctrl.svc_servers.values() for k in keys if (k.af == socket.AF_INET6)
+                == v6]
+        svip = {k.addr for k in keys}
+        prt = {f"{k.addr},{nl.PROTOCOL_NAMES[k.protocol].lower()}:{k.port}" for k in keys}
+        local = {ip for ip in self.local_ips if (":" in ip) == v6}
+        return {set_name(SVIP, family): svip, set_name(SVIP_PRT, family): prt,
+                set_name(LOCAL_IPS, family): local}
+
+    # -- applying -----------------------------------------------------------------------
+
+    async def sync(self, ctrl: ProxyController, *, full: bool) -> None:
+        if full or not self.local_ips:
+            self.local_ips = set(await local_addresses(exclude_names=(DUMMY_IF,)))
+        for family in self.families:
+            await self._sync_sets(ctrl, family)
+            await self._sync_chains(ctrl, family, full)
+
+    async def _sync_sets(self, ctrl: ProxyController, family: int) -> None:
+        fam = "inet6" if family == 6 else "inet"
+        types = {set_name(SVIP, family): "hash:ip", set_name(SVIP_PRT, family): "hash:ip,port",
+                 set_name(LOCAL_IPS, family): "hash:ip"}
+        lines: list[str] = []
+        for name, members in self._set_members(ctrl, family).items():
+            if self._sets.get(name) == members:
+                continue
+            lines += ipset.swap_script(name, types[name], sorted(members), family=fam,
+                                       tmp_suffix=SET_TMP_SUFFIX)
+            self._sets[name] = members
+        if lines:
+            try:
+                await ipset.restore(lines)
+            except Exception:
+                for name in types:
+                    self._sets.pop(name, None)  # retry whole next time
+                raise
+
+    async def _sync_chains(self, ctrl: ProxyController, family: int, full: bool) -> None:
+        wanted = {("nat", c): r for c, r in self._nat_rules(ctrl, family).items()}
+        wanted[("filter", SERVICES_CHAIN)] = self._guard_rules(family)
+        jumps = jump_rules()
+        for table in ("nat", "filter"):
+            lines: list[str] = []
+            changed = False
+            for (t, chain), rules in wanted.items():
+                if t != table:
+                    continue
+                if self._chains.get((family, table, chain)) != rules:
+                    changed = True
+                lines.append(f":{chain} - [0:0]")
+                lines += [f"-A {chain} {r}" for r in rules]
+            saved = await iptables.save(table, family) if (changed or full) else ""
+            missing = []
+            if saved:
+                for (t, builtin), rule in jumps.items():
+                    if t != table:
+                        continue
+                    builtin = builtin.split("#")[0]
+                    rule = rule.format(svip=set_name(SVIP, family))
+                    if rule not in iptables.rules_of(saved, builtin):
+                        missing.append(f"-I {builtin} 1 {rule}")
+            if not changed and not missing:
+                continue
+            # Jumps go in after the chains exist; hairpin must come before the SNAT jump,
+            # so insert in reverse order at position 1.
+            await iptables.restore(table, lines + list(reversed(missing)), family)
+            self.writes += 1
+            for (t, chain), rules in wanted.items():
+                if t == table:
+                    self._chains[(family, table, chain)] = rules
+
+
+async def cleanup_firewall(families: list[int]) -> None:
+    """Remove our jumps, chains and sets (and nothing else)."""
+    jumps = jump_rules()
+    for family in families:
+        for table in ("nat", "filter"):
+            try:
+                saved = await iptables.save(table, family)
+            except Exception as exc:
+                log.warning("cleanup cannot read iptables table=%s error=%s", table, exc)
+                continue
+            lines = []
+            for (t, builtin), rule in jumps.items():
+                builtin = builtin.split("#")[0]
+                rule = rule.format(svip=set_name(SVIP, family))
+                if t == table and rule in iptables.rules_of(saved, builtin):
+                    lines.append(f"-D {builtin} {rule}")
+            ours = [c for c in (HAIRPIN_CHAIN, SNAT_CHAIN, SERVICES_CHAIN)
+                    if c in iptables.chains(saved)]
+            lines += [f":{c} - [0:0]" for c in ours]
+            lines += [f"-X {c}" for c in ours]
+            if lines:
+                await iptables.restore(table, lines, family)
+        for base in (SVIP, SVIP_PRT, LOCAL_IPS):
+            for name in (set_name(base, family), set_name(base, family) + SET_TMP_SUFFIX):
+                await asyncio.to_thread(ipset.destroy_sync, name)

@@ -1,0 +1,228 @@
+"""The IPVS table: desired virtual servers diffed against a cached copy of the kernel's.
+
+The kernel's table is read once at start; afterwards every change this manager makes is
+applied to the cache too, so a sync costs only the messages for what differs. Scheduler,
+persistence and timeout changes are made in place (SET), never by delete-and-add, so
+established connections survive. Only services the ``owns`` predicate accepts are ever
+deleted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from collections.abc import Callable
+from collections.abc import Iterable
+from collections.abc import Mapping
+from dataclasses import dataclass
+from dataclasses import field
+
+from kube_router_proxy_ipvs import ipvs_netlink as nl
+from kube_router_proxy_ipvs.desired import VirtualServer
+
+log = logging.getLogger(__name__)
+
+DestKey = tuple[str, int]
+#: Above this many operations the batch is sent from a worker thread so the loop stays free.
+THREAD_THRESHOLD = 500
+
+
+@dataclass
+class KernelService:
+    attrs: nl.ServiceAttrs
+    dests: dict[DestKey, int] = field(default_factory=dict)  # (ip, port) -> weight
+
+
+@dataclass
+class SyncResult:
+    ops: int = 0
+    failures: list[tuple[nl.Op, nl.IPVSError]] = field(default_factory=list)
+    # UDP real servers removed: (service key, dest ip, dest port), for a conntrack flush
+    udp_removed: list[tuple[nl.ServiceKey, str, int]] = field(default_factory=list)
+
+
+class IPVSManager:
+    """Owns the proxy's IPVS services. Use from one task at a time."""
+
+    def __init__(
+        self,
+        owns: Callable[[nl.ServiceKey], bool],
+        *,
+        graceful: bool = False,
+        graceful_period: float = 30.0,
+    ) -> None:
+        self.owns = owns
+        self.graceful = graceful
+        self.graceful_period = graceful_period
+        self.sock: nl.IPVSSocket | None = None
+        self.actual: dict[nl.ServiceKey, KernelService] = {}
+        self.fwmark_services = 0
+        # (service, dest) -> monotonic deadline, for real servers drained at weight 0
+        self.draining: dict[tuple[nl.ServiceKey, DestKey], float] = {}
+
+    # -- kernel state -------------------------------------------------------------------
+
+    def load(self) -> None:
+        """Read the whole IPVS table into the cache (blocking; once at start)."""
+        if self.sock is None:
+            self.sock = nl.IPVSSocket()
+        self.actual.clear()
+        self.fwmark_services = 0
+        for svc in self.sock.services():
+            if svc.key is None:
+                self.fwmark_services += 1
+                continue
+            self.actual[svc.key] = KernelService(svc.attrs, self._read_dests(svc.key))
+
+    def _read_dests(self, key: nl.ServiceKey) -> dict[DestKey, int]:
+        assert self.sock is not None
+        return {(d.addr, d.port): d.attrs.weight for d in self.sock.dests(key)}
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+    # -- planning -----------------------------------------------------------------------
+
+    def plan(
+        self,
+        desired: Mapping[nl.ServiceKey, VirtualServer],
+        remove: Iterable[nl.ServiceKey],
+        result: SyncResult,
+    ) -> list[nl.Op]:
+        """Operations turning the cache into ``desired``; ``remove`` lists keys to delete
+        when they are not desired (only those this manager owns are deleted)."""
+        ops: list[nl.Op] = []
+        now = time.monotonic()
+        for key, want in desired.items():
+            have = self.actual.get(key)
+            if have is None:
+                ops.append(nl.new_service(key, want.attrs))
+                for (ip, port), weight in want.dests.items():
+                    ops.append(nl.new_dest(key, ip, port, nl.DestAttrs(weight=weight)))
+                continue
+            if have.attrs != want.attrs:
+                ops.append(nl.set_service(key, want.attrs))
+            for dkey, weight in want.dests.items():
+                cur = have.dests.get(dkey)
+                if cur is None:
+                    ops.append(nl.new_dest(key, dkey[0], dkey[1], nl.DestAttrs(weight=weight)))
+                elif cur != weight:
+                    ops.append(nl.set_dest(key, dkey[0], dkey[1], nl.DestAttrs(weight=weight)))
+                self.draining.pop((key, dkey), None)
+            for dkey, cur in have.dests.items():
+                if dkey in want.dests:
+                    continue
+                if self.graceful:
+                    if (key, dkey) not in self.draining:
+                        self.draining[(key, dkey)] = now + self.graceful_period
+                    if cur != 0:
+                        ops.append(nl.set_dest(key, dkey[0], dkey[1], nl.DestAttrs(weight=0)))
+                    continue
+                ops.append(nl.del_dest(key, dkey[0], dkey[1]))
+                if key.protocol == socket.IPPROTO_UDP:
+                    result.udp_removed.append((key, dkey[0], dkey[1]))
+        for key in remove:
+            if key in desired or key not in self.actual or not self.owns(key):
+                continue
+            ops.append(nl.del_service(key))
+            for dkey in self.actual[key].dests:
+                self.draining.pop((key, dkey), None)
+                if key.protocol == socket.IPPROTO_UDP:
+                    result.udp_removed.append((key, dkey[0], dkey[1]))
+        return ops
+
+    def _commit(
+        self,
+        desired: Mapping[nl.ServiceKey, VirtualServer],
+        remove: Iterable[nl.ServiceKey],
+    ) -> None:
+        """Record in the cache what the planned operations did."""
+        for key, want in desired.items():
+            have = self.actual.get(key)
+            dests = dict(want.dests)
+            if have is not None and self.graceful:
+                for dkey in have.dests:
+                    if dkey not in dests and (key, dkey) in self.draining:
+                        dests[dkey] = 0
+            self.actual[key] = KernelService(want.attrs, dests)
+        for key in remove:
+            if key not in desired and key in self.actual and self.owns(key):
+                del self.actual[key]
+
+    async def apply(
+        self,
+        desired: Mapping[nl.ServiceKey, VirtualServer],
+        remove: Iterable[nl.ServiceKey] = (),
+    ) -> SyncResult:
+        """Bring the kernel to ``desired`` for these keys; delete ``remove`` (if owned)."""
+        assert self.sock is not None, "load() first"
+        remove = list(remove)
+        result = SyncResult()
+        ops = self.plan(desired, remove, result)
+        result.ops = len(ops)
+        if not ops:
+            return result
+        if len(ops) > THREAD_THRESHOLD:
+            result.failures = await asyncio.to_thread(self.sock.apply, ops)
+        else:
+            result.failures = self.sock.apply(ops)
+        self._commit(desired, remove)
+        if result.failures:
+            self._repair(result.failures)
+        return result
+
+    def _repair(self, failures: list[tuple[nl.Op, nl.IPVSError]]) -> None:
+        """Re-read the kernel for the services whose operations failed."""
+        assert self.sock is not None
+        for op, err in failures[:20]:
+            log.warning("ipvs operation failed op=%r error=%s", op.desc, err.strerror)
+        if len(failures) > 20:
+            log.warning("ipvs operations failed count=%d (first 20 logged)", len(failures))
+        current = {s.key: s for s in self.sock.services() if s.key is not None}
+        for key in list(self.actual):
+            if key not in current:
+                del self.actual[key]
+        for key, svc in current.items():
+            self.actual[key] = KernelService(svc.attrs, self._read_dests(key))
+
+    def owned_keys(self) -> set[nl.ServiceKey]:
+        return {k for k in self.actual if self.owns(k)}
+
+    # -- graceful termination -----------------------------------------------------------
+
+    def reap(self) -> SyncResult:
+        """Delete drained real servers whose connections ended or whose time is up."""
+        result = SyncResult()
+        if not self.draining or self.sock is None:
+            return result
+        now = time.monotonic()
+        ops: list[nl.Op] = []
+        by_service: dict[nl.ServiceKey, list[DestKey]] = {}
+        for (key, dkey) in self.draining:
+            by_service.setdefault(key, []).append(dkey)
+        for key, dkeys in by_service.items():
+            try:
+                conns = {(d.addr, d.port): d.active_conns + d.inactive_conns
+                         for d in self.sock.dests(key)}
+            except nl.IPVSError:
+                conns = {}
+            for dkey in dkeys:
+                deadline = self.draining[(key, dkey)]
+                if conns.get(dkey, 0) and now < deadline:
+                    continue
+                del self.draining[(key, dkey)]
+                if dkey in conns:
+                    ops.append(nl.del_dest(key, dkey[0], dkey[1]))
+                    if key.protocol == socket.IPPROTO_UDP:
+                        result.udp_removed.append((key, dkey[0], dkey[1]))
+                have = self.actual.get(key)
+                if have is not None:
+                    have.dests.pop(dkey, None)
+        if ops:
+            result.ops = len(ops)
+            result.failures = self.sock.apply(ops)
+        return result

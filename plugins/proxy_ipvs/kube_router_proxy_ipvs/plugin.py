@@ -1,0 +1,60 @@
+"""Entry point of the ``proxy`` plugin: hooks for the agent."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+from kube_router import hookimpl
+from kube_router_proxy_ipvs import hookspecs
+from kube_router_proxy_ipvs import settings
+
+if TYPE_CHECKING:
+    import pluggy
+
+    from kube_router.agent import Agent
+    from kube_router.controller import Controller
+    from kube_router.status import StatusSection
+
+log = logging.getLogger(__name__)
+
+
+@hookimpl
+def kube_router_add_hookspecs(pluginmanager: pluggy.PluginManager) -> None:
+    pluginmanager.add_hookspecs(hookspecs)
+
+
+@hookimpl
+def kube_router_add_options(parser: argparse.ArgumentParser) -> None:
+    settings.add_options(parser)
+
+
+@hookimpl
+def kube_router_controllers(agent: Agent) -> list[Controller]:
+    from kube_router_proxy_ipvs.controller import ProxyController
+    from kube_router_proxy_ipvs.firewall import ServiceFirewall
+    from kube_router_proxy_ipvs.metrics import register_metrics
+
+    # Declare our hook if the core has not run the historic add_hookspecs call for us.
+    caller = getattr(agent.pm.hook, "kube_router_ipvs_scheduler", None)
+    if caller is None or not caller.has_spec():
+        agent.pm.add_hookspecs(hookspecs)
+    controller = ProxyController(agent, ServiceFirewall(agent.config))
+    register_metrics(agent.metrics.registry, controller)
+    return [controller]
+
+
+@hookimpl
+def kube_router_cleanup(config: argparse.Namespace) -> None:
+    from kube_router_proxy_ipvs.cleanup import cleanup
+
+    asyncio.run(cleanup(config))
+
+
+@hookimpl
+def kube_router_status(config: argparse.Namespace) -> list[StatusSection]:
+    from kube_router_proxy_ipvs.status import status_sections
+
+    return status_sections(config)

@@ -1,0 +1,133 @@
+"""The proxy's flags (kube-router's names and defaults) and their parsed form."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import re
+
+from kube_router_proxy_ipvs.desired import Network
+from kube_router_proxy_ipvs.desired import Settings
+
+log = logging.getLogger(__name__)
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def duration(value: str) -> float:
+    """Seconds from a Go-style duration ("5m", "1m30s", "250ms") or a plain number."""
+    v = value.strip()
+    try:
+        return float(v)
+    except ValueError:
+        pass
+    pos, total = 0, 0.0
+    for m in _DURATION.finditer(v):
+        if m.start() != pos:
+            break
+        total += float(m.group(1)) * _UNITS[m.group(2)]
+        pos = m.end()
+    if pos != len(v) or not v:
+        raise argparse.ArgumentTypeError(f"invalid duration {value!r} (e.g. 30s, 5m, 1h)")
+    return total
+
+
+def boolean(value: str) -> bool:
+    v = value.strip().lower()
+    if v in ("1", "t", "true", "yes", "y", "on"):
+        return True
+    if v in ("0", "f", "false", "no", "n", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+
+
+def cidr_list(value: str) -> list[str]:
+    """A comma-separated CIDR list, checked here so a typo stops start-up with a clear line."""
+    out = []
+    for part in value.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            ipaddress.ip_network(part, strict=False)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid CIDR {part!r}") from None
+        out.append(part)
+    return out
+
+
+def port_range(value: str) -> tuple[int, int]:
+    m = re.fullmatch(r"\s*(\d+)\s*[-:]\s*(\d+)\s*", value)
+    if not m or int(m.group(1)) > int(m.group(2)):
+        raise argparse.ArgumentTypeError(f"invalid port range {value!r} (e.g. 30000-32767)")
+    return int(m.group(1)), int(m.group(2))
+
+
+def _flatten(values: list | None) -> list[str]:
+    out: list[str] = []
+    for v in values or ():
+        out.extend(v if isinstance(v, list) else [v])
+    return out
+
+
+def _nets(values: list | None) -> tuple[Network, ...]:
+    return tuple(ipaddress.ip_network(v, strict=False) for v in _flatten(values))
+
+
+def add_options(parser: argparse.ArgumentParser) -> None:
+    """Add the proxy's flags; a flag another plugin already added (shared kube-router flags
+    such as --service-cluster-ip-range) is left as that plugin defined it."""
+    g = parser.add_argument_group("proxy (IPVS service proxy)")
+    known = set(getattr(parser, "_option_string_actions", {}))
+
+    def add(flag: str, **kw: object) -> None:
+        if flag not in known:
+            g.add_argument(flag, **kw)  # type: ignore[arg-type]
+
+    add("--service-cluster-ip-range", type=cidr_list, action="append",
+        help="Service cluster IP CIDRs, comma-separated (default 10.96.0.0/12)")
+    add("--service-external-ip-range", type=cidr_list, action="append",
+        help="CIDRs externalIPs may come from")
+    add("--loadbalancer-ip-range", type=cidr_list, action="append",
+        help="CIDRs LoadBalancer ingress IPs may come from")
+    add("--strict-external-ip-validation", type=boolean, nargs="?", const=True, default=True,
+        help="ignore externalIPs/LB IPs outside the ranges above (default true)")
+    add("--service-node-port-range", type=port_range, default=(30000, 32767),
+        help="NodePort range (default 30000-32767)")
+    add("--enable-ipv4", type=boolean, nargs="?", const=True, default=True)
+    add("--enable-ipv6", type=boolean, nargs="?", const=True, default=False)
+    add("--ipvs-sync-period", type=duration, default=300.0,
+        help="full IPVS reconcile period (default 5m)")
+    add("--ipvs-permit-all", type=boolean, nargs="?", const=True, default=True,
+        help="INPUT guard: accept service VIP:port, reject other traffic to VIPs (default true)")
+    add("--ipvs-graceful-termination", type=boolean, nargs="?", const=True, default=False,
+        help="drain removed real servers at weight 0 before deleting them")
+    add("--ipvs-graceful-period", type=duration, default=30.0,
+        help="longest drain with --ipvs-graceful-termination (default 30s)")
+    add("--masquerade-all", type=boolean, nargs="?", const=True, default=False,
+        help="SNAT all IPVS NAT traffic, also from local pods")
+    add("--hairpin-mode", type=boolean, nargs="?", const=True, default=False,
+        help="hairpin SNAT for every Service (else per Service annotation)")
+    add("--nodeport-bindon-all-ip", type=boolean, nargs="?", const=True, default=False,
+        help="NodePort on every local address, not only the node's InternalIP")
+    add("--excluded-cidrs", type=cidr_list, action="append",
+        help="IPVS services in these CIDRs are never deleted")
+
+
+def settings_from_config(cfg: argparse.Namespace, node_name: str) -> Settings:
+    cidrs = _nets(getattr(cfg, "service_cluster_ip_range", None)) or (
+        ipaddress.ip_network("10.96.0.0/12"),)
+    return Settings(
+        node_name=node_name,
+        service_cidrs=cidrs,
+        external_ranges=_nets(getattr(cfg, "service_external_ip_range", None)),
+        lb_ranges=_nets(getattr(cfg, "loadbalancer_ip_range", None)),
+        excluded=_nets(getattr(cfg, "excluded_cidrs", None)),
+        strict_external=bool(getattr(cfg, "strict_external_ip_validation", True)),
+        ipv4=bool(getattr(cfg, "enable_ipv4", True)),
+        ipv6=bool(getattr(cfg, "enable_ipv6", False)),
+        nodeport_range=tuple(getattr(cfg, "service_node_port_range", (30000, 32767))),
+        hairpin_all=bool(getattr(cfg, "hairpin_mode", False)),
+    )
