@@ -1,0 +1,29 @@
+"""Every scenario under tests/lab/scenarios/ and examples/, one test each, through
+``kube-router-py lab run`` exactly as a user runs it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from labtools import ROOT
+from labtools import lab
+
+SCENARIOS = sorted([*(ROOT / "tests" / "lab" / "scenarios").glob("*.yaml"),
+                    *(ROOT / "examples").glob("*.yaml")])
+
+
+@pytest.mark.lab
+@pytest.mark.parametrize("path", SCENARIOS, ids=[p.relative_to(ROOT).as_posix()
+                                                 for p in SCENARIOS])
+def test_scenario(lab_cmd: list[str], path: Path, tmp_path: Path) -> None:
+    report = tmp_path / "report.json"
+    res = lab(lab_cmd, "run", str(path), "--report", str(report))
+    transcript = res.stdout + res.stderr
+    assert report.exists(), transcript
+    data = json.loads(report.read_text())
+    failed = [s for s in data["steps"] if not s["passed"]]
+    assert res.returncode == 0 and data["passed"], (
+        f"{path.name}: " + "; ".join(f"step {s['index']} ({s['kind']}): {s.get('reason')}"
+                                     for s in failed) + f"\n{transcript[-6000:]}")
