@@ -148,6 +148,7 @@ class Informer:
         self.last_error: str | None = None
 
         self._stopping = threading.Event()
+        self._backoff = BACKOFF_MIN
         self._thread: threading.Thread | None = None
         self._response: urllib3.BaseHTTPResponse | None = None
         self._response_lock = threading.Lock()
@@ -181,7 +182,6 @@ class Informer:
     # -- the thread -----------------------------------------------------------------------
 
     def _run(self) -> None:
-        backoff = BACKOFF_MIN
         need_list = True
         relist = False
         while not self._stopping.is_set():
@@ -189,10 +189,8 @@ class Informer:
                 if need_list:
                     self._list(relist)
                     need_list, relist = False, False
-                    backoff = BACKOFF_MIN
-                if self._watch():
-                    backoff = BACKOFF_MIN
-                self.last_error = None
+                    self._healthy()
+                self._watch()
             except _Gone as exc:
                 if self._stopping.is_set():
                     break
@@ -208,11 +206,16 @@ class Informer:
                 self.last_error = reason
                 log.warning(
                     "list/watch failed kind=%s rv=%s retry_in=%.1fs reason=%s",
-                    self.kind.name, self._received_rv or "-", backoff, reason,
+                    self.kind.name, self._received_rv or "-", self._backoff, reason,
                 )
-                self._stopping.wait(backoff)
-                backoff = min(backoff * 2, BACKOFF_MAX)
+                self._stopping.wait(self._backoff)
+                self._backoff = min(self._backoff * 2, BACKOFF_MAX)
         log.debug("informer stopped kind=%s", self.kind.name)
+
+    def _healthy(self) -> None:
+        """The server answered properly: forget the last error and the backoff."""
+        self.last_error = None
+        self._backoff = BACKOFF_MIN
 
     def _request(self, query: dict[str, str], read_timeout: float) -> urllib3.BaseHTTPResponse:
         """Send a GET for this kind; return the response with its body unread."""
@@ -339,8 +342,8 @@ class Informer:
             self.kind.name, key, exc,
         )
 
-    def _watch(self) -> bool:
-        """Follow one watch stream until it ends. Return True if it delivered anything.
+    def _watch(self) -> None:
+        """Follow one watch stream until it ends.
 
         A stream the server ends well before the timeout we asked for counts as cut and
         raises, so that the caller backs off instead of reconnecting in a tight loop.
@@ -357,16 +360,17 @@ class Informer:
         try:
             for line in self._lines(resp):
                 self._on_watch_line(line)
-                delivered = True
+                if not delivered:
+                    delivered = True
+                    self._healthy()
         finally:
             with self._response_lock:
                 self._response = None
             resp.close()
         if self._stopping.is_set():
-            return delivered
+            return
         if time.monotonic() - started < self.watch_timeout - WATCH_END_SLACK:
             raise ConnectionError("watch stream ended early")
-        return delivered
 
     @staticmethod
     def _lines(resp: urllib3.BaseHTTPResponse) -> Iterator[bytes]:
