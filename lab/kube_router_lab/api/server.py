@@ -418,11 +418,20 @@ class _Handler(BaseHTTPRequestHandler):
 
     # -- watch --------------------------------------------------------------------------
 
-    def _chunk(self, data: bytes) -> None:
-        self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
-
+    # Events are framed as HTTP chunks into a buffer written once per batch: one system
+    # call for a burst, not one per event.
     def _event(self, etype: str, raw: bytes) -> None:
-        self._chunk(b'{"type":"%s","object":%s}\n' % (etype.encode(), raw))
+        data = b'{"type":"%s","object":%s}\n' % (etype.encode(), raw)
+        self._out.append(b"%x\r\n%s\r\n" % (len(data), data))
+        self._out_size += len(data)
+        if self._out_size > 1 << 20:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._out:
+            data = b"".join(self._out)
+            self._out, self._out_size = [], 0
+            self.wfile.write(data)
 
     def _watch(self, res: Resource, namespace: str | None, params: dict[str, str]) -> None:
         api = self.server.api
@@ -440,20 +449,24 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
         self.close_connection = True  # the stream ends the connection's useful life
-        if last is None:
-            # No resourceVersion: the current state as synthetic ADDED events, then changes.
-            entries, last = store.snapshot(res.kind, namespace)
-            for e in entries:
-                if pred is None or pred(e.obj):
-                    self._event("ADDED", e.raw)
+        self._out: list[bytes] = []
+        self._out_size = 0
         now = time.monotonic()
         deadline = now + timeout
         next_bookmark = now + api.bookmark_interval
         try:
+            if last is None:
+                # No resourceVersion: the current state as synthetic ADDED events, then
+                # the changes after it.
+                entries, last = store.snapshot(res.kind, namespace)
+                for e in entries:
+                    if pred is None or pred(e.obj):
+                        self._event("ADDED", e.raw)
+                self._flush()
             while not self.server.stopping.is_set():
                 wait = min(deadline, next_bookmark if bookmarks else deadline) - time.monotonic()
                 try:
-                    events, last = store.events_after(last, max(0.0, wait))
+                    events, last = store.events_after(last, max(0.0, wait), res.kind)
                 except ApiError as err:
                     self._event("ERROR", orjson.dumps(err.status()))
                     break
@@ -465,10 +478,12 @@ class _Handler(BaseHTTPRequestHandler):
                         {"kind": res.kind, "apiVersion": res.api_version,
                          "metadata": {"resourceVersion": str(last)}}))
                     next_bookmark = now + api.bookmark_interval
+                self._flush()
                 if now >= deadline:
                     break
             if not self.server.stopping.is_set():
-                self._chunk(b"")
+                self._out.append(b"0\r\n\r\n")  # the last chunk: the stream ended cleanly
+                self._flush()
         except OSError:
             pass  # the client went away (or stop() closed the socket)
 

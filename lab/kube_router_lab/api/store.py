@@ -105,6 +105,9 @@ class ApiStore:
     def __init__(self, *, history: int = DEFAULT_HISTORY) -> None:
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
+        # Watchers of one kind sleep on its own condition: a burst of Pod writes does not
+        # wake every Service watcher for nothing.
+        self._changed_kind = {k: threading.Condition(self._lock) for k in BY_KIND}
         self._objects: dict[str, dict[tuple[str, str], Entry]] = {k: {} for k in BY_KIND}
         self._rv = 0
         self._history: deque[Event] = deque(maxlen=history)
@@ -181,15 +184,18 @@ class ApiStore:
             if rv < self._floor:
                 raise self._expired(rv)
 
-    def events_after(self, rv: int, timeout: float | None) -> tuple[list[Event], int]:
-        """Events committed after ``rv``, waiting up to ``timeout`` s for one to happen;
-        returns them and the resourceVersion they bring the caller to.
+    def events_after(self, rv: int, timeout: float | None, kind: str | None = None
+                     ) -> tuple[list[Event], int]:
+        """Events committed after ``rv``, waiting up to ``timeout`` s for one to happen (of
+        ``kind`` when given; the events returned are of every kind); returns them and the
+        resourceVersion they bring the caller to.
         ApiError 410 Expired when the history no longer reaches back to ``rv``."""
-        with self._changed:
+        cond = self._changed_kind[kind] if kind else self._changed
+        with cond:
             if rv < self._floor:
                 raise self._expired(rv)
             if self._rv <= rv and (timeout is None or timeout > 0):
-                self._changed.wait(timeout)
+                cond.wait(timeout)
                 if rv < self._floor:
                     raise self._expired(rv)
             count = self._rv - rv
@@ -201,8 +207,10 @@ class ApiStore:
 
     def wake(self) -> None:
         """Wake every thread waiting in ``events_after`` (the server is stopping)."""
-        with self._changed:
+        with self._lock:
             self._changed.notify_all()
+            for cond in self._changed_kind.values():
+                cond.notify_all()
 
     def _expired(self, rv: int) -> ApiError:
         return ApiError(410, "Expired", f"too old resource version: {rv} ({self._floor + 1})")
@@ -322,10 +330,10 @@ class ApiStore:
 
     def compact(self) -> None:
         """Forget the watch history: any older resourceVersion now gets 410 Gone."""
-        with self._changed:
+        with self._lock:
             self._history.clear()
             self._floor = self._rv
-            self._changed.notify_all()
+        self.wake()
 
     # -- extension points -----------------------------------------------------------
 
@@ -475,6 +483,7 @@ class ApiStore:
         if self._subscribers:
             self._pending.append(event)
         self._changed.notify_all()
+        self._changed_kind[res.kind].notify_all()
         return entry
 
     def _dispatch(self) -> None:
