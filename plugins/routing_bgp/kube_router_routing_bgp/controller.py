@@ -24,6 +24,8 @@ from kube_router_routing_bgp.gobgpd import PeerConfig
 from kube_router_routing_bgp.gobgpd import admin_target
 from kube_router_routing_bgp.kernel_routes import RouteTable
 from kube_router_routing_bgp.metrics import RouterMetrics
+from kube_router_routing_bgp.policy import PolicyInputs
+from kube_router_routing_bgp.policy import PolicyManager
 from kube_router_routing_bgp.route_sync import RouteInstaller
 
 if TYPE_CHECKING:
@@ -53,6 +55,7 @@ class RouterController(Controller):
                                   self._runtime_dir),
             binary=cfg.gobgpd_path, graceful_restart=cfg.bgp_graceful_restart)
         self.metrics = RouterMetrics(agent.metrics.registry)
+        self.policy = PolicyManager(self.gobgpd)
         self.table: RouteTable | None = None
         self.installer: RouteInstaller | None = None
         self.local: desired.LocalBgp | None = None
@@ -138,9 +141,20 @@ class RouterController(Controller):
         try:
             await self._ensure_bgp(local)
             t0 = time.monotonic()
-            errors += await self._sync_peers(me, local, nodes)
+            want = self._desired_peers(me, local, nodes)
+            had_peers = bool(self.peers)
+            # Policies first: a new peer must never see a route the policy would withhold.
+            changed = await self.policy.apply(PolicyInputs(
+                pod_cidrs=frozenset(my_cidrs), service_vips=frozenset(),
+                node_peers=frozenset(a for a, p in want.items() if not p.external),
+                external_peers=frozenset(a for a, p in want.items() if p.external),
+                advertise_pod_cidr=self.config.advertise_pod_cidr,
+                override_nexthop=self.config.override_nexthop))
+            errors += await self._sync_peers(me, want)
             self.metrics.internal_peers_sync_time.observe(time.monotonic() - t0)
             errors += await self._sync_paths(local, my_cidrs)
+            if changed and had_peers:
+                await self.policy.soft_reset()
             await self._update_peer_metrics()
         except GobgpError as exc:
             raise TemporaryError(f"gobgpd: {exc}", delay=2.0) from exc
@@ -169,6 +183,7 @@ class RouterController(Controller):
             log.info("bgp started asn=%d router_id=%s listen=%s:%d", local.asn,
                      local.router_id, local.address, self.config.bgp_port)
             self.local = local
+            self.policy.reset()
             self.peers.clear()
             self.paths.clear()
             self._bgp_started_at = time.monotonic()
@@ -186,13 +201,17 @@ class RouterController(Controller):
         await asyncio.gather(*tasks, return_exceptions=True)
         self._bgp_tasks = []
 
-    async def _sync_peers(self, me: Node, local: desired.LocalBgp,
-                          nodes: list[Node]) -> list[str]:
+    def _desired_peers(self, me: Node, local: desired.LocalBgp,
+                       nodes: list[Node]) -> dict[str, PeerConfig]:
         want = desired.ibgp_peers(me, local, nodes, self.config)
         try:
-            want.update(desired.external_peers(self.config, local.address))
+            for addr, peer in desired.external_peers(self.config, local.address).items():
+                want.setdefault(addr, peer)  # a node address stays a node peer
         except (desired.PeerFlagsError, OSError) as exc:
             log.warning("external peers skipped node=%s error=%s", me.meta.name, exc)
+        return want
+
+    async def _sync_peers(self, me: Node, want: dict[str, PeerConfig]) -> list[str]:
         errors = []
         for addr in [a for a in self.peers if a not in want]:
             try:
