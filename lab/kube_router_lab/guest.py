@@ -99,8 +99,14 @@ def resolve_kernel(kind: str) -> str:
     return kind
 
 
-def _job_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if k not in _DROP_ENV}
+def _job_env(out: TextIO) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in _DROP_ENV}
+    # the guest's console is a terminal even when our output is a file or a pipe
+    if out.isatty():
+        env["TERM"] = os.environ.get("TERM", "linux")
+    else:
+        env.update({"TERM": "dumb", "NO_COLOR": "1", "PY_COLORS": "0"})
+    return env
 
 
 def _init_script(python: str, job: Path) -> str:
@@ -162,7 +168,7 @@ def run(
         job.write_text(json.dumps({
             "argv": list(argv),
             "cwd": cwd or os.getcwd(),
-            "env": {**_job_env(), **(env or {})},
+            "env": {**_job_env(out), **(env or {})},
             "outdir": str(out_dir.resolve()),
             "mode": kind,
             "nonce": nonce,
@@ -199,6 +205,13 @@ def _supervise(cmd: list[str], kind: str, nonce: str, out_dir: Path, timeout: fl
             _kill_group(proc.pid)
 
     threading.Thread(target=watchdog, daemon=True).start()
+    restore = None
+    if threading.current_thread() is threading.main_thread():
+        def on_term(signum: int, _frame: object) -> None:
+            _kill_group(proc.pid)  # never leave a guest running without its supervisor
+            raise SystemExit(128 + signum)
+
+        restore = signal.signal(signal.SIGTERM, on_term)
     rc: int | None = None
     seen_init = False
     early: list[str] = []  # the kernel's boot lines: shown only when the guest fails
@@ -233,6 +246,8 @@ def _supervise(cmd: list[str], kind: str, nonce: str, out_dir: Path, timeout: fl
         except subprocess.TimeoutExpired:
             _kill_group(proc.pid)
             proc.wait()
+        if restore is not None:
+            signal.signal(signal.SIGTERM, restore)
     rc_file = out_dir / f".exit-{nonce}"
     if rc is None and rc_file.exists():
         rc = int(rc_file.read_text().strip() or 125)

@@ -167,8 +167,14 @@ class Runner:
         self.lab.annotate(step.obj_kind, step.namespace, step.name, dict(step.changes))
 
     def _wait(self, step: WaitStep, res: StepResult) -> None:
-        rv = self.lab.resource_version()
         deadline = time.monotonic() + step.timeout
+        # "the API's current state" includes what the lab's own controllers make of the
+        # last change (Deployment -> Pods -> EndpointSlices): let them finish first
+        settle = getattr(self.lab, "settle", None)
+        if settle is not None and not settle(step.timeout):
+            raise StepFailed(f"the lab's controllers and kubelets did not settle in "
+                             f"{step.timeout:g}s (pods not running?)")
+        rv = self.lab.resource_version()
         while True:
             pending = self.lab.unsynced(rv)
             if not pending:
