@@ -9,6 +9,7 @@ namespace its process lives in.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -149,6 +150,9 @@ class Agent:
             proc = self.proc
         if proc is None:
             return
+        # Children the agent started (gobgpd) must not outlive the lab: remember them
+        # while they are still recognisably the agent's.
+        children = descendants(proc.pid)
         if proc.poll() is None:
             proc.terminate()
             try:
@@ -157,6 +161,11 @@ class Agent:
                 proc.kill()
                 proc.wait()
         self._thread.join(timeout=5)
+        for pid, started in children:
+            if _start_time(pid) == started:  # the same process, not a reused PID
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signals.SIGKILL)
+                    self.log(f"event=agent_child_killed node={self.spec.node} pid={pid}")
 
     def readiness(self, timeout: float = 2.0) -> dict | str:
         """The agent's /readyz JSON, or a string saying why there is none."""
@@ -175,6 +184,37 @@ class Agent:
         except ValueError:
             return f"readyz answered {resp.status} with no JSON"
         return doc if isinstance(doc, dict) else "readyz JSON is not an object"
+
+
+def _start_time(pid: int) -> str | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]  # field 22: start time in clock ticks
+
+
+def descendants(root: int) -> list[tuple[int, str]]:
+    """(pid, start time) of every process below ``root``."""
+    parent: dict[int, int] = {}
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                stat = Path(f"/proc/{entry.name}/stat").read_text()
+            except OSError:
+                continue
+            parent[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    found: list[tuple[int, str]] = []
+    frontier = [root]
+    while frontier:
+        pid = frontier.pop()
+        for child, ppid in parent.items():
+            if ppid == pid:
+                started = _start_time(child)
+                if started is not None:
+                    found.append((child, started))
+                    frontier.append(child)
+    return found
 
 
 def _signal(name: str) -> signals.Signals:
