@@ -308,8 +308,14 @@ def format_matrix(sources: list[str], targets: list[str], got: list[list[int]],
     return lines
 
 
+_PRINT_LOCK = threading.Lock()
+
+
 def _print(line: str) -> None:
-    print(line, flush=True)
+    # one write per line: the lab logs from its own threads while steps print
+    with _PRINT_LOCK:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
 
 
 # -- the whole run, inside the guest -------------------------------------------------------
