@@ -273,8 +273,13 @@ class _Handler(BaseHTTPRequestHandler):
             name = route[2] if route else None
             details = {"name": name, "kind": route[0].plural} if route and name else None
             self._send_json(err.code, err.status(details))
-        except (BrokenPipeError, ConnectionResetError):
-            self.close_connection = True
+        except OSError:
+            self.close_connection = True  # the client hung up mid-answer
+        except Exception as exc:
+            # A bug in an admission function or here: answer 500 rather than drop the
+            # connection, so the client sees an error it can report.
+            log.exception("request failed method=%s path=%s", method, url.path)
+            self._send_json(500, ApiError(500, "InternalError", str(exc)).status())
 
     def _resource(self, method: str, params: dict[str, str], body: bytes, res: Resource,
                   namespace: str | None, name: str | None, sub: str | None) -> None:

@@ -355,3 +355,16 @@ def test_server_side_apply_yaml_and_unknown_paths(server: ApiServer, store: ApiS
             urllib.request.urlopen(server.url + path)
         assert err.value.code == 404
         assert json.loads(err.value.read())["kind"] == "Status"
+
+
+def test_failing_admission_is_a_500_and_the_server_keeps_serving(
+        store: ApiStore, api: client.ApiClient) -> None:
+    def broken(new: dict, old: dict | None) -> dict:
+        raise KeyError("spec")
+
+    store.add_admission("ConfigMap", broken)
+    v1 = client.CoreV1Api(api)
+    with pytest.raises(ApiException) as err:
+        v1.create_namespaced_config_map("default", {"metadata": {"name": "cm"}})
+    assert err.value.status == 500
+    assert v1.list_namespaced_config_map("default").items == []
