@@ -43,6 +43,13 @@ def test_core_v1_round_trips(api: client.ApiClient) -> None:
     assert int(replaced.metadata.resource_version) > int(created.metadata.resource_version)
     patched = v1.patch_namespaced_pod("a", "x", {"metadata": {"labels": {"tier": None}}})
     assert patched.metadata.labels == {"app": "web"}
+    merged = v1.patch_namespaced_pod(
+        "a", "x", {"spec": {"containers": [{"name": "d", "image": "img2"}]}},
+        _content_type="application/merge-patch+json")
+    assert [c.name for c in merged.spec.containers] == ["d"]  # merge patch replaces lists
+    strategic = v1.patch_namespaced_pod(
+        "a", "x", {"spec": {"containers": [{"name": "e", "image": "img3"}]}})
+    assert [c.name for c in strategic.spec.containers] == ["d", "e"]  # merged by name
     status = v1.patch_namespaced_pod_status(
         "a", "x", {"status": {"phase": "Running", "podIP": "10.2.1.5"}})
     assert status.status.pod_ip == "10.2.1.5"
