@@ -72,6 +72,7 @@ class ProxyController(Controller):
         self._reaper: asyncio.Task[None] | None = None
         self.last_result = SyncResult()
         self._names_pending = False
+        self.last_timings: dict[str, float] = {}
 
     # -- events -------------------------------------------------------------------------
 
@@ -220,14 +221,20 @@ class ProxyController(Controller):
             still = set().union(*(self.svc_servers.values())) if self.svc_servers else set()
             remove -= still
 
+        t_desired = time.monotonic()
         # VIPs first so a new service answers as soon as IPVS has it; removals after IPVS.
         await self.dummy.update(vips_add, set())
+        t_vips = time.monotonic()
         new_keys = any(k not in self.ipvs.actual for k in desired)
         result = await self.ipvs.apply(desired, remove)
+        t_ipvs = time.monotonic()
         await self.dummy.update(set(), vips_remove)
         if self.firewall is not None:
             await self.firewall.sync(self, full=keys is None)
         await self._flush_udp(result.udp_removed)
+        done = time.monotonic()
+        self.last_timings = {"desired": t_desired - started, "vips": t_vips - t_desired,
+                             "ipvs": t_ipvs - t_vips, "rest": done - t_ipvs}
         self.last_result = result
         if keys is None or remove or new_keys:
             self._schedule_names()

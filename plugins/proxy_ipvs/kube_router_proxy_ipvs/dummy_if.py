@@ -7,16 +7,31 @@ so every address on it is the proxy's, except the kernel's IPv6 link-local one.
 
 from __future__ import annotations
 
+import asyncio
+import errno
 import ipaddress
 import logging
+import os
 import socket
+import struct
 
 from pyroute2 import AsyncIPRoute
+
+from kube_router_proxy_ipvs import ipvs_netlink as nl
 
 log = logging.getLogger(__name__)
 
 DUMMY_IF = "kube-dummy-if"
 _SCOPE_LINK = 253
+#: Above this many address changes, the raw pipelined batch is used.
+BULK_THRESHOLD = 32
+RTM_NEWADDR = 20
+RTM_DELADDR = 21
+IFA_ADDRESS = 1
+IFA_LOCAL = 2
+NLM_F_CREATE = 0x400
+NLM_F_REPLACE = 0x100
+_IFADDRMSG = struct.Struct("=BBBBI")
 
 
 def _is_ours(addr: str) -> bool:
@@ -54,6 +69,17 @@ class DummyInterface:
         if not add and not remove:
             return
         assert self.index is not None, "load() first"
+        if len(add) + len(remove) > BULK_THRESHOLD:
+            # Thousands of VIPs at a cold start: one pipelined batch, not a call per address.
+            failed = await asyncio.to_thread(address_batch, self.index, add, remove)
+            for (op, addr), err in failed.items():
+                if (op, err) not in (("add", errno.EEXIST), ("del", errno.EADDRNOTAVAIL)):
+                    log.warning("cannot change address link=%s op=%s address=%s error=%s",
+                                self.name, op, addr, os.strerror(err))
+                    (add if op == "add" else remove).discard(addr)
+            self.addrs |= add
+            self.addrs -= remove
+            return
         async with AsyncIPRoute() as ipr:
             for addr in sorted(add):
                 plen = 128 if ":" in addr else 32
@@ -114,3 +140,52 @@ async def local_addresses(exclude_names: tuple[str, ...] = ("dummy", "kube", "do
 
 def family_of(addr: str) -> int:
     return socket.AF_INET6 if ":" in addr else socket.AF_INET
+
+
+def address_batch(index: int, add: set[str], remove: set[str]) -> dict[tuple[str, str], int]:
+    """Add and delete addresses on one link in pipelined rtnetlink batches (blocking).
+
+    Like the IPVS codec: no per-message ack, errors come back tagged with their sequence
+    number, and one acked request closes the batch. Returns {(op, address): errno}.
+    """
+    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, nl.SO_RCVBUFFORCE, 8 * 1024 * 1024)
+        sock.setsockopt(nl.SOL_NETLINK, nl.NETLINK_CAP_ACK, 1)
+        sock.bind((0, 0))
+        pending: dict[int, tuple[str, str]] = {}
+        chunks: list[bytes] = []
+        seq = 0
+        work = [("add", a) for a in sorted(add)] + [("del", a) for a in sorted(remove)]
+        for i, (op, addr) in enumerate(work):
+            seq += 1
+            fam = socket.AF_INET6 if ":" in addr else socket.AF_INET
+            raw = socket.inet_pton(fam, addr)
+            body = _IFADDRMSG.pack(fam, 128 if fam == socket.AF_INET6 else 32, 0,
+                                   _SCOPE_LINK, index)
+            body += nl._nla(IFA_LOCAL, raw) + nl._nla(IFA_ADDRESS, raw)
+            flags = nl.NLM_F_REQUEST | (NLM_F_CREATE | NLM_F_REPLACE if op == "add" else 0)
+            if i == len(work) - 1:
+                flags |= nl.NLM_F_ACK  # the barrier: its ack comes after every earlier error
+            chunks.append(nl.frame(RTM_NEWADDR if op == "add" else RTM_DELADDR, body, seq,
+                                   flags))
+            pending[seq] = (op, addr)
+        last = seq
+        failed: dict[tuple[str, str], int] = {}
+        for start in range(0, len(chunks), 2000):
+            sock.send(b"".join(chunks[start:start + 2000]))
+        while True:
+            data = sock.recv(1 << 20)
+            done = False
+            for mtype, _f, mseq, payload in nl.iter_messages(data):
+                if mtype != nl.NLMSG_ERROR:
+                    continue
+                code = -struct.unpack_from("=i", payload)[0]
+                if code and mseq in pending:
+                    failed[pending[mseq]] = code
+                if mseq == last:
+                    done = True
+            if done:
+                return failed
+    finally:
+        sock.close()

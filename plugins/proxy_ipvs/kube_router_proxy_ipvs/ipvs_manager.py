@@ -43,6 +43,16 @@ class SyncResult:
     udp_removed: list[tuple[nl.ServiceKey, str, int]] = field(default_factory=list)
 
 
+_DEST_ATTRS: dict[int, nl.DestAttrs] = {}
+
+
+def _dest_attrs(weight: int) -> nl.DestAttrs:
+    attrs = _DEST_ATTRS.get(weight)
+    if attrs is None:
+        attrs = _DEST_ATTRS[weight] = nl.DestAttrs(weight=weight)
+    return attrs
+
+
 class IPVSManager:
     """Owns the proxy's IPVS services. Use from one task at a time."""
 
@@ -101,17 +111,16 @@ class IPVSManager:
             have = self.actual.get(key)
             if have is None:
                 ops.append(nl.new_service(key, want.attrs))
-                for (ip, port), weight in want.dests.items():
-                    ops.append(nl.new_dest(key, ip, port, nl.DestAttrs(weight=weight)))
+                ops += nl.new_dests(key, [(d, _dest_attrs(w)) for d, w in want.dests.items()])
                 continue
             if have.attrs != want.attrs:
                 ops.append(nl.set_service(key, want.attrs))
             for dkey, weight in want.dests.items():
                 cur = have.dests.get(dkey)
                 if cur is None:
-                    ops.append(nl.new_dest(key, dkey[0], dkey[1], nl.DestAttrs(weight=weight)))
+                    ops.append(nl.new_dest(key, dkey[0], dkey[1], _dest_attrs(weight)))
                 elif cur != weight:
-                    ops.append(nl.set_dest(key, dkey[0], dkey[1], nl.DestAttrs(weight=weight)))
+                    ops.append(nl.set_dest(key, dkey[0], dkey[1], _dest_attrs(weight)))
                 self.draining.pop((key, dkey), None)
             for dkey, cur in have.dests.items():
                 if dkey in want.dests:
@@ -120,7 +129,7 @@ class IPVSManager:
                     if (key, dkey) not in self.draining:
                         self.draining[(key, dkey)] = now + self.graceful_period
                     if cur != 0:
-                        ops.append(nl.set_dest(key, dkey[0], dkey[1], nl.DestAttrs(weight=0)))
+                        ops.append(nl.set_dest(key, dkey[0], dkey[1], _dest_attrs(0)))
                     continue
                 ops.append(nl.del_dest(key, dkey[0], dkey[1]))
                 if key.protocol == socket.IPPROTO_UDP:

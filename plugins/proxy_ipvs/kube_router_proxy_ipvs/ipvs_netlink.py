@@ -21,6 +21,8 @@ from collections.abc import Iterable
 from collections.abc import Iterator
 from dataclasses import dataclass
 from dataclasses import field
+from functools import lru_cache
+from typing import NamedTuple
 
 # netlink
 NETLINK_GENERIC = 16
@@ -251,13 +253,25 @@ def _nested(atype: int, payload: bytes) -> bytes:
 # -- messages -------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Op:
-    """One IPVS request, encoded except for its netlink header."""
+class Op(NamedTuple):
+    """One IPVS request, encoded except for its netlink header.
+
+    A named tuple rather than a dataclass: a cold sync builds tens of thousands of them.
+    """
 
     cmd: int
     body: bytes  # genl header + attributes
-    desc: str  # for error messages: what this operation was
+    key: ServiceKey
+    dest: tuple[str, int] | None = None
+
+    @property
+    def desc(self) -> str:
+        """What this operation was, for error messages."""
+        what = f"{_CMD_NAMES[self.cmd]} {self.key}"
+        if self.dest is not None:
+            host = f"[{self.dest[0]}]" if self.key.af == socket.AF_INET6 else self.dest[0]
+            what += f" -> {host}:{self.dest[1]}"
+        return what
 
 
 _CMD_NAMES = {
@@ -265,54 +279,101 @@ _CMD_NAMES = {
     CMD_DEL_SERVICE: "del-service", CMD_NEW_DEST: "add-dest", CMD_SET_DEST: "set-dest",
     CMD_DEL_DEST: "del-dest",
 }
+_GENL_HDR = {cmd: _GENL.pack(cmd, IPVS_GENL_VERSION, 0) for cmd in _CMD_NAMES}
 
 
-def _op(cmd: int, attrs: bytes, desc: str) -> Op:
-    return Op(cmd, _GENL.pack(cmd, IPVS_GENL_VERSION, 0) + attrs, f"{_CMD_NAMES[cmd]} {desc}")
+@lru_cache(maxsize=65536)
+def _service_nest(key: ServiceKey) -> bytes:
+    """The nested SERVICE attribute identifying ``key``; every dest message repeats it."""
+    return _nested(CMD_ATTR_SERVICE, _service_id(key))
+
+
+# An IPv4 dest in one pack: ADDR(4) PORT(2, network order) AF(2) FWD WEIGHT U_THRESH L_THRESH,
+# each with its attribute header, inside the nested DEST attribute (its length is 60).
+_DEST4 = struct.Struct("=HH" "HH4s" "HHH2x" "HHH2x" "HHI" "HHI" "HHI" "HHI")
+_DEST_NESTED = CMD_ATTR_DEST | NLA_F_NESTED
+_inet_aton = socket.inet_aton
+_htons = socket.htons
+_AF_INET = socket.AF_INET
+_DEST4_ID = struct.Struct("=HH" "HH4s" "HHH2x" "HHH2x")
+
+
+def _dest4(addr: str, port: int, attrs: DestAttrs) -> bytes:
+    return _DEST4.pack(
+        _DEST4.size, CMD_ATTR_DEST | NLA_F_NESTED,
+        8, DEST_ATTR_ADDR, socket.inet_aton(addr),
+        6, DEST_ATTR_PORT, socket.htons(port),
+        6, DEST_ATTR_ADDR_FAMILY, socket.AF_INET,
+        8, DEST_ATTR_FWD_METHOD, attrs.fwd_method,
+        8, DEST_ATTR_WEIGHT, attrs.weight,
+        8, DEST_ATTR_U_THRESH, 0,
+        8, DEST_ATTR_L_THRESH, 0,
+    )
 
 
 def new_service(key: ServiceKey, attrs: ServiceAttrs) -> Op:
-    return _op(CMD_NEW_SERVICE, _nested(CMD_ATTR_SERVICE, _service_full(key, attrs)), str(key))
+    body = _nested(CMD_ATTR_SERVICE, _service_full(key, attrs))
+    return Op(CMD_NEW_SERVICE, _GENL_HDR[CMD_NEW_SERVICE] + body, key)
 
 
 def set_service(key: ServiceKey, attrs: ServiceAttrs) -> Op:
-    return _op(CMD_SET_SERVICE, _nested(CMD_ATTR_SERVICE, _service_full(key, attrs)), str(key))
+    body = _nested(CMD_ATTR_SERVICE, _service_full(key, attrs))
+    return Op(CMD_SET_SERVICE, _GENL_HDR[CMD_SET_SERVICE] + body, key)
 
 
 def del_service(key: ServiceKey) -> Op:
-    return _op(CMD_DEL_SERVICE, _nested(CMD_ATTR_SERVICE, _service_id(key)), str(key))
+    return Op(CMD_DEL_SERVICE, _GENL_HDR[CMD_DEL_SERVICE] + _service_nest(key), key)
 
 
-def _dest_desc(key: ServiceKey, addr: str, port: int) -> str:
-    host = f"[{addr}]" if key.af == socket.AF_INET6 else addr
-    return f"{key} -> {host}:{port}"
+def _dest_op(cmd: int, key: ServiceKey, addr: str, port: int, attrs: DestAttrs) -> Op:
+    if key.af == socket.AF_INET:
+        # the hot path of a cold sync: one pack, no helper calls
+        return Op(cmd, _GENL_HDR[cmd] + _service_nest(key) + _DEST4.pack(
+            60, _DEST_NESTED, 8, DEST_ATTR_ADDR, _inet_aton(addr), 6, DEST_ATTR_PORT,
+            _htons(port), 6, DEST_ATTR_ADDR_FAMILY, _AF_INET, 8, DEST_ATTR_FWD_METHOD,
+            attrs.fwd_method, 8, DEST_ATTR_WEIGHT, attrs.weight, 8, DEST_ATTR_U_THRESH, 0,
+            8, DEST_ATTR_L_THRESH, 0), key, (addr, port))
+    dest = _nested(CMD_ATTR_DEST, _dest_full(key.af, addr, port, attrs))
+    return Op(cmd, _GENL_HDR[cmd] + _service_nest(key) + dest, key, (addr, port))
 
 
 def new_dest(key: ServiceKey, addr: str, port: int, attrs: DestAttrs) -> Op:
-    return _op(
-        CMD_NEW_DEST,
-        _nested(CMD_ATTR_SERVICE, _service_id(key))
-        + _nested(CMD_ATTR_DEST, _dest_full(key.af, addr, port, attrs)),
-        _dest_desc(key, addr, port),
-    )
+    return _dest_op(CMD_NEW_DEST, key, addr, port, attrs)
+
+
+def new_dests(key: ServiceKey, dests: Iterable[tuple[tuple[str, int], DestAttrs]]
+              ) -> list[Op]:
+    """NEW_DEST for each ((ip, port), attrs) of one service (a new service's real servers)."""
+    if key.af != socket.AF_INET:
+        return [new_dest(key, ip, port, attrs) for (ip, port), attrs in dests]
+    head = _GENL_HDR[CMD_NEW_DEST] + _service_nest(key)
+    pack = _DEST4.pack
+    return [
+        Op(CMD_NEW_DEST, head + pack(
+            60, _DEST_NESTED, 8, DEST_ATTR_ADDR, _inet_aton(ip), 6, DEST_ATTR_PORT,
+            _htons(port), 6, DEST_ATTR_ADDR_FAMILY, _AF_INET, 8, DEST_ATTR_FWD_METHOD,
+            attrs.fwd_method, 8, DEST_ATTR_WEIGHT, attrs.weight, 8, DEST_ATTR_U_THRESH, 0,
+            8, DEST_ATTR_L_THRESH, 0), key, (ip, port))
+        for (ip, port), attrs in dests
+    ]
 
 
 def set_dest(key: ServiceKey, addr: str, port: int, attrs: DestAttrs) -> Op:
-    return _op(
-        CMD_SET_DEST,
-        _nested(CMD_ATTR_SERVICE, _service_id(key))
-        + _nested(CMD_ATTR_DEST, _dest_full(key.af, addr, port, attrs)),
-        _dest_desc(key, addr, port),
-    )
+    return _dest_op(CMD_SET_DEST, key, addr, port, attrs)
 
 
 def del_dest(key: ServiceKey, addr: str, port: int) -> Op:
-    return _op(
-        CMD_DEL_DEST,
-        _nested(CMD_ATTR_SERVICE, _service_id(key))
-        + _nested(CMD_ATTR_DEST, _dest_id(key.af, addr, port)),
-        _dest_desc(key, addr, port),
-    )
+    if key.af == socket.AF_INET:
+        dest = _DEST4_ID.pack(
+            _DEST4_ID.size, CMD_ATTR_DEST | NLA_F_NESTED,
+            8, DEST_ATTR_ADDR, socket.inet_aton(addr),
+            6, DEST_ATTR_PORT, socket.htons(port),
+            6, DEST_ATTR_ADDR_FAMILY, socket.AF_INET,
+        )
+    else:
+        dest = _nested(CMD_ATTR_DEST, _dest_id(key.af, addr, port))
+    return Op(CMD_DEL_DEST, _GENL_HDR[CMD_DEL_DEST] + _service_nest(key) + dest, key,
+              (addr, port))
 
 
 def frame(family: int, op_body: bytes, seq: int, flags: int = NLM_F_REQUEST) -> bytes:

@@ -1,0 +1,243 @@
+"""IPVS proxy benchmark; run as root inside the lab guest (a kernel with IPVS).
+
+    python -m bench.proxy_ipvs --n 1000
+
+S1, cold sync: N Services x 10 endpoints, decoded from API objects into the stores the
+informers fill, synced by the proxy controller into an empty IPVS table (plus their VIPs on
+kube-dummy-if). Compared, on the same machine in the same run, with
+- the floor: the same IPVS messages, prebuilt, sent back to back by the codec alone;
+- ``ipvsadm -R`` applying the identical rules.
+S2, event latency: 200 changes, each one endpoint added and one removed in one Service's
+EndpointSlice: time from the event reaching the controller to the kernel state applied.
+
+Every phase runs in its own fresh network namespace: IPVS state (and its 120 s trash list of
+deleted real servers, which slows later adds) is per namespace, so no phase taints another.
+The last line printed is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+
+ENDPOINTS = 10
+
+
+def _svc_ip(i: int) -> str:
+    return f"10.{96 + i // 65536}.{(i // 256) % 256}.{i % 256}"
+
+
+def _ep_ip(i: int, j: int) -> str:
+    n = i * ENDPOINTS + j
+    return f"10.{128 + n // 65536}.{(n // 256) % 256}.{n % 256}"
+
+
+def api_objects(n: int) -> tuple[list[dict], list[dict]]:
+    services, slices = [], []
+    for i in range(n):
+        name = f"svc-{i}"
+        services.append({
+            "metadata": {"namespace": "bench", "name": name, "uid": name,
+                         "resourceVersion": str(i)},
+            "spec": {"clusterIP": _svc_ip(i), "clusterIPs": [_svc_ip(i)],
+                     "ports": [{"name": "http", "protocol": "TCP", "port": 80,
+                                "targetPort": 8080}]},
+        })
+        slices.append(_slice(i, range(ENDPOINTS)))
+    return services, slices
+
+
+def _slice(i: int, eps: range | list[int]) -> dict:
+    name = f"svc-{i}"
+    return {
+        "metadata": {"namespace": "bench", "name": f"{name}-abc", "uid": f"{name}-abc",
+                     "resourceVersion": "1",
+                     "labels": {"kubernetes.io/service-name": name}},
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": [_ep_ip(i, j)], "conditions": {"ready": True},
+                       "nodeName": "node-0"} for j in eps],
+        "ports": [{"name": "http", "protocol": "TCP", "port": 8080}],
+    }
+
+
+def ipvsadm_rules(n: int) -> str:
+    lines = []
+    for i in range(n):
+        vip = _svc_ip(i)
+        lines.append(f"-A -t {vip}:80 -s rr")
+        lines += [f"-a -t {vip}:80 -r {_ep_ip(i, j)}:8080 -m -w 1" for j in range(ENDPOINTS)]
+    return "\n".join(lines) + "\n"
+
+
+# -- phases, each run in its own network namespace -----------------------------------------
+
+
+def phase_floor(n: int) -> dict:
+    from kube_router.kube.records import decode_endpointslice
+    from kube_router.kube.records import decode_service
+    from kube_router_proxy_ipvs import ipvs_netlink as nl
+    from kube_router_proxy_ipvs.desired import Settings
+    from kube_router_proxy_ipvs.desired import service_state
+    from kube_router_proxy_ipvs.scheduler import DEFAULT
+
+    services, slices = api_objects(n)
+    settings = Settings(node_name="node-0", service_cidrs=())
+    ops = []
+    for s, sl in zip(services, slices, strict=True):
+        st = service_state(decode_service(s), [decode_endpointslice(sl)], settings, DEFAULT, [])
+        for key, vs in st.servers.items():
+            ops.append(nl.new_service(key, vs.attrs))
+            ops += [nl.new_dest(key, ip, port, nl.DestAttrs(weight=w))
+                    for (ip, port), w in vs.dests.items()]
+    with nl.IPVSSocket() as sock:
+        started = time.perf_counter()
+        failures = sock.apply(ops)
+        seconds = time.perf_counter() - started
+    assert not failures, failures[:3]
+    return {"floor_seconds": seconds, "messages": len(ops)}
+
+
+def phase_ipvsadm(n: int) -> dict:
+    rules = ipvsadm_rules(n)
+    started = time.perf_counter()
+    proc = subprocess.run(["ipvsadm", "-R"], input=rules, capture_output=True, text=True,
+                          check=False)
+    seconds = time.perf_counter() - started
+    if proc.returncode:
+        raise SystemExit(f"ipvsadm -R failed rc={proc.returncode} stderr={proc.stderr[:500]}")
+    return {"ipvsadm_seconds": seconds}
+
+
+async def _sync_and_events(n: int, changes: int) -> dict:
+    import argparse as ap
+
+    from kube_router import plugins
+    from kube_router.agent import Agent
+    from kube_router.bus import Event
+    from kube_router.bus import EventType
+    from kube_router.kube.records import decode_endpointslice
+    from kube_router.kube.records import decode_service
+    from kube_router_proxy_ipvs import plugin
+    from kube_router_proxy_ipvs import settings
+    from kube_router_proxy_ipvs.controller import ProxyController
+
+    parser = ap.ArgumentParser()
+    parser.add_argument("--hostname-override", default="node-0")
+    settings.add_options(parser)
+    config = parser.parse_args(["--service-cluster-ip-range", "10.96.0.0/12"])
+    pm = plugins.new_manager()
+    pm.register(plugin, "proxy")
+    agent = Agent(config, pm, ["proxy"])
+    services, slices = api_objects(n)
+    svc_store, sl_store = agent.store("Service"), agent.store("EndpointSlice")
+    started = time.perf_counter()
+    for obj in services:
+        rec = decode_service(obj)
+        svc_store.put(rec.key, rec)
+    for obj in slices:
+        rec = decode_endpointslice(obj)
+        sl_store.put(rec.key, rec)
+    decode_seconds = time.perf_counter() - started
+    ctl = ProxyController(agent, firewall=None)
+    await ctl.start()
+    started = time.perf_counter()
+    await ctl.sync(None)
+    sync_seconds = time.perf_counter() - started
+    assert not ctl.last_result.failures
+    ops = ctl.last_result.ops
+    parts = {f"sync_{k}_seconds": v for k, v in ctl.last_timings.items()}
+
+    latencies = []
+    for c in range(changes):
+        i = (c * 7919) % n
+        # endpoint j leaves and endpoint 10+c joins, in one slice update
+        old = sl_store.get(f"bench/svc-{i}-abc")
+        eps = [j for j in range(ENDPOINTS) if j != c % ENDPOINTS] + [ENDPOINTS + c]
+        rec = decode_endpointslice(_slice(i, eps))
+        t0 = time.perf_counter()
+        sl_store.put(rec.key, rec)
+        ctl.on_event(Event("EndpointSlice", EventType.MODIFIED, rec.key, rec, old))
+        keys = ctl.queue.take()
+        await ctl.sync(keys)
+        latencies.append(time.perf_counter() - t0)
+        assert ctl.last_result.ops == 2 and not ctl.last_result.failures, ctl.last_result
+    await ctl.stop()
+    latencies.sort()
+    p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
+    return {"sync_seconds": sync_seconds, "sync_ops": ops, **parts,
+            "decode_seconds": decode_seconds,
+            "event_p50_ms": statistics.median(latencies) * 1000, "event_p99_ms": p99 * 1000}
+
+
+def phase_sync(n: int, changes: int) -> dict:
+    return asyncio.run(_sync_and_events(n, changes))
+
+
+# -- driver -----------------------------------------------------------------------------
+
+
+def _in_netns(phase: str, n: int, changes: int) -> dict:
+    ns = f"bench-{phase}-{uuid.uuid4().hex[:6]}"
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    try:
+        subprocess.run(["ip", "-n", ns, "link", "set", "lo", "up"], check=True)
+        proc = subprocess.run(
+            ["ip", "netns", "exec", ns, sys.executable, "-m", "bench.proxy_ipvs",
+             "--phase", phase, "--n", str(n), "--changes", str(changes)],
+            capture_output=True, text=True, check=False, cwd=os.getcwd())
+        if proc.returncode:
+            raise SystemExit(f"phase {phase} failed rc={proc.returncode}\n{proc.stderr[-3000:]}")
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], check=False)
+
+
+def _syscall_us() -> float:
+    started = time.perf_counter()
+    for _ in range(2000):
+        os.getppid()
+    return (time.perf_counter() - started) / 2000 * 1e6
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--n", type=int, default=1000, help="Services (each with 10 endpoints)")
+    p.add_argument("--changes", type=int, default=200, help="S2 endpoint changes")
+    p.add_argument("--skip-ipvsadm", action="store_true")
+    p.add_argument("--phase", choices=["floor", "ipvsadm", "sync"], help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.phase == "floor":
+        print(json.dumps(phase_floor(args.n)))
+        return
+    if args.phase == "ipvsadm":
+        print(json.dumps(phase_ipvsadm(args.n)))
+        return
+    if args.phase == "sync":
+        print(json.dumps(phase_sync(args.n, args.changes)))
+        return
+    result: dict = {"n": args.n, "endpoints_per_service": ENDPOINTS,
+                    "syscall_us": round(_syscall_us(), 1)}
+    result.update(_in_netns("floor", args.n, args.changes))
+    result.update(_in_netns("sync", args.n, args.changes))
+    if not args.skip_ipvsadm:
+        result.update(_in_netns("ipvsadm", args.n, args.changes))
+    else:
+        result["ipvsadm_seconds"] = None
+    result["sync_vs_floor"] = round(result["sync_seconds"] / result["floor_seconds"], 2)
+    if result["ipvsadm_seconds"]:
+        result["ipvsadm_vs_sync"] = round(result["ipvsadm_seconds"] / result["sync_seconds"], 1)
+    for k, v in list(result.items()):
+        if isinstance(v, float):
+            result[k] = round(v, 4)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
