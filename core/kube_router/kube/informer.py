@@ -500,17 +500,25 @@ class Informer:
             self._emit(EventType.MODIFIED, key, rec, old)
 
     def _apply_listed(self, batch: list[tuple[str, Record]]) -> None:
+        # The hot path of a big list: locals instead of attribute look-ups, no helper calls.
         seen = self._seen
         put = self.store.put
-        emit = self._emit
+        publish = self.publish
+        kind = self.kind.name
+        added, modified = EventType.ADDED, EventType.MODIFIED
         for key, rec in batch:
             if seen is not None:
                 seen.add(key)
             old = put(key, rec)
-            if old is None:
-                emit(EventType.ADDED, key, rec, None)
-            elif old != rec:
-                emit(EventType.MODIFIED, key, rec, old)
+            if old is not None and old == rec:
+                continue
+            try:
+                if old is None:
+                    publish(Event(kind, added, key, rec, None))
+                else:
+                    publish(Event(kind, modified, key, rec, old))
+            except Exception:
+                log.exception("publish failed kind=%s key=%s", kind, key)
 
     def _apply_list_end(self, rv: str) -> None:
         seen = self._seen or set()
