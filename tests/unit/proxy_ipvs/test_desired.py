@@ -1,0 +1,143 @@
+"""Desired IPVS state of a Service: pure logic, no kernel."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+
+import pytest
+
+from kube_router.kube.records import decode_endpointslice
+from kube_router.kube.records import decode_service
+from kube_router_proxy_ipvs import ipvs_netlink as nl
+from kube_router_proxy_ipvs.desired import Settings
+from kube_router_proxy_ipvs.desired import owns
+from kube_router_proxy_ipvs.desired import service_state
+from kube_router_proxy_ipvs.scheduler import DEFAULT
+from kube_router_proxy_ipvs.scheduler import IPVSScheduler
+from kube_router_proxy_ipvs.settings import duration
+
+NODE_IP = "192.168.10.100"
+S = Settings(node_name="node-0", service_cidrs=(ipaddress.ip_network("10.96.0.0/16"),),
+             external_ranges=(ipaddress.ip_network("203.0.113.0/24"),))
+
+
+def svc(**spec):
+    meta = spec.pop("meta", {})
+    base = {"clusterIP": "10.96.0.10", "clusterIPs": ["10.96.0.10"],
+            "ports": [{"name": "http", "protocol": "TCP", "port": 80, "nodePort": 30080}]}
+    base.update(spec)
+    return decode_service({"metadata": {"namespace": "default", "name": "web", **meta},
+                           "spec": base})
+
+
+def eps(*items, name="web-a", port=8080, port_name="http"):
+    """items: (ip, node, ready, serving, terminating)"""
+    return decode_endpointslice({
+        "metadata": {"namespace": "default", "name": name,
+                     "labels": {"kubernetes.io/service-name": "web"}},
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": [ip], "nodeName": node,
+                       "conditions": {"ready": r, "serving": s, "terminating": t}}
+                      for ip, node, r, s, t in items],
+        "ports": [{"name": port_name, "protocol": "TCP", "port": port}],
+    })
+
+
+def key(addr, port, proto="TCP"):
+    return nl.service_key(socket.AF_INET, proto, addr, port)
+
+
+SLICE = eps(("10.2.0.5", "node-0", True, True, False),
+            ("10.2.1.5", "node-1", True, True, False),
+            ("10.2.1.6", "node-1", False, True, True),   # terminating but serving: kept
+            ("10.2.1.7", "node-1", False, False, True))  # gone
+
+
+def test_cluster_ip_with_ready_and_serving_terminating_endpoints():
+    st = service_state(svc(), [SLICE], S, DEFAULT, [NODE_IP])
+    assert set(st.servers) == {key("10.96.0.10", 80)}
+    vs = st.servers[key("10.96.0.10", 80)]
+    assert dict(vs.dests) == {("10.2.0.5", 8080): 1, ("10.2.1.5", 8080): 1,
+                              ("10.2.1.6", 8080): 1}
+    assert vs.attrs == nl.ServiceAttrs("rr", 0, 0)
+    assert st.vips == {"10.96.0.10"}
+
+
+def test_nodeport_and_session_affinity_and_scheduler_flags():
+    s = svc(type="NodePort", sessionAffinity="ClientIP",
+            sessionAffinityConfig={"clientIP": {"timeoutSeconds": 60}})
+    st = service_state(s, [SLICE], S, IPVSScheduler("mh", ("flag-1", "flag-2")), [NODE_IP])
+    assert set(st.servers) == {key("10.96.0.10", 80), key(NODE_IP, 30080)}
+    attrs = st.servers[key(NODE_IP, 30080)].attrs
+    assert attrs == nl.ServiceAttrs("mh", nl.SVC_F_PERSISTENT | 0x8 | 0x10, 60)
+    assert st.vips == {"10.96.0.10"}  # the node IP is not put on kube-dummy-if
+
+
+def test_external_traffic_policy_local():
+    s = svc(type="NodePort", externalTrafficPolicy="Local", externalIPs=["203.0.113.7"])
+    st = service_state(s, [SLICE], S, DEFAULT, [NODE_IP])
+    assert dict(st.servers[key(NODE_IP, 30080)].dests) == {("10.2.0.5", 8080): 1}
+    assert dict(st.servers[key("203.0.113.7", 80)].dests) == {("10.2.0.5", 8080): 1}
+    assert len(st.servers[key("10.96.0.10", 80)].dests) == 3  # cluster IP keeps all
+    # no local endpoint: no NodePort entry at all on this node
+    other = Settings(**{**S.__dict__, "node_name": "node-9"})
+    st = service_state(s, [SLICE], other, DEFAULT, [NODE_IP])
+    assert set(st.servers) == {key("10.96.0.10", 80)}
+
+
+def test_local_annotation_and_internal_policy():
+    s = svc(type="NodePort", meta={"annotations": {"kube-router.io/service.local": "true"}})
+    st = service_state(s, [SLICE], S, DEFAULT, [NODE_IP])
+    assert len(st.servers[key(NODE_IP, 30080)].dests) == 1
+    s = svc(internalTrafficPolicy="Local")
+    other = Settings(**{**S.__dict__, "node_name": "node-9"})
+    assert service_state(s, [SLICE], other, DEFAULT, []).servers == {}
+
+
+@pytest.mark.parametrize("spec, meta", [
+    ({"clusterIP": "None", "clusterIPs": ["None"]}, {}),
+    ({"type": "ExternalName", "externalName": "x.example"}, {}),
+    ({}, {"labels": {"service.kubernetes.io/service-proxy-name": "other"}}),
+])
+def test_skipped_services(spec, meta):
+    assert service_state(svc(meta=meta, **spec), [SLICE], S, DEFAULT, []).servers == {}
+
+
+def test_external_ip_validation(caplog):
+    s = svc(externalIPs=["203.0.113.9", "198.51.100.1", "10.96.5.5", "not-an-ip"])
+    st = service_state(s, [SLICE], S, DEFAULT, [])
+    assert key("203.0.113.9", 80) in st.servers
+    assert not any(k.addr in ("198.51.100.1", "10.96.5.5") for k in st.servers)
+    assert "not-an-ip" in caplog.text and "outside the configured ranges" in caplog.text
+
+
+def test_port_resolved_by_name_and_unknown_name_gives_no_dests():
+    other_port = eps(("10.2.0.9", "node-0", True, True, False), name="web-b", port=9090,
+                     port_name="metrics")
+    st = service_state(svc(), [SLICE, other_port], S, DEFAULT, [])
+    assert ("10.2.0.9", 9090) not in st.servers[key("10.96.0.10", 80)].dests
+
+
+def test_hairpin_pairs_for_local_endpoints():
+    s = svc(meta={"annotations": {"kube-router.io/service.hairpin": ""}})
+    st = service_state(s, [SLICE], S, DEFAULT, [])
+    assert st.hairpin == {("10.96.0.10", "TCP", 80, "10.2.0.5")}
+
+
+def test_ownership():
+    dummy = {"198.51.100.7"}
+    ex = Settings(**{**S.__dict__, "excluded": (ipaddress.ip_network("10.96.200.0/24"),)})
+    assert owns(key("10.96.0.10", 80), ex, [NODE_IP], dummy)
+    assert not owns(key("10.96.200.1", 80), ex, [NODE_IP], dummy)
+    assert not owns(key("172.16.0.1", 80), ex, [NODE_IP], dummy)
+    assert owns(key(NODE_IP, 30080), ex, [NODE_IP], dummy)
+    assert not owns(key(NODE_IP, 22), ex, [NODE_IP], dummy)  # outside the NodePort range
+    assert owns(key("198.51.100.7", 80), ex, [NODE_IP], dummy)
+
+
+def test_duration():
+    assert duration("5m") == 300 and duration("1m30s") == 90 and duration("250ms") == 0.25
+    assert duration("42") == 42
+    with pytest.raises(Exception, match="invalid duration"):
+        duration("5 minutes")
