@@ -114,8 +114,11 @@ class Runner:
         started = time.monotonic()
         total = len(self.scenario.steps)
         for step in self.scenario.steps:
-            head = f"step {step.index}/{total} {step.describe()}"
-            self.say(f"\n{head}" + (f"  # {step.title}" if step.title else ""))
+            if step.title:
+                self.say(f"\nstep {step.index}/{total}: {step.title}")
+                self.say(f"  {step.describe()}")
+            else:
+                self.say(f"\nstep {step.index}/{total}: {step.describe()}")
             res = StepResult(step.index, step.kind)
             t0 = time.monotonic()
             try:
