@@ -35,6 +35,9 @@ class PluginInfo:
 def new_manager() -> pluggy.PluginManager:
     pm = pluggy.PluginManager(PROJECT)
     pm.add_hookspecs(hookspecs)
+    # Historic: each plugin gets the call as it is registered, before its hookimpls for
+    # other plugins' hooks are checked.
+    pm.hook.kube_router_add_hookspecs.call_historic(kwargs={"pluginmanager": pm})
     return pm
 
 
