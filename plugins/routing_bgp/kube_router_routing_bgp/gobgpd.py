@@ -89,8 +89,10 @@ class Gobgpd:
     """A supervised gobgpd with a gRPC client. One per agent; lives on the agent's loop."""
 
     def __init__(self, *, api_host: str = "127.0.0.1:50051", binary: str = "gobgpd",
-                 log_level: str = "warn", graceful_restart: bool = False) -> None:
+                 log_level: str = "warn", graceful_restart: bool = False,
+                 netns: str | None = None) -> None:
         self.api_host = api_host
+        self.netns = netns  # run it in this named namespace (tests, benchmarks, lab peers)
         self.binary = binary
         self.log_level = log_level
         self.graceful_restart = graceful_restart
@@ -122,6 +124,9 @@ class Gobgpd:
                 "--log-plain", f"--log-level={self.log_level}"]
         if self.graceful_restart:
             argv.append("--graceful-restart")
+        if self.netns:
+            # `ip netns exec` execs the program: the pid we supervise is gobgpd's.
+            argv = ["ip", "netns", "exec", self.netns, *argv]
         # An older gobgpd answering on our port would receive our configuration and then
         # fail us on StartBgp; tell the user rather than fight it.
         if await self._api_answers(self.api_host, timeout=0.5):

@@ -1,0 +1,75 @@
+"""Kernel tests of the router: real gobgpd, BIRD and kernel routes in network namespaces.
+
+They need root and create their own namespaces; run them in the lab guest
+(``kube-router-py lab exec -- .venv/bin/python -m pytest tests/kernel/routing_bgp``).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+
+def _reason() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root (network namespaces)"
+    for tool in ("gobgpd", "ip"):
+        if not shutil.which(tool):
+            return f"{tool} is not installed"
+    return None
+
+
+_REASON = _reason()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if _REASON is None:
+        return
+    here = os.path.dirname(__file__)
+    for item in items:
+        if str(item.fspath).startswith(here):
+            item.add_marker(pytest.mark.skip(reason=_REASON))
+
+
+def ip(*args: str, check: bool = True) -> str:
+    proc = subprocess.run(["ip", *args], capture_output=True, text=True, check=False)
+    if check and proc.returncode:
+        raise AssertionError(f"ip {' '.join(args)}: rc={proc.returncode} {proc.stderr}")
+    return proc.stdout
+
+
+@dataclass
+class Pair:
+    """Two namespaces joined by a veth: a (192.168.77.1) and b (192.168.77.2)."""
+
+    a: str
+    b: str
+    ip_a: str = "192.168.77.1"
+    ip_b: str = "192.168.77.2"
+
+
+@pytest.fixture
+def pair() -> Iterator[Pair]:
+    tag = uuid.uuid4().hex[:6]
+    p = Pair(a=f"krt-a-{tag}", b=f"krt-b-{tag}")
+    ip("netns", "add", p.a)
+    ip("netns", "add", p.b)
+    try:
+        ip("-n", p.a, "link", "add", "name", "eth0", "type", "veth", "peer", "name", "eth0",
+           "netns", p.b)
+        for ns, addr in ((p.a, p.ip_a), (p.b, p.ip_b)):
+            ip("-n", ns, "addr", "add", f"{addr}/24", "dev", "eth0")
+            ip("-n", ns, "link", "set", "eth0", "up")
+            ip("-n", ns, "link", "set", "lo", "up")
+        yield p
+    finally:
+        for ns in (p.a, p.b):
+            # Our gobgpd/bird children are stopped by the tests; deleting the namespace
+            # removes its links and routes.
+            ip("netns", "del", ns, check=False)
