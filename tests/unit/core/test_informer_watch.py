@@ -269,3 +269,18 @@ def test_stop_ends_a_quiet_watch_promptly(lab: Harness) -> None:
         assert inf._thread is None
 
     run(main)
+
+
+def test_paged_list_fills_store_page_by_page(lab: Harness) -> None:
+    for i in range(7):
+        lab.store.create(svc(f"s{i}", f"10.1.0.{i + 1}", ns=f"ns{i % 3}"))
+
+    async def main() -> None:
+        inf, events = lab.informer(page_size=2)
+        await asyncio.wait_for(inf.synced.wait(), TIMEOUT)
+        assert len(inf.store) == len(events) == 7
+        assert inf.resource_version == lab.store.resource_version()
+        lab.store.create(svc("later", "10.1.1.1"))
+        await until(lambda: "default/later" in inf.store, "a change after a paged list")
+
+    run(main)
