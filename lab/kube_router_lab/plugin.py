@@ -102,6 +102,7 @@ def cmd_run(config: argparse.Namespace) -> int:
         if config.report:
             if guest_report.exists():
                 shutil.copyfile(guest_report, config.report)
+                print(f"report: {config.report}", flush=True)
             else:
                 print(f"kube-router-py lab: no report came back from the guest; "
                       f"{config.report} not written", file=sys.stderr)
