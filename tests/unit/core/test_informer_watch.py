@@ -284,3 +284,33 @@ def test_paged_list_fills_store_page_by_page(lab: Harness) -> None:
         await until(lambda: "default/later" in inf.store, "a change after a paged list")
 
     run(main)
+
+
+def test_other_kinds_endpointslices_and_cluster_scoped_nodes(lab: Harness) -> None:
+    lab.store.create({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": "web-x1", "namespace": "default",
+                     "labels": {"kubernetes.io/service-name": "web"}},
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": ["10.2.0.5"], "nodeName": "node-1"}],
+        "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+    })
+    lab.store.create({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-1"},
+                      "spec": {"podCIDR": "10.2.1.0/24"}})
+
+    async def main() -> None:
+        slices, _ = lab.informer("EndpointSlice")
+        nodes, node_events = lab.informer("Node")
+        await asyncio.wait_for(asyncio.gather(slices.synced.wait(), nodes.synced.wait()),
+                               TIMEOUT)
+        es = slices.store.get("default/web-x1")
+        assert es.service_key == "default/web"
+        assert es.endpoints[0].ready and es.endpoints[0].addresses == ("10.2.0.5",)
+        assert nodes.store.keys() == ["node-1"]
+        lab.store.delete("Node", None, "node-1")
+        await caught_up(nodes, lab.store)
+        assert nodes.store.keys() == []
+        assert [(e.type, e.key) for e in node_events] == [
+            (EventType.ADDED, "node-1"), (EventType.DELETED, "node-1")]
+
+    run(main)
