@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 # Below this many operations the batch is written from the loop thread: a thread hand-off
 # costs more than the two system calls it would save the loop.
 _INLINE_OPS = 64
+_COALESCE_QUIET_YIELDS = 3
+_COALESCE_MAX_YIELDS = 2000
 
 
 class RouteInstaller:
@@ -100,6 +102,16 @@ class RouteInstaller:
     async def run(self) -> None:
         while True:
             await self._wake.wait()
+            # A burst arrives one stream message at a time: let it pile up while it is
+            # still growing (a lone withdrawal waits a few loop turns), then write it whole.
+            # (Yielding, not sleeping: the guest's timer ticks every 10 ms.)
+            quiet = 0
+            for _ in range(_COALESCE_MAX_YIELDS):
+                before = len(self._pending)
+                await asyncio.sleep(0)
+                quiet = quiet + 1 if len(self._pending) == before else 0
+                if quiet >= _COALESCE_QUIET_YIELDS:
+                    break
             self._wake.clear()
             try:
                 await self.flush()
