@@ -176,7 +176,7 @@ class Lab:
         pod_netns = []
         for k in self.kubelets.values():
             k.stop(teardown=False)
-            pod_netns += [w.netns for w in k._wired.values()]
+            pod_netns += k.pod_namespaces()
         self.kubelets.clear()
         self.servers.stop()
         self.controllers.stop()

@@ -156,6 +156,7 @@ class _Wired:
     ip: str
     result: dict | None
     conf: dict
+    host: bool = False  # hostNetwork: the node's own namespace
 
 
 class Kubelet:
@@ -205,6 +206,10 @@ class Kubelet:
     def pod_netns(self, namespace: str, name: str) -> str | None:
         w = self._wired.get(f"{namespace}/{name}")
         return w.netns if w else None
+
+    def pod_namespaces(self) -> list[str]:
+        """The network namespaces this kubelet made (not hostNetwork pods')."""
+        return [w.netns for w in self._wired.values() if not w.host]
 
     def pod_ip(self, namespace: str, name: str) -> str | None:
         w = self._wired.get(f"{namespace}/{name}")
@@ -297,6 +302,11 @@ class Kubelet:
         meta = pod["metadata"]
         namespace, name, uid = meta.get("namespace") or "default", meta["name"], meta["uid"]
         key = f"{namespace}/{name}"
+        if (pod.get("spec") or {}).get("hostNetwork"):
+            # Shares the node's namespace and address: no CNI, nothing to tear down.
+            self._wired[key] = _Wired(uid, self.node_netns, self.node_ip, None, {}, host=True)
+            self._running(pod, self.node_netns, self.node_ip, time.monotonic())
+            return
         conf = load_conf(self.conf_dir)
         if not conf_ready(conf):
             if not self._waiting_conf_logged:
@@ -324,6 +334,13 @@ class Kubelet:
             self._delete_netns(pod_ns)
             raise
         self._wired[key] = _Wired(uid, pod_ns, ip, result, conf)
+        self._running(pod, pod_ns, ip, started)
+
+    def _running(self, pod: dict, pod_ns: str, ip: str, started: float) -> None:
+        """Start the pod's servers and report it Running and Ready."""
+        meta = pod["metadata"]
+        namespace, name = meta.get("namespace") or "default", meta["name"]
+        key = f"{namespace}/{name}"
         ports = container_ports(pod)
         try:
             self.servers.add_pod(key, pod_ns, name, ip, ports)
@@ -348,7 +365,7 @@ class Kubelet:
         wired = self._wired.pop(key, None)
         self._finishing.discard(key)
         self.servers.remove_pod(key)
-        if wired is None:
+        if wired is None or wired.host:
             return
         try:
             cni_call("DEL", wired.conf, container_id=wired.uid, netns_name=wired.netns,

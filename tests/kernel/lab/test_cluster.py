@@ -203,3 +203,22 @@ def test_agent_supervisor_restarts_a_dying_agent(tmp_path: Path) -> None:
     assert agent.restarts >= 2
     assert any("event=agent_exited" in line and "rc=3" in line and "started" in line
                for line in lines)
+
+
+def test_host_network_pod_answers_on_the_node_address(lab: Lab) -> None:
+    lab.apply([{"apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": "hostnet", "namespace": "default"},
+                "spec": {"nodeName": "node-2", "hostNetwork": True, "containers": [
+                    {"name": "c", "ports": [{"containerPort": 8181}]}]}}])
+    assert lab.settle(20)
+    pod = lab.store.get("Pod", "default", "hostnet")
+    assert pod["status"]["podIP"] == "192.168.10.102"
+    assert lab.netns("default/hostnet") == "node-2"
+    rc, out, _ = lab.run("node-0", ["curl", "-s", "-m", "3", "http://192.168.10.102:8181/"])
+    assert rc == 0 and out.strip() == "HOSTNAME:hostnet IP:192.168.10.102"
+    lab.delete("Pod", "default", "hostnet")
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and lab.store.get("Pod", "default", "hostnet"):
+        time.sleep(0.1)
+    assert lab.store.get("Pod", "default", "hostnet") is None
+    assert ns.exists("node-2")
