@@ -67,6 +67,11 @@ class _GcPause:
     is 30-50 % of the time of a 70,000-object list. Reference counting still frees what
     dies meanwhile; only cycles wait until the last list is done. Shared by all informers
     because the switch is process-wide.
+
+    When the last list is done, everything alive is moved out of the collector's sight
+    (``gc.freeze``): with 70,000 records cached, each full collection otherwise walks half
+    a million objects (about 0.25 s here) and stalls the event loop while it does.
+    Records are acyclic, so reference counting still frees the ones replaced later.
     """
 
     def __init__(self) -> None:
@@ -86,6 +91,7 @@ class _GcPause:
             self._holders -= 1
             if self._holders == 0 and self._we_disabled:
                 self._we_disabled = False
+                gc.freeze()
                 gc.enable()
 
 

@@ -4,6 +4,7 @@ connection machinery: lists, live watches, cut streams, 410 Gone and restarts.""
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from collections.abc import Awaitable
@@ -99,6 +100,8 @@ def test_initial_list_fills_store_and_sets_synced(lab: Harness) -> None:
         assert [(e.type, e.kind) for e in events] == [(EventType.ADDED, "Service")] * 3
         assert inf.store.get("default/s1").cluster_ips == ("10.1.0.2",)
         assert inf.resource_version == lab.store.resource_version()
+        # the collector is held off only while a list is parsed
+        await until(gc.isenabled, "the garbage collector to be enabled again")
 
     run(main)
 
