@@ -8,6 +8,7 @@ that Service's virtual servers, VIPs and rules; a full sync (at start and every
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import socket
 import subprocess
@@ -161,6 +162,22 @@ class ProxyController(Controller):
                                 self.node_ips)
 
     async def sync(self, keys: frozenset[Hashable] | None) -> None:
+        if keys is not None:
+            await self._sync(keys)
+            return
+        # A full sync allocates many small objects that all live on: cyclic GC passes over
+        # them would only cost time. Afterwards they are frozen out of later collections,
+        # which keeps the per-event syncs free of long collection pauses.
+        gc_was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            await self._sync(None)
+        finally:
+            if gc_was_enabled:
+                gc.enable()
+            gc.freeze()
+
+    async def _sync(self, keys: frozenset[Hashable] | None) -> None:
         started = time.monotonic()
         if keys is None:
             await self._refresh_node_ips()

@@ -157,8 +157,11 @@ def service_state(
             continue
         for family in families:
             all_eps = _endpoints(port, slices, family, settings.node_name, False)
-            local_eps = _endpoints(port, slices, family, settings.node_name, True)
-            local_ips = {ip for ip, _ in local_eps}
+            if int_local or ext_local or hairpin:
+                local_eps = _endpoints(port, slices, family, settings.node_name, True)
+                local_ips = {ip for ip, _ in local_eps}
+            else:  # the common case: only the full set is needed
+                local_eps, local_ips = all_eps, set()
 
             def add(addr: str, vport: int, dests: dict[tuple[str, int], int],
                     with_hairpin: bool, is_vip: bool, family: int = family,

@@ -133,7 +133,9 @@ class ServiceFirewall:
             icmp = [f"-p ipv6-icmp -m icmp6 --icmpv6-type {t} -j ACCEPT"
                     for t in ("128", "1", "3", "135", "136")]
             reject = "icmp6-port-unreachable"
-        return [*icmp,
+        # Replies to connections a client on this node made through a VIP come back to the
+        # VIP itself (the client's source); without this they would hit the REJECT.
+        return ["-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT", *icmp,
                 f"-m set --match-set {prt} dst,dst -j ACCEPT",
                 f"-m set ! --match-set {local} dst -j REJECT --reject-with {reject}"]
 
