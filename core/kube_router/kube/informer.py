@@ -218,6 +218,10 @@ class Informer:
             except _Gone as exc:
                 if self._stopping.is_set():
                     break
+                if need_list:
+                    # A list itself cannot be too old: treat it as any other failure.
+                    self._failed(_ApiStatusError(410, str(exc)))
+                    continue
                 log.info("watch expired, listing again kind=%s reason=%s", self.kind.name, exc)
                 need_list, relist = True, True
                 self.relists += 1
@@ -226,15 +230,19 @@ class Informer:
             except Exception as exc:
                 if self._stopping.is_set():
                     break
-                reason = f"{type(exc).__name__}: {exc}".replace("\n", " ")
-                self.last_error = reason
-                log.warning(
-                    "list/watch failed kind=%s rv=%s retry_in=%.1fs reason=%s",
-                    self.kind.name, self._received_rv or "-", self._backoff, reason,
-                )
-                self._stopping.wait(self._backoff)
-                self._backoff = min(self._backoff * 2, BACKOFF_MAX)
+                self._failed(exc)
         log.debug("informer stopped kind=%s", self.kind.name)
+
+    def _failed(self, exc: Exception) -> None:
+        """Record a failure, log one line, wait out the backoff."""
+        reason = f"{type(exc).__name__}: {exc}".replace("\n", " ")
+        self.last_error = reason
+        log.warning(
+            "list/watch failed kind=%s rv=%s retry_in=%.1fs reason=%s",
+            self.kind.name, self._received_rv or "-", self._backoff, reason,
+        )
+        self._stopping.wait(self._backoff)
+        self._backoff = min(self._backoff * 2, BACKOFF_MAX)
 
     def _healthy(self) -> None:
         """The server answered properly: forget the last error and the backoff."""
