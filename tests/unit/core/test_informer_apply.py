@@ -196,3 +196,26 @@ def test_lines_are_split_across_reads() -> None:
     resp = urllib3.HTTPResponse(body=io.BufferedReader(io.BytesIO(payload), buffer_size=4),
                                 preload_content=False)
     assert list(Informer._lines(resp)) == [b'{"a":1}', b'{"bb":22}', b'{"c":3}']
+
+
+def test_deletion_of_an_undecodable_object_still_removes_it() -> None:
+    async def main() -> None:
+        inf, events = _make(asyncio.get_running_loop())
+        _in_thread(lambda: _list(inf, [_svc("a", "10.1.0.1", rv="2")], "2"))
+        await _settle(inf)
+        bad = _svc("a", "10.1.0.1", rv="3")
+        bad["spec"]["ports"] = [{"port": None}]
+
+        def feed() -> None:
+            inf._on_watch_line(_line("MODIFIED", bad))  # skipped: the store keeps the old one
+            inf._on_watch_line(_line("DELETED", {**bad, "metadata": {
+                **bad["metadata"], "resourceVersion": "4"}}))
+
+        _in_thread(feed)
+        await _settle(inf)
+        assert [(e.type, e.key) for e in events] == [
+            (EventType.ADDED, "default/a"), (EventType.DELETED, "default/a")]
+        assert len(inf.store) == 0
+        assert inf.resource_version == "4"
+
+    asyncio.run(main())
