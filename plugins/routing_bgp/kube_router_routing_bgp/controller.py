@@ -21,6 +21,7 @@ from kube_router_routing_bgp import desired
 from kube_router_routing_bgp.gobgpd import Gobgpd
 from kube_router_routing_bgp.gobgpd import GobgpError
 from kube_router_routing_bgp.gobgpd import PeerConfig
+from kube_router_routing_bgp.gobgpd import PeerStatus
 from kube_router_routing_bgp.gobgpd import admin_target
 from kube_router_routing_bgp.kernel_routes import RouteTable
 from kube_router_routing_bgp.metrics import RouterMetrics
@@ -65,6 +66,7 @@ class RouterController(Controller):
         self._tasks: list[asyncio.Task[None]] = []
         self._bgp_tasks: list[asyncio.Task[None]] = []
         self._stopping = False
+        self._peer_states: dict[str, tuple[str, str, str, str]] = {}
         self._reject_nets: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
         for cidr in getattr(cfg, "service_cluster_ip_range", None) or ():
             with contextlib.suppress(ValueError):
@@ -270,9 +272,23 @@ class RouterController(Controller):
     async def _update_peer_metrics(self) -> None:
         peers = await self.gobgpd.list_peers()
         self.metrics.peer_info.clear()
+        self._peer_states = {}
         for p in peers:
-            kind = "external" if (cfg := self.peers.get(p.address)) and cfg.external else "internal"
-            self.metrics.peer_info.labels(p.address, kind, str(p.asn), p.state).set(1)
+            self._peer_changed(p)
+
+    def _peer_changed(self, p: PeerStatus) -> None:
+        old = self._peer_states.pop(p.address, None)
+        if old is not None:
+            with contextlib.suppress(KeyError):
+                self.metrics.peer_info.remove(*old)
+        if p.address not in self.peers:
+            return  # a deconfigured peer's last word
+        kind = "external" if self.peers[p.address].external else "internal"
+        labels = (p.address, kind, str(p.asn), p.state)
+        self.metrics.peer_info.labels(*labels).set(1)
+        self._peer_states[p.address] = labels
+        if old is not None and old[3] != p.state:
+            log.info("bgp peer state peer=%s asn=%d state=%s", p.address, p.asn, p.state)
 
     # -- background tasks ----------------------------------------------------------
 
@@ -280,7 +296,7 @@ class RouterController(Controller):
         assert self.installer is not None
         while self.gobgpd.running():
             try:
-                async for batch in self.gobgpd.watch_best():
+                async for batch in self.gobgpd.watch_best(on_peer=self._peer_changed):
                     self.installer.update(batch)
             except GobgpError as exc:
                 if not self.gobgpd.running():

@@ -15,6 +15,7 @@ import os
 import signal
 import time
 from collections.abc import AsyncIterator
+from collections.abc import Callable
 from collections.abc import Iterable
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -352,17 +353,25 @@ class Gobgpd:
             raise GobgpError(f"ListPath: {exc.details()}") from exc
         return out
 
-    async def watch_best(self) -> AsyncIterator[list[LearnedPath]]:
-        """Yield batches of best-path changes, starting with the current table."""
+    async def watch_best(self, on_peer: Callable[[PeerStatus], None] | None = None
+                         ) -> AsyncIterator[list[LearnedPath]]:
+        """Yield batches of best-path changes, starting with the current table; peer
+        state changes go to ``on_peer``."""
         pb = self.pb
         if self.stub is None:
             raise GobgpError("gobgpd is not running")
         flt = pb.WatchEventRequest.Table.Filter(
             type=pb.WatchEventRequest.Table.Filter.BEST, init=True)
         req = pb.WatchEventRequest(table=pb.WatchEventRequest.Table(filters=[flt]))
+        if on_peer is not None:
+            req.peer.CopyFrom(pb.WatchEventRequest.Peer())
         call = self.stub.WatchEvent(req)
         try:
             async for resp in call:
+                if resp.HasField("peer"):
+                    if on_peer is not None and resp.peer.type == resp.peer.STATE:
+                        on_peer(peer_status(resp.peer.peer))
+                    continue
                 if not resp.HasField("table"):
                     continue
                 # The first event of an empty table carries no paths at all.
