@@ -227,6 +227,8 @@ class Runner:
                 runs.stderrs.append(stderr.strip())
                 if not quiet:
                     self._show(i + 1, step.times, rc, stdout, stderr)
+        except FileNotFoundError:
+            runs.error = f"run {len(runs.rcs) + 1}: {argv[0]}: command not found"
         except Exception as exc:
             runs.error = f"run {len(runs.rcs) + 1}: {type(exc).__name__}: {exc}"
 
