@@ -14,6 +14,7 @@ difference against the kernel. It recomputes; it never patches from event deltas
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Hashable
@@ -50,10 +51,9 @@ class WorkQueue:
         return len(self._dirty) + self._full
 
     async def wait(self, timeout: float | None) -> None:
-        try:
+        """Return when a key is dirty, or after ``timeout`` seconds."""
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wakeup.wait(), timeout)
-        except TimeoutError:
-            self._full = True
 
     def take(self) -> frozenset[Hashable] | None:
         """Return the dirty keys and forget them; None means "everything"."""
@@ -73,6 +73,8 @@ class Controller:
     resync_period: float = 300.0
     #: Seconds before retrying keys whose sync raised an error.
     retry_delay: float = 5.0
+    #: How often an idle controller catches its reported version up with its informers'.
+    idle_interval: float = 0.5
 
     def __init__(self, agent: Agent) -> None:
         self.agent = agent
@@ -81,6 +83,7 @@ class Controller:
         self.last_sync: float | None = None  # wall-clock time of the last successful sync
         self.last_error: str | None = None
         self.synced = False  # the first full sync succeeded
+        self._retries_pending = 0
 
     # -- for subclasses ------------------------------------------------------------------
 
@@ -106,19 +109,31 @@ class Controller:
             self.queue.add(key)
 
     async def run(self) -> None:
+        loop = asyncio.get_running_loop()
         await self.agent.wait_synced(self.kinds)
         await self.start()
         self.queue.add_all()
+        next_full = float("inf")
         while True:
-            await self.queue.wait(None if not self.synced else self.resync_period)
+            await self.queue.wait(max(0.0, min(self.idle_interval, next_full - loop.time())))
             # Events already published must have reached our queue before we take a
             # snapshot of the informers' versions, or we would claim versions not applied.
             await self.agent.bus_caught_up(self)
             version = self.agent.resource_version(self.kinds)
+            if loop.time() >= next_full:
+                self.queue.add_all()
+            if not len(self.queue):
+                # Nothing dirty and nothing waiting for a retry: everything up to the
+                # informers' version (bookmarks move it too) is applied.
+                if self.synced and not self._retries_pending:
+                    self.applied_resource_version = version
+                continue
             keys = self.queue.take()
-            await self._sync_once(keys, version)
+            ok = await self._sync_once(keys, version)
+            if ok and keys is None:
+                next_full = loop.time() + self.resync_period
 
-    async def _sync_once(self, keys: frozenset[Hashable] | None, version: str) -> None:
+    async def _sync_once(self, keys: frozenset[Hashable] | None, version: str) -> bool:
         started = time.monotonic()
         try:
             await self.sync(keys)
@@ -127,8 +142,9 @@ class Controller:
             self.last_error = f"{type(exc).__name__}: {exc}"
             self.agent.metrics.sync_errors.labels(self.name).inc()
             log.exception("sync failed controller=%s retry_in=%.1fs", self.name, delay)
+            self._retries_pending += 1
             asyncio.get_running_loop().call_later(delay, self._requeue, keys)
-            return
+            return False
         finally:
             self.agent.metrics.sync_seconds.labels(self.name).observe(
                 time.monotonic() - started
@@ -137,10 +153,12 @@ class Controller:
         self.last_sync = time.time()
         if keys is None:
             self.synced = True
-        if self.synced and not len(self.queue):
+        if self.synced and not len(self.queue) and not self._retries_pending:
             self.applied_resource_version = version
+        return True
 
     def _requeue(self, keys: frozenset[Hashable] | None) -> None:
+        self._retries_pending -= 1
         if keys is None:
             self.queue.add_all()
         else:

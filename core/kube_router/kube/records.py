@@ -5,6 +5,10 @@ hold only the fields some controller uses. The client's model classes are far to
 tens of thousands of objects, and a record compares cheaply, so an update that changes
 nothing a controller reads (a status heartbeat, say) can be dropped before it costs a sync.
 
+Records are shared by every controller and must be treated as read-only. They are not
+declared frozen only because a frozen dataclass costs several times more to build, which
+shows at tens of thousands of objects per list.
+
 Each ``decode_*`` takes the object as a dict and returns a record; it raises
 :class:`ValueError` (naming the field) on an object it cannot read.
 """
@@ -26,7 +30,7 @@ def _frozen_map(value: Any) -> Mapping[str, str]:
     return MappingProxyType({str(k): str(v) for k, v in value.items()})
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Meta:
     namespace: str
     name: str
@@ -60,7 +64,7 @@ def _meta(obj: Mapping[str, Any]) -> Meta:
 # --- Service ---------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ServicePort:
     name: str
     protocol: str  # TCP, UDP or SCTP
@@ -69,7 +73,7 @@ class ServicePort:
     node_port: int | None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Service:
     meta: Meta
     type: str  # ClusterIP, NodePort, LoadBalancer, ExternalName
@@ -148,14 +152,14 @@ def decode_service(obj: Mapping[str, Any]) -> Service:
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class EndpointPort:
     name: str
     protocol: str
     port: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Endpoint:
     addresses: tuple[str, ...]
     ready: bool
@@ -165,7 +169,7 @@ class Endpoint:
     pod_name: str  # targetRef name when it is a Pod, else ""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class EndpointSlice:
     meta: Meta
     service_name: str  # from the kubernetes.io/service-name label; "" when absent
@@ -222,14 +226,14 @@ def decode_endpointslice(obj: Mapping[str, Any]) -> EndpointSlice:
 # --- Pod -------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ContainerPort:
     name: str
     protocol: str
     port: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Pod:
     meta: Meta
     node_name: str
@@ -274,7 +278,7 @@ def decode_pod(obj: Mapping[str, Any]) -> Pod:
 # --- Node ------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Node:
     meta: Meta
     internal_ips: tuple[str, ...]
@@ -302,7 +306,7 @@ def decode_node(obj: Mapping[str, Any]) -> Node:
 # --- Namespace and NetworkPolicy ------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Namespace:
     meta: Meta
 
@@ -315,7 +319,7 @@ def decode_namespace(obj: Mapping[str, Any]) -> Namespace:
     return Namespace(meta=_meta(obj))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class NetworkPolicy:
     meta: Meta
     spec: Mapping[str, Any]  # kept as the API's dict: the firewall compiles it whole
@@ -323,9 +327,6 @@ class NetworkPolicy:
     @property
     def key(self) -> str:
         return self.meta.key
-
-    def __hash__(self) -> int:  # the spec is a dict; identity by key and version is enough
-        return hash((self.meta.key, self.meta.resource_version))
 
 
 def decode_networkpolicy(obj: Mapping[str, Any]) -> NetworkPolicy:

@@ -138,3 +138,40 @@ def test_requeue_keeps_full_or_partial_scope(keys):
         return c.queue.take()
 
     assert asyncio.run(main()) == keys
+
+
+def test_an_idle_controller_reports_the_version_its_informers_reached_by_bookmark():
+    async def main():
+        agent = MiniAgent(["Service"])
+        agent.informers["Service"].synced.set()
+        c = Recording(agent)
+        c.idle_interval = 0.01
+        task = asyncio.create_task(c.run())
+        await _until(lambda: c.synced)
+        agent.informers["Service"].resource_version = "77"  # a bookmark, no event
+        await _until(lambda: c.applied_resource_version == "77")
+        task.cancel()
+        return c.calls
+
+    assert asyncio.run(main()) == [None]  # no sync was needed for that
+
+
+def test_a_version_is_not_claimed_while_a_failed_sync_waits_for_its_retry():
+    async def main():
+        agent = MiniAgent(["Service"])
+        agent.informers["Service"].synced.set()
+        c = Recording(agent)
+        c.idle_interval = 0.01
+        task = asyncio.create_task(c.run())
+        await _until(lambda: c.synced)
+        c.fail_times = 1
+        agent.informers["Service"].resource_version = "90"
+        c.on_event(_ev("default/myip"))
+        await _until(lambda: c.last_error is not None)
+        await asyncio.sleep(0.002)  # the retry is 10 ms away
+        claimed_meanwhile = c.applied_resource_version
+        await _until(lambda: c.applied_resource_version == "90")
+        task.cancel()
+        return claimed_meanwhile
+
+    assert asyncio.run(main()) == "10"
