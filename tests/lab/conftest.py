@@ -4,9 +4,41 @@ cannot run."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
 import pytest
-from labtools import guest_problem
-from labtools import kube_router_py
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def kube_router_py() -> list[str]:
+    """The console script of the Python running the tests (the checkout's venv)."""
+    script = Path(sys.executable).parent / "kube-router-py"
+    if script.exists():
+        return [str(script)]
+    return [sys.executable, "-c", "import sys; from kube_router.cli import main; "
+            "sys.exit(main())"]
+
+
+def guest_problem() -> str | None:
+    if os.geteuid() != 0:
+        return "the lab needs root (network namespaces, mounts)"
+    try:
+        from kube_router_lab import guest
+    except ImportError as exc:
+        return f"kube-router-py-lab is not installed: {exc}"
+    try:
+        if guest.resolve_kernel("auto") == "uml":
+            guest.find_uml_kernel()
+        guest.check_tools()
+    except guest.GuestError as exc:
+        return str(exc)
+    return None
+
 
 
 @pytest.fixture(scope="session")
@@ -15,3 +47,14 @@ def lab_cmd() -> list[str]:
     if problem:
         pytest.skip(problem)
     return kube_router_py()
+
+
+@pytest.fixture
+def lab(lab_cmd: list[str]) -> Callable[..., subprocess.CompletedProcess]:
+    """``lab("exec", "--", "true")`` runs ``kube-router-py lab exec -- true`` in the checkout."""
+
+    def call(*args: str, timeout: float = 1800) -> subprocess.CompletedProcess:
+        return subprocess.run([*lab_cmd, "lab", *args], cwd=ROOT, capture_output=True,
+                              text=True, timeout=timeout, check=False)
+
+    return call

@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import re
 import time
+from pathlib import Path
 
-from labtools import ROOT
-from labtools import lab
+ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_exit_status_comes_back(lab_cmd: list[str]) -> None:
-    res = lab(lab_cmd, "exec", "--", "sh", "-c", "echo out; echo err >&2; exit 3")
+def test_exit_status_comes_back(lab) -> None:
+    res = lab("exec", "--", "sh", "-c", "echo out; echo err >&2; exit 3")
     assert res.returncode == 3, res.stdout + res.stderr
     assert "out" in res.stdout.splitlines()
     assert "err" in res.stdout.splitlines()  # the guest console carries both streams
 
 
-def test_prepared_guest(lab_cmd: list[str]) -> None:
+def test_prepared_guest(lab) -> None:
     """IPVS with its schedulers, legacy iptables, dummy links, sets, forwarding, a writable
     TMPDIR and the current directory, all in one boot."""
     script = "\n".join([
@@ -42,7 +42,7 @@ def test_prepared_guest(lab_cmd: list[str]) -> None:
         "ip link show | grep -c '^[0-9]' | sed 's/^/links=/'",
     ])
     t0 = time.monotonic()
-    res = lab(lab_cmd, "exec", "--", "sh", "-c", script, timeout=300)
+    res = lab("exec", "--", "sh", "-c", script, timeout=300)
     out = res.stdout
     assert res.returncode == 0, out + res.stderr
     assert out.splitlines()[0] == str(ROOT)
@@ -58,17 +58,17 @@ def test_prepared_guest(lab_cmd: list[str]) -> None:
     print(f"boot_to_command_seconds={m.group(1)} total={time.monotonic() - t0:.1f}s")
 
 
-def test_missing_command_is_an_error(lab_cmd: list[str]) -> None:
-    res = lab(lab_cmd, "exec", "--", "no-such-command-here")
+def test_missing_command_is_an_error(lab) -> None:
+    res = lab("exec", "--", "no-such-command-here")
     assert res.returncode == 127, res.stdout + res.stderr
     assert "cannot run no-such-command-here" in res.stdout
 
 
-def test_invalid_scenario_fails_before_boot(lab_cmd: list[str], tmp_path) -> None:
+def test_invalid_scenario_fails_before_boot(lab, tmp_path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("steps:\n  - run: {in: host, cmd: 'echo ${foo:bar}'}\n")
     t0 = time.monotonic()
-    res = lab(lab_cmd, "run", str(bad))
+    res = lab("run", str(bad))
     assert res.returncode == 2
     assert res.stderr.strip() == f"{bad}: step 1 (run): unknown substitution ${{foo:bar}} " \
         "(known: ${svc:NAMESPACE/NAME}, ${nodeport:NAMESPACE/NAME:PORT}, " \

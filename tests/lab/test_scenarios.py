@@ -7,9 +7,8 @@ import json
 from pathlib import Path
 
 import pytest
-from labtools import ROOT
-from labtools import lab
 
+ROOT = Path(__file__).resolve().parents[2]
 SCENARIOS = sorted([*(ROOT / "tests" / "lab" / "scenarios").glob("*.yaml"),
                     *(ROOT / "examples").glob("*.yaml")])
 
@@ -17,9 +16,9 @@ SCENARIOS = sorted([*(ROOT / "tests" / "lab" / "scenarios").glob("*.yaml"),
 @pytest.mark.lab
 @pytest.mark.parametrize("path", SCENARIOS, ids=[p.relative_to(ROOT).as_posix()
                                                  for p in SCENARIOS])
-def test_scenario(lab_cmd: list[str], path: Path, tmp_path: Path) -> None:
+def test_scenario(lab, path: Path, tmp_path: Path) -> None:
     report = tmp_path / "report.json"
-    res = lab(lab_cmd, "run", str(path), "--report", str(report))
+    res = lab("run", str(path), "--report", str(report))
     transcript = res.stdout + res.stderr
     assert report.exists(), transcript
     data = json.loads(report.read_text())
