@@ -16,8 +16,11 @@ from typing import TYPE_CHECKING
 
 from kube_router.controller import Controller
 from kube_router.errors import TemporaryError
+from kube_router.kube.records import EndpointSlice
 from kube_router.kube.records import Node
+from kube_router.kube.records import Service
 from kube_router_routing_bgp import desired
+from kube_router_routing_bgp import service_vips
 from kube_router_routing_bgp.gobgpd import Gobgpd
 from kube_router_routing_bgp.gobgpd import GobgpError
 from kube_router_routing_bgp.gobgpd import PeerConfig
@@ -50,6 +53,9 @@ class RouterController(Controller):
         cfg = agent.config
         self.config = cfg
         self.resync_period = cfg.routes_sync_period
+        self.advertise_services = service_vips.enabled(cfg)
+        if self.advertise_services:
+            self.kinds = ("Node", "Service", "EndpointSlice")
         self._runtime_dir = tempfile.mkdtemp(prefix="kube-router-bgp-")
         self.gobgpd = Gobgpd(
             api_host=admin_target(cfg.gobgp_admin_address, cfg.gobgp_admin_port,
@@ -67,6 +73,7 @@ class RouterController(Controller):
         self._bgp_tasks: list[asyncio.Task[None]] = []
         self._stopping = False
         self._peer_states: dict[str, tuple[str, str, str, str]] = {}
+        self._vip_paths: set[str] = set()
         self._reject_nets: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
         for cidr in getattr(cfg, "service_cluster_ip_range", None) or ():
             with contextlib.suppress(ValueError):
@@ -126,6 +133,7 @@ class RouterController(Controller):
             raise TemporaryError(f"node {self.agent.node_name} has no usable address or ASN")
         nodes = [n for n in nodes_store if isinstance(n, Node)]
         my_cidrs = desired.pod_cidrs(me)
+        vips = self._service_vips() if self.advertise_services else set()
         assert self.installer is not None
         self.installer.local_addresses = {local.address}
         self.installer.local_prefixes = set(my_cidrs)
@@ -147,14 +155,14 @@ class RouterController(Controller):
             had_peers = bool(self.peers)
             # Policies first: a new peer must never see a route the policy would withhold.
             changed = await self.policy.apply(PolicyInputs(
-                pod_cidrs=frozenset(my_cidrs), service_vips=frozenset(),
+                pod_cidrs=frozenset(my_cidrs), service_vips=frozenset(vips),
                 node_peers=frozenset(a for a, p in want.items() if not p.external),
                 external_peers=frozenset(a for a, p in want.items() if p.external),
                 advertise_pod_cidr=self.config.advertise_pod_cidr,
                 override_nexthop=self.config.override_nexthop))
             errors += await self._sync_peers(me, want)
             self.metrics.internal_peers_sync_time.observe(time.monotonic() - t0)
-            errors += await self._sync_paths(local, my_cidrs)
+            errors += await self._sync_paths(local, my_cidrs, vips)
             if changed and had_peers:
                 await self.policy.soft_reset()
             await self._update_peer_metrics()
@@ -244,17 +252,32 @@ class RouterController(Controller):
                 errors.append(f"add peer {addr}: {exc}")
         return errors
 
-    async def _sync_paths(self, local: desired.LocalBgp, cidrs: list[str]) -> list[str]:
-        want = {c: local.address for c in cidrs
-                if ipaddress.ip_network(c).version == ipaddress.ip_address(local.address).version}
+    def _service_vips(self) -> set[str]:
+        slices = self.agent.store("EndpointSlice")
+        out: set[str] = set()
+        for svc in self.agent.store("Service"):
+            if isinstance(svc, Service):
+                out |= service_vips.service_vips(
+                    svc, [s for s in slices.by_index("service", svc.key)
+                          if isinstance(s, EndpointSlice)],
+                    self.agent.node_name, self.config)
+        return out
+
+    async def _sync_paths(self, local: desired.LocalBgp, cidrs: list[str],
+                          vips: set[str]) -> list[str]:
+        version = ipaddress.ip_address(local.address).version
+        want = {c: local.address for c in (*cidrs, *vips)
+                if ipaddress.ip_network(c).version == version}
         errors = []
         for prefix, nh in list(self.paths.items()):
             if want.get(prefix) != nh:
                 try:
                     await self.gobgpd.delete_path(prefix, nh)
                     del self.paths[prefix]
-                    self.metrics.sent.labels("withdraw-pod-route").inc()
-                    log.info("pod cidr withdrawn prefix=%s", prefix)
+                    kind = "withdraw-vip" if prefix in self._vip_paths else "withdraw-pod-route"
+                    self._vip_paths.discard(prefix)
+                    self.metrics.sent.labels(kind).inc()
+                    log.info("path withdrawn prefix=%s type=%s", prefix, kind)
                 except GobgpError as exc:
                     errors.append(f"withdraw {prefix}: {exc}")
         for prefix, nh in want.items():
@@ -263,8 +286,11 @@ class RouterController(Controller):
             try:
                 await self.gobgpd.add_path(prefix, nh)
                 self.paths[prefix] = nh
-                self.metrics.sent.labels("pod-route").inc()
-                log.info("pod cidr advertised prefix=%s next_hop=%s", prefix, nh)
+                kind = "advertise-vip" if prefix in vips else "pod-route"
+                if prefix in vips:
+                    self._vip_paths.add(prefix)
+                self.metrics.sent.labels(kind).inc()
+                log.info("path advertised prefix=%s next_hop=%s type=%s", prefix, nh, kind)
             except (GobgpError, ValueError) as exc:
                 errors.append(f"advertise {prefix}: {exc}")
         return errors

@@ -2,7 +2,7 @@
 
 Export (default reject): this node's pod CIDRs to the other nodes, and to external peers
 when ``--advertise-pod-cidr``; service addresses to external peers only. Import (default
-accept): no service addresses and no default route from anyone.
+accept): no service addresses and no default route from any peer.
 
 The inputs change (a node joins, a Service gets an address): a new generation of defined
 sets and policies is built beside the old one, swapped in with one assignment each way,
@@ -59,7 +59,7 @@ class PolicyManager:
         self.generation += 1
         gen = self.generation
         names = {k: f"{k}{gen}" for k in ("podcidrdefinedset", "servicevipsdefinedset",
-                                          "iBGPpeerset", "externalpeerset",
+                                          "iBGPpeerset", "externalpeerset", "allpeerset",
                                           "defaultroutedefinedset")}
         pod = _v4(inputs.pod_cidrs)
         vips = _v4(inputs.service_vips)
@@ -84,6 +84,9 @@ class PolicyManager:
         prefix_set(names["defaultroutedefinedset"], ["0.0.0.0/0"])
         neighbor_set(names["iBGPpeerset"], inputs.node_peers)
         neighbor_set(names["externalpeerset"], inputs.external_peers)
+        # gobgpd runs the global import policy on its own paths too: the import rules
+        # must name the peers, or they would reject the VIPs this node advertises.
+        neighbor_set(names["allpeerset"], inputs.node_peers | inputs.external_peers)
         present = {s.name for s in sets}
 
         def stmt(name: str, prefixes: str, neighbors: str | None, action: int,
@@ -107,8 +110,10 @@ class PolicyManager:
                  pb.ACCEPT, inputs.override_nexthop),
         ) if s is not None]
         imports = [s for s in (
-            stmt("reject-vips", names["servicevipsdefinedset"], None, pb.REJECT),
-            stmt("reject-default", names["defaultroutedefinedset"], None, pb.REJECT),
+            stmt("reject-vips", names["servicevipsdefinedset"], names["allpeerset"],
+                 pb.REJECT),
+            stmt("reject-default", names["defaultroutedefinedset"], names["allpeerset"],
+                 pb.REJECT),
         ) if s is not None]
         export_policy = pb.Policy(name=f"kube_router_export{gen}", statements=export)
         import_policy = pb.Policy(name=f"kube_router_import{gen}", statements=imports)
@@ -145,7 +150,7 @@ class PolicyManager:
                 log.debug("old policy not deleted name=%s error=%s", name, exc)
         for kind, base in ((pb.PREFIX, "podcidrdefinedset"), (pb.PREFIX, "servicevipsdefinedset"),
                            (pb.PREFIX, "defaultroutedefinedset"), (pb.NEIGHBOR, "iBGPpeerset"),
-                           (pb.NEIGHBOR, "externalpeerset")):
+                           (pb.NEIGHBOR, "externalpeerset"), (pb.NEIGHBOR, "allpeerset")):
             try:
                 await self.gobgpd._call("DeleteDefinedSet", pb.DeleteDefinedSetRequest(
                     defined_set=pb.DefinedSet(defined_type=kind, name=f"{base}{gen}"),
