@@ -8,12 +8,18 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import pytest
+
+# With --import-mode=importlib a test directory is not importable by itself; the tests
+# share one helpers module beside this file.
+sys.path.insert(0, os.path.dirname(__file__))
+
+from bgp_kernel_helpers import Pair
+from bgp_kernel_helpers import ip
 
 
 def _reason() -> str | None:
@@ -35,23 +41,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if str(item.fspath).startswith(here):
             item.add_marker(pytest.mark.skip(reason=_REASON))
-
-
-def ip(*args: str, check: bool = True) -> str:
-    proc = subprocess.run(["ip", *args], capture_output=True, text=True, check=False)
-    if check and proc.returncode:
-        raise AssertionError(f"ip {' '.join(args)}: rc={proc.returncode} {proc.stderr}")
-    return proc.stdout
-
-
-@dataclass
-class Pair:
-    """Two namespaces joined by a veth: a (192.168.77.1) and b (192.168.77.2)."""
-
-    a: str
-    b: str
-    ip_a: str = "192.168.77.1"
-    ip_b: str = "192.168.77.2"
 
 
 @pytest.fixture

@@ -12,8 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import Pair
-from conftest import ip
+from bgp_kernel_helpers import Pair
+from bgp_kernel_helpers import ip
 
 from kube_router_routing_bgp.gobgpd import Gobgpd
 from kube_router_routing_bgp.gobgpd import PeerConfig
@@ -187,5 +187,36 @@ def test_bird_to_gobgp(pair: Pair) -> None:
                 await b.stop()
                 bird.terminate()
                 bird.wait(5)
+
+    asyncio.run(main())
+
+
+def test_md5_password_session(pair: Pair) -> None:
+    """TCP MD5: matching passwords establish; a wrong one never does."""
+
+    async def established(g: Gobgpd) -> bool:
+        return any(p.state == "Establ" for p in await g.list_peers())
+
+    async def main() -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            a = await start_speaker(pair.a, pair.ip_a, tmp)
+            b = await start_speaker(pair.b, pair.ip_b, tmp, asn=64513)
+            try:
+                await a.add_peer(PeerConfig(address=pair.ip_b, asn=64513, password="s3cret",
+                                            local_address=pair.ip_a, external=True))
+                await b.add_peer(PeerConfig(address=pair.ip_a, asn=ASN, password="wrong",
+                                            local_address=pair.ip_b, external=True))
+                await asyncio.sleep(8)
+                assert not await established(a)
+                await b.delete_peer(pair.ip_a)
+                await b.add_peer(PeerConfig(address=pair.ip_a, asn=ASN, password="s3cret",
+                                            local_address=pair.ip_b, external=True))
+                deadline = time.monotonic() + 60
+                while not await established(a):
+                    assert time.monotonic() < deadline, "MD5 session never established"
+                    await asyncio.sleep(0.5)
+            finally:
+                await a.stop()
+                await b.stop()
 
     asyncio.run(main())
