@@ -80,10 +80,17 @@ _STATE_NAMES = {0: "Unknown", 1: "Idle", 2: "Connect", 3: "Active", 4: "OpenSent
                 5: "OpenConf", 6: "Establ"}
 
 
-def _pdeathsig() -> None:
+def _pdeathsig_term() -> None:
     # gobgpd must not outlive the agent: an orphan would keep the admin port and BGP port.
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+
+
+def _pdeathsig_kill() -> None:
+    # With graceful restart gobgpd must vanish without a Cease NOTIFICATION (which would
+    # make the peers drop our routes at once instead of keeping them through the restart).
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
 class Gobgpd:
@@ -134,7 +141,8 @@ class Gobgpd:
             raise GobgpError(f"something already serves the gobgpd API at {self.api_host}")
         try:
             self.proc = await asyncio.create_subprocess_exec(
-                *argv, stdin=asyncio.subprocess.DEVNULL, preexec_fn=_pdeathsig,
+                *argv, stdin=asyncio.subprocess.DEVNULL,
+                preexec_fn=_pdeathsig_kill if self.graceful_restart else _pdeathsig_term,
             )
         except OSError as exc:
             raise GobgpError(f"cannot start {self.binary}: {exc}") from exc
@@ -184,7 +192,10 @@ class Gobgpd:
         await self._close_channel()
         if self.running():
             assert self.proc is not None
-            self.proc.terminate()
+            if self.graceful_restart:
+                self.proc.kill()  # no Cease: the peers keep our routes as stale
+            else:
+                self.proc.terminate()
             try:
                 await asyncio.wait_for(self.proc.wait(), 5)
             except TimeoutError:
