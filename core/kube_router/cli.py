@@ -20,6 +20,7 @@ from kube_router import __version__
 from kube_router import plugins
 from kube_router.errors import PluginLoadError
 from kube_router.errors import UsageError
+from kube_router.flags import boolean
 from kube_router.status import StatusSection
 
 log = logging.getLogger("kube_router")
@@ -29,15 +30,6 @@ RUN_ALIASES = {"run_service_proxy": "proxy", "run_router": "router", "run_firewa
 COMMANDS = ("run", "plugins", "status")
 
 
-def str2bool(value: str) -> bool:
-    v = value.strip().lower()
-    if v in ("1", "t", "true", "yes", "y", "on"):
-        return True
-    if v in ("0", "f", "false", "no", "n", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
-
-
 def _agent_options(pm: pluggy.PluginManager) -> argparse.ArgumentParser:
     """Flags shared by ``run`` and ``status``: the core's and every installed plugin's."""
     p = argparse.ArgumentParser(add_help=False)
@@ -45,7 +37,7 @@ def _agent_options(pm: pluggy.PluginManager) -> argparse.ArgumentParser:
     g.add_argument("--enable", type=lambda s: [n.strip() for n in s.split(",") if n.strip()],
                    help="comma-separated plugins to run (default: every installed plugin)")
     for flag, name in RUN_ALIASES.items():
-        g.add_argument("--" + flag.replace("_", "-"), type=str2bool, nargs="?", const=True,
+        g.add_argument("--" + flag.replace("_", "-"), type=boolean, nargs="?", const=True,
                        help=f"kube-router's switch for the {name!r} plugin (true/false)")
     g.add_argument("--kubeconfig", default=os.environ.get("KUBECONFIG"),
                    help="kubeconfig file (default: in-cluster config)")
