@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 
 from kube_router_routing_bgp.kernel_routes import RouteTable
+from kube_router_routing_bgp.overlay import remove_all_tunnels
 from kube_router_routing_bgp.pod_network import CONFLIST_NAME
 from kube_router_routing_bgp.pod_network import delete_bridge_if_ours
 from kube_router_routing_bgp.route_sync import RouteInstaller
@@ -21,6 +22,9 @@ async def cleanup(config: argparse.Namespace) -> None:
     finally:
         table.close()
     log.info("cleanup routes removed=%d protocol=17", removed)
+    tunnels = await remove_all_tunnels()
+    if tunnels:
+        log.info("cleanup tunnels removed=%d", tunnels)
     if await delete_bridge_if_ours():
         log.info("cleanup bridge removed name=kube-bridge")
     conf = Path(config.cni_conf_dir) / CONFLIST_NAME

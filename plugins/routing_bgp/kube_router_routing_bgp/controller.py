@@ -26,8 +26,10 @@ from kube_router_routing_bgp.gobgpd import GobgpError
 from kube_router_routing_bgp.gobgpd import PeerConfig
 from kube_router_routing_bgp.gobgpd import PeerStatus
 from kube_router_routing_bgp.gobgpd import admin_target
+from kube_router_routing_bgp.kernel_routes import Route
 from kube_router_routing_bgp.kernel_routes import RouteTable
 from kube_router_routing_bgp.metrics import RouterMetrics
+from kube_router_routing_bgp.overlay import Overlay
 from kube_router_routing_bgp.policy import PolicyInputs
 from kube_router_routing_bgp.policy import PolicyManager
 from kube_router_routing_bgp.route_sync import RouteInstaller
@@ -78,6 +80,7 @@ class RouterController(Controller):
         for cidr in getattr(cfg, "service_cluster_ip_range", None) or ():
             with contextlib.suppress(ValueError):
                 self._reject_nets.append(ipaddress.ip_network(cidr, strict=False))
+        self.overlay: Overlay | None = Overlay(cfg.overlay_type) if cfg.enable_overlay else None
         self.pod_network = None
         if cfg.enable_cni or cfg.enable_pod_egress:
             from kube_router_routing_bgp.pod_network import PodNetwork
@@ -94,6 +97,7 @@ class RouterController(Controller):
         self.table = RouteTable()
         self.installer = RouteInstaller(self.table, metrics=self.metrics)
         self.installer.reject = self._rejected
+        self.installer.route_for = self._route_for
         await self.installer.load()
         log.info("router starting node=%s learned_routes_in_kernel=%d",
                  self.agent.node_name, len(self.installer.actual))
@@ -113,6 +117,11 @@ class RouterController(Controller):
         await self.gobgpd.stop()
         if self.table is not None:
             self.table.close()
+
+    def _route_for(self, prefix: str, next_hop: str) -> Route:
+        if self.overlay is not None and next_hop in self.overlay.tunnels and self.local:
+            return Route(dst=prefix, oif=self.overlay.tunnels[next_hop], src=self.local.address)
+        return Route(dst=prefix, gateway=next_hop)
 
     def _rejected(self, net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:
         # Import policy as the original: no default route, no service addresses.
@@ -147,6 +156,15 @@ class RouterController(Controller):
             except Exception as exc:  # the BGP part must go on without the pod network
                 log.warning("pod network sync failed node=%s error=%s", me.meta.name, exc)
                 errors.append(f"pod network: {exc}")
+
+        if self.overlay is not None:
+            try:
+                await self.overlay.sync(local.address,
+                                        {ip for n in nodes if (ip := desired.node_ip(n))})
+                self.installer.rederive()
+            except Exception as exc:
+                log.warning("overlay sync failed node=%s error=%s", me.meta.name, exc)
+                errors.append(f"overlay: {exc}")
 
         try:
             await self._ensure_bgp(local)

@@ -67,8 +67,9 @@ def kube_router_add_options(parser: argparse.ArgumentParser) -> None:
                    help="host-local IPAM dataDir in the CNI config (default: the plugin's)")
     flag("--auto-mtu", True, "take the bridge and pod MTU from the node's interface")
     flag("--enable-pod-egress", True, "masquerade pod traffic leaving the cluster")
-    flag("--enable-overlay", True, "IPIP tunnels to nodes in other subnets (not yet built)")
-    g.add_argument("--overlay-type", choices=("subnet", "full"), default="subnet")
+    flag("--enable-overlay", True, "IPIP tunnels to nodes in other subnets")
+    g.add_argument("--overlay-type", choices=("subnet", "full"), default="subnet",
+                   help="subnet: tunnel only to nodes in other subnets; full: to every node")
     flag("--enable-ibgp", True, "peer with the other nodes")
     flag("--nodes-full-mesh", True,
          "peer with every node; false: only nodes with the same kube-router.io/node.asn")

@@ -131,7 +131,8 @@ async def ensure_bridge(gateways: list[str], mtu: int | None) -> bool:
             have.add(f"{a.get('local')}/{a.get('prefixlen')}")
     for gw in gateways:
         if gw not in have:
-            await run(["ip", "addr", "add", gw, "dev", BRIDGE])
+            # replace, not add: the CNI bridge plugin may have set it meanwhile
+            await run(["ip", "addr", "replace", gw, "dev", BRIDGE])
             log.info("bridge address added name=%s address=%s", BRIDGE, gw)
     up = ["ip", "link", "set", "dev", BRIDGE, "up"]
     if mtu and (not info or info[0].get("mtu") != mtu):

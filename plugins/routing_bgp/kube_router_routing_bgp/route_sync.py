@@ -36,6 +36,10 @@ class RouteInstaller:
         self.table = table
         self.metrics = metrics
         self.desired: dict[str, Route] = {}
+        self.learned: dict[str, str] = {}  # prefix -> next hop, accepted paths only
+        # How a learned path becomes a route (the overlay sends some through a tunnel).
+        self.route_for: Callable[[str, str], Route] = lambda dst, nh: Route(dst=dst,
+                                                                             gateway=nh)
         self.actual: dict[str, Route] = {}
         self._pending: set[str] = set()
         self._wake = asyncio.Event()
@@ -52,22 +56,33 @@ class RouteInstaller:
 
     def update(self, paths: Iterable[LearnedPath]) -> None:
         for p in paths:
-            if p.withdraw or not p.neighbor or not p.next_hop:
-                # Withdrawn, or now originated by this node itself: not a route to install.
+            if p.withdraw or not p.neighbor or not p.next_hop or not self._acceptable(p):
+                # Withdrawn, originated by this node itself, or refused: no route.
                 self.desired.pop(p.prefix, None)
-            elif self._acceptable(p):
-                self.desired[p.prefix] = Route(dst=p.prefix, gateway=p.next_hop)
+                self.learned.pop(p.prefix, None)
             else:
-                self.desired.pop(p.prefix, None)
+                self.learned[p.prefix] = p.next_hop
+                self.desired[p.prefix] = self.route_for(p.prefix, p.next_hop)
             self._pending.add(p.prefix)
         if self.metrics is not None:
             self.metrics.received.inc()
         self._wake.set()
 
+    def rederive(self) -> None:
+        """Recompute every route from its path (after tunnels came or went)."""
+        for prefix, nh in self.learned.items():
+            route = self.route_for(prefix, nh)
+            if self.desired.get(prefix) != route:
+                self.desired[prefix] = route
+                self._pending.add(prefix)
+        if self._pending:
+            self._wake.set()
+
     def replace_all(self, paths: Iterable[LearnedPath]) -> None:
         """The full table (after a resubscribe): forget what is not in it any more."""
         old = set(self.desired)
         self.desired.clear()
+        self.learned.clear()
         self.update(paths)
         self._pending.update(old)
         self._wake.set()
