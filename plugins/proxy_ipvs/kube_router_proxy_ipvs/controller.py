@@ -234,9 +234,10 @@ class ProxyController(Controller):
                 if st.vips:
                     self.svc_vips[name] = set(st.vips)
                 vips_add |= st.vips
-            # a key another Service still wants stays
-            still = set().union(*(self.svc_servers.values())) if self.svc_servers else set()
-            remove -= still
+            # a key another Service still wants stays (rare: scan only when something goes)
+            if remove:
+                remove = {k for k in remove
+                          if not any(k in v for v in self.svc_servers.values())}
 
         t_desired = time.monotonic()
         # VIPs first so a new service answers as soon as IPVS has it; removals after IPVS.
