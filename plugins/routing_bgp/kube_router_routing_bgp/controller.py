@@ -58,10 +58,10 @@ class RouterController(Controller):
         self.advertise_services = service_vips.enabled(cfg)
         if self.advertise_services:
             self.kinds = ("Node", "Service", "EndpointSlice")
-        self._runtime_dir = tempfile.mkdtemp(prefix="kube-router-bgp-")
+        # Only with the TCP admin API off does gobgpd need a private socket directory.
+        runtime_dir = "" if cfg.gobgp_admin_port else tempfile.mkdtemp(prefix="kube-router-bgp-")
         self.gobgpd = Gobgpd(
-            api_host=admin_target(cfg.gobgp_admin_address, cfg.gobgp_admin_port,
-                                  self._runtime_dir),
+            api_host=admin_target(cfg.gobgp_admin_address, cfg.gobgp_admin_port, runtime_dir),
             binary=cfg.gobgpd_path, graceful_restart=cfg.bgp_graceful_restart)
         self.metrics = RouterMetrics(agent.metrics.registry)
         self.policy = PolicyManager(self.gobgpd)
