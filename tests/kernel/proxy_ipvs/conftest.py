@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import pytest
+
+# With --import-mode=importlib a test directory is not importable by itself; the tests
+# share helper modules beside this file.
+sys.path.insert(0, os.path.dirname(__file__))
 from proxy_kernel_helpers import run
 
 from kube_router_proxy_ipvs import ipvs_netlink as nl
