@@ -233,10 +233,14 @@ class RouterController(Controller):
                        nodes: list[Node]) -> dict[str, PeerConfig]:
         want = desired.ibgp_peers(me, local, nodes, self.config)
         try:
-            for addr, peer in desired.external_peers(self.config, local.address).items():
-                want.setdefault(addr, peer)  # a node address stays a node peer
+            external = desired.external_peers(self.config, local.address)
         except (desired.PeerFlagsError, OSError) as exc:
             log.warning("external peers skipped node=%s error=%s", me.meta.name, exc)
+            external = {}
+        if not external:  # the node's annotation counts only without global peers
+            external = desired.annotation_peers(me, local.address, self.config)
+        for addr, peer in external.items():
+            want.setdefault(addr, peer)  # a node address stays a node peer
         return want
 
     async def _sync_peers(self, me: Node, want: dict[str, PeerConfig]) -> list[str]:

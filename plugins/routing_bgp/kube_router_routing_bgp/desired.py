@@ -221,6 +221,52 @@ def external_peers(config: argparse.Namespace, local_address: str) -> dict[str, 
     return peers
 
 
+ANN_PEERS = "kube-router.io/peers"
+
+
+def annotation_peers(me: Node, local_address: str,
+                     config: argparse.Namespace) -> dict[str, PeerConfig]:
+    """External peers from the node's ``kube-router.io/peers`` YAML list (remoteip,
+    remoteasn, and optionally localip, password (base64), port). Entries that do not parse
+    are skipped with a warning naming the node."""
+    raw = me.meta.annotations.get(ANN_PEERS)
+    if not raw:
+        return {}
+    import yaml
+
+    try:
+        entries = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        _warn_once(me.meta.name, "invalid peers annotation skipped", f"annotation={ANN_PEERS}")
+        return {}
+    if not isinstance(entries, list):
+        _warn_once(me.meta.name, "peers annotation is not a list", f"annotation={ANN_PEERS}")
+        return {}
+    peers: dict[str, PeerConfig] = {}
+    for i, e in enumerate(entries):
+        try:
+            if not isinstance(e, dict):
+                raise ValueError("not a mapping")
+            addr = str(ipaddress.ip_address(str(e["remoteip"])))
+            asn = int(e["remoteasn"])
+            password = ""
+            if e.get("password"):
+                password = base64.b64decode(str(e["password"]), validate=True).decode()
+            peers[addr] = PeerConfig(
+                address=addr, asn=asn, port=int(e.get("port") or config.bgp_port),
+                local_address=str(e.get("localip") or local_address), password=password,
+                multihop_ttl=config.peer_router_multihop_ttl, external=True,
+                graceful_restart=config.bgp_graceful_restart,
+                graceful_restart_time=config.bgp_graceful_restart_time,
+                hold_time=config.bgp_holdtime)
+        except (KeyError, ValueError, TypeError, UnicodeDecodeError) as exc:
+            # The entry may hold a password: name the field problem, never the entry.
+            what = "password" if isinstance(exc, UnicodeDecodeError) else str(exc)
+            _warn_once(me.meta.name, "peers annotation entry skipped",
+                       f"index={i} error={type(exc).__name__}:{what}")
+    return peers
+
+
 def cluster_pod_cidrs(nodes: Iterable[Node]) -> set[str]:
     out: set[str] = set()
     for n in nodes:

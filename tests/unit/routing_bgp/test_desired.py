@@ -130,3 +130,22 @@ def test_passwords_file(tmp_path) -> None:
     cfg = config("--peer-router-ips", "192.168.10.50", "--peer-router-asns", "64513",
                  "--peer-router-passwords-file", str(f))
     assert desired.external_peers(cfg, "192.168.10.100")["192.168.10.50"].password == "abc"
+
+
+def test_peers_annotation(caplog: pytest.LogCaptureFixture) -> None:
+    pw = base64.b64encode(b"hunter2").decode()
+    ann = {"kube-router.io/peers": (
+        f"- remoteip: 192.168.10.60\n  remoteasn: 64600\n  password: {pw}\n  port: 1179\n"
+        "- remoteip: not-an-ip\n  remoteasn: 1\n"
+        "- remoteasn: 5\n")}
+    me = node("peers-node", "192.168.10.100", annotations=ann)
+    with caplog.at_level(logging.WARNING):
+        peers = desired.annotation_peers(me, "192.168.10.100", config())
+    assert list(peers) == ["192.168.10.60"]
+    p = peers["192.168.10.60"]
+    assert (p.asn, p.port, p.password, p.external, p.local_address) == (
+        64600, 1179, "hunter2", True, "192.168.10.100")
+    assert "hunter2" not in caplog.text and pw not in caplog.text
+    assert caplog.text.count("peers-node") == 2
+    garbled = node("garbled", "192.168.10.101", annotations={"kube-router.io/peers": "[: x"})
+    assert desired.annotation_peers(garbled, "192.168.10.101", config()) == {}
