@@ -37,10 +37,6 @@ def kube_router_controllers(agent: Agent) -> list[Controller]:
     from kube_router_proxy_ipvs.firewall import ServiceFirewall
     from kube_router_proxy_ipvs.metrics import register_metrics
 
-    # Declare our hook if the core has not run the historic add_hookspecs call for us.
-    caller = getattr(agent.pm.hook, "kube_router_ipvs_scheduler", None)
-    if caller is None or not caller.has_spec():
-        agent.pm.add_hookspecs(hookspecs)
     controller = ProxyController(agent, ServiceFirewall(agent.config))
     register_metrics(agent.metrics.registry, controller)
     return [controller]

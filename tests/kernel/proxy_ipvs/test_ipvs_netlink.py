@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import errno
 import socket
+from collections.abc import Callable
 
 import pytest
-from proxy_kernel_helpers import ipvsadm_rules
-from proxy_kernel_helpers import run
 
 from kube_router_proxy_ipvs import ipvs_netlink as nl
 
 pytestmark = pytest.mark.kernel
+Rules = Callable[[], list[str]]
 
 
 def _key(addr: str, port: int, proto: str = "TCP") -> nl.ServiceKey:
@@ -19,7 +19,7 @@ def _key(addr: str, port: int, proto: str = "TCP") -> nl.ServiceKey:
     return nl.service_key(af, proto, addr, port)
 
 
-def test_batch_matches_ipvsadm(clean_ipvs: None) -> None:
+def test_batch_matches_ipvsadm(clean_ipvs: None, ipvs_rules: Rules) -> None:
     ops = []
     for i in range(20):
         key = _key(f"10.96.1.{i}", 80)
@@ -37,10 +37,10 @@ def test_batch_matches_ipvsadm(clean_ipvs: None) -> None:
         expected += [f"-a -t 10.96.1.{i}:80 -r 10.2.0.{j + 10}:8080 -m -w 1" for j in range(3)]
     expected.append("-A -u 10.96.2.1:53 -s lc -p 600")
     expected.append("-a -u 10.96.2.1:53 -r 10.2.0.10:5353 -m -w 3")
-    assert ipvsadm_rules() == sorted(expected)
+    assert ipvs_rules() == sorted(expected)
 
 
-def test_errors_map_to_their_operation(clean_ipvs: None) -> None:
+def test_errors_map_to_their_operation(clean_ipvs: None, ipvs_rules: Rules) -> None:
     key = _key("10.96.3.1", 80)
     good = nl.new_service(key, nl.ServiceAttrs())
     dup = nl.new_service(key, nl.ServiceAttrs())
@@ -52,13 +52,13 @@ def test_errors_map_to_their_operation(clean_ipvs: None) -> None:
         (dup, errno.EEXIST), (missing, errno.ESRCH)
     ]
     assert "10.96.3.2" in str(failures[1][1])
-    assert ipvsadm_rules() == sorted(
+    assert ipvs_rules() == sorted(
         ["-A -t 10.96.3.1:80 -s rr", "-a -t 10.96.3.1:80 -r 10.2.0.1:80 -m -w 1"]
     )
 
 
-def test_dump_decodes_what_ipvsadm_made(clean_ipvs: None) -> None:
-    run(["ipvsadm", "-R"], stdin="\n".join([
+def test_dump_decodes_what_ipvsadm_made(clean_ipvs: None, sh: Callable[..., str]) -> None:
+    sh(["ipvsadm", "-R"], stdin="\n".join([
         "-A -t 10.96.4.1:443 -s sh -p 100",
         "-a -t 10.96.4.1:443 -r 10.2.0.7:6443 -m -w 2",
         "-A -u 10.96.4.2:53 -s rr",
@@ -81,7 +81,7 @@ def test_dump_decodes_what_ipvsadm_made(clean_ipvs: None) -> None:
         assert [(d.addr, d.port) for d in v6] == [("fd01::5", 8080)]
 
 
-def test_set_service_and_dest_in_place(clean_ipvs: None) -> None:
+def test_set_service_and_dest_in_place(clean_ipvs: None, ipvs_rules: Rules) -> None:
     key = _key("10.96.5.1", 80)
     with nl.IPVSSocket() as s:
         assert s.apply([nl.new_service(key, nl.ServiceAttrs()),
@@ -90,13 +90,13 @@ def test_set_service_and_dest_in_place(clean_ipvs: None) -> None:
             nl.set_service(key, nl.ServiceAttrs("mh", nl.SVC_F_SCHED1 | nl.SVC_F_SCHED2, 0)),
             nl.set_dest(key, "10.2.0.1", 80, nl.DestAttrs(weight=0)),
         ]) == []
-    assert ipvsadm_rules() == sorted(
+    assert ipvs_rules() == sorted(
         ["-A -t 10.96.5.1:80 -s mh -b mh-fallback,mh-port",
          "-a -t 10.96.5.1:80 -r 10.2.0.1:80 -m -w 0"]
     )
 
 
-def test_large_batch_spans_many_sends(clean_ipvs: None) -> None:
+def test_large_batch_spans_many_sends(clean_ipvs: None, ipvs_rules: Rules) -> None:
     ops = []
     for i in range(500):
         key = _key(f"10.97.{i // 250}.{i % 250}", 80)
@@ -110,4 +110,4 @@ def test_large_batch_spans_many_sends(clean_ipvs: None) -> None:
         assert len(failures) == len(ops)
         assert {e.errno for _, e in failures} == {errno.EEXIST}
         assert len(s.services()) == 500
-    assert len(ipvsadm_rules()) == 5500
+    assert len(ipvs_rules()) == 5500
