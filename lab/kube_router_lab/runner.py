@@ -212,8 +212,33 @@ class Runner:
             res.reason = None
             self.say(f"  started {step.times} runs in the background as {step.background!r}")
             return
-        self._repeat(runs, argv, False)
+        if step.until:
+            runs = self._until(runs, argv)
+        else:
+            self._repeat(runs, argv, False)
         self._judge(runs, res)
+
+    def _until(self, runs: _Runs, argv: list[str]) -> _Runs:
+        """Repeat the step quietly until it passes or ``until`` runs out; show the last."""
+        step = runs.step
+        started = time.monotonic()
+        attempts = 0
+        while True:
+            attempts += 1
+            attempt = _Runs(step)
+            attempt.stdout_re = runs.stdout_re
+            self._repeat(attempt, argv, True)
+            failed = attempt.error or step.expect.check(attempt.rcs, attempt.outputs,
+                                                        attempt.stdout_re)
+            if not failed or time.monotonic() - started >= step.until:
+                break
+            time.sleep(1.0)
+        for i, (rc, out, err) in enumerate(
+                zip(attempt.rcs, attempt.outputs, attempt.stderrs, strict=True), 1):
+            self._show(i, step.times, rc, out, err)
+        if attempts > 1:
+            self.say(f"  (attempt {attempts}, after {time.monotonic() - started:.1f}s)")
+        return attempt
 
     def _repeat(self, runs: _Runs, argv: list[str], quiet: bool) -> None:
         step = runs.step

@@ -139,6 +139,7 @@ class RunStep(Step):
     interval: float = 0.0
     timeout: float = 30.0
     background: str | None = None
+    until: float = 0.0  # seconds to repeat the whole step until it passes (0: once)
     expect: Expect = field(default_factory=Expect)
 
     def describe(self) -> str:
@@ -449,8 +450,8 @@ class _StepParser:
         body = raw["run"]
         if not isinstance(body, Mapping):
             raise _StepError(f"expected {{in: WHERE, cmd: COMMAND}}, got {body!r}")
-        self._keys(body, {"in", "cmd", "times", "interval", "timeout", "background", "expect"},
-                   "run")
+        self._keys(body, {"in", "cmd", "times", "interval", "timeout", "background", "until",
+                          "expect"}, "run")
         if "expect" in body and "expect" in raw:
             raise _StepError("expect given twice (inside run and beside it)")
         where = self._where(body.get("in"))
@@ -472,7 +473,10 @@ class _StepParser:
         expect = self._expect(body.get("expect", raw.get("expect")))
         if expect.distinct is not None and expect.distinct > times:
             raise _StepError(f"expect.distinct {expect.distinct} but only {times} runs")
+        until = self._number(body.get("until", 0), "until")
         background = body.get("background")
+        if background is not None and until:
+            raise _StepError("until and background cannot be combined")
         if background is not None:
             if not isinstance(background, str) or not background:
                 raise _StepError(f"background: expected a name, got {background!r}")
@@ -481,7 +485,7 @@ class _StepParser:
             self.backgrounds.add(background)
         return RunStep(index, "run", raw.get("title", ""), where=where, argv=argv, times=times,
                        interval=float(interval), timeout=float(timeout), background=background,
-                       expect=expect)
+                       until=float(until), expect=expect)
 
     def _join(self, index: int, raw: Mapping[str, Any]) -> Step:
         self._keys(raw, {"join", "title"}, "a join step")

@@ -247,3 +247,34 @@ def test_same(tmp_path: Path, same: bool, outs: list[str], ok: bool) -> None:
     report, _, _ = run(tmp_path, f"  - run: {{in: node-1, cmd: 'curl x', times: 2}}\n"
                                  f"    expect: {{same: {str(same).lower()}}}\n", lab)
     assert report["passed"] is ok
+
+
+def test_until_repeats_a_step_until_it_passes_and_shows_the_last_attempt(tmp_path: Path) -> None:
+    lab = FakeLab()
+    lab.outputs["gobgp neighbor"] = ["Active", "Active", "Establ"]
+    report, lab, text = run(tmp_path, """
+  - run: {in: node-0, cmd: "gobgp neighbor", until: 10}
+    expect: {stdout: "Establ"}
+""", lab)
+    assert report["passed"] is True, text
+    assert report["steps"][0]["outputs"] == ["Establ"]
+    assert sum(1 for c in lab.calls if c[0] == "run") == 3
+    assert "(attempt 3," in text
+
+
+def test_until_gives_up_after_its_time_and_fails_on_the_last_attempt(tmp_path: Path) -> None:
+    lab = FakeLab()
+    lab.outputs["gobgp neighbor"] = ["Active"] * 10
+    report, _lab, _text = run(tmp_path, """
+  - run: {in: node-0, cmd: "gobgp neighbor", until: 0.5}
+    expect: {stdout: "Establ"}
+""", lab)
+    assert report["passed"] is False
+    assert "does not match" in report["steps"][0]["reason"]
+
+
+def test_until_with_background_is_rejected(tmp_path: Path) -> None:
+    from kube_router_lab.scenario import ScenarioError
+
+    with pytest.raises(ScenarioError, match="until and background"):
+        scenario(tmp_path, '  - run: {in: node-0, cmd: "true", until: 5, background: b}\n')
