@@ -141,7 +141,11 @@ class Controller:
             delay = exc.delay if isinstance(exc, TemporaryError) else self.retry_delay
             self.last_error = f"{type(exc).__name__}: {exc}"
             self.agent.metrics.sync_errors.labels(self.name).inc()
-            log.exception("sync failed controller=%s retry_in=%.1fs", self.name, delay)
+            if isinstance(exc, TemporaryError):  # expected to pass: one line, no trace
+                log.warning("sync incomplete controller=%s retry_in=%.1fs reason=%s",
+                            self.name, delay, exc)
+            else:
+                log.exception("sync failed controller=%s retry_in=%.1fs", self.name, delay)
             self._retries_pending += 1
             asyncio.get_running_loop().call_later(delay, self._requeue, keys)
             return False
