@@ -173,9 +173,13 @@ def cmd_run(config: argparse.Namespace) -> int:
     from kube_router.health import HealthServer
     from kube_router.kube.client import load_client
 
+    try:
+        api = load_client(config.kubeconfig, config.master)
+    except Exception as exc:  # ConfigException, or an unreadable file: one line, no trace
+        print(f"kube-router-py: cannot reach the API: {exc}", file=sys.stderr)
+        return 1
     agent = Agent(config, config.pluginmanager, enabled)
     agent.build()
-    api = load_client(config.kubeconfig, config.master)
     servers = []
     if config.health_port:
         servers.append(HealthServer(config.health_addr, config.health_port,

@@ -69,3 +69,11 @@ def test_a_switch_for_an_uninstalled_plugin_is_an_error():
     del ns.installed["router"]
     with pytest.raises(cli.PluginLoadError, match="router"):
         cli.enabled_plugins(ns)
+
+
+def test_a_missing_kubeconfig_is_one_clear_line(capsys, tmp_path):
+    missing = tmp_path / "nope"
+    assert cli.main(["--enable", "hello", "--kubeconfig", str(missing),
+                     "--hostname-override", "n1", "--health-port", "0"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and str(missing) in err
