@@ -264,6 +264,8 @@ def agent_section(config: argparse.Namespace) -> StatusSection:
     except OSError as exc:
         section.note = f"agent not answering at {url}: {exc}"
         return section
+    # The agent knows its node name for sure; the name this command guessed may differ.
+    section.title = f"agent on {state.get('node') or config.hostname_override}"
     section.note = f"ready: {'yes' if state.get('ready') else 'no'}"
     for name, c in state.get("controllers", {}).items():
         section.rows.append([name, "yes" if c["synced"] else "no", c["resourceVersion"] or "-",

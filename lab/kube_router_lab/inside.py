@@ -124,7 +124,11 @@ def prepare(job: dict) -> dict[str, str]:
     else:
         outdir = Path(job["outdir"])
     std_path = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-    env["PATH"] = ":".join(p for p in (str(BIN_DIR), env.get("PATH", ""), std_path) if p)
+    # The project's own commands (kube-router-py) work by name on every node, as they
+    # would where the agent is installed.
+    venv_bin = str(Path(sys.executable).parent)
+    env["PATH"] = ":".join(p for p in (str(BIN_DIR), venv_bin, env.get("PATH", ""), std_path)
+                           if p)
     env.update({
         "TMPDIR": "/run/tmp",
         "HOME": "/run/home",
