@@ -58,6 +58,8 @@ class ProxyController(Controller):
         self.slices = agent.store("EndpointSlice")
         self.nodes = agent.store("Node")
         self.node_ips: list[str] = []
+        # The source of each VIP's local route, per family: the node's InternalIP.
+        self.vip_src: dict[int, str] = {}
         self.ipvs = IPVSManager(self._owns, graceful=bool(getattr(
             cfg, "ipvs_graceful_termination", False)),
             graceful_period=float(getattr(cfg, "ipvs_graceful_period", 30.0)))
@@ -113,11 +115,13 @@ class ProxyController(Controller):
         return dz.owns(key, self.settings, self.node_ips, self.dummy.addrs)
 
     async def _refresh_node_ips(self) -> None:
-        if self.bind_all:
-            self.node_ips = await local_addresses()
-            return
         node = self.nodes.get(self.agent.node_name)
-        self.node_ips = list(node.internal_ips) if isinstance(node, Node) else []
+        internal = list(node.internal_ips) if isinstance(node, Node) else []
+        src: dict[int, str] = {}
+        for ip in internal:
+            src.setdefault(6 if ":" in ip else 4, ip)
+        self.vip_src = src
+        self.node_ips = await local_addresses() if self.bind_all else internal
 
     def scheduler_for(self, svc: Service) -> IPVSScheduler:
         try:
@@ -241,7 +245,7 @@ class ProxyController(Controller):
 
         t_desired = time.monotonic()
         # VIPs first so a new service answers as soon as IPVS has it; removals after IPVS.
-        await self.dummy.update(vips_add, set())
+        await self.dummy.update(vips_add, set(), self.vip_src)
         t_vips = time.monotonic()
         new_keys = any(k not in self.ipvs.actual for k in desired)
         result = await self.ipvs.apply(desired, remove)

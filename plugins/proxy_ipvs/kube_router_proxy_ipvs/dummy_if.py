@@ -13,25 +13,17 @@ import ipaddress
 import logging
 import os
 import socket
-import struct
+from collections.abc import Mapping
 
 from pyroute2 import AsyncIPRoute
 
-from kube_router_proxy_ipvs import ipvs_netlink as nl
+from kube_router_proxy_ipvs import rtnl
 
 log = logging.getLogger(__name__)
 
 DUMMY_IF = "kube-dummy-if"
-_SCOPE_LINK = 253
-#: Above this many address changes, the raw pipelined batch is used.
-BULK_THRESHOLD = 32
-RTM_NEWADDR = 20
-RTM_DELADDR = 21
-IFA_ADDRESS = 1
-IFA_LOCAL = 2
-NLM_F_CREATE = 0x400
-NLM_F_REPLACE = 0x100
-_IFADDRMSG = struct.Struct("=BBBBI")
+#: Above this many messages the batch is sent from a worker thread, so the loop stays free.
+BULK_THRESHOLD = 64
 
 
 def _is_ours(addr: str) -> bool:
@@ -39,15 +31,19 @@ def _is_ours(addr: str) -> bool:
 
 
 class DummyInterface:
-    """Keeps the addresses of ``kube-dummy-if`` equal to the desired VIP set."""
+    """Keeps the addresses of ``kube-dummy-if`` equal to the desired VIP set, and each VIP's
+    local-table route sourced from the node IP of its family (kube-router does the same), so
+    that a client on the node reaching a VIP is not given the VIP as its source address."""
 
     def __init__(self, name: str = DUMMY_IF) -> None:
         self.name = name
         self.index: int | None = None
         self.addrs: set[str] = set()
+        self.route_src: dict[str, str] = {}  # VIP -> preferred source of its local route
+        self.last_failures: dict[tuple[str, str], int] = {}
 
     async def load(self) -> None:
-        """Create the link if missing, bring it up, and read its addresses."""
+        """Create the link if missing, bring it up, and read its addresses and routes."""
         async with AsyncIPRoute() as ipr:
             found = await ipr.link_lookup(ifname=self.name)
             if not found:
@@ -61,50 +57,84 @@ class DummyInterface:
                 async for m in await ipr.addr("dump", index=self.index)
                 if _is_ours(m.get("IFA_ADDRESS"))
             }
+        self.route_src = {dst: src for dst, src in
+                          (await asyncio.to_thread(rtnl.local_routes, self.index)).items()
+                          if dst in self.addrs}
 
-    async def update(self, add: set[str], remove: set[str]) -> None:
-        """Add and remove addresses (only those not already in that state)."""
-        add = add - self.addrs
-        remove = (remove & self.addrs) - add
-        if not add and not remove:
-            return
+    def plan(self, add: set[str], remove: set[str],
+             src: Mapping[int, str] | None = None) -> rtnl.Batch:
+        """The messages that bind ``add``, unbind ``remove`` and source each VIP of ``add``
+        from ``src[family]`` (4 or 6; a family missing there keeps the kernel's route)."""
         assert self.index is not None, "load() first"
-        if len(add) + len(remove) > BULK_THRESHOLD:
-            # Thousands of VIPs at a cold start: one pipelined batch, not a call per address.
-            failed = await asyncio.to_thread(address_batch, self.index, add, remove)
-            for (op, addr), err in failed.items():
-                if (op, err) not in (("add", errno.EEXIST), ("del", errno.EADDRNOTAVAIL)):
-                    log.warning("cannot change address link=%s op=%s address=%s error=%s",
-                                self.name, op, addr, os.strerror(err))
-                    (add if op == "add" else remove).discard(addr)
-            self.addrs |= add
-            self.addrs -= remove
-            return
-        async with AsyncIPRoute() as ipr:
-            for addr in sorted(add):
-                plen = 128 if ":" in addr else 32
-                try:
-                    await ipr.addr("add", index=self.index, address=addr, prefixlen=plen,
-                                   scope=_SCOPE_LINK)
-                except Exception as exc:  # EEXIST after drift: the address is there, fine
-                    if getattr(exc, "code", None) != 17:
-                        log.warning("cannot add address link=%s address=%s error=%s",
-                                    self.name, addr, exc)
-                        continue
-                self.addrs.add(addr)
-            for addr in sorted(remove):
-                plen = 128 if ":" in addr else 32
-                try:
-                    await ipr.addr("del", index=self.index, address=addr, prefixlen=plen)
-                except Exception as exc:
-                    if getattr(exc, "code", None) != 99:  # EADDRNOTAVAIL: already gone
-                        log.warning("cannot remove address link=%s address=%s error=%s",
-                                    self.name, addr, exc)
-                        continue
-                self.addrs.discard(addr)
+        batch = rtnl.Batch(self.index)
+        addrs, route_src = self.addrs, self.route_src
+        for addr in add:
+            if addr not in addrs:
+                batch.address(addr, add=True)
+                # the kernel makes the local route sourced from the address itself
+                route_src[addr] = addr
+        if src:
+            src4, src6 = src.get(4), src.get(6)
+            for addr in add:
+                want = src6 if ":" in addr else src4
+                if want and route_src.get(addr) != want:
+                    batch.local_route(addr, want)
+        for addr in remove:
+            if addr in add or addr not in addrs:
+                continue
+            if route_src.get(addr, addr) != addr:
+                # ours: the kernel removes only the route it made with the address
+                batch.local_route(addr, None)
+            batch.address(addr, add=False)
+        return batch
 
-    async def sync(self, desired: set[str]) -> None:
-        await self.update(desired, self.addrs - desired)
+    def commit(self, batch: rtnl.Batch, failed: dict[tuple[str, str], int],
+               src: Mapping[int, str] | None = None) -> None:
+        """Record what the sent batch did, and report what failed (one line per kind)."""
+        addrs, route_src = self.addrs, self.route_src
+        src = src or {}
+        for op, addr in batch.what:
+            err = failed.get((op, addr))
+            if op == rtnl.ADD_ADDRESS:
+                if err in (None, errno.EEXIST):
+                    addrs.add(addr)
+                else:
+                    route_src.pop(addr, None)
+            elif op == rtnl.DEL_ADDRESS:
+                if err in (None, errno.EADDRNOTAVAIL):
+                    addrs.discard(addr)
+                    route_src.pop(addr, None)
+            elif op == rtnl.SET_ROUTE:
+                if err is None:
+                    route_src[addr] = src.get(6 if ":" in addr else 4, addr)
+            elif op == rtnl.DEL_ROUTE and err in (None, errno.ESRCH):
+                route_src[addr] = addr
+        ignorable = {(rtnl.ADD_ADDRESS, errno.EEXIST), (rtnl.DEL_ADDRESS, errno.EADDRNOTAVAIL),
+                     (rtnl.DEL_ROUTE, errno.ESRCH)}
+        by_kind: dict[tuple[str, int], list[str]] = {}
+        for (op, addr), err in failed.items():
+            if (op, err) not in ignorable:
+                by_kind.setdefault((op, err), []).append(addr)
+        for (op, err), which in sorted(by_kind.items()):
+            log.warning("cannot change link link=%s op=%s count=%d first=%s error=%s",
+                        self.name, op, len(which), sorted(which)[0], os.strerror(err))
+        self.last_failures = dict(failed)
+
+    async def update(self, add: set[str], remove: set[str],
+                     src: Mapping[int, str] | None = None) -> None:
+        """Bind ``add``, unbind ``remove`` (only what is not already so), and source the
+        routes of ``add`` from ``src`` (see :meth:`plan`)."""
+        batch = self.plan(add, remove, src)
+        if not len(batch):
+            return
+        if len(batch) > BULK_THRESHOLD:
+            failed = await asyncio.to_thread(batch.send)
+        else:  # a few messages: two system calls, cheaper than a thread hop
+            failed = batch.send()
+        self.commit(batch, failed, src)
+
+    async def sync(self, desired: set[str], src: Mapping[int, str] | None = None) -> None:
+        await self.update(desired, self.addrs - desired, src)
 
 
 async def delete_link(name: str = DUMMY_IF) -> bool:
@@ -140,52 +170,3 @@ async def local_addresses(exclude_names: tuple[str, ...] = ("dummy", "kube", "do
 
 def family_of(addr: str) -> int:
     return socket.AF_INET6 if ":" in addr else socket.AF_INET
-
-
-def address_batch(index: int, add: set[str], remove: set[str]) -> dict[tuple[str, str], int]:
-    """Add and delete addresses on one link in pipelined rtnetlink batches (blocking).
-
-    Like the IPVS codec: no per-message ack, errors come back tagged with their sequence
-    number, and one acked request closes the batch. Returns {(op, address): errno}.
-    """
-    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, nl.SO_RCVBUFFORCE, 8 * 1024 * 1024)
-        sock.setsockopt(nl.SOL_NETLINK, nl.NETLINK_CAP_ACK, 1)
-        sock.bind((0, 0))
-        pending: dict[int, tuple[str, str]] = {}
-        chunks: list[bytes] = []
-        seq = 0
-        work = [("add", a) for a in sorted(add)] + [("del", a) for a in sorted(remove)]
-        for i, (op, addr) in enumerate(work):
-            seq += 1
-            fam = socket.AF_INET6 if ":" in addr else socket.AF_INET
-            raw = socket.inet_pton(fam, addr)
-            body = _IFADDRMSG.pack(fam, 128 if fam == socket.AF_INET6 else 32, 0,
-                                   _SCOPE_LINK, index)
-            body += nl._nla(IFA_LOCAL, raw) + nl._nla(IFA_ADDRESS, raw)
-            flags = nl.NLM_F_REQUEST | (NLM_F_CREATE | NLM_F_REPLACE if op == "add" else 0)
-            if i == len(work) - 1:
-                flags |= nl.NLM_F_ACK  # the barrier: its ack comes after every earlier error
-            chunks.append(nl.frame(RTM_NEWADDR if op == "add" else RTM_DELADDR, body, seq,
-                                   flags))
-            pending[seq] = (op, addr)
-        last = seq
-        failed: dict[tuple[str, str], int] = {}
-        for start in range(0, len(chunks), 2000):
-            sock.send(b"".join(chunks[start:start + 2000]))
-        while True:
-            data = sock.recv(1 << 20)
-            done = False
-            for mtype, _f, mseq, payload in nl.iter_messages(data):
-                if mtype != nl.NLMSG_ERROR:
-                    continue
-                code = -struct.unpack_from("=i", payload)[0]
-                if code and mseq in pending:
-                    failed[pending[mseq]] = code
-                if mseq == last:
-                    done = True
-            if done:
-                return failed
-    finally:
-        sock.close()

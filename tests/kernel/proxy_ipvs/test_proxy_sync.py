@@ -9,8 +9,10 @@ from types import SimpleNamespace
 
 import pytest
 
+from kube_router import hookimpl
 from kube_router_proxy_ipvs.controller import ProxyController
 from kube_router_proxy_ipvs.firewall import ServiceFirewall
+from kube_router_proxy_ipvs.scheduler import IPVSScheduler
 
 pytestmark = pytest.mark.kernel
 
@@ -40,6 +42,16 @@ class World:
 
     def ours(self) -> list[str]:
         return [r for r in self.rules() if r not in FOREIGN]
+
+    def local_routes(self) -> dict[str, str]:
+        """VIP -> preferred source of the local-table routes through kube-dummy-if."""
+        out = self.sh(["ip", "-4", "route", "show", "table", "local", "dev", "kube-dummy-if"])
+        routes = {}
+        for line in out.splitlines():
+            words = line.split()
+            assert words[0] == "local", line
+            routes[words[1]] = words[words.index("src") + 1]
+        return routes
 
     def dummy_addrs(self) -> set[str]:
         out = self.sh(["ip", "-o", "-4", "addr", "show", "dev", "kube-dummy-if"])
@@ -95,10 +107,18 @@ def test_full_sync_then_second_sync_is_empty(world: World) -> None:
             "-a -t 10.96.0.53:53 -r 10.2.0.7:5353 -m -w 1",
         ])
         assert world.dummy_addrs() == {"10.96.0.10/32", "10.96.0.53/32"}
+        # host-originated traffic to a VIP leaves from the node IP, not from the VIP
+        assert world.local_routes() == {"10.96.0.10": world.NODE_IP,
+                                        "10.96.0.53": world.NODE_IP}
+        route = world.sh(["ip", "-4", "route", "get", "10.96.0.10"])
+        assert f"src {world.NODE_IP}" in route, route
         await ctl.sync(None)
         assert ctl.last_result.ops == 0
+        assert not len(ctl.dummy.plan({"10.96.0.10", "10.96.0.53"}, set(), ctl.vip_src))
         # a fresh controller (an agent restart) reads the kernel and has nothing to do
         ctl2 = await world.controller()
+        assert ctl2.dummy.route_src == {"10.96.0.10": world.NODE_IP,
+                                        "10.96.0.53": world.NODE_IP}
         await ctl2.sync(None)
         assert ctl2.last_result.ops == 0
         assert ctl2.firewall is not None and ctl2.firewall.writes == 0
@@ -143,6 +163,9 @@ def test_partial_sync_touches_one_service(world: World) -> None:
         await ctl.sync(frozenset({"default/web"}))
         assert not [r for r in world.ours() if "10.96.0.10" in r or "30080" in r]
         assert world.dummy_addrs() == {"10.96.0.53/32"}
+        # the route we replaced goes with its VIP (the kernel would leave it behind)
+        assert world.local_routes() == {"10.96.0.53": world.NODE_IP}
+        assert "10.96.0.10" not in world.sh(["ip", "-4", "route", "show", "table", "local"])
         assert "-A -u 10.96.0.53:53 -s rr" in world.ours()
         world.foreign_intact()
         await ctl.stop()
@@ -165,3 +188,124 @@ def test_cleanup_removes_only_ours(world: World) -> None:
     assert "kube-dummy-if" not in world.sh(["ip", "-o", "link"])
     assert "KUBE-ROUTER" not in world.sh(["iptables-legacy-save"])
     assert "kube-router" not in world.sh(["ipset", "list", "-n"])
+
+
+ECHO_SERVER = """
+import socket, threading
+srv = socket.socket()
+srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind(("0.0.0.0", 8080))
+srv.listen(16)
+print("ready", flush=True)
+def echo(c):
+    while True:
+        data = c.recv(4096)
+        if not data:
+            break
+        c.sendall(data)
+while True:
+    conn, _ = srv.accept()
+    threading.Thread(target=echo, args=(conn,), daemon=True).start()
+"""
+
+
+@pytest.fixture
+def pod(world: World) -> Iterator[str]:
+    """A pod-like namespace 10.250.0.2 behind a veth, running a TCP echo server on 8080."""
+    import subprocess
+    import sys
+
+    sh = world.sh
+    sh(["ip", "netns", "add", "px-pod"])
+    sh(["ip", "link", "add", "px-veth0", "type", "veth", "peer", "name", "eth0",
+        "netns", "px-pod"])
+    sh(["ip", "addr", "add", "10.250.0.1/24", "dev", "px-veth0"])
+    sh(["ip", "link", "set", "px-veth0", "up"])
+    for argv in (["ip", "addr", "add", "10.250.0.2/24", "dev", "eth0"],
+                 ["ip", "link", "set", "eth0", "up"], ["ip", "link", "set", "lo", "up"],
+                 ["ip", "route", "add", "default", "via", "10.250.0.1"]):
+        sh(["ip", "-n", "px-pod", *argv[1:]])
+    server = subprocess.Popen(["ip", "netns", "exec", "px-pod", sys.executable, "-c",
+                               ECHO_SERVER], stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout is not None and server.stdout.readline().strip() == "ready"
+        yield "10.250.0.2"
+    finally:
+        server.kill()
+        server.wait()
+        sh(["ip", "netns", "del", "px-pod"])
+
+
+class _Scheduler:
+    """A plugin answering the proxy's scheduler hook with whatever the test sets."""
+
+    def __init__(self) -> None:
+        self.name = "rr"
+
+    @hookimpl
+    def kube_router_ipvs_scheduler(self, service: object, config: object) -> IPVSScheduler:
+        return IPVSScheduler(self.name)
+
+
+def test_live_connection_survives_scheduler_and_persistence_changes(
+        world: World, pod: str) -> None:
+    import socket
+
+    async def main() -> None:
+        ctl = await world.controller()
+        sched = _Scheduler()
+        ctl.agent.pm.register(sched, "test-scheduler")
+        k, agent = world.k8s, ctl.agent
+        k.put(agent, k.service("live", "10.96.0.80", [("echo", "TCP", 80)]))
+        k.put(agent, k.endpointslice("live", [pod], [("echo", "TCP", 8080)]))
+        await ctl.sync(None)
+        assert "-A -t 10.96.0.80:80 -s rr" in world.ours()
+
+        conn = socket.create_connection(("10.96.0.80", 80), timeout=5)
+        try:
+            # the node's own client leaves from the node IP (the VIP's local route)
+            assert conn.getsockname()[0] == world.NODE_IP
+
+            def roundtrip(msg: bytes) -> None:
+                conn.sendall(msg)
+                got = b""
+                while len(got) < len(msg):
+                    chunk = conn.recv(4096)
+                    assert chunk, "connection closed"
+                    got += chunk
+                assert got == msg
+
+            roundtrip(b"before\n")
+            # scheduler change: one SET, in place
+            sched.name = "lc"
+            await ctl.sync(frozenset({"default/live"}))
+            assert ctl.last_result.ops == 1
+            assert "-A -t 10.96.0.80:80 -s lc" in world.ours()
+            roundtrip(b"after scheduler change\n")
+            # persistence on: one SET, in place
+            k.put(agent, k.service("live", "10.96.0.80", [("echo", "TCP", 80)],
+                                   sessionAffinity="ClientIP"))
+            await ctl.sync(frozenset({"default/live"}))
+            assert ctl.last_result.ops == 1
+            assert "-A -t 10.96.0.80:80 -s lc -p 10800" in world.ours()
+            roundtrip(b"after persistence on\n")
+            # persistence timeout changed, then persistence off: in place again
+            k.put(agent, k.service("live", "10.96.0.80", [("echo", "TCP", 80)],
+                                   sessionAffinity="ClientIP",
+                                   sessionAffinityConfig={"clientIP": {"timeoutSeconds": 60}}))
+            await ctl.sync(frozenset({"default/live"}))
+            assert ctl.last_result.ops == 1
+            assert "-A -t 10.96.0.80:80 -s lc -p 60" in world.ours()
+            roundtrip(b"after timeout change\n")
+            k.put(agent, k.service("live", "10.96.0.80", [("echo", "TCP", 80)]))
+            await ctl.sync(frozenset({"default/live"}))
+            assert "-A -t 10.96.0.80:80 -s lc" in world.ours()
+            roundtrip(b"after persistence off\n")
+            # the same IPVS connection carried it all
+            conns = world.sh(["ipvsadm", "-L", "-n", "-c"])
+            assert "ESTABLISHED" in conns and "10.96.0.80:80" in conns, conns
+        finally:
+            conn.close()
+        await ctl.stop()
+
+    asyncio.run(main())

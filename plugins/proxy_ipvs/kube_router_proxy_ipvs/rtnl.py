@@ -1,0 +1,238 @@
+"""Pipelined rtnetlink batches for the addresses and local routes of ``kube-dummy-if``.
+
+A cold start binds thousands of VIPs, each an address plus (with a node IP known) a
+replaced local-table route: pyroute2's call-and-wait per message costs a round trip each.
+Here every message is packed into one buffer, sent in large ``sendmsg`` chunks without
+``NLM_F_ACK`` (the kernel then answers only failures, tagged with their sequence number),
+and an ack requested on the last message closes the batch, as in :mod:`ipvs_netlink`.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+from collections.abc import Iterator
+
+from kube_router_proxy_ipvs import ipvs_netlink as nl
+
+RTM_NEWADDR = 20
+RTM_DELADDR = 21
+RTM_NEWROUTE = 24
+RTM_DELROUTE = 25
+RTM_GETROUTE = 26
+IFA_ADDRESS = 1
+IFA_LOCAL = 2
+RTA_DST = 1
+RTA_OIF = 4
+RTA_PREFSRC = 7
+RTA_TABLE = 15
+RT_TABLE_LOCAL = 255
+RTN_LOCAL = 2
+RTPROT_KERNEL = 2
+RT_SCOPE_HOST = 254
+RT_SCOPE_LINK = 253
+RT_SCOPE_NOWHERE = 255  # in a delete: any scope
+NLM_F_REPLACE = 0x100
+NLM_F_CREATE = 0x400
+
+_NLMSG = struct.Struct("=IHHII")
+_IFADDR = struct.Struct("=BBBBI")
+_RTMSG = struct.Struct("=BBBBBBBBI")
+_NLA = struct.Struct("=HH")
+_INT = struct.Struct("=i")
+_AF_INET = socket.AF_INET
+_inet_aton = socket.inet_aton
+
+# IPv4 messages in one pack each: header, body, attributes (all 4-byte aligned).
+_ADDR4 = struct.Struct("=IHHII" "BBBBI" "HH4s" "HH4s")
+_ROUTE4 = struct.Struct("=IHHII" "BBBBBBBBI" "HH4s" "HH4s" "HHI")
+_DELROUTE4 = struct.Struct("=IHHII" "BBBBBBBBI" "HH4s" "HHI")
+
+#: One sendmsg carries at most this many bytes.
+CHUNK_BYTES = 256 * 1024
+
+# What each message did, for error reports.
+ADD_ADDRESS = "add-address"
+DEL_ADDRESS = "del-address"
+SET_ROUTE = "set-route"
+DEL_ROUTE = "del-route"
+
+
+def _family(addr: str) -> int:
+    return socket.AF_INET6 if ":" in addr else socket.AF_INET
+
+
+def _attr(atype: int, payload: bytes) -> bytes:
+    return _NLA.pack(4 + len(payload), atype) + payload + b"\0" * ((-len(payload)) & 3)
+
+
+class Batch:
+    """Address and local-route changes on one link, encoded as they are added.
+
+    Message ``i`` (0-based) carries sequence number ``i + 1``; ``what[i]`` says what it did.
+    """
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.buf = bytearray()
+        self.what: list[tuple[str, str]] = []
+        self._cuts: list[int] = []  # offsets where a send chunk ends
+        self._last_cut = 0
+        self._last_off = 0  # where the last message starts (it gets the ack flag)
+
+    def __len__(self) -> int:
+        return len(self.what)
+
+    def _added(self, op: str, addr: str, start: int) -> None:
+        self.what.append((op, addr))
+        self._last_off = start
+        if len(self.buf) - self._last_cut >= CHUNK_BYTES:
+            self._last_cut = len(self.buf)
+            self._cuts.append(self._last_cut)
+
+    def _generic(self, mtype: int, flags: int, body: bytes) -> None:
+        seq = len(self.what) + 1
+        self.buf += _NLMSG.pack(_NLMSG.size + len(body), mtype, flags, seq, 0) + body
+
+    def address(self, addr: str, *, add: bool) -> None:
+        """Add (or replace) / delete ``addr`` as a host address (/32, /128) on the link."""
+        start = len(self.buf)
+        mtype = RTM_NEWADDR if add else RTM_DELADDR
+        flags = nl.NLM_F_REQUEST | (NLM_F_CREATE | NLM_F_REPLACE if add else 0)
+        if ":" not in addr:
+            raw = _inet_aton(addr)
+            self.buf += _ADDR4.pack(_ADDR4.size, mtype, flags, len(self.what) + 1, 0,
+                                    _AF_INET, 32, 0, RT_SCOPE_LINK, self.index,
+                                    8, IFA_LOCAL, raw, 8, IFA_ADDRESS, raw)
+        else:
+            raw = socket.inet_pton(socket.AF_INET6, addr)
+            body = (_IFADDR.pack(socket.AF_INET6, 128, 0, RT_SCOPE_LINK, self.index)
+                    + _attr(IFA_LOCAL, raw) + _attr(IFA_ADDRESS, raw))
+            self._generic(mtype, flags, body)
+        self._added(ADD_ADDRESS if add else DEL_ADDRESS, addr, start)
+
+    def local_route(self, addr: str, src: str | None) -> None:
+        """Replace the local-table route of ``addr`` by one whose preferred source is ``src``,
+        or (``src`` None) delete it.
+
+        Without this, a client on the node connecting to a VIP is given the VIP itself as
+        its source address; with the node IP as source, replies from pods on other nodes
+        come back to an address the node really owns.
+        """
+        start = len(self.buf)
+        fam = _family(addr)
+        if fam == _AF_INET and (src is None or ":" not in src):
+            dst = _inet_aton(addr)
+            seq = len(self.what) + 1
+            if src is not None:
+                self.buf += _ROUTE4.pack(
+                    _ROUTE4.size, RTM_NEWROUTE,
+                    nl.NLM_F_REQUEST | NLM_F_CREATE | NLM_F_REPLACE, seq, 0,
+                    _AF_INET, 32, 0, 0, RT_TABLE_LOCAL, RTPROT_KERNEL, RT_SCOPE_HOST,
+                    RTN_LOCAL, 0, 8, RTA_DST, dst, 8, RTA_PREFSRC, _inet_aton(src),
+                    8, RTA_OIF, self.index)
+            else:
+                self.buf += _DELROUTE4.pack(
+                    _DELROUTE4.size, RTM_DELROUTE, nl.NLM_F_REQUEST, seq, 0,
+                    _AF_INET, 32, 0, 0, RT_TABLE_LOCAL, 0, RT_SCOPE_NOWHERE, RTN_LOCAL, 0,
+                    8, RTA_DST, dst, 8, RTA_OIF, self.index)
+        else:
+            plen = 128 if fam == socket.AF_INET6 else 32
+            if src is not None:
+                body = (_RTMSG.pack(fam, plen, 0, 0, RT_TABLE_LOCAL, RTPROT_KERNEL,
+                                    RT_SCOPE_HOST, RTN_LOCAL, 0)
+                        + _attr(RTA_DST, socket.inet_pton(fam, addr))
+                        + _attr(RTA_PREFSRC, socket.inet_pton(fam, src))
+                        + _attr(RTA_OIF, struct.pack("=I", self.index)))
+                self._generic(RTM_NEWROUTE,
+                              nl.NLM_F_REQUEST | NLM_F_CREATE | NLM_F_REPLACE, body)
+            else:
+                body = (_RTMSG.pack(fam, plen, 0, 0, RT_TABLE_LOCAL, 0, RT_SCOPE_NOWHERE,
+                                    RTN_LOCAL, 0)
+                        + _attr(RTA_DST, socket.inet_pton(fam, addr))
+                        + _attr(RTA_OIF, struct.pack("=I", self.index)))
+                self._generic(RTM_DELROUTE, nl.NLM_F_REQUEST, body)
+        self._added(SET_ROUTE if src is not None else DEL_ROUTE, addr, start)
+
+    def chunks(self) -> Iterator[memoryview]:
+        view = memoryview(self.buf)
+        start = 0
+        for cut in [*self._cuts, len(self.buf)]:
+            if cut > start:
+                yield view[start:cut]
+            start = cut
+
+    def send(self) -> dict[tuple[str, str], int]:
+        """Send the batch (blocking); return {(op, address): errno} for what failed."""
+        if not self.what:
+            return {}
+        # The last message asks for an ack: it comes after every earlier error.
+        last = len(self.what)
+        length, mtype, flags, seq, pid = _NLMSG.unpack_from(self.buf, self._last_off)
+        _NLMSG.pack_into(self.buf, self._last_off, length, mtype, flags | nl.NLM_F_ACK, seq,
+                         pid)
+        with _socket() as sock:
+            for chunk in self.chunks():
+                sock.send(chunk)
+            failed: dict[tuple[str, str], int] = {}
+            while True:
+                data = sock.recv(1 << 20)
+                done = False
+                for mtype, _f, mseq, payload in nl.iter_messages(data):
+                    if mtype != nl.NLMSG_ERROR:
+                        continue
+                    code = -_INT.unpack_from(payload)[0]
+                    if code and 0 < mseq <= last:
+                        failed[self.what[mseq - 1]] = code
+                    if mseq == last:
+                        done = True
+                if done:
+                    return failed
+
+
+def _socket() -> socket.socket:
+    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, nl.SO_RCVBUFFORCE, 8 * 1024 * 1024)
+        sock.setsockopt(socket.SOL_SOCKET, nl.SO_SNDBUFFORCE, 4 * 1024 * 1024)
+    except OSError:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 * 1024 * 1024)
+    # Errors then carry only the failed request's header.
+    sock.setsockopt(nl.SOL_NETLINK, nl.NETLINK_CAP_ACK, 1)
+    sock.bind((0, 0))
+    return sock
+
+
+def local_routes(index: int) -> dict[str, str]:
+    """{destination: preferred source} of the local-table host routes through link ``index``
+    (both families; blocking)."""
+    out: dict[str, str] = {}
+    with _socket() as sock:
+        for fam in (socket.AF_INET, socket.AF_INET6):
+            body = _RTMSG.pack(fam, 0, 0, 0, RT_TABLE_LOCAL, 0, 0, 0, 0)
+            sock.send(_NLMSG.pack(_NLMSG.size + len(body), RTM_GETROUTE,
+                                  nl.NLM_F_REQUEST | nl.NLM_F_DUMP, fam, 0) + body)
+            done = False
+            while not done:
+                for mtype, _f, _seq, payload in nl.iter_messages(sock.recv(1 << 20)):
+                    if mtype in (nl.NLMSG_DONE, nl.NLMSG_ERROR):
+                        done = True
+                        break
+                    if mtype != RTM_NEWROUTE:
+                        continue
+                    family, plen, _s, _t, table, _p, _sc, rtype, _fl = _RTMSG.unpack_from(
+                        payload)
+                    attrs = nl.parse_attrs(payload, _RTMSG.size)
+                    table = _INT.unpack(attrs[RTA_TABLE][:4])[0] if RTA_TABLE in attrs \
+                        else table
+                    if table != RT_TABLE_LOCAL or rtype != RTN_LOCAL:
+                        continue
+                    if RTA_OIF not in attrs or _INT.unpack(attrs[RTA_OIF][:4])[0] != index:
+                        continue
+                    if RTA_DST not in attrs or plen != (32 if family == _AF_INET else 128):
+                        continue
+                    dst = socket.inet_ntop(family, attrs[RTA_DST])
+                    src = socket.inet_ntop(family, attrs[RTA_PREFSRC]) \
+                        if RTA_PREFSRC in attrs else ""
+                    out[dst] = src
+    return out
