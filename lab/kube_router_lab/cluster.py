@@ -4,6 +4,8 @@ external peers and one agent per node, behind one object a scenario drives.
 
 from __future__ import annotations
 
+import base64
+import os
 import socket
 import time
 from collections.abc import Callable
@@ -141,6 +143,11 @@ class Lab:
         if self.router and self.spec.peers:
             extra += ["--peer-router-ips", ",".join(h.ip for h in self.topology.peers),
                       "--peer-router-asns", ",".join(str(p.asn) for p in self.spec.peers)]
+            if any(p.password for p in self.spec.peers):
+                # kube-router's form: base64, positional, empty for a peer without one
+                extra += ["--peer-router-passwords", ",".join(
+                    base64.b64encode(p.password.encode()).decode() if p.password else ""
+                    for p in self.spec.peers)]
         return extra + list(self.spec.agent_args)
 
     def _start_agents(self) -> None:
@@ -304,7 +311,10 @@ class Lab:
         raise KeyError(f"unknown substitution {key!r} (svc:, nodeport:, pod:, node:)")
 
     def run(self, where: str, argv: list[str], timeout: float = 30.0) -> tuple[int, str, str]:
-        return ns.run_in(self.netns(where), argv, timeout=timeout)
+        # LAB_WORKDIR lets a command read what the lab keeps there (NODE/agent.log,
+        # peers/NAME/), e.g. to show that an agent's log never holds a peer's password.
+        env = {**os.environ, "LAB_WORKDIR": str(self.workdir)}
+        return ns.run_in(self.netns(where), argv, timeout=timeout, env=env)
 
     def restart(self, target: str, node: str | None = None, signal: str = "TERM",
                 down: float | None = None) -> None:

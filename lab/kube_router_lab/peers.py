@@ -86,7 +86,9 @@ def _wrapper(path: Path, argv: list[str]) -> None:
 
 
 def bird_config(*, ip: str, asn: int, node_ips: list[str], cluster_asn: int,
-                log_file: Path) -> str:
+                log_file: Path, password: str = "") -> str:
+    """BIRD's configuration; with ``password`` every session is TCP MD5 protected (the
+    spec refused quotes and backslashes, so it sits between quotes as it is)."""
     lines = [
         f"router id {ip};",
         f'log "{log_file}" all;',
@@ -95,10 +97,11 @@ def bird_config(*, ip: str, asn: int, node_ips: list[str], cluster_asn: int,
         # Everything learned over BGP goes into the namespace's main table.
         "protocol kernel { ipv4 { import none; export where source = RTS_BGP; }; }",
     ]
+    auth = f'password "{password}"; ' if password else ""
     for i, node in enumerate(node_ips):
         lines.append(
             f"protocol bgp node{i} {{ local {ip} as {asn}; neighbor {node} as {cluster_asn}; "
-            "hold time 30; connect retry time 2; "
+            f"hold time 30; connect retry time 2; {auth}"
             "ipv4 { import all; export none; }; }")
     return "\n".join(lines) + "\n"
 
@@ -110,7 +113,9 @@ def _start_bird(peer: Peer, node_ips: list[str], cluster_asn: int) -> None:
         raise PeerError("bird2 is not installed (bird, birdc)")
     conf = peer.workdir / "bird.conf"
     conf.write_text(bird_config(ip=peer.ip, asn=peer.spec.asn, node_ips=node_ips,
-                                cluster_asn=cluster_asn, log_file=peer.workdir / "bird.log"))
+                                cluster_asn=cluster_asn, log_file=peer.workdir / "bird.log",
+                                password=peer.spec.password))
+    conf.chmod(0o600)  # it may hold a password
     sock = peer.workdir / "bird.ctl"
     # A unix socket is reachable from every network namespace: at BIRD's default path,
     # plain `birdc show route` works in the peer's namespace (and anywhere else).
@@ -132,12 +137,15 @@ def _start_bird(peer: Peer, node_ips: list[str], cluster_asn: int) -> None:
         time.sleep(0.05)
 
 
-def gobgp_config(*, ip: str, asn: int, node_ips: list[str], cluster_asn: int) -> str:
+def gobgp_config(*, ip: str, asn: int, node_ips: list[str], cluster_asn: int,
+                 password: str = "") -> str:
+    """gobgpd's TOML; with ``password`` every neighbor is TCP MD5 protected."""
     lines = ["[global.config]", f"  as = {asn}", f'  router-id = "{ip}"',
              f'  local-address-list = ["{ip}"]', ""]
     for node in node_ips:
         lines += ["[[neighbors]]", "  [neighbors.config]",
                   f'    neighbor-address = "{node}"', f"    peer-as = {cluster_asn}",
+                  *([f'    auth-password = "{password}"'] if password else []),
                   "  [neighbors.timers.config]", "    connect-retry = 2", ""]
     return "\n".join(lines)
 
@@ -148,7 +156,8 @@ def _start_gobgp(peer: Peer, node_ips: list[str], cluster_asn: int) -> None:
         raise PeerError("gobgpd is not installed")
     conf = peer.workdir / "gobgpd.toml"
     conf.write_text(gobgp_config(ip=peer.ip, asn=peer.spec.asn, node_ips=node_ips,
-                                 cluster_asn=cluster_asn))
+                                 cluster_asn=cluster_asn, password=peer.spec.password))
+    conf.chmod(0o600)  # it may hold a password
     peer._spawn([gobgpd, "-f", str(conf), "-t", "toml", f"--api-hosts={GOBGP_API}",
                  "--pprof-disable", "--log-plain"], "gobgpd.out")
     # gobgpd cannot write the kernel table by itself (that takes zebra): a small installer

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from dataclasses import field
@@ -15,11 +16,19 @@ class SpecError(ValueError):
     """The scenario's cluster section is invalid; the message names the field."""
 
 
+#: TCP MD5 keys are at most 80 bytes (TCP_MD5SIG_MAXKEYLEN); quotes and backslashes are
+#: refused so the password can sit between quotes in BIRD's and GoBGP's files as it is.
+PASSWORD_RE = re.compile(r'^[!#-\[\]-~ ]{1,80}$')
+
+
 @dataclass(frozen=True)
 class PeerSpec:
     name: str
     software: str  # bird | gobgp
     asn: int
+    # TCP MD5 password of the sessions with every node ("" none); kept out of reprs so
+    # it never reaches a log line.
+    password: str = field(default="", repr=False)
 
 
 @dataclass(frozen=True)
@@ -29,6 +38,9 @@ class ClusterSpec:
     cluster_cidr: str = "10.2.0.0/16"
     service_cidr: str = "10.1.0.0/16"
     underlay: str = "192.168.10.0/24"
+    # More than one: node i sits in underlays[i % len] (its address still .(100+i)), and the
+    # lab's own namespace routes between them. Empty: only ``underlay``.
+    underlays: tuple[str, ...] = ()
     agent_args: tuple[str, ...] = ()
     peers: tuple[PeerSpec, ...] = field(default_factory=tuple)
 
@@ -40,18 +52,31 @@ class ClusterSpec:
     def node_names(self) -> list[str]:
         return [self.node_name(i) for i in range(self.nodes)]
 
+    def all_underlays(self) -> tuple[str, ...]:
+        """Every underlay subnet, the API server's first."""
+        return self.underlays or (self.underlay,)
+
+    def node_underlay(self, i: int) -> int:
+        """Index in :meth:`all_underlays` of node i's subnet."""
+        return i % len(self.all_underlays())
+
     def node_ip(self, i: int) -> str:
-        return str(ipaddress.ip_network(self.underlay)[100 + i])
+        return str(ipaddress.ip_network(self.all_underlays()[self.node_underlay(i)])[100 + i])
+
+    def gateway_ip(self, underlay: int) -> str:
+        """The lab's own address on an underlay (.1): the API server, and the router
+        between underlays."""
+        return str(ipaddress.ip_network(self.all_underlays()[underlay])[1])
 
     def apiserver_ip(self) -> str:
-        return str(ipaddress.ip_network(self.underlay)[1])
+        return self.gateway_ip(0)
 
     def peer_ip(self, i: int) -> str:
         """External peer i sits at .(50+i) on the underlay."""
         return str(ipaddress.ip_network(self.underlay)[50 + i])
 
-    def prefixlen(self) -> int:
-        return ipaddress.ip_network(self.underlay).prefixlen
+    def prefixlen(self, underlay: int = 0) -> int:
+        return ipaddress.ip_network(self.all_underlays()[underlay]).prefixlen
 
     def pod_cidr(self, i: int) -> str:
         """Node i gets the /24 number i of the cluster CIDR."""
@@ -64,7 +89,8 @@ class ClusterSpec:
 
 def parse_cluster(raw: Mapping[str, Any] | None) -> ClusterSpec:
     raw = dict(raw or {})
-    known = {"nodes", "enable", "cluster-cidr", "service-cidr", "underlay", "agent-args", "peers"}
+    known = {"nodes", "enable", "cluster-cidr", "service-cidr", "underlay", "underlays",
+             "agent-args", "peers"}
     unknown = sorted(set(raw) - known)
     if unknown:
         raise SpecError(f"cluster: unknown key {unknown[0]!r}")
@@ -85,6 +111,7 @@ def parse_cluster(raw: Mapping[str, Any] | None) -> ClusterSpec:
         except (TypeError, ValueError):
             raise SpecError(f"cluster.{key}: {value!r} is not a CIDR") from None
         cidrs[key] = value
+    underlays = _parse_underlays(raw, cidrs, nodes)
     args = raw.get("agent-args", [])
     if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
         raise SpecError(f"cluster.agent-args: expected a list of strings, got {args!r}")
@@ -99,13 +126,47 @@ def parse_cluster(raw: Mapping[str, Any] | None) -> ClusterSpec:
             asn = int(p.get("asn"))
         except (TypeError, ValueError):
             raise SpecError(f"cluster.peers[{i}].asn: {p.get('asn')!r} is not a number") from None
-        peers.append(PeerSpec(name=str(p["name"]), software=software, asn=asn))
+        password = p.get("password") or ""
+        if not isinstance(password, str) or (password and not PASSWORD_RE.match(password)):
+            # never echo the value: it is a secret even when malformed
+            raise SpecError(f"cluster.peers[{i}].password: expected 1 to 80 printable ASCII "
+                            "characters without quotes or backslashes")
+        peers.append(PeerSpec(name=str(p["name"]), software=software, asn=asn,
+                              password=password))
     return ClusterSpec(
         nodes=nodes,
         enable=tuple(enable),
         cluster_cidr=cidrs["cluster-cidr"],
         service_cidr=cidrs["service-cidr"],
-        underlay=cidrs["underlay"],
+        underlay=underlays[0] if underlays else cidrs["underlay"],
+        underlays=underlays,
         agent_args=tuple(args),
         peers=tuple(peers),
     )
+
+
+def _parse_underlays(raw: Mapping[str, Any], cidrs: dict[str, str],
+                     nodes: int) -> tuple[str, ...]:
+    """``underlays:``, a list of disjoint IPv4 subnets; () when absent."""
+    value = raw.get("underlays")
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not value:
+        raise SpecError(f"cluster.underlays: expected a list of CIDRs, got {value!r}")
+    nets = []
+    for j, v in enumerate(value):
+        try:
+            net = ipaddress.ip_network(v)
+        except (TypeError, ValueError):
+            raise SpecError(f"cluster.underlays[{j}]: {v!r} is not a CIDR") from None
+        if net.version != 4 or net.num_addresses < 100 + nodes + 1:
+            raise SpecError(f"cluster.underlays[{j}]: {v} must be IPv4 with room for "
+                            f".{100 + nodes - 1}")
+        for k, other in enumerate(nets):
+            if net.overlaps(other):
+                raise SpecError(f"cluster.underlays[{j}]: {v} overlaps underlays[{k}]")
+        nets.append(net)
+    if "underlay" in raw and ipaddress.ip_network(cidrs["underlay"]) != nets[0]:
+        raise SpecError("cluster.underlay: must be the first of cluster.underlays when both "
+                        "are given")
+    return tuple(str(n) for n in nets)

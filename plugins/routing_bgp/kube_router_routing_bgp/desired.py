@@ -172,14 +172,18 @@ def _split(values: list[str] | None) -> list[str]:
 
 def read_passwords(config: argparse.Namespace) -> list[str]:
     """Base64 passwords from the flag, else the file; decoded. Never logged."""
-    raw = _split(config.peer_router_passwords)
+    # Positional, as kube-router: an empty entry is a peer without a password.
+    raw = [x.strip() for v in config.peer_router_passwords or () for x in v.split(",")]
+    if not any(raw):
+        raw = []
     if not raw and config.peer_router_passwords_file:
         with open(config.peer_router_passwords_file, encoding="utf-8") as fh:
-            raw = [x.strip() for x in fh.read().replace("\n", ",").split(",") if x.strip()]
+            text = fh.read().strip().replace("\n", ",")
+        raw = [x.strip() for x in text.split(",")] if text else []
     out = []
     for i, p in enumerate(raw):
         try:
-            out.append(base64.b64decode(p, validate=True).decode())
+            out.append(base64.b64decode(p, validate=True).decode() if p else "")
         except (ValueError, UnicodeDecodeError):
             raise PeerFlagsError(f"peer router password {i} is not valid base64") from None
     return out

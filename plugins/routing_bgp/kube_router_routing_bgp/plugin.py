@@ -47,6 +47,11 @@ def _list(value: str) -> list[str]:
     return [x.strip() for x in value.split(",") if x.strip()]
 
 
+def _positional(value: str) -> list[str]:
+    # Empty entries stay: "c2VjcmV0,," gives the first of three peers a password.
+    return [x.strip() for x in value.split(",")]
+
+
 @kube_router.hookimpl
 def kube_router_add_options(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("router (BGP pod routing, kube-router's --run-router)")
@@ -85,7 +90,7 @@ def kube_router_add_options(parser: argparse.ArgumentParser) -> None:
                    help="their ASNs, in the same order")
     g.add_argument("--peer-router-ports", type=_list, action="extend", default=[],
                    help="their ports (default --bgp-port)")
-    g.add_argument("--peer-router-passwords", type=_list, action="extend", default=[],
+    g.add_argument("--peer-router-passwords", type=_positional, action="extend", default=[],
                    help="base64 MD5 passwords, in the same order")
     g.add_argument("--peer-router-passwords-file", default="",
                    help="file of base64 passwords (the flag above wins)")
