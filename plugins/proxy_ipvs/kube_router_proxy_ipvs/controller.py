@@ -25,11 +25,13 @@ from kube_router_proxy_ipvs import desired as dz
 from kube_router_proxy_ipvs import ipvs_netlink as nl
 from kube_router_proxy_ipvs.dummy_if import DummyInterface
 from kube_router_proxy_ipvs.dummy_if import local_addresses
+from kube_router_proxy_ipvs.healthcheck import HealthCheckServers
 from kube_router_proxy_ipvs.ipvs_manager import IPVSManager
 from kube_router_proxy_ipvs.ipvs_manager import SyncResult
 from kube_router_proxy_ipvs.scheduler import DEFAULT
 from kube_router_proxy_ipvs.scheduler import KNOWN_SCHEDULERS
 from kube_router_proxy_ipvs.scheduler import IPVSScheduler
+from kube_router_proxy_ipvs.settings import ipvs_timeouts
 from kube_router_proxy_ipvs.settings import settings_from_config
 from kube_router_proxy_ipvs.status import write_names
 
@@ -69,6 +71,9 @@ class ProxyController(Controller):
         self.svc_servers: dict[str, set[nl.ServiceKey]] = {}
         self.svc_vips: dict[str, set[str]] = {}
         self.svc_states: dict[str, dz.ServiceState] = {}
+        self.svc_health: dict[str, tuple[int, int]] = {}  # key -> (hc port, local endpoints)
+        self.health = HealthCheckServers()
+        self.timeouts = ipvs_timeouts(cfg)
         self._vip_users: dict[str, set[str]] = {}
         self._modules_loaded: set[str] = set()
         self._bad_scheduler: set[tuple[str, str]] = set()
@@ -96,6 +101,15 @@ class ProxyController(Controller):
 
     async def start(self) -> None:
         await asyncio.to_thread(self.ipvs.load)
+        if any(self.timeouts):
+            assert self.ipvs.sock is not None
+            tcp, fin, udp = self.timeouts
+            try:
+                self.ipvs.sock.set_timeouts(tcp, fin, udp)
+                log.info("ipvs timeouts set tcp=%d tcpfin=%d udp=%d", tcp, fin, udp)
+            except OSError as exc:
+                log.warning("cannot set ipvs timeouts tcp=%d tcpfin=%d udp=%d error=%s",
+                            tcp, fin, udp, exc)
         await self.dummy.load()
         if self.firewall is not None:
             await self.firewall.start()
@@ -107,6 +121,7 @@ class ProxyController(Controller):
     async def stop(self) -> None:
         if self._reaper is not None:
             self._reaper.cancel()
+        await self.health.close()
         self.ipvs.close()
 
     # -- the sync -----------------------------------------------------------------------
@@ -213,6 +228,8 @@ class ProxyController(Controller):
             self.svc_vips = {n: set(st.vips) for n, st in states.items() if st.vips}
             self.svc_states = {n: st for n, st in states.items() if st.servers}
             self._vip_users = {}
+            self.svc_health = {n: st.health_check for n, st in states.items()
+                               if st.health_check}
             for n, vips in self.svc_vips.items():
                 for v in vips:
                     self._vip_users.setdefault(v, set()).add(n)
@@ -237,6 +254,10 @@ class ProxyController(Controller):
                     self._vip_users.setdefault(v, set()).add(name)
                 if st.vips:
                     self.svc_vips[name] = set(st.vips)
+                if st.health_check:
+                    self.svc_health[name] = st.health_check
+                else:
+                    self.svc_health.pop(name, None)
                 vips_add |= st.vips
             # a key another Service still wants stays (rare: scan only when something goes)
             if remove:
@@ -254,6 +275,9 @@ class ProxyController(Controller):
         if self.firewall is not None:
             await self.firewall.sync(self, full=keys is None)
         await self._flush_udp(result.udp_removed)
+        if self.svc_health or self.health.ports:
+            await self.health.update({port: (name, count) for name, (port, count)
+                                      in self.svc_health.items()})
         done = time.monotonic()
         self.last_timings = {"desired": t_desired - started, "vips": t_vips - t_desired,
                              "ipvs": t_ipvs - t_vips, "rest": done - t_ipvs}

@@ -65,6 +65,8 @@ class ServiceState:
     vips: set[str] = field(default_factory=set)  # addresses for kube-dummy-if
     # (vip, proto, port, endpoint ip) for local endpoints of hairpin-enabled services
     hairpin: set[tuple[str, str, int, str]] = field(default_factory=set)
+    # (healthCheckNodePort, local ready endpoints) for externalTrafficPolicy Local
+    health_check: tuple[int, int] | None = None
 
 
 def _family(addr: str) -> int:
@@ -147,6 +149,9 @@ def service_state(
     if settings.ipv6:
         families.append(socket.AF_INET6)
 
+    if ext_local and svc.health_check_node_port:
+        state.health_check = (svc.health_check_node_port,
+                              local_ready_endpoints(slices, settings.node_name))
     external = _external_addresses(svc, settings)
     node_ips = list(node_ips)
     for port in svc.ports:
@@ -197,6 +202,17 @@ def service_state(
                 if _family(ip) == family:
                     add(ip, port.port, eps, hairpin_ext, True)
     return state
+
+
+def local_ready_endpoints(slices: Iterable[EndpointSlice], node_name: str) -> int:
+    """Ready, not terminating endpoints on this node (what a health check probe counts);
+    an endpoint listed in two slices (one per family) counts once."""
+    seen: set[tuple[str, ...]] = set()
+    for sl in slices:
+        for ep in sl.endpoints:
+            if ep.ready and not ep.terminating and ep.node_name == node_name:
+                seen.add(("pod", ep.pod_name) if ep.pod_name else ep.addresses)
+    return len(seen)
 
 
 _warned: set[tuple[str, str]] = set()

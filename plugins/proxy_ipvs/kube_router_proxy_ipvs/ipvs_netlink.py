@@ -57,12 +57,17 @@ CMD_NEW_DEST = 5
 CMD_SET_DEST = 6
 CMD_DEL_DEST = 7
 CMD_GET_DEST = 8
+CMD_SET_CONFIG = 12
+CMD_GET_CONFIG = 13
 CMD_GET_INFO = 15
 CMD_FLUSH = 17
 
 # IPVS attributes
 CMD_ATTR_SERVICE = 1
 CMD_ATTR_DEST = 2
+CMD_ATTR_TIMEOUT_TCP = 4
+CMD_ATTR_TIMEOUT_TCP_FIN = 5
+CMD_ATTR_TIMEOUT_UDP = 6
 
 SVC_ATTR_AF = 1
 SVC_ATTR_PROTOCOL = 2
@@ -609,6 +614,40 @@ class IPVSSocket:
                         raise IPVSError(code, "IPVS dump")
                     return out
                 out.append(payload[_GENL.size :])
+
+    def timeouts(self) -> tuple[int, int, int]:
+        """The IPVS connection timeouts (tcp, tcpfin, udp), in seconds."""
+        seq = self._next_seq()
+        self.sock.send(frame(self.family, _GENL.pack(CMD_GET_CONFIG, IPVS_GENL_VERSION, 0),
+                             seq))
+        while True:
+            for mtype, _f, mseq, payload in iter_messages(self._recv()):
+                if mseq != seq:
+                    continue
+                if mtype == NLMSG_ERROR:
+                    raise IPVSError(-struct.unpack_from("=i", payload)[0] or errno.EIO,
+                                    "get IPVS timeouts")
+                a = parse_attrs(payload, _GENL.size)
+                return (_u32(a, CMD_ATTR_TIMEOUT_TCP), _u32(a, CMD_ATTR_TIMEOUT_TCP_FIN),
+                        _u32(a, CMD_ATTR_TIMEOUT_UDP))
+
+    def set_timeouts(self, tcp: int = 0, tcpfin: int = 0, udp: int = 0) -> None:
+        """Set the IPVS connection timeouts in seconds; 0 leaves that one as it is (the
+        kernel's own rule for these attributes)."""
+        body = (_GENL.pack(CMD_SET_CONFIG, IPVS_GENL_VERSION, 0)
+                + _nla(CMD_ATTR_TIMEOUT_TCP, _U32.pack(tcp))
+                + _nla(CMD_ATTR_TIMEOUT_TCP_FIN, _U32.pack(tcpfin))
+                + _nla(CMD_ATTR_TIMEOUT_UDP, _U32.pack(udp)))
+        seq = self._next_seq()
+        self.sock.send(frame(self.family, body, seq, NLM_F_REQUEST | NLM_F_ACK))
+        while True:
+            for mtype, _f, mseq, payload in iter_messages(self._recv()):
+                if mseq == seq and mtype == NLMSG_ERROR:
+                    code = -struct.unpack_from("=i", payload)[0]
+                    if code:
+                        raise IPVSError(code, f"set IPVS timeouts tcp={tcp} tcpfin={tcpfin} "
+                                              f"udp={udp}")
+                    return
 
     def services(self) -> list[DumpedService]:
         body = _GENL.pack(CMD_GET_SERVICE, IPVS_GENL_VERSION, 0)

@@ -114,6 +114,22 @@ def add_options(parser: argparse.ArgumentParser) -> None:
         help="NodePort on every local address, not only the node's InternalIP")
     add("--excluded-cidrs", type=cidr_list, action="append",
         help="IPVS services in these CIDRs are never deleted")
+    add("--service-tcp-timeout", type=duration, default=0.0,
+        help="IPVS timeout of idle TCP connections (default 0s: keep the system's)")
+    add("--service-tcpfin-timeout", type=duration, default=0.0,
+        help="IPVS timeout of TCP connections after a FIN (default 0s: keep the system's)")
+    add("--service-udp-timeout", type=duration, default=0.0,
+        help="IPVS timeout of UDP flows (default 0s: keep the system's)")
+
+
+def ipvs_timeouts(cfg: argparse.Namespace) -> tuple[int, int, int]:
+    """(tcp, tcpfin, udp) whole seconds; 0 keeps the system's value. A positive duration
+    under a second becomes 1 (0 would silently mean "unchanged")."""
+    out = []
+    for name in ("service_tcp_timeout", "service_tcpfin_timeout", "service_udp_timeout"):
+        v = float(getattr(cfg, name, 0.0) or 0.0)
+        out.append(max(1, round(v)) if v > 0 else 0)
+    return out[0], out[1], out[2]
 
 
 def settings_from_config(cfg: argparse.Namespace, node_name: str) -> Settings:

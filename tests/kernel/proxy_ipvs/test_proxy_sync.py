@@ -309,3 +309,77 @@ def test_live_connection_survives_scheduler_and_persistence_changes(
         await ctl.stop()
 
     asyncio.run(main())
+
+
+def test_timeouts_status_table_and_metrics(world: World, pod: str) -> None:
+    import re
+    import socket
+
+    from prometheus_client import CollectorRegistry
+    from prometheus_client import generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from kube_router_proxy_ipvs import ipvs_netlink as nl
+    from kube_router_proxy_ipvs.metrics import register_metrics
+    from kube_router_proxy_ipvs.status import status_sections
+    from kube_router_proxy_ipvs.status import write_names
+
+    with nl.IPVSSocket() as s:
+        before = s.timeouts()
+
+    async def main() -> None:
+        ctl = await world.controller("--service-tcp-timeout", "15m",
+                                     "--service-udp-timeout", "45s")
+        # the flags reach the kernel; a zero (tcpfin) keeps the system's value
+        out = world.sh(["ipvsadm", "-L", "-n", "--timeout"])
+        assert f"Timeout (tcp tcpfin udp): 900 {before[1]} 45" in out, out
+        k, agent = world.k8s, ctl.agent
+        k.put(agent, k.service("live", "10.96.0.80", [("echo", "TCP", 80)]))
+        k.put(agent, k.endpointslice("live", [pod], [("echo", "TCP", 8080)]))
+        await ctl.sync(None)
+        for _ in range(3):
+            with socket.create_connection(("10.96.0.80", 80), timeout=5) as c:
+                c.sendall(b"ping\n")
+                assert c.recv(16) == b"ping\n"
+        # IPVS folds its per-CPU counters into the reported ones every 2 s
+        await asyncio.sleep(2.5)
+        stats = world.sh(["ipvsadm", "-L", "-n", "--stats", "-t", "10.96.0.80:80"])
+        assert re.search(r"^TCP\s+10\.96\.0\.80:80\s+3\s", stats, re.M), stats
+
+        # status: the table like ipvsadm -Ln, with Service names
+        write_names(ctl.svc_servers)
+        [section] = status_sections(ctl.agent.config)
+        rows = [[cell.strip() for cell in row] for row in section.rows]
+        at = rows.index(["TCP", "10.96.0.80:80", "rr", "", "default/live", "", "", "", "",
+                         ""])
+        assert rows[at + 1][5:8] == ["-> 10.250.0.2:8080", "Masq", "1"]
+        assert ["UDP", "10.96.0.53:53", "rr", "", "default/dns", "", "", "", "", ""] in rows
+        assert any(r[1] == "172.16.0.1:80" and r[4] == "-" for r in rows)  # foreign: no name
+
+        # metrics: a scrape reads the stats from IPVS
+        registry = CollectorRegistry()
+        register_metrics(registry, ctl)
+        samples = {}
+        for family in text_string_to_metric_families(generate_latest(registry).decode()):
+            for smp in family.samples:
+                labels = smp.labels
+                svc = f"{labels.get('svc_namespace')}/{labels.get('service_name')}"
+                samples[(smp.name, svc, labels.get("service_vip"), labels.get("protocol"),
+                         labels.get("port"))] = smp.value
+        live = ("default/live", "10.96.0.80", "TCP", "80")
+        assert samples[("kube_router_service_total_connections", *live)] == 3
+        assert samples[("kube_router_service_bytes_in", *live)] > 0
+        assert samples[("kube_router_service_packets_out", *live)] > 0
+        assert samples[("kube_router_service_total_connections", "default/web",
+                        world.NODE_IP, "TCP", "30080")] == 0
+        # the web ClusterIP and NodePort, dns over UDP and TCP, and live
+        assert samples[("kube_router_controller_ipvs_services", "None/None", None, None,
+                        None)] == 5
+        assert not [k for k in samples if k[2] == "172.16.0.1"]  # not ours
+        await ctl.stop()
+
+    try:
+        asyncio.run(main())
+    finally:
+        with nl.IPVSSocket() as s:
+            s.set_timeouts(*before)
