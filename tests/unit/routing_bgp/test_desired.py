@@ -124,6 +124,24 @@ def test_external_peer_flag_errors(args: list[str], message: str) -> None:
         desired.external_peers(config(*args), "192.168.10.100")
 
 
+def test_passwords_are_positional() -> None:
+    # as kube-router: an empty entry is a peer without a password, not a shift of the list
+    pw = base64.b64encode(b"s3cret").decode()
+    cfg = config("--peer-router-ips", "192.168.10.50,192.168.10.51,192.168.10.52",
+                 "--peer-router-asns", "64513,64514,64515",
+                 "--peer-router-passwords", f",{pw},")
+    peers = desired.external_peers(cfg, "192.168.10.100")
+    assert [peers[a].password for a in sorted(peers)] == ["", "s3cret", ""]
+    # a list of empty entries is no list at all
+    cfg = config("--peer-router-ips", "192.168.10.50", "--peer-router-asns", "64513",
+                 "--peer-router-passwords", "")
+    assert desired.external_peers(cfg, "192.168.10.100")["192.168.10.50"].password == ""
+    with pytest.raises(desired.PeerFlagsError, match="2 peer router passwords for 3"):
+        desired.external_peers(config("--peer-router-ips", "1.1.1.1,1.1.1.2,1.1.1.3",
+                                      "--peer-router-asns", "1,1,1",
+                                      "--peer-router-passwords", f"{pw},"), "1.1.1.9")
+
+
 def test_passwords_file(tmp_path) -> None:
     f = tmp_path / "pw"
     f.write_text(base64.b64encode(b"abc").decode() + "\n")
