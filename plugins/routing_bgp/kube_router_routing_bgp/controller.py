@@ -46,6 +46,11 @@ _ALL = "nodes"
 PRUNE_GRACE = 60.0
 
 
+#: Seconds a newly added node peer may hold back readiness while its session comes up
+#: and its pod routes arrive (sessions take a few seconds to establish).
+CONVERGE_GRACE = 20.0
+
+
 class RouterController(Controller):
     name = "router"
     kinds = ("Node",)
@@ -75,6 +80,7 @@ class RouterController(Controller):
         self._bgp_tasks: list[asyncio.Task[None]] = []
         self._stopping = False
         self._peer_states: dict[str, tuple[str, str, str, str]] = {}
+        self._peer_added_at: dict[str, float] = {}  # monotonic time each peer was added
         self._vip_paths: set[str] = set()
         self._reject_nets: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
         for cidr in getattr(cfg, "service_cluster_ip_range", None) or ():
@@ -190,6 +196,32 @@ class RouterController(Controller):
             self.metrics.routes_sync_time.observe(time.monotonic() - started)
         if errors:
             raise TemporaryError("; ".join(errors))
+        waiting = self._converging(nodes)
+        if waiting:
+            raise TemporaryError(f"waiting for the pod routes of {', '.join(waiting)}",
+                                 delay=1.0)
+
+    def _converging(self, nodes: list[Node]) -> list[str]:
+        """Nodes peered in the last CONVERGE_GRACE seconds whose pod CIDRs are not routed
+        here yet.
+
+        Until their routes arrive, this node cannot reach their pods, so the controller does
+        not report the API's state as applied; a peer that stays down (no agent on that
+        node) stops holding it back after the grace period.
+        """
+        assert self.installer is not None
+        now = time.monotonic()
+        waiting = []
+        for node in nodes:
+            addr = desired.node_ip(node)
+            peer = self.peers.get(addr) if addr else None
+            if peer is None or peer.external:
+                continue
+            if now - self._peer_added_at.get(addr, 0.0) > CONVERGE_GRACE:
+                continue
+            if any(c not in self.installer.actual for c in desired.pod_cidrs(node)):
+                waiting.append(node.meta.name)
+        return waiting
 
     async def _ensure_bgp(self, local: desired.LocalBgp) -> None:
         if self.local is not None and local != self.local and self.gobgpd.running():
@@ -249,6 +281,7 @@ class RouterController(Controller):
             try:
                 await self.gobgpd.delete_peer(addr)
                 del self.peers[addr]
+                self._peer_added_at.pop(addr, None)
                 log.info("bgp peer removed node=%s peer=%s", me.meta.name, addr)
             except GobgpError as exc:
                 errors.append(f"delete peer {addr}: {exc}")
@@ -268,6 +301,7 @@ class RouterController(Controller):
                     await self.gobgpd.delete_peer(addr)
                     await self.gobgpd.add_peer(peer)
                 self.peers[addr] = peer
+                self._peer_added_at[addr] = time.monotonic()
                 log.info("bgp peer added node=%s peer=%s asn=%d external=%s", me.meta.name,
                          addr, peer.asn, peer.external)
             except GobgpError as exc:
