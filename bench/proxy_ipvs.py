@@ -5,7 +5,8 @@
 S1, cold sync: N Services x 10 endpoints, decoded from API objects into the stores the
 informers fill, synced by the proxy controller into an empty IPVS table (plus their VIPs on
 kube-dummy-if). Compared, on the same machine in the same run, with
-- the floor: the same IPVS messages, prebuilt, sent back to back by the codec alone;
+- the floor: exactly the messages the sync sends (VIP addresses and their local routes,
+  IPVS services and dests), prebuilt, sent back to back by the codecs alone;
 - ``ipvsadm -R`` applying the identical rules.
 S2, event latency: 200 changes, each one endpoint added and one removed in one Service's
 EndpointSlice: time from the event reaching the controller to the kernel state applied.
@@ -79,29 +80,61 @@ def ipvsadm_rules(n: int) -> str:
 # -- phases, each run in its own network namespace -----------------------------------------
 
 
+NODE_IP = "192.168.200.1"
+
+
+def _node_link() -> None:
+    """The node's address, on a link of its own in this phase's namespace: the sync sources
+    every VIP's local route from it, so the floor sends those messages too."""
+    for argv in (["ip", "link", "add", "bench-node", "type", "dummy"],
+                 ["ip", "addr", "add", f"{NODE_IP}/24", "dev", "bench-node"],
+                 ["ip", "link", "set", "bench-node", "up"]):
+        subprocess.run(argv, check=True)
+
+
+def _node_object() -> dict:
+    return {"metadata": {"name": "node-0", "uid": "node-0", "resourceVersion": "1"},
+            "spec": {"podCIDR": "10.128.0.0/16"},
+            "status": {"addresses": [{"type": "InternalIP", "address": NODE_IP}]}}
+
+
 def phase_floor(n: int) -> dict:
+    """Exactly the messages a cold sync sends, prebuilt, then sent by the codecs alone: the
+    VIP addresses and their local routes (rtnetlink), then the IPVS services and dests."""
+    import asyncio as aio
+
     from kube_router.kube.records import decode_endpointslice
     from kube_router.kube.records import decode_service
     from kube_router_proxy_ipvs import ipvs_netlink as nl
     from kube_router_proxy_ipvs.desired import Settings
     from kube_router_proxy_ipvs.desired import service_state
+    from kube_router_proxy_ipvs.dummy_if import DummyInterface
     from kube_router_proxy_ipvs.scheduler import DEFAULT
 
+    _node_link()
     services, slices = api_objects(n)
     settings = Settings(node_name="node-0", service_cidrs=())
-    ops = []
-    for s, sl in zip(services, slices, strict=True):
-        st = service_state(decode_service(s), [decode_endpointslice(sl)], settings, DEFAULT, [])
-        for key, vs in st.servers.items():
-            ops.append(nl.new_service(key, vs.attrs))
-            ops += [nl.new_dest(key, ip, port, nl.DestAttrs(weight=w))
-                    for (ip, port), w in vs.dests.items()]
+    dummy = DummyInterface()
+    aio.run(dummy.load())
+    vips: set[str] = set()
     with nl.IPVSSocket() as sock:
+        batch = sock.batch()
+        for s, sl in zip(services, slices, strict=True):
+            st = service_state(decode_service(s), [decode_endpointslice(sl)], settings,
+                               DEFAULT, [])
+            vips |= st.vips
+            for key, vs in st.servers.items():
+                batch.service(nl.CMD_NEW_SERVICE, key, vs.attrs)
+                batch.dests(nl.CMD_NEW_DEST, key, vs.dests.items())
+        addresses = dummy.plan(vips, set(), {4: NODE_IP})
         started = time.perf_counter()
-        failures = sock.apply(ops)
+        failed = addresses.send()
+        addr_seconds = time.perf_counter() - started
+        failures = sock.send(batch)
         seconds = time.perf_counter() - started
-    assert not failures, failures[:3]
-    return {"floor_seconds": seconds, "messages": len(ops)}
+    assert not failures and not failed, (failures[:3], list(failed.items())[:3])
+    return {"floor_seconds": seconds, "floor_addr_seconds": addr_seconds,
+            "messages": len(batch) + len(addresses)}
 
 
 def phase_ipvsadm(n: int) -> dict:
@@ -123,6 +156,7 @@ async def _sync_and_events(n: int, changes: int) -> dict:
     from kube_router.bus import Event
     from kube_router.bus import EventType
     from kube_router.kube.records import decode_endpointslice
+    from kube_router.kube.records import decode_node
     from kube_router.kube.records import decode_service
     from kube_router_proxy_ipvs import plugin
     from kube_router_proxy_ipvs import settings
@@ -137,6 +171,8 @@ async def _sync_and_events(n: int, changes: int) -> dict:
     agent = Agent(config, pm, ["proxy"])
     services, slices = api_objects(n)
     svc_store, sl_store = agent.store("Service"), agent.store("EndpointSlice")
+    node = decode_node(_node_object())
+    agent.store("Node").put(node.key, node)
     started = time.perf_counter()
     for obj in services:
         rec = decode_service(obj)
@@ -150,8 +186,8 @@ async def _sync_and_events(n: int, changes: int) -> dict:
     started = time.perf_counter()
     await ctl.sync(None)
     sync_seconds = time.perf_counter() - started
-    assert not ctl.last_result.failures
-    ops = ctl.last_result.ops
+    assert not ctl.last_result.failures and not ctl.dummy.last_failures
+    ops = ctl.last_result.ops + ctl.dummy.sent
     parts = {f"sync_{k}_seconds": v for k, v in ctl.last_timings.items()}
 
     latencies = []
@@ -177,6 +213,7 @@ async def _sync_and_events(n: int, changes: int) -> dict:
 
 
 def phase_sync(n: int, changes: int) -> dict:
+    _node_link()
     return asyncio.run(_sync_and_events(n, changes))
 
 
@@ -231,6 +268,7 @@ def main() -> None:
     else:
         result["ipvsadm_seconds"] = None
     result["sync_vs_floor"] = round(result["sync_seconds"] / result["floor_seconds"], 2)
+    result["same_messages"] = result["messages"] == result["sync_ops"]
     if result["ipvsadm_seconds"]:
         result["ipvsadm_vs_sync"] = round(result["ipvsadm_seconds"] / result["sync_seconds"], 1)
     for k, v in list(result.items()):

@@ -15,6 +15,7 @@ import subprocess
 import time
 from collections.abc import Hashable
 from collections.abc import Iterable
+from collections.abc import Set as AbstractSet
 from typing import TYPE_CHECKING
 
 from kube_router.controller import Controller
@@ -68,7 +69,7 @@ class ProxyController(Controller):
         self.dummy = DummyInterface()
         self.firewall = firewall
         # What each Service put in the kernel, so a partial sync knows what to take away.
-        self.svc_servers: dict[str, set[nl.ServiceKey]] = {}
+        self.svc_servers: dict[str, AbstractSet[nl.ServiceKey]] = {}
         self.svc_vips: dict[str, set[str]] = {}
         self.svc_states: dict[str, dz.ServiceState] = {}
         self.svc_health: dict[str, tuple[int, int]] = {}  # key -> (hc port, local endpoints)
@@ -77,6 +78,7 @@ class ProxyController(Controller):
         self._vip_users: dict[str, set[str]] = {}
         self._modules_loaded: set[str] = set()
         self._bad_scheduler: set[tuple[str, str]] = set()
+        self._scheduler_hooked = True  # until the first full sync looks
         self._reaper: asyncio.Task[None] | None = None
         self.last_result = SyncResult()
         self._names_pending = False
@@ -138,7 +140,18 @@ class ProxyController(Controller):
         self.vip_src = src
         self.node_ips = await local_addresses() if self.bind_all else internal
 
+    def _refresh_scheduler_hook(self) -> None:
+        """Whether any enabled plugin answers the scheduler hook (checked at each full sync):
+        with none, a cold sync of thousands of Services skips thousands of empty calls."""
+        try:
+            impls = self.agent.hook.kube_router_ipvs_scheduler.get_hookimpls()
+        except AttributeError:  # no plugin declares the hook
+            impls = []
+        self._scheduler_hooked = bool(impls)
+
     def scheduler_for(self, svc: Service) -> IPVSScheduler:
+        if not self._scheduler_hooked:
+            return DEFAULT
         try:
             chosen = self.agent.hook.kube_router_ipvs_scheduler(service=svc,
                                                                  config=self.agent.config)
@@ -200,6 +213,7 @@ class ProxyController(Controller):
         started = time.monotonic()
         if keys is None:
             await self._refresh_node_ips()
+            self._refresh_scheduler_hook()
             names = [s.key for s in self.services if isinstance(s, Service)]
         else:
             names = [str(k) for k in keys]
@@ -224,8 +238,10 @@ class ProxyController(Controller):
             remove: set[nl.ServiceKey] = self.ipvs.owned_keys() - desired.keys()
             vips_add = set().union(*(st.vips for st in states.values())) if states else set()
             vips_remove = self.dummy.addrs - vips_add
-            self.svc_servers = {n: set(st.servers) for n, st in states.items() if st.servers}
-            self.svc_vips = {n: set(st.vips) for n, st in states.items() if st.vips}
+            # views and sets of the states themselves, not copies (nothing mutates them)
+            self.svc_servers = {n: st.servers.keys() for n, st in states.items()
+                                if st.servers}
+            self.svc_vips = {n: st.vips for n, st in states.items() if st.vips}
             self.svc_states = {n: st for n, st in states.items() if st.servers}
             self._vip_users = {}
             self.svc_health = {n: st.health_check for n, st in states.items()
@@ -240,7 +256,7 @@ class ProxyController(Controller):
                 old = self.svc_servers.pop(name, set())
                 remove |= old - st.servers.keys()
                 if st.servers:
-                    self.svc_servers[name] = set(st.servers)
+                    self.svc_servers[name] = st.servers.keys()
                     self.svc_states[name] = st
                 else:
                     self.svc_states.pop(name, None)
@@ -253,7 +269,7 @@ class ProxyController(Controller):
                 for v in st.vips:
                     self._vip_users.setdefault(v, set()).add(name)
                 if st.vips:
-                    self.svc_vips[name] = set(st.vips)
+                    self.svc_vips[name] = st.vips
                 if st.health_check:
                     self.svc_health[name] = st.health_check
                 else:

@@ -11,8 +11,10 @@ import logging
 import socket
 from collections.abc import Iterable
 from collections.abc import Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from dataclasses import field
+from typing import NamedTuple
 
 from kube_router.kube.records import EndpointSlice
 from kube_router.kube.records import Service
@@ -49,8 +51,7 @@ class Settings:
     hairpin_all: bool = False
 
 
-@dataclass(frozen=True)
-class VirtualServer:
+class VirtualServer(NamedTuple):
     """The desired state of one IPVS service."""
 
     attrs: nl.ServiceAttrs
@@ -64,7 +65,8 @@ class ServiceState:
     servers: dict[nl.ServiceKey, VirtualServer] = field(default_factory=dict)
     vips: set[str] = field(default_factory=set)  # addresses for kube-dummy-if
     # (vip, proto, port, endpoint ip) for local endpoints of hairpin-enabled services
-    hairpin: set[tuple[str, str, int, str]] = field(default_factory=set)
+    # (a shared empty frozenset until the first pair: most Services have none)
+    hairpin: AbstractSet[tuple[str, str, int, str]] = frozenset()
     # (healthCheckNodePort, local ready endpoints) for externalTrafficPolicy Local
     health_check: tuple[int, int] | None = None
 
@@ -117,6 +119,20 @@ def _endpoints(
     return out
 
 
+_FAMILIES = {(True, True): (socket.AF_INET, socket.AF_INET6), (True, False): (socket.AF_INET,),
+             (False, True): (socket.AF_INET6,), (False, False): ()}
+_ATTRS: dict[tuple[str, int, int], nl.ServiceAttrs] = {}
+
+
+def _service_attrs(name: str, flags: int, timeout: int) -> nl.ServiceAttrs:
+    """One shared value per distinct (scheduler, flags, timeout): a cold sync of thousands
+    of Services then allocates none."""
+    attrs = _ATTRS.get((name, flags, timeout))
+    if attrs is None:
+        attrs = _ATTRS[(name, flags, timeout)] = nl.ServiceAttrs(name, flags, timeout)
+    return attrs
+
+
 def _persistence(svc: Service) -> tuple[int, int]:
     if svc.session_affinity == "ClientIP":
         return nl.SVC_F_PERSISTENT, svc.affinity_timeout
@@ -136,24 +152,20 @@ def service_state(
         return state
     slices = list(slices)
     pflags, timeout = _persistence(svc)
-    attrs = nl.ServiceAttrs(scheduler=scheduler.name, flags=pflags | scheduler.flag_bits(),
-                            timeout=timeout)
+    attrs = _service_attrs(scheduler.name, pflags | scheduler.flag_bits(), timeout)
     ext_local = (svc.external_traffic_policy == "Local"
                  or svc.meta.annotations.get(LOCAL_ANNOTATION, "").lower() == "true")
     int_local = svc.internal_traffic_policy == "Local"
     hairpin = settings.hairpin_all or HAIRPIN_ANNOTATION in svc.meta.annotations
     hairpin_ext = hairpin and HAIRPIN_EXTERNAL_ANNOTATION in svc.meta.annotations
-    families = []
-    if settings.ipv4:
-        families.append(socket.AF_INET)
-    if settings.ipv6:
-        families.append(socket.AF_INET6)
+    families = _FAMILIES[(settings.ipv4, settings.ipv6)]
 
     if ext_local and svc.health_check_node_port:
         state.health_check = (svc.health_check_node_port,
                               local_ready_endpoints(slices, settings.node_name))
-    external = _external_addresses(svc, settings)
-    node_ips = list(node_ips)
+    external = (_external_addresses(svc, settings)
+                if svc.external_ips or svc.load_balancer_ips else ())
+    node_ips = list(node_ips) if svc.type in ("NodePort", "LoadBalancer") else ()
     for port in svc.ports:
         proto = nl.PROTOCOLS.get(port.protocol)
         if proto is None:
@@ -180,8 +192,10 @@ def service_state(
                 if is_vip:
                     state.vips.add(addr)
                 if with_hairpin:
-                    for ep_ip in local_ips & {ip for ip, _ in dests}:
-                        state.hairpin.add((addr, port.protocol, vport, ep_ip))
+                    pairs = {(addr, port.protocol, vport, ep_ip)
+                             for ep_ip in local_ips & {ip for ip, _ in dests}}
+                    if pairs:
+                        state.hairpin = {*state.hairpin, *pairs}
 
             # ClusterIP; with internalTrafficPolicy Local and no local endpoint, nothing.
             for ip in svc.cluster_ips:

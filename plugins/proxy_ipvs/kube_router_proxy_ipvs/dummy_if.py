@@ -41,6 +41,7 @@ class DummyInterface:
         self.addrs: set[str] = set()
         self.route_src: dict[str, str] = {}  # VIP -> preferred source of its local route
         self.last_failures: dict[tuple[str, str], int] = {}
+        self.sent = 0  # rtnetlink messages sent so far (the benchmark compares counts)
 
     async def load(self) -> None:
         """Create the link if missing, bring it up, and read its addresses and routes."""
@@ -131,6 +132,7 @@ class DummyInterface:
             failed = await asyncio.to_thread(batch.send)
         else:  # a few messages: two system calls, cheaper than a thread hop
             failed = batch.send()
+        self.sent += len(batch)
         self.commit(batch, failed, src)
 
     async def sync(self, desired: set[str], src: Mapping[int, str] | None = None) -> None:

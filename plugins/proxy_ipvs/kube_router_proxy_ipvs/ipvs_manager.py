@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import threading
 import time
 from collections.abc import Callable
 from collections.abc import Iterable
@@ -25,11 +26,11 @@ from kube_router_proxy_ipvs.desired import VirtualServer
 log = logging.getLogger(__name__)
 
 DestKey = tuple[str, int]
-#: Above this many operations the batch is sent from a worker thread so the loop stays free.
-THREAD_THRESHOLD = 500
+#: Above this many services a sync is encoded and sent from a worker thread.
+THREAD_THRESHOLD = 50
 
 
-@dataclass
+@dataclass(slots=True)
 class KernelService:
     attrs: nl.ServiceAttrs
     dests: dict[DestKey, int] = field(default_factory=dict)  # (ip, port) -> weight
@@ -41,16 +42,6 @@ class SyncResult:
     failures: list[tuple[nl.Op, nl.IPVSError]] = field(default_factory=list)
     # UDP real servers removed: (service key, dest ip, dest port), for a conntrack flush
     udp_removed: list[tuple[nl.ServiceKey, str, int]] = field(default_factory=list)
-
-
-_DEST_ATTRS: dict[int, nl.DestAttrs] = {}
-
-
-def _dest_attrs(weight: int) -> nl.DestAttrs:
-    attrs = _DEST_ATTRS.get(weight)
-    if attrs is None:
-        attrs = _DEST_ATTRS[weight] = nl.DestAttrs(weight=weight)
-    return attrs
 
 
 class IPVSManager:
@@ -71,6 +62,8 @@ class IPVSManager:
         self.fwmark_services = 0
         # (service, dest) -> monotonic deadline, for real servers drained at weight 0
         self.draining: dict[tuple[nl.ServiceKey, DestKey], float] = {}
+        # a sync may run in a worker thread: reaping must not interleave with it
+        self._lock = threading.Lock()
 
     # -- kernel state -------------------------------------------------------------------
 
@@ -102,47 +95,63 @@ class IPVSManager:
         desired: Mapping[nl.ServiceKey, VirtualServer],
         remove: Iterable[nl.ServiceKey],
         result: SyncResult,
-    ) -> list[nl.Op]:
-        """Operations turning the cache into ``desired``; ``remove`` lists keys to delete
-        when they are not desired (only those this manager owns are deleted)."""
-        ops: list[nl.Op] = []
+        batch: nl.Batch | None = None,
+    ) -> nl.Batch:
+        """Encode into ``batch`` (a new one without a sink if None) the requests turning the
+        cache into ``desired``; ``remove`` lists keys to delete when they are not desired
+        (only those this manager owns are deleted)."""
+        if batch is None:
+            batch = nl.Batch(self.sock.family if self.sock is not None else 0)
         now = time.monotonic()
+        actual = self.actual
+        udp = socket.IPPROTO_UDP
         for key, want in desired.items():
-            have = self.actual.get(key)
+            have = actual.get(key)
             if have is None:
-                ops.append(nl.new_service(key, want.attrs))
-                ops += nl.new_dests(key, [(d, _dest_attrs(w)) for d, w in want.dests.items()])
+                batch.service(nl.CMD_NEW_SERVICE, key, want.attrs)
+                batch.dests(nl.CMD_NEW_DEST, key, want.dests.items())
                 continue
             if have.attrs != want.attrs:
-                ops.append(nl.set_service(key, want.attrs))
+                batch.service(nl.CMD_SET_SERVICE, key, want.attrs)
+            have_dests = have.dests
+            if have_dests == want.dests:
+                continue  # the common case of a full resync: nothing to look at
+            added, changed, gone = [], [], []
             for dkey, weight in want.dests.items():
-                cur = have.dests.get(dkey)
+                cur = have_dests.get(dkey)
                 if cur is None:
-                    ops.append(nl.new_dest(key, dkey[0], dkey[1], _dest_attrs(weight)))
+                    added.append((dkey, weight))
                 elif cur != weight:
-                    ops.append(nl.set_dest(key, dkey[0], dkey[1], _dest_attrs(weight)))
-                self.draining.pop((key, dkey), None)
-            for dkey, cur in have.dests.items():
+                    changed.append((dkey, weight))
+                if self.draining:
+                    self.draining.pop((key, dkey), None)
+            for dkey, cur in have_dests.items():
                 if dkey in want.dests:
                     continue
                 if self.graceful:
                     if (key, dkey) not in self.draining:
                         self.draining[(key, dkey)] = now + self.graceful_period
                     if cur != 0:
-                        ops.append(nl.set_dest(key, dkey[0], dkey[1], _dest_attrs(0)))
+                        changed.append((dkey, 0))
                     continue
-                ops.append(nl.del_dest(key, dkey[0], dkey[1]))
-                if key.protocol == socket.IPPROTO_UDP:
+                gone.append((dkey, None))
+                if key.protocol == udp:
                     result.udp_removed.append((key, dkey[0], dkey[1]))
+            if added:
+                batch.dests(nl.CMD_NEW_DEST, key, added)
+            if changed:
+                batch.dests(nl.CMD_SET_DEST, key, changed)
+            if gone:
+                batch.dests(nl.CMD_DEL_DEST, key, gone)
         for key in remove:
-            if key in desired or key not in self.actual or not self.owns(key):
+            if key in desired or key not in actual or not self.owns(key):
                 continue
-            ops.append(nl.del_service(key))
-            for dkey in self.actual[key].dests:
+            batch.service(nl.CMD_DEL_SERVICE, key)
+            for dkey in actual[key].dests:
                 self.draining.pop((key, dkey), None)
-                if key.protocol == socket.IPPROTO_UDP:
+                if key.protocol == udp:
                     result.udp_removed.append((key, dkey[0], dkey[1]))
-        return ops
+        return batch
 
     def _commit(
         self,
@@ -150,14 +159,21 @@ class IPVSManager:
         remove: Iterable[nl.ServiceKey],
     ) -> None:
         """Record in the cache what the planned operations did."""
-        for key, want in desired.items():
-            have = self.actual.get(key)
-            dests = dict(want.dests)
-            if have is not None and self.graceful:
-                for dkey in have.dests:
-                    if dkey not in dests and (key, dkey) in self.draining:
-                        dests[dkey] = 0
-            self.actual[key] = KernelService(want.attrs, dests)
+        actual = self.actual
+        if not self.graceful:
+            # Shared with the desired state, never copied: nothing mutates either (only
+            # graceful termination edits a cached dest map, and then it owns a copy).
+            for key, want in desired.items():
+                actual[key] = KernelService(want.attrs, want.dests)  # type: ignore[arg-type]
+        else:
+            for key, want in desired.items():
+                have = actual.get(key)
+                dests = dict(want.dests)
+                if have is not None:
+                    for dkey in have.dests:
+                        if dkey not in dests and (key, dkey) in self.draining:
+                            dests[dkey] = 0
+                actual[key] = KernelService(want.attrs, dests)
         for key in remove:
             if key not in desired and key in self.actual and self.owns(key):
                 del self.actual[key]
@@ -167,22 +183,36 @@ class IPVSManager:
         desired: Mapping[nl.ServiceKey, VirtualServer],
         remove: Iterable[nl.ServiceKey] = (),
     ) -> SyncResult:
-        """Bring the kernel to ``desired`` for these keys; delete ``remove`` (if owned)."""
+        """Bring the kernel to ``desired`` for these keys; delete ``remove`` (if owned).
+
+        Many services are encoded and sent from a worker thread (the loop stays free); a
+        few, the common case of one event, right here.
+        """
         assert self.sock is not None, "load() first"
         remove = list(remove)
-        result = SyncResult()
-        ops = self.plan(desired, remove, result)
-        result.ops = len(ops)
-        if not ops:
+        if len(desired) + len(remove) > THREAD_THRESHOLD:
+            return await asyncio.to_thread(self._apply, desired, remove)
+        return self._apply(desired, remove)
+
+    def _apply(
+        self,
+        desired: Mapping[nl.ServiceKey, VirtualServer],
+        remove: list[nl.ServiceKey],
+    ) -> SyncResult:
+        assert self.sock is not None
+        with self._lock:
+            result = SyncResult()
+            # Encoded into one reused buffer, sent whenever it fills.
+            stream = self.sock.stream()
+            self.plan(desired, remove, result, stream)
+            result.ops = len(stream)
+            if not result.ops:
+                return result
+            result.failures = stream.finish()
+            self._commit(desired, remove)
+            if result.failures:
+                self._repair(result.failures)
             return result
-        if len(ops) > THREAD_THRESHOLD:
-            result.failures = await asyncio.to_thread(self.sock.apply, ops)
-        else:
-            result.failures = self.sock.apply(ops)
-        self._commit(desired, remove)
-        if result.failures:
-            self._repair(result.failures)
-        return result
 
     def _repair(self, failures: list[tuple[nl.Op, nl.IPVSError]]) -> None:
         """Re-read the kernel for the services whose operations failed."""
@@ -205,6 +235,10 @@ class IPVSManager:
 
     def reap(self) -> SyncResult:
         """Delete drained real servers whose connections ended or whose time is up."""
+        with self._lock:
+            return self._reap()
+
+    def _reap(self) -> SyncResult:
         result = SyncResult()
         if not self.draining or self.sock is None:
             return result

@@ -12,16 +12,20 @@ The constants are the kernel's UAPI values from ``linux/ip_vs.h`` and ``linux/ne
 
 from __future__ import annotations
 
+import bisect
 import errno
 import ipaddress
 import os
 import socket
 import struct
+from collections.abc import Callable
 from collections.abc import Iterable
 from collections.abc import Iterator
+from collections.abc import Sequence
 from dataclasses import dataclass
 from dataclasses import field
 from functools import lru_cache
+from typing import Any
 from typing import NamedTuple
 
 # netlink
@@ -137,9 +141,11 @@ class IPVSError(OSError):
         self.op = op
 
 
-@dataclass(frozen=True, slots=True)
-class ServiceKey:
-    """Identifies one IPVS virtual service (fwmark services are not managed here)."""
+class ServiceKey(NamedTuple):
+    """Identifies one IPVS virtual service (fwmark services are not managed here).
+
+    A named tuple: a cold sync makes tens of thousands, and hashes them often.
+    """
 
     af: int  # socket.AF_INET or AF_INET6
     protocol: int  # IPPROTO_*
@@ -152,8 +158,7 @@ class ServiceKey:
         return f"{proto}/{host}:{self.port}"
 
 
-@dataclass(frozen=True, slots=True)
-class ServiceAttrs:
+class ServiceAttrs(NamedTuple):
     """What may change in place on a virtual service (IPVS_CMD_SET_SERVICE)."""
 
     scheduler: str = "rr"
@@ -287,9 +292,27 @@ _CMD_NAMES = {
 _GENL_HDR = {cmd: _GENL.pack(cmd, IPVS_GENL_VERSION, 0) for cmd in _CMD_NAMES}
 
 
+@lru_cache(maxsize=64)
+def _attrs_tail(attrs: ServiceAttrs, af: int) -> bytes:
+    """SCHED_NAME, FLAGS, TIMEOUT and NETMASK: few distinct values in a whole cluster."""
+    netmask = 0xFFFFFFFF if af == socket.AF_INET else 128
+    return (_nla(SVC_ATTR_SCHED_NAME, attrs.scheduler.encode() + b"\0")
+            + _nla(SVC_ATTR_FLAGS, _FLAGS.pack(attrs.flags, 0xFFFFFFFF))
+            + _nla(SVC_ATTR_TIMEOUT, _U32.pack(attrs.timeout))
+            + _nla(SVC_ATTR_NETMASK, _U32.pack(netmask)))
+
+
+_SVC4_NEST = struct.Struct("=HH" "HHH2x" "HHH2x" "HH4s" "HHH2x")
+
+
 @lru_cache(maxsize=65536)
 def _service_nest(key: ServiceKey) -> bytes:
     """The nested SERVICE attribute identifying ``key``; every dest message repeats it."""
+    if key.af == socket.AF_INET:
+        return _SVC4_NEST.pack(36, CMD_ATTR_SERVICE | NLA_F_NESTED, 6, SVC_ATTR_AF,
+                               socket.AF_INET, 6, SVC_ATTR_PROTOCOL, key.protocol, 8,
+                               SVC_ATTR_ADDR, socket.inet_aton(key.addr), 6, SVC_ATTR_PORT,
+                               socket.htons(key.port))
     return _nested(CMD_ATTR_SERVICE, _service_id(key))
 
 
@@ -383,6 +406,195 @@ def del_dest(key: ServiceKey, addr: str, port: int) -> Op:
 
 def frame(family: int, op_body: bytes, seq: int, flags: int = NLM_F_REQUEST) -> bytes:
     return _NLMSG.pack(_NLMSG.size + len(op_body), family, flags, seq, 0) + op_body
+
+
+# -- batches encoded in place -----------------------------------------------------------
+
+# A whole IPv4 dest message in one pack of ten values: what varies (sequence number,
+# address, port) between constant runs prebuilt once per service and command.
+#   [nlmsghdr 16][genl 4][service nest 36][DEST nest hdr 4][ADDR hdr 4] = prefix 48 after
+#   the header; [ip 4][PORT hdr 4][port 2 + pad 2][AF 8][FWD 8][WEIGHT 8][U 8][L 8]
+_SVC4_NEST_LEN = 36
+_DEST4_MSG = struct.Struct("=IHHII" "48s" "4s" "6s" "42s")
+_DEST4_DEL_MSG = struct.Struct("=IHHII" "48s" "4s" "6s" "10s")
+_PORT_HDR = _NLA.pack(6, DEST_ATTR_PORT)
+_PORT_ATTRS: dict[int, bytes] = {}  # at most 65,536 entries of 6 bytes
+_AF4_ATTR = struct.pack("=HHH2x", 6, DEST_ATTR_ADDR_FAMILY, socket.AF_INET)
+
+
+def _dest4_prefix(cmd: int, key: ServiceKey, nested_len: int) -> bytes:
+    return (_GENL_HDR[cmd] + _service_nest(key) + _NLA.pack(nested_len, _DEST_NESTED)
+            + _NLA.pack(8, DEST_ATTR_ADDR))
+
+
+def _dest4_suffix(weight: int) -> bytes:
+    """After the port: 2 pad bytes, then AF, FWD (masq), WEIGHT, U_THRESH, L_THRESH."""
+    return (b"\0\0" + _AF4_ATTR + struct.pack("=HHI", 8, DEST_ATTR_FWD_METHOD, FWD_MASQ)
+            + struct.pack("=HHI", 8, DEST_ATTR_WEIGHT, weight)
+            + struct.pack("=HHIHHI", 8, DEST_ATTR_U_THRESH, 0, 8, DEST_ATTR_L_THRESH, 0))
+
+
+class Batch:
+    """IPVS requests encoded in place, as they are planned, into one reused buffer.
+
+    A cold sync of 10,000 services sends 110,000 messages; where memory is costly to touch
+    (every fresh page is a fault, and in a User-Mode Linux guest a slow one), a buffer the
+    size of one ``sendmsg`` is filled with ``pack_into``, handed to ``sink`` when full, and
+    filled again. Without a sink (prebuilt batches, tests) full buffers are kept as chunks.
+
+    What each message was is kept per call, not per message: a segment (first sequence
+    number, command, service, the dest keys in order), enough to name any failure.
+    Message ``i`` (0-based) carries sequence number ``i + 1``.
+    """
+
+    def __init__(self, family: int, sink: Callable[[memoryview], None] | None = None,
+                 size: int = BATCH_BYTES, buf: bytearray | None = None) -> None:
+        self.family = family
+        self.sink = sink
+        # ``buf``: a buffer to reuse (its pages are already mapped; one event's sync then
+        # touches no fresh memory)
+        self.buf = buf if buf is not None and len(buf) >= size + _MAX_MSG \
+            else bytearray(size + _MAX_MSG)
+        self.limit = size
+        self.used = 0
+        self.count = 0
+        self.kept: list[bytes] = []  # full buffers, without a sink
+        self._starts: list[int] = []  # first sequence number of each segment
+        self._segments: list[tuple[int, ServiceKey, Sequence[Any] | None]] = []
+
+    def __len__(self) -> int:
+        return self.count
+
+    def _flush(self) -> None:
+        if not self.used:
+            return
+        view = memoryview(self.buf)[: self.used]
+        if self.sink is not None:
+            self.sink(view)
+        else:
+            self.kept.append(bytes(view))
+        self.used = 0
+
+    def _segment(self, cmd: int, key: ServiceKey, dests: Sequence[Any] | None) -> None:
+        self._starts.append(self.count + 1)
+        self._segments.append((cmd, key, dests))
+
+    def add(self, cmd: int, body: bytes, key: ServiceKey,
+            dest: tuple[str, int] | None = None) -> None:
+        """Append one request whose genl header and attributes are ``body``."""
+        if self.used + _NLMSG.size + len(body) > self.limit:
+            self._flush()
+        self._segment(cmd, key, None if dest is None else ((dest, None),))
+        self.count += 1
+        length = _NLMSG.size + len(body)
+        if length > len(self.buf):
+            self.buf.extend(bytes(length - len(self.buf)))
+        _NLMSG.pack_into(self.buf, self.used, length, self.family, NLM_F_REQUEST,
+                         self.count, 0)
+        self.buf[self.used + _NLMSG.size : self.used + length] = body
+        self.used += (length + 3) & ~3
+
+    def add_op(self, op: Op) -> None:
+        self.add(op.cmd, op.body, op.key, op.dest)
+
+    def service(self, cmd: int, key: ServiceKey, attrs: ServiceAttrs | None = None) -> None:
+        """NEW_SERVICE or SET_SERVICE (with ``attrs``), DEL_SERVICE (without)."""
+        if attrs is None:
+            self.add(cmd, _GENL_HDR[cmd] + _service_nest(key), key)
+            return
+        # identity (cached: the dests of this service repeat it) + the attrs' own bytes
+        ident = _service_nest(key)[4:]
+        tail = _attrs_tail(attrs, key.af)
+        self.add(cmd, _GENL_HDR[cmd] + _NLA.pack(4 + len(ident) + len(tail),
+                                                 CMD_ATTR_SERVICE | NLA_F_NESTED)
+                 + ident + tail, key)
+
+    def dests(self, cmd: int, key: ServiceKey, dests: Iterable[tuple[tuple[str, int], Any]]
+              ) -> None:
+        """NEW_DEST or SET_DEST of ((ip, port), weight) pairs; DEL_DEST (weights ignored).
+
+        ``dests`` must not change until the batch is sent (failures are named from it).
+        """
+        if not isinstance(dests, Sequence):
+            dests = list(dests) if not hasattr(dests, "mapping") else dests  # items views
+        if key.af != _AF_INET:
+            for dkey, weight in dests:
+                if cmd == CMD_DEL_DEST:
+                    op = del_dest(key, dkey[0], dkey[1])
+                else:
+                    op = _dest_op(cmd, key, dkey[0], dkey[1], _weight_attrs(weight))
+                self.add(cmd, op.body, key, dkey)
+            return
+        if self.used + _MAX_MSG > self.limit:
+            self._flush()
+        self._segment(cmd, key, dests)  # type: ignore[arg-type]
+        buf, family, aton = self.buf, self.family, _inet_aton
+        port_hdr, req, limit = _PORT_HDR, NLM_F_REQUEST, self.limit
+        ports = _PORT_ATTRS  # port -> its attribute header and big-endian value
+        seq, used = self.count, self.used
+        if cmd == CMD_DEL_DEST:
+            pack, size = _DEST4_DEL_MSG.pack_into, _DEST4_DEL_MSG.size
+            pre, post = _dest4_prefix(cmd, key, 28), b"\0\0" + _AF4_ATTR
+            for dkey, _ in dests:
+                seq += 1
+                port = ports.get(dkey[1])
+                if port is None:
+                    port = ports[dkey[1]] = port_hdr + _BE16.pack(dkey[1])
+                pack(buf, used, size, family, req, seq, 0, pre, aton(dkey[0]), port, post)
+                used += size
+                if used > limit:
+                    self.used, self.count = used, seq
+                    self._flush()
+                    used = 0
+        else:
+            pack, size = _DEST4_MSG.pack_into, _DEST4_MSG.size
+            pre = _dest4_prefix(cmd, key, 60)
+            posts: dict[int, bytes] = {}
+            for dkey, weight in dests:
+                seq += 1
+                post = posts.get(weight)
+                if post is None:
+                    post = posts[weight] = _dest4_suffix(weight)
+                port = ports.get(dkey[1])
+                if port is None:
+                    port = ports[dkey[1]] = port_hdr + _BE16.pack(dkey[1])
+                pack(buf, used, size, family, req, seq, 0, pre, aton(dkey[0]), port, post)
+                used += size
+                if used > limit:
+                    self.used, self.count = used, seq
+                    self._flush()
+                    used = 0
+        self.used, self.count = used, seq
+
+    def chunks(self) -> list[bytes]:
+        """Without a sink: every encoded byte, in sendmsg-sized chunks."""
+        self._flush()
+        return self.kept
+
+    def op(self, seq: int) -> Op:
+        """The request with sequence number ``seq``, described (its body is not kept)."""
+        i = bisect.bisect_right(self._starts, seq) - 1
+        cmd, key, dests = self._segments[i]
+        dest = None
+        if dests is not None:
+            offset = seq - self._starts[i]
+            seq_dests = dests if isinstance(dests, Sequence) else list(dests)
+            dest = seq_dests[offset][0]
+        return Op(cmd, b"", key, dest)
+
+
+#: Room kept free at the end of a buffer: larger than any one message built here.
+_MAX_MSG = 1024
+
+
+_WEIGHT_ATTRS: dict[int, DestAttrs] = {}
+
+
+def _weight_attrs(weight: int) -> DestAttrs:
+    attrs = _WEIGHT_ATTRS.get(weight)
+    if attrs is None:
+        attrs = _WEIGHT_ATTRS[weight] = DestAttrs(weight=weight)
+    return attrs
 
 
 # -- attribute parsing ----------------------------------------------------------------
@@ -500,6 +712,7 @@ class IPVSSocket:
         self.sock.bind((0, 0))
         self._seq = 0
         self.family = self._resolve_family()
+        self.buffer: bytearray | None = None  # reused by every stream on this socket
 
     def close(self) -> None:
         self.sock.close()
@@ -535,44 +748,53 @@ class IPVSSocket:
 
     # -- batches ------------------------------------------------------------------------
 
-    def apply(self, ops: Iterable[Op]) -> list[tuple[Op, IPVSError]]:
-        """Send every operation, pipelined; return the ones that failed with their error.
+    def batch(self) -> Batch:
+        """An empty batch for this socket's IPVS family."""
+        return Batch(self.family)
 
-        Failures do not stop the batch: each message is independent in the kernel.
-        """
-        pending: dict[int, Op] = {}
-        failures: list[tuple[Op, IPVSError]] = []
-        buf: list[bytes] = []
-        size = 0
-        family = self.family
+    def apply(self, ops: Iterable[Op]) -> list[tuple[Op, IPVSError]]:
+        """Send every operation, pipelined; return the ones that failed with their error."""
+        batch = self.batch()
+        ops = list(ops)
         for op in ops:
-            seq = self._next_seq()
-            msg = frame(family, op.body, seq)
-            pending[seq] = op
-            buf.append(msg)
-            size += len(msg)
-            if size >= BATCH_BYTES:
-                self.sock.send(b"".join(buf))
-                buf.clear()
-                size = 0
-                self._drain_errors(pending, failures, block=False)
-        # The barrier: an acked GET_INFO; its reply comes after every earlier error.
-        barrier = self._next_seq()
-        buf.append(frame(family, _GENL.pack(CMD_GET_INFO, IPVS_GENL_VERSION, 0), barrier,
-                         NLM_F_REQUEST | NLM_F_ACK))
-        self.sock.send(b"".join(buf))
-        self._drain_errors(pending, failures, block=True, barrier=barrier)
+            batch.add_op(op)
+        return [(ops[i], err) for i, err in self.send_indexed(batch)]
+
+    def send(self, batch: Batch) -> list[tuple[Op, IPVSError]]:
+        """Send a prebuilt batch (no sink), pipelined; return the requests that failed with
+        their error. Failures do not stop the batch: each message is independent."""
+        return [(batch.op(i + 1), err) for i, err in self.send_indexed(batch)]
+
+    def send_indexed(self, batch: Batch) -> list[tuple[int, IPVSError]]:
+        """Like :meth:`send`, naming each failure by its index in the batch."""
+        failures: list[tuple[int, IPVSError]] = []
+        for chunk in batch.chunks():
+            self.sock.send(chunk)
+            self._drain_errors(batch, failures, block=False)
+        self._barrier(batch, failures)
         return failures
+
+    def stream(self) -> Stream:
+        """A batch sent as it fills: encode into it, then :meth:`Stream.finish`."""
+        return Stream(self)
+
+    def _barrier(self, batch: Batch, failures: list[tuple[int, IPVSError]]) -> None:
+        # An acked GET_INFO: its reply comes after every earlier error.
+        barrier = batch.count + 1
+        self.sock.send(frame(batch.family, _GENL.pack(CMD_GET_INFO, IPVS_GENL_VERSION, 0),
+                             barrier, NLM_F_REQUEST | NLM_F_ACK))
+        self._drain_errors(batch, failures, block=True, barrier=barrier)
 
     def _drain_errors(
         self,
-        pending: dict[int, Op],
-        failures: list[tuple[Op, IPVSError]],
+        batch: Batch,
+        failures: list[tuple[int, IPVSError]],
         *,
         block: bool,
         barrier: int = 0,
     ) -> None:
         flags = 0 if block else socket.MSG_DONTWAIT
+        count = batch.count
         while True:
             try:
                 data = self.sock.recv(1 << 20, flags)
@@ -580,19 +802,15 @@ class IPVSSocket:
                 return
             done = False
             for mtype, _f, seq, payload in iter_messages(data):
-                if seq == barrier:
-                    if mtype == NLMSG_ERROR:
-                        code = -struct.unpack_from("=i", payload)[0]
-                        if code:
-                            raise IPVSError(code, "IPVS barrier request")
-                        done = True
-                    continue
                 if mtype != NLMSG_ERROR:
                     continue
                 code = -struct.unpack_from("=i", payload)[0]
-                op = pending.get(seq)
-                if code and op is not None:
-                    failures.append((op, IPVSError(code, op.desc)))
+                if seq == barrier:
+                    if code:
+                        raise IPVSError(code, "IPVS barrier request")
+                    done = True
+                elif code and 0 < seq <= count:
+                    failures.append((seq - 1, IPVSError(code, batch.op(seq).desc)))
             if done:
                 return
 
@@ -665,6 +883,29 @@ class IPVSSocket:
             _nla(SVC_ATTR_AF, _U16.pack(af)) + _nla(SVC_ATTR_FWMARK, _U32.pack(fwmark)),
         )
         return [decode_dest(p, af) for p in self._dump(body)]
+
+
+class Stream(Batch):
+    """A batch bound to a socket: each full buffer is sent at once, and the errors it drew
+    so far are collected, while the rest is still being encoded."""
+
+    def __init__(self, sock: IPVSSocket) -> None:
+        self.socket = sock
+        self.failures_indexed: list[tuple[int, IPVSError]] = []
+        if sock.buffer is None:
+            sock.buffer = bytearray(BATCH_BYTES + _MAX_MSG)
+        super().__init__(sock.family, self._send_chunk, buf=sock.buffer)
+
+    def _send_chunk(self, view: memoryview) -> None:
+        self.socket.sock.send(view)
+        self.socket._drain_errors(self, self.failures_indexed, block=False)
+
+    def finish(self) -> list[tuple[Op, IPVSError]]:
+        """Send what is left, wait for the barrier, return every failure."""
+        self._flush()
+        if self.count:
+            self.socket._barrier(self, self.failures_indexed)
+        return [(self.op(i + 1), err) for i, err in self.failures_indexed]
 
 
 def service_key(af: int, protocol: str, addr: str, port: int) -> ServiceKey:

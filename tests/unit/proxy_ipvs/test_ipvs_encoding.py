@@ -112,3 +112,52 @@ def test_fast_paths_encode_like_the_generic_encoder() -> None:
                    + nl._nested(nl.CMD_ATTR_SERVICE, nl._service_id(key))
                    + nl._nested(nl.CMD_ATTR_DEST, nl._dest_id(key.af, "10.2.0.9", 8080)))
     assert nl.del_dest(key, "10.2.0.9", 8080).body == generic_del
+
+
+def _generic_stream(family: int, bodies: list[bytes]) -> bytes:
+    return b"".join(nl.frame(family, body, seq) for seq, body in enumerate(bodies, start=1))
+
+
+def test_batch_encodes_in_place_like_the_generic_encoder() -> None:
+    key = nl.service_key(socket.AF_INET, "TCP", "10.96.0.1", 80)
+    v6 = nl.service_key(socket.AF_INET6, "UDP", "fd00::1", 53)
+    attrs = nl.ServiceAttrs("lc", nl.SVC_F_PERSISTENT, 600)
+    dests = {("10.2.0.9", 8080): 1, ("10.2.0.10", 8080): 0, ("10.2.0.11", 9090): 7}
+    batch = nl.Batch(0x22)
+    batch.service(nl.CMD_NEW_SERVICE, key, attrs)
+    batch.dests(nl.CMD_NEW_DEST, key, dests.items())
+    batch.dests(nl.CMD_SET_DEST, key, [(("10.2.0.9", 8080), 5)])
+    batch.dests(nl.CMD_DEL_DEST, key, [(("10.2.0.10", 8080), None)])
+    batch.service(nl.CMD_SET_SERVICE, key, nl.ServiceAttrs())
+    batch.dests(nl.CMD_NEW_DEST, v6, [(("fd01::5", 5353), 2)])
+    batch.service(nl.CMD_DEL_SERVICE, key)
+    bodies = [nl.new_service(key, attrs).body]
+    bodies += [nl.new_dest(key, ip, port, nl.DestAttrs(weight=w)).body
+               for (ip, port), w in dests.items()]
+    bodies.append(nl.set_dest(key, "10.2.0.9", 8080, nl.DestAttrs(weight=5)).body)
+    bodies.append(nl.del_dest(key, "10.2.0.10", 8080).body)
+    bodies.append(nl.set_service(key, nl.ServiceAttrs()).body)
+    bodies.append(nl.new_dest(v6, "fd01::5", 5353, nl.DestAttrs(weight=2)).body)
+    bodies.append(nl.del_service(key).body)
+    assert len(batch) == len(bodies)
+    assert b"".join(batch.chunks()) == _generic_stream(0x22, bodies)
+    # a failure is named from the segment that holds its sequence number
+    assert batch.op(1).desc == "add-service TCP/10.96.0.1:80"
+    assert batch.op(3).desc == "add-dest TCP/10.96.0.1:80 -> 10.2.0.10:8080"
+    assert batch.op(6).desc == "del-dest TCP/10.96.0.1:80 -> 10.2.0.10:8080"
+    assert batch.op(8).desc == "add-dest UDP/[fd00::1]:53 -> [fd01::5]:5353"
+    assert batch.op(9).desc == "del-service TCP/10.96.0.1:80"
+
+
+def test_batch_hands_full_buffers_to_its_sink() -> None:
+    key = nl.service_key(socket.AF_INET, "TCP", "10.96.0.1", 80)
+    dests = [((f"10.3.{i // 250}.{i % 250}", 80), 1) for i in range(5000)]
+    sent: list[bytes] = []
+    batch = nl.Batch(0x22, sink=lambda view: sent.append(bytes(view)), size=4096)
+    batch.dests(nl.CMD_NEW_DEST, key, dests)
+    batch._flush()
+    assert len(sent) > 100 and all(len(c) <= 4096 + nl._MAX_MSG for c in sent)
+    expected = _generic_stream(0x22, [nl.new_dest(key, ip, port, nl.DestAttrs()).body
+                                      for (ip, port), _ in dests])
+    assert b"".join(sent) == expected
+    assert batch.op(4321).dest == dests[4320][0]
