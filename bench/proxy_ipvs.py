@@ -122,7 +122,7 @@ def phase_floor(n: int) -> dict:
         for s, sl in zip(services, slices, strict=True):
             st = service_state(decode_service(s), [decode_endpointslice(sl)], settings,
                                DEFAULT, [])
-            vips |= st.vips
+            vips.update(st.vips)
             for key, vs in st.servers.items():
                 batch.service(nl.CMD_NEW_SERVICE, key, vs.attrs)
                 batch.dests(nl.CMD_NEW_DEST, key, vs.dests.items())

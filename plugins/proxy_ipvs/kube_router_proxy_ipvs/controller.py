@@ -70,12 +70,12 @@ class ProxyController(Controller):
         self.firewall = firewall
         # What each Service put in the kernel, so a partial sync knows what to take away.
         self.svc_servers: dict[str, AbstractSet[nl.ServiceKey]] = {}
-        self.svc_vips: dict[str, set[str]] = {}
+        self.svc_vips: dict[str, tuple[str, ...]] = {}
         self.svc_states: dict[str, dz.ServiceState] = {}
         self.svc_health: dict[str, tuple[int, int]] = {}  # key -> (hc port, local endpoints)
         self.health = HealthCheckServers()
         self.timeouts = ipvs_timeouts(cfg)
-        self._vip_users: dict[str, set[str]] = {}
+        self._vip_users: dict[str, int] = {}  # VIP -> how many Services bind it
         self._modules_loaded: set[str] = set()
         self._bad_scheduler: set[tuple[str, str]] = set()
         self._scheduler_hooked = True  # until the first full sync looks
@@ -236,22 +236,25 @@ class ProxyController(Controller):
 
         if keys is None:
             remove: set[nl.ServiceKey] = self.ipvs.owned_keys() - desired.keys()
-            vips_add = set().union(*(st.vips for st in states.values())) if states else set()
+            # how many Services bind each VIP (a plain count: no set per address)
+            users: dict[str, int] = {}
+            for st in states.values():
+                for v in st.vips:
+                    users[v] = users.get(v, 0) + 1
+            self._vip_users = users
+            vips_add = users.keys()
             vips_remove = self.dummy.addrs - vips_add
-            # views and sets of the states themselves, not copies (nothing mutates them)
+            # views and tuples of the states themselves, not copies (nothing mutates them)
             self.svc_servers = {n: st.servers.keys() for n, st in states.items()
                                 if st.servers}
             self.svc_vips = {n: st.vips for n, st in states.items() if st.vips}
             self.svc_states = {n: st for n, st in states.items() if st.servers}
-            self._vip_users = {}
             self.svc_health = {n: st.health_check for n, st in states.items()
                                if st.health_check}
-            for n, vips in self.svc_vips.items():
-                for v in vips:
-                    self._vip_users.setdefault(v, set()).add(n)
         else:
             remove = set()
-            vips_add, vips_remove = set(), set()
+            vips_add: AbstractSet[str] = set()
+            vips_remove: set[str] = set()
             for name, st in states.items():
                 old = self.svc_servers.pop(name, set())
                 remove |= old - st.servers.keys()
@@ -260,21 +263,26 @@ class ProxyController(Controller):
                     self.svc_states[name] = st
                 else:
                     self.svc_states.pop(name, None)
-                for v in self.svc_vips.pop(name, set()) - st.vips:
-                    users = self._vip_users.get(v, set())
-                    users.discard(name)
-                    if not users:
+                old_vips = self.svc_vips.pop(name, ())
+                for v in old_vips:
+                    if v in st.vips:
+                        continue
+                    left = self._vip_users.get(v, 1) - 1
+                    if left > 0:
+                        self._vip_users[v] = left
+                    else:
                         self._vip_users.pop(v, None)
                         vips_remove.add(v)
                 for v in st.vips:
-                    self._vip_users.setdefault(v, set()).add(name)
+                    if v not in old_vips:
+                        self._vip_users[v] = self._vip_users.get(v, 0) + 1
                 if st.vips:
                     self.svc_vips[name] = st.vips
                 if st.health_check:
                     self.svc_health[name] = st.health_check
                 else:
                     self.svc_health.pop(name, None)
-                vips_add |= st.vips
+                vips_add.update(st.vips)
             # a key another Service still wants stays (rare: scan only when something goes)
             if remove:
                 remove = {k for k in remove

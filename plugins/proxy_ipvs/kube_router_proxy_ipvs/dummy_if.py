@@ -94,7 +94,7 @@ class DummyInterface:
         """Record what the sent batch did, and report what failed (one line per kind)."""
         addrs, route_src = self.addrs, self.route_src
         src = src or {}
-        for op, addr in batch.what:
+        for op, addr in zip(batch.ops, batch.addrs, strict=True):
             err = failed.get((op, addr))
             if op == rtnl.ADD_ADDRESS:
                 if err in (None, errno.EEXIST):

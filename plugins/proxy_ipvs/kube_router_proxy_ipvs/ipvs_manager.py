@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from dataclasses import field
 
 from kube_router_proxy_ipvs import ipvs_netlink as nl
+from kube_router_proxy_ipvs.desired import Dests
 from kube_router_proxy_ipvs.desired import VirtualServer
 
 log = logging.getLogger(__name__)
@@ -109,7 +110,12 @@ class IPVSManager:
             have = actual.get(key)
             if have is None:
                 batch.service(nl.CMD_NEW_SERVICE, key, want.attrs)
-                batch.dests(nl.CMD_NEW_DEST, key, want.dests.items())
+                dests = want.dests
+                if type(dests) is Dests:
+                    batch.dests_uniform(key, dests.ips, dests.port, dests.weight,
+                                        dests.items())
+                else:
+                    batch.dests(nl.CMD_NEW_DEST, key, dests.items())
                 continue
             if have.attrs != want.attrs:
                 batch.service(nl.CMD_SET_SERVICE, key, want.attrs)

@@ -566,6 +566,33 @@ class Batch:
                     used = 0
         self.used, self.count = used, seq
 
+    def dests_uniform(self, key: ServiceKey, ips: Sequence[str], port: int, weight: int,
+                      naming: Iterable[tuple[tuple[str, int], Any]]) -> None:
+        """NEW_DEST of every address in ``ips``, all on ``port`` with ``weight`` (a new
+        service's real servers, the bulk of a cold sync); ``naming`` yields the same
+        ((ip, port), weight) pairs in the same order, read only to name a failure."""
+        if key.af != _AF_INET:
+            self.dests(CMD_NEW_DEST, key, [((ip, port), weight) for ip in ips])
+            return
+        if self.used + _MAX_MSG > self.limit:
+            self._flush()
+        self._segment(CMD_NEW_DEST, key, naming)  # type: ignore[arg-type]
+        buf, family, aton, pack = self.buf, self.family, _inet_aton, _DEST4_MSG.pack_into
+        req, limit, size = NLM_F_REQUEST, self.limit, _DEST4_MSG.size
+        pre = _dest4_prefix(CMD_NEW_DEST, key, 60)
+        post = _dest4_suffix(weight)
+        port_attr = _PORT_HDR + _BE16.pack(port)
+        seq, used = self.count, self.used
+        for ip in ips:
+            seq += 1
+            pack(buf, used, size, family, req, seq, 0, pre, aton(ip), port_attr, post)
+            used += size
+            if used > limit:
+                self.used, self.count = used, seq
+                self._flush()
+                used = 0
+        self.used, self.count = used, seq
+
     def chunks(self) -> list[bytes]:
         """Without a sink: every encoded byte, in sendmsg-sized chunks."""
         self._flush()

@@ -69,29 +69,32 @@ def _attr(atype: int, payload: bytes) -> bytes:
 class Batch:
     """Address and local-route changes on one link, encoded as they are added.
 
-    Message ``i`` (0-based) carries sequence number ``i + 1``; ``what[i]`` says what it did.
+    Message ``i`` (0-based) carries sequence number ``i + 1``; ``ops[i]`` says what it did
+    to ``addrs[i]`` (two lists of references: no object per message).
     """
 
     def __init__(self, index: int) -> None:
         self.index = index
         self.buf = bytearray()
-        self.what: list[tuple[str, str]] = []
+        self.ops: list[str] = []
+        self.addrs: list[str] = []
         self._cuts: list[int] = []  # offsets where a send chunk ends
         self._last_cut = 0
         self._last_off = 0  # where the last message starts (it gets the ack flag)
 
     def __len__(self) -> int:
-        return len(self.what)
+        return len(self.ops)
 
     def _added(self, op: str, addr: str, start: int) -> None:
-        self.what.append((op, addr))
+        self.ops.append(op)
+        self.addrs.append(addr)
         self._last_off = start
         if len(self.buf) - self._last_cut >= CHUNK_BYTES:
             self._last_cut = len(self.buf)
             self._cuts.append(self._last_cut)
 
     def _generic(self, mtype: int, flags: int, body: bytes) -> None:
-        seq = len(self.what) + 1
+        seq = len(self.ops) + 1
         self.buf += _NLMSG.pack(_NLMSG.size + len(body), mtype, flags, seq, 0) + body
 
     def address(self, addr: str, *, add: bool) -> None:
@@ -101,7 +104,7 @@ class Batch:
         flags = nl.NLM_F_REQUEST | (NLM_F_CREATE | NLM_F_REPLACE if add else 0)
         if ":" not in addr:
             raw = _inet_aton(addr)
-            self.buf += _ADDR4.pack(_ADDR4.size, mtype, flags, len(self.what) + 1, 0,
+            self.buf += _ADDR4.pack(_ADDR4.size, mtype, flags, len(self.ops) + 1, 0,
                                     _AF_INET, 32, 0, RT_SCOPE_LINK, self.index,
                                     8, IFA_LOCAL, raw, 8, IFA_ADDRESS, raw)
         else:
@@ -123,7 +126,7 @@ class Batch:
         fam = _family(addr)
         if fam == _AF_INET and (src is None or ":" not in src):
             dst = _inet_aton(addr)
-            seq = len(self.what) + 1
+            seq = len(self.ops) + 1
             if src is not None:
                 self.buf += _ROUTE4.pack(
                     _ROUTE4.size, RTM_NEWROUTE,
@@ -154,6 +157,11 @@ class Batch:
                 self._generic(RTM_DELROUTE, nl.NLM_F_REQUEST, body)
         self._added(SET_ROUTE if src is not None else DEL_ROUTE, addr, start)
 
+    @property
+    def what(self) -> list[tuple[str, str]]:
+        """(op, address) of every message, in order."""
+        return list(zip(self.ops, self.addrs, strict=True))
+
     def chunks(self) -> Iterator[memoryview]:
         view = memoryview(self.buf)
         start = 0
@@ -164,10 +172,10 @@ class Batch:
 
     def send(self) -> dict[tuple[str, str], int]:
         """Send the batch (blocking); return {(op, address): errno} for what failed."""
-        if not self.what:
+        if not self.ops:
             return {}
         # The last message asks for an ack: it comes after every earlier error.
-        last = len(self.what)
+        last = len(self.ops)
         length, mtype, flags, seq, pid = _NLMSG.unpack_from(self.buf, self._last_off)
         _NLMSG.pack_into(self.buf, self._last_off, length, mtype, flags | nl.NLM_F_ACK, seq,
                          pid)
@@ -183,7 +191,7 @@ class Batch:
                         continue
                     code = -_INT.unpack_from(payload)[0]
                     if code and 0 < mseq <= last:
-                        failed[self.what[mseq - 1]] = code
+                        failed[(self.ops[mseq - 1], self.addrs[mseq - 1])] = code
                     if mseq == last:
                         done = True
                 if done:

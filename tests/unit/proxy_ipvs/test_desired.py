@@ -61,7 +61,7 @@ def test_cluster_ip_with_ready_and_serving_terminating_endpoints():
     assert dict(vs.dests) == {("10.2.0.5", 8080): 1, ("10.2.1.5", 8080): 1,
                               ("10.2.1.6", 8080): 1}
     assert vs.attrs == nl.ServiceAttrs("rr", 0, 0)
-    assert st.vips == {"10.96.0.10"}
+    assert st.vips == ("10.96.0.10",)
 
 
 def test_nodeport_and_session_affinity_and_scheduler_flags():
@@ -71,7 +71,7 @@ def test_nodeport_and_session_affinity_and_scheduler_flags():
     assert set(st.servers) == {key("10.96.0.10", 80), key(NODE_IP, 30080)}
     attrs = st.servers[key(NODE_IP, 30080)].attrs
     assert attrs == nl.ServiceAttrs("mh", nl.SVC_F_PERSISTENT | 0x8 | 0x10, 60)
-    assert st.vips == {"10.96.0.10"}  # the node IP is not put on kube-dummy-if
+    assert st.vips == ("10.96.0.10",)  # the node IP is not put on kube-dummy-if
 
 
 def test_external_traffic_policy_local():
@@ -141,3 +141,28 @@ def test_duration():
     assert duration("42") == 42
     with pytest.raises(Exception, match="invalid duration"):
         duration("5 minutes")
+
+
+def test_shared_port_dests_behave_like_a_dict() -> None:
+    from kube_router_proxy_ipvs.desired import Dests
+
+    d = Dests(("10.2.0.5", "10.2.0.6"), 8080)
+    plain = {("10.2.0.5", 8080): 1, ("10.2.0.6", 8080): 1}
+    assert d == plain and plain == d and dict(d) == plain
+    assert d == Dests(("10.2.0.6", "10.2.0.5"), 8080)  # order does not matter
+    assert d != Dests(("10.2.0.5", "10.2.0.6"), 8081)
+    assert d != Dests(("10.2.0.5",), 8080) and d != {("10.2.0.5", 8080): 1}
+    assert ("10.2.0.5", 8080) in d and ("10.2.0.5", 9090) not in d and "x" not in d
+    assert d.get(("10.2.0.6", 8080)) == 1 and d.get(("10.2.0.7", 8080)) is None
+    assert len(d) == 2 and list(d.items()) == list(plain.items())
+
+
+def test_slices_with_different_target_ports_keep_each_pair() -> None:
+    a = eps(("10.2.0.5", "node-0", True, True, False), name="web-a", port=8080)
+    b = eps(("10.2.0.6", "node-1", True, True, False), name="web-b", port=9090)
+    dup = eps(("10.2.0.5", "node-0", True, True, False), name="web-c", port=8080)
+    st = service_state(svc(), [a, b], S, DEFAULT, [NODE_IP])
+    assert st.servers[key("10.96.0.10", 80)].dests == {("10.2.0.5", 8080): 1,
+                                                      ("10.2.0.6", 9090): 1}
+    st = service_state(svc(), [a, dup], S, DEFAULT, [NODE_IP])
+    assert st.servers[key("10.96.0.10", 80)].dests == {("10.2.0.5", 8080): 1}

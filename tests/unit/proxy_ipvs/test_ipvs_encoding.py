@@ -161,3 +161,13 @@ def test_batch_hands_full_buffers_to_its_sink() -> None:
                                       for (ip, port), _ in dests])
     assert b"".join(sent) == expected
     assert batch.op(4321).dest == dests[4320][0]
+
+
+def test_uniform_dests_encode_like_the_generic_encoder() -> None:
+    key = nl.service_key(socket.AF_INET, "TCP", "10.96.0.1", 80)
+    ips = ("10.2.0.9", "10.2.0.10")
+    batch = nl.Batch(0x22)
+    batch.dests_uniform(key, ips, 8080, 3, [((ip, 8080), 3) for ip in ips])
+    bodies = [nl.new_dest(key, ip, 8080, nl.DestAttrs(weight=3)).body for ip in ips]
+    assert b"".join(batch.chunks()) == _generic_stream(0x22, bodies)
+    assert batch.op(2).desc == "add-dest TCP/10.96.0.1:80 -> 10.2.0.10:8080"
