@@ -59,7 +59,7 @@ class VirtualServer(NamedTuple):
     dests: Mapping[tuple[str, int], int]  # (ip, port) -> weight
 
 
-@dataclass
+@dataclass(slots=True)
 class ServiceState:
     """Everything one Service asks of this node."""
 

@@ -427,6 +427,7 @@ def _dest4_prefix(cmd: int, key: ServiceKey, nested_len: int) -> bytes:
             + _NLA.pack(8, DEST_ATTR_ADDR))
 
 
+@lru_cache(maxsize=256)
 def _dest4_suffix(weight: int) -> bytes:
     """After the port: 2 pad bytes, then AF, FWD (masq), WEIGHT, U_THRESH, L_THRESH."""
     return (b"\0\0" + _AF4_ATTR + struct.pack("=HHI", 8, DEST_ATTR_FWD_METHOD, FWD_MASQ)
