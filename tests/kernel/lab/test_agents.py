@@ -68,10 +68,6 @@ def test_restart_agent_kill_comes_back(lab: Lab) -> None:
         lab.restart("agent", node="node-9")
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "core: a controller's applied resourceVersion advances only when it syncs; bookmarks "
-    "that bring its quiet kinds' informers up to date do not reach it, so after a change "
-    "to one kind it reports min() of the older versions until its next full resync"))
 def test_restart_apiserver_keeps_data(lab: Lab) -> None:
     url = f"http://{lab.spec.apiserver_ip()}:6443/api/v1/nodes"
     lab.restart("apiserver", down=0.5)
