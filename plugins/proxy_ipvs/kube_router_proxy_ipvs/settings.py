@@ -7,40 +7,12 @@ import ipaddress
 import logging
 import re
 
+from kube_router.flags import boolean
+from kube_router.flags import duration
 from kube_router_proxy_ipvs.desired import Network
 from kube_router_proxy_ipvs.desired import Settings
 
 log = logging.getLogger(__name__)
-
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-
-def duration(value: str) -> float:
-    """Seconds from a Go-style duration ("5m", "1m30s", "250ms") or a plain number."""
-    v = value.strip()
-    try:
-        return float(v)
-    except ValueError:
-        pass
-    pos, total = 0, 0.0
-    for m in _DURATION.finditer(v):
-        if m.start() != pos:
-            break
-        total += float(m.group(1)) * _UNITS[m.group(2)]
-        pos = m.end()
-    if pos != len(v) or not v:
-        raise argparse.ArgumentTypeError(f"invalid duration {value!r} (e.g. 30s, 5m, 1h)")
-    return total
-
-
-def boolean(value: str) -> bool:
-    v = value.strip().lower()
-    if v in ("1", "t", "true", "yes", "y", "on"):
-        return True
-    if v in ("0", "f", "false", "no", "n", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
 
 
 def cidr_list(value: str) -> list[str]:

@@ -15,7 +15,6 @@ from kube_router_proxy_ipvs.desired import owns
 from kube_router_proxy_ipvs.desired import service_state
 from kube_router_proxy_ipvs.scheduler import DEFAULT
 from kube_router_proxy_ipvs.scheduler import IPVSScheduler
-from kube_router_proxy_ipvs.settings import duration
 
 NODE_IP = "192.168.10.100"
 S = Settings(node_name="node-0", service_cidrs=(ipaddress.ip_network("10.96.0.0/16"),),
@@ -134,13 +133,6 @@ def test_ownership():
     assert owns(key(NODE_IP, 30080), ex, [NODE_IP], dummy)
     assert not owns(key(NODE_IP, 22), ex, [NODE_IP], dummy)  # outside the NodePort range
     assert owns(key("198.51.100.7", 80), ex, [NODE_IP], dummy)
-
-
-def test_duration():
-    assert duration("5m") == 300 and duration("1m30s") == 90 and duration("250ms") == 0.25
-    assert duration("42") == 42
-    with pytest.raises(Exception, match="invalid duration"):
-        duration("5 minutes")
 
 
 def test_shared_port_dests_behave_like_a_dict() -> None:
