@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import re
 from typing import TYPE_CHECKING
 
 import kube_router
 from kube_router.errors import UsageError
+from kube_router.flags import boolean
+from kube_router.flags import duration
 
 if TYPE_CHECKING:
     from kube_router.agent import Agent
@@ -17,30 +18,6 @@ if TYPE_CHECKING:
     from kube_router.status import StatusSection
 
 log = logging.getLogger(__name__)
-
-_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
-
-
-def duration(value: str) -> float:
-    """Seconds from a Go-style duration ("5m", "90s", "1h30m", "250ms") or a bare number."""
-    v = value.strip()
-    try:
-        return float(v)
-    except ValueError:
-        pass
-    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|s|m|h)", v)
-    if not parts or "".join(n + u for n, u in parts) != v:
-        raise argparse.ArgumentTypeError(f"expected a duration like 90s or 5m, got {value!r}")
-    return sum(float(n) * _UNITS[u] for n, u in parts)
-
-
-def _bool(value: str) -> bool:
-    v = value.strip().lower()
-    if v in ("1", "t", "true", "yes", "y", "on"):
-        return True
-    if v in ("0", "f", "false", "no", "n", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
 
 
 def _list(value: str) -> list[str]:
@@ -57,7 +34,7 @@ def kube_router_add_options(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("router (BGP pod routing, kube-router's --run-router)")
 
     def flag(name: str, default: bool, text: str) -> None:
-        g.add_argument(name, type=_bool, nargs="?", const=True, default=default,
+        g.add_argument(name, type=boolean, nargs="?", const=True, default=default,
                        metavar="BOOL", help=f"{text} (default {str(default).lower()})")
 
     g.add_argument("--routes-sync-period", type=duration, default=300.0, metavar="DURATION",

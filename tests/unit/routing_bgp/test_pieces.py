@@ -8,12 +8,12 @@ import socket
 
 import pytest
 
+from kube_router.flags import duration
 from kube_router_routing_bgp import kernel_routes as kr
 from kube_router_routing_bgp import pod_network
 from kube_router_routing_bgp.gobgpd import Gobgpd
 from kube_router_routing_bgp.gobgpd import PeerConfig
 from kube_router_routing_bgp.gobgpd import admin_target
-from kube_router_routing_bgp.plugin import duration
 
 
 @pytest.mark.parametrize("text,seconds", [("5m", 300), ("90s", 90), ("1h30m", 5400),
