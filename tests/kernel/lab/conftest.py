@@ -27,11 +27,10 @@ def _skip_reason() -> str | None:
 _REASON = _skip_reason()
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if _REASON is None:
-        return
-    skip = pytest.mark.skip(reason=_REASON)
-    here = os.path.dirname(__file__)
-    for item in items:
-        if str(item.fspath).startswith(here):
-            item.add_marker(skip)
+@pytest.fixture(autouse=True)
+def _kernel_prerequisites() -> None:
+    """Skip, with the reason, where this directory's tests cannot run."""
+    if _REASON is not None:
+        pytest.skip(_REASON)
+
+

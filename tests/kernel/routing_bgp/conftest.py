@@ -34,13 +34,11 @@ def _reason() -> str | None:
 _REASON = _reason()
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if _REASON is None:
-        return
-    here = os.path.dirname(__file__)
-    for item in items:
-        if str(item.fspath).startswith(here):
-            item.add_marker(pytest.mark.skip(reason=_REASON))
+@pytest.fixture(autouse=True)
+def _kernel_prerequisites() -> None:
+    """Skip, with the reason, where this directory's tests cannot run."""
+    if _REASON is not None:
+        pytest.skip(_REASON)
 
 
 @pytest.fixture
