@@ -18,7 +18,7 @@ from typing import Any
 import pluggy
 
 from kube_router.bus import Bus
-from kube_router.bus import _Subscription
+from kube_router.bus import Subscription
 from kube_router.controller import Controller
 from kube_router.kube.kinds import ENDPOINTSLICE
 from kube_router.kube.kinds import KINDS
@@ -71,7 +71,7 @@ class Agent:
         self._stores: dict[str, Store] = {}
         self.informers: dict[str, Informer] = {}
         self.controllers: list[Controller] = []
-        self._subscriptions: dict[int, list[_Subscription]] = {}
+        self._subscriptions: dict[int, list[Subscription]] = {}
         self._stop = asyncio.Event()
 
     # -- what controllers use ---------------------------------------------------------------

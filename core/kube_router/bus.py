@@ -45,7 +45,9 @@ class Event:
 Subscriber = Callable[[Event], None]
 
 
-class _Subscription:
+class Subscription:
+    """One subscriber's queue and the task that feeds it its events."""
+
     def __init__(self, name: str, callback: Subscriber) -> None:
         self.name = name
         self.callback = callback
@@ -68,11 +70,11 @@ class Bus:
     """Fan events out to subscribers by kind. Lives on the agent's event loop."""
 
     def __init__(self) -> None:
-        self._subs: dict[str, list[_Subscription]] = defaultdict(list)
+        self._subs: dict[str, list[Subscription]] = defaultdict(list)
         self.published: dict[str, int] = defaultdict(int)
 
-    def subscribe(self, kind: str, callback: Subscriber, *, name: str = "") -> _Subscription:
-        sub = _Subscription(name or getattr(callback, "__qualname__", repr(callback)), callback)
+    def subscribe(self, kind: str, callback: Subscriber, *, name: str = "") -> Subscription:
+        sub = Subscription(name or getattr(callback, "__qualname__", repr(callback)), callback)
         self._subs[kind].append(sub)
         try:
             loop = asyncio.get_running_loop()
