@@ -1,0 +1,280 @@
+"""Removed endpoints in the kernel: graceful drain at weight 0, and the UDP conntrack flush."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import subprocess
+import sys
+from collections.abc import Callable
+from collections.abc import Iterator
+from types import SimpleNamespace
+
+import pytest
+
+from kube_router_proxy_ipvs.controller import ProxyController
+from kube_router_proxy_ipvs.firewall import ServiceFirewall
+
+pytestmark = pytest.mark.kernel
+
+VIP = "10.96.0.90"
+PODS = {"px-g1": "10.251.1.2", "px-g2": "10.251.2.2"}
+
+# Each pod says who it is: TCP sends its IP on accept then echoes; UDP answers with its IP.
+POD_SERVER = """
+import socket, sys, threading
+me = sys.argv[1]
+srv = socket.socket()
+srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind(("0.0.0.0", 8080))
+srv.listen(64)
+udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+udp.bind(("0.0.0.0", 5353))
+def udp_loop():
+    while True:
+        _, peer = udp.recvfrom(2048)
+        udp.sendto(me.encode(), peer)
+def echo(c):
+    c.sendall((me + "\\n").encode())
+    while True:
+        data = c.recv(4096)
+        if not data:
+            break
+        c.sendall(data)
+    c.close()
+threading.Thread(target=udp_loop, daemon=True).start()
+print("ready", flush=True)
+while True:
+    conn, _ = srv.accept()
+    threading.Thread(target=echo, args=(conn,), daemon=True).start()
+"""
+
+
+@pytest.fixture
+def pods(clean_ipvs: None, sh: Callable[..., str], k8s: SimpleNamespace) -> Iterator[list[str]]:
+    """The node IP on a dummy link, and two pod namespaces behind veths running POD_SERVER."""
+    sh(["ip", "link", "add", "px-node0", "type", "dummy"])
+    sh(["ip", "addr", "add", f"{k8s.NODE_IP}/24", "dev", "px-node0"])
+    sh(["ip", "link", "set", "px-node0", "up"])
+    servers: list[subprocess.Popen[str]] = []
+    try:
+        for i, (ns, ip) in enumerate(PODS.items(), start=1):
+            host_if, gw = f"px-gv{i}", ip.rsplit(".", 1)[0] + ".1"
+            sh(["ip", "netns", "add", ns])
+            sh(["ip", "link", "add", host_if, "type", "veth", "peer", "name", "eth0",
+                "netns", ns])
+            sh(["ip", "addr", "add", f"{gw}/24", "dev", host_if])
+            sh(["ip", "link", "set", host_if, "up"])
+            for argv in (["addr", "add", f"{ip}/24", "dev", "eth0"],
+                         ["link", "set", "eth0", "up"], ["link", "set", "lo", "up"],
+                         ["route", "add", "default", "via", gw]):
+                sh(["ip", "-n", ns, *argv])
+            proc = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c",
+                                     POD_SERVER, ip], stdout=subprocess.PIPE, text=True)
+            servers.append(proc)
+            assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        yield list(PODS.values())
+    finally:
+        for proc in servers:
+            proc.kill()
+            proc.wait()
+        for ns in PODS:
+            subprocess.run(["ip", "netns", "del", ns], check=False)
+        subprocess.run(["ip", "link", "del", "px-node0"], check=False)
+        subprocess.run(["conntrack", "-F"], capture_output=True, check=False)
+
+
+async def controller(k8s: SimpleNamespace, ports: list[tuple[str, str, int]],
+                     target: list[tuple[str, str, int]], ips: list[str],
+                     *args: str) -> ProxyController:
+    agent = k8s.make_agent(*args)
+    ctl = ProxyController(agent, ServiceFirewall(agent.config))
+    k8s.put(agent, k8s.node())
+    k8s.put(agent, k8s.service("drain", VIP, ports))
+    k8s.put(agent, k8s.endpointslice("drain", ips, target))
+    await ctl.start()
+    await ctl.sync(None)
+    return ctl
+
+
+def dest_lines(rules: list[str], proto: str = "-t") -> dict[str, str]:
+    """Real server ip -> its weight for the test's virtual server."""
+    out = {}
+    for line in rules:
+        words = line.split()
+        if words[:3] == ["-a", proto, f"{VIP}:80" if proto == "-t" else f"{VIP}:53"]:
+            out[words[4].split(":")[0]] = words[words.index("-w") + 1]
+    return out
+
+
+class Conn:
+    """A TCP connection through the VIP that knows which pod answered."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_connection((VIP, 80), timeout=5)
+        self.pod = self._line()
+
+    def _line(self) -> str:
+        got = b""
+        while not got.endswith(b"\n"):
+            chunk = self.sock.recv(4096)
+            assert chunk, "connection closed"
+            got += chunk
+        return got.decode().strip()
+
+    def roundtrip(self, msg: str) -> None:
+        self.sock.sendall(msg.encode() + b"\n")
+        assert self._line() == msg
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+TCP = [("http", "TCP", 80)]
+TCP_TARGET = [("http", "TCP", 8080)]
+
+
+def test_graceful_drain_keeps_held_connection(pods: list[str], k8s: SimpleNamespace,
+                                              ipvs_rules: Callable[[], list[str]]) -> None:
+    async def main() -> None:
+        ctl = await controller(k8s, TCP, TCP_TARGET, pods, "--ipvs-graceful-termination",
+                               "--ipvs-graceful-period", "4s")
+        agent = ctl.agent
+        assert dest_lines(ipvs_rules()) == {pods[0]: "1", pods[1]: "1"}
+        held = Conn()
+        gone = held.pod
+        stay = pods[1] if gone == pods[0] else pods[0]
+        k8s.put(agent, k8s.endpointslice("drain", [stay], TCP_TARGET))
+        await ctl.sync(frozenset({"default/drain"}))
+        # drained, not deleted: weight 0 while it holds a connection
+        assert dest_lines(ipvs_rules()) == {gone: "0", stay: "1"}
+        held.roundtrip("during drain")
+        # new connections never go to it
+        for _ in range(6):
+            c = Conn()
+            assert c.pod == stay
+            c.close()
+        # a check before the period ends keeps it (it has a connection)
+        ctl.ipvs.reap()
+        assert dest_lines(ipvs_rules()) == {gone: "0", stay: "1"}
+        held.roundtrip("still draining")
+        # the period passes with the connection still open: removed
+        await asyncio.sleep(4.2)
+        ctl.ipvs.reap()
+        assert dest_lines(ipvs_rules()) == {stay: "1"}
+        assert not ctl.ipvs.draining
+        held.close()
+        # a later sync does not bring it back, and has nothing to do
+        await ctl.sync(frozenset({"default/drain"}))
+        assert ctl.last_result.ops == 0
+        assert dest_lines(ipvs_rules()) == {stay: "1"}
+        await ctl.stop()
+
+    asyncio.run(main())
+
+
+def test_graceful_drain_without_connections_removed_at_first_check(
+        pods: list[str], k8s: SimpleNamespace, ipvs_rules: Callable[[], list[str]]) -> None:
+    async def main() -> None:
+        ctl = await controller(k8s, TCP, TCP_TARGET, pods, "--ipvs-graceful-termination",
+                               "--ipvs-graceful-period", "60s")
+        k8s.put(ctl.agent, k8s.endpointslice("drain", [pods[1]], TCP_TARGET))
+        await ctl.sync(frozenset({"default/drain"}))
+        assert dest_lines(ipvs_rules()) == {pods[0]: "0", pods[1]: "1"}
+        # no connection ever went to it: the first check removes it, long before 60 s
+        ctl.ipvs.reap()
+        assert dest_lines(ipvs_rules()) == {pods[1]: "1"}
+        assert not ctl.ipvs.draining
+        await ctl.stop()
+
+    asyncio.run(main())
+
+
+def test_graceful_endpoint_back_during_drain(pods: list[str], k8s: SimpleNamespace,
+                                             ipvs_rules: Callable[[], list[str]]) -> None:
+    async def main() -> None:
+        ctl = await controller(k8s, TCP, TCP_TARGET, pods, "--ipvs-graceful-termination",
+                               "--ipvs-graceful-period", "60s")
+        held = Conn()
+        other = pods[1] if held.pod == pods[0] else pods[0]
+        k8s.put(ctl.agent, k8s.endpointslice("drain", [other], TCP_TARGET))
+        await ctl.sync(frozenset({"default/drain"}))
+        assert dest_lines(ipvs_rules())[held.pod] == "0"
+        k8s.put(ctl.agent, k8s.endpointslice("drain", pods, TCP_TARGET))
+        await ctl.sync(frozenset({"default/drain"}))
+        assert dest_lines(ipvs_rules()) == {pods[0]: "1", pods[1]: "1"}
+        assert not ctl.ipvs.draining
+        ctl.ipvs.reap()
+        assert dest_lines(ipvs_rules()) == {pods[0]: "1", pods[1]: "1"}
+        held.roundtrip("back")
+        held.close()
+        await ctl.stop()
+
+    asyncio.run(main())
+
+
+def test_without_graceful_removed_at_once(pods: list[str], k8s: SimpleNamespace,
+                                          ipvs_rules: Callable[[], list[str]]) -> None:
+    async def main() -> None:
+        ctl = await controller(k8s, TCP, TCP_TARGET, pods)
+        held = Conn()
+        other = pods[1] if held.pod == pods[0] else pods[0]
+        k8s.put(ctl.agent, k8s.endpointslice("drain", [other], TCP_TARGET))
+        await ctl.sync(frozenset({"default/drain"}))
+        assert dest_lines(ipvs_rules()) == {other: "1"}
+        assert not ctl.ipvs.draining
+        held.close()
+        for _ in range(4):
+            c = Conn()
+            assert c.pod == other
+            c.close()
+        await ctl.stop()
+
+    asyncio.run(main())
+
+
+UDP = [("dns", "UDP", 53)]
+UDP_TARGET = [("dns", "UDP", 5353)]
+
+
+def udp_flows(sh: Callable[..., str]) -> dict[str, int]:
+    """Pod ip -> how many UDP conntrack entries to the VIP it answers."""
+    out = subprocess.run(["conntrack", "-L", "-p", "udp", "--orig-dst", VIP],
+                         capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stderr
+    counts: dict[str, int] = {}
+    for line in out.stdout.splitlines():
+        srcs = [w.split("=", 1)[1] for w in line.split() if w.startswith("src=")]
+        if len(srcs) == 2:  # the reply direction's source is the real server
+            counts[srcs[1]] = counts.get(srcs[1], 0) + 1
+    return counts
+
+
+def test_udp_removal_flushes_only_that_endpoints_conntrack(
+        pods: list[str], k8s: SimpleNamespace, sh: Callable[..., str],
+        ipvs_rules: Callable[[], list[str]]) -> None:
+    async def main() -> None:
+        ctl = await controller(k8s, UDP, UDP_TARGET, pods)
+        assert dest_lines(ipvs_rules(), "-u") == {pods[0]: "1", pods[1]: "1"}
+        socks = []
+        answered: dict[str, int] = {}
+        # round robin over new flows (a new source port each): both pods get some
+        for _ in range(8):
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.settimeout(5)
+            s.sendto(b"q", (VIP, 53))
+            who = s.recv(64).decode()
+            answered[who] = answered.get(who, 0) + 1
+            socks.append(s)
+        assert answered == {pods[0]: 4, pods[1]: 4}
+        assert udp_flows(sh) == {pods[0]: 4, pods[1]: 4}
+        k8s.put(ctl.agent, k8s.endpointslice("drain", [pods[1]], UDP_TARGET))
+        await ctl.sync(frozenset({"default/drain"}))
+        assert dest_lines(ipvs_rules(), "-u") == {pods[1]: "1"}
+        # only the removed endpoint's flows went; the other pod's clients keep theirs
+        assert udp_flows(sh) == {pods[1]: 4}
+        for s in socks:
+            s.close()
+        await ctl.stop()
+
+    asyncio.run(main())
