@@ -134,6 +134,13 @@ class DummyInterface:
             failed = batch.send()
         self.sent += len(batch)
         self.commit(batch, failed, src)
+        if not (src and src.get(6)):
+            return  # IPv4 routes were replaced in place; nothing more to do
+        routed6 = {a for op, a in batch.what
+                   if op == rtnl.SET_ROUTE and ":" in a and (op, a) not in failed}
+        if routed6:
+            new = {a for op, a in batch.what if op == rtnl.ADD_ADDRESS}
+            await asyncio.to_thread(rtnl.drop_kernel_routes6, self.index, routed6, new)
 
     async def sync(self, desired: set[str], src: Mapping[int, str] | None = None) -> None:
         await self.update(desired, self.addrs - desired, src)

@@ -24,6 +24,7 @@ IFA_ADDRESS = 1
 IFA_LOCAL = 2
 RTA_DST = 1
 RTA_OIF = 4
+RTA_PRIORITY = 6
 RTA_PREFSRC = 7
 RTA_TABLE = 15
 RT_TABLE_LOCAL = 255
@@ -211,36 +212,83 @@ def _socket() -> socket.socket:
     return sock
 
 
+def _dump_local(sock: socket.socket, index: int, fam: int) -> Iterator[tuple[str, str, int]]:
+    """(destination, preferred source or "", metric) of the local-table host routes
+    through link ``index`` in one family."""
+    body = _RTMSG.pack(fam, 0, 0, 0, RT_TABLE_LOCAL, 0, 0, 0, 0)
+    sock.send(_NLMSG.pack(_NLMSG.size + len(body), RTM_GETROUTE,
+                          nl.NLM_F_REQUEST | nl.NLM_F_DUMP, fam, 0) + body)
+    done = False
+    while not done:
+        for mtype, _f, _seq, payload in nl.iter_messages(sock.recv(1 << 20)):
+            if mtype in (nl.NLMSG_DONE, nl.NLMSG_ERROR):
+                done = True
+                break
+            if mtype != RTM_NEWROUTE:
+                continue
+            family, plen, _s, _t, table, _p, _sc, rtype, _fl = _RTMSG.unpack_from(payload)
+            attrs = nl.parse_attrs(payload, _RTMSG.size)
+            table = _INT.unpack(attrs[RTA_TABLE][:4])[0] if RTA_TABLE in attrs else table
+            if table != RT_TABLE_LOCAL or rtype != RTN_LOCAL:
+                continue
+            if RTA_OIF not in attrs or _INT.unpack(attrs[RTA_OIF][:4])[0] != index:
+                continue
+            if RTA_DST not in attrs or plen != (32 if family == _AF_INET else 128):
+                continue
+            dst = socket.inet_ntop(family, attrs[RTA_DST])
+            src = socket.inet_ntop(family, attrs[RTA_PREFSRC]) if RTA_PREFSRC in attrs \
+                else ""
+            metric = _INT.unpack(attrs[RTA_PRIORITY][:4])[0] if RTA_PRIORITY in attrs else 0
+            yield dst, src, metric
+
+
 def local_routes(index: int) -> dict[str, str]:
     """{destination: preferred source} of the local-table host routes through link ``index``
-    (both families; blocking)."""
+    (both families; blocking). Of two IPv6 routes to one address, the one lookups use (the
+    lowest metric) counts."""
     out: dict[str, str] = {}
+    best: dict[str, int] = {}
     with _socket() as sock:
         for fam in (socket.AF_INET, socket.AF_INET6):
-            body = _RTMSG.pack(fam, 0, 0, 0, RT_TABLE_LOCAL, 0, 0, 0, 0)
-            sock.send(_NLMSG.pack(_NLMSG.size + len(body), RTM_GETROUTE,
-                                  nl.NLM_F_REQUEST | nl.NLM_F_DUMP, fam, 0) + body)
-            done = False
-            while not done:
-                for mtype, _f, _seq, payload in nl.iter_messages(sock.recv(1 << 20)):
-                    if mtype in (nl.NLMSG_DONE, nl.NLMSG_ERROR):
-                        done = True
-                        break
-                    if mtype != RTM_NEWROUTE:
-                        continue
-                    family, plen, _s, _t, table, _p, _sc, rtype, _fl = _RTMSG.unpack_from(
-                        payload)
-                    attrs = nl.parse_attrs(payload, _RTMSG.size)
-                    table = _INT.unpack(attrs[RTA_TABLE][:4])[0] if RTA_TABLE in attrs \
-                        else table
-                    if table != RT_TABLE_LOCAL or rtype != RTN_LOCAL:
-                        continue
-                    if RTA_OIF not in attrs or _INT.unpack(attrs[RTA_OIF][:4])[0] != index:
-                        continue
-                    if RTA_DST not in attrs or plen != (32 if family == _AF_INET else 128):
-                        continue
-                    dst = socket.inet_ntop(family, attrs[RTA_DST])
-                    src = socket.inet_ntop(family, attrs[RTA_PREFSRC]) \
-                        if RTA_PREFSRC in attrs else ""
+            for dst, src, metric in _dump_local(sock, index, fam):
+                if dst not in best or metric < best[dst]:
+                    best[dst] = metric
                     out[dst] = src
     return out
+
+
+def drop_kernel_routes6(index: int, addrs: set[str], new: set[str],
+                        wait: float = 0.2) -> set[str]:
+    """Delete the kernel's own metric-0 local routes of the IPv6 ``addrs`` on link ``index``,
+    so that ours (sourced from the node IP) is the one lookups use; returns those deleted.
+
+    A request cannot ask for metric 0 (it means the default, 1024), so ours cannot replace
+    the kernel's route; and the kernel adds that route from a work queue after the address,
+    so for the ``new`` addresses of this batch it may not be there yet: wait for it up to
+    ``wait`` seconds. A delete without a metric takes the lowest, the kernel's.
+    """
+    import time
+
+    pending, deleted = set(addrs), set()
+    deadline = time.monotonic() + wait
+    with _socket() as sock:
+        while pending:
+            kernel = {dst for dst, src, metric in _dump_local(sock, index, socket.AF_INET6)
+                      if metric == 0 and dst in pending}
+            for dst in kernel:
+                body = (_RTMSG.pack(socket.AF_INET6, 128, 0, 0, RT_TABLE_LOCAL, 0,
+                                    RT_SCOPE_NOWHERE, RTN_LOCAL, 0)
+                        + _attr(RTA_DST, socket.inet_pton(socket.AF_INET6, dst))
+                        + _attr(RTA_OIF, struct.pack("=I", index)))
+                sock.send(_NLMSG.pack(_NLMSG.size + len(body), RTM_DELROUTE,
+                                      nl.NLM_F_REQUEST | nl.NLM_F_ACK, 1, 0) + body)
+                for mtype, _f, _seq, payload in nl.iter_messages(sock.recv(1 << 16)):
+                    if mtype == nl.NLMSG_ERROR and _INT.unpack_from(payload)[0] == 0:
+                        deleted.add(dst)
+            pending -= kernel
+            # an address that was already there has no kernel route left to wait for
+            pending &= new
+            if not pending or time.monotonic() > deadline:
+                break
+            time.sleep(0.005)
+    return deleted

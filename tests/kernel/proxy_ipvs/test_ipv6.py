@@ -136,11 +136,24 @@ def test_dual_stack_service(pod: None, k8s: SimpleNamespace, sh: Callable[..., s
         assert sorted(ipvs_rules()) == sorted(v4_rules + v6_rules)
         assert dummy_addrs(sh, "-6") == {f"{VIP6}/128"}
         assert dummy_addrs(sh, "-4") == {f"{VIP4}/32"}
+        # host-originated traffic to the v6 VIP leaves from the node's IPv6 address (the
+        # kernel's own local route, which has no source, is gone: ours is the only one)
+        local = sh(["ip", "-6", "route", "show", "table", "local", VIP6])
+        assert len(local.splitlines()) == 1, local
+        route = sh(["ip", "-6", "route", "get", VIP6])
+        assert f"src {NODE_IP6}" in route, route
         roundtrip(VIP4, socket.AF_INET)
         roundtrip(VIP6, socket.AF_INET6)
         # a second sync has nothing to do
         await ctl.sync(None)
         assert ctl.last_result.ops == 0
+        # nor a restarted controller, which reads our route back
+        ctl2 = ProxyController(agent, ServiceFirewall(agent.config))
+        await ctl2.start()
+        assert ctl2.dummy.route_src == {VIP4: k8s.NODE_IP, VIP6: NODE_IP6}
+        await ctl2.sync(None)
+        assert ctl2.last_result.ops == 0
+        await ctl2.stop()
 
         # the Service goes single-stack: the v6 virtual server and VIP go, v4 stays
         k8s.put(agent, dual_service(k8s, v6=False))
@@ -148,6 +161,7 @@ def test_dual_stack_service(pod: None, k8s: SimpleNamespace, sh: Callable[..., s
         await ctl.sync(frozenset({"default/dual"}))
         assert sorted(ipvs_rules()) == sorted(v4_rules)
         assert dummy_addrs(sh, "-6") == set()
+        assert sh(["ip", "-6", "route", "show", "table", "local", VIP6]) == ""
         assert dummy_addrs(sh, "-4") == {f"{VIP4}/32"}
         roundtrip(VIP4, socket.AF_INET)
 
@@ -157,6 +171,7 @@ def test_dual_stack_service(pod: None, k8s: SimpleNamespace, sh: Callable[..., s
         await ctl.sync(frozenset({"default/dual"}))
         assert sorted(ipvs_rules()) == sorted(v4_rules + v6_rules)
         roundtrip(VIP6, socket.AF_INET6)
+        assert f"src {NODE_IP6}" in sh(["ip", "-6", "route", "get", VIP6])
         k8s.remove(agent, "Service", "default/dual")
         await ctl.sync(frozenset({"default/dual"}))
         assert ipvs_rules() == []
