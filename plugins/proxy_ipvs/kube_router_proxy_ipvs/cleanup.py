@@ -40,9 +40,6 @@ def _delete_services(settings: dz.Settings, node_ips: list[str], dummy: set[str]
 
 async def cleanup(config: argparse.Namespace) -> None:
     settings = settings_from_config(config, "")
-    families = [4] if settings.ipv4 else []
-    if settings.ipv6:
-        families.append(6)
     dummy = DummyInterface()
     dummy_addrs: set[str] = set()
     try:
@@ -57,7 +54,8 @@ async def cleanup(config: argparse.Namespace) -> None:
         log.warning("cleanup cannot read link name=%s error=%s", dummy.name, exc)
     node_ips = await local_addresses()
     deleted = await asyncio.to_thread(_delete_services, settings, node_ips, dummy_addrs)
-    await cleanup_firewall(families or [4])
+    # Both families whatever the flags say now: the node may have run with the other one.
+    await cleanup_firewall([4, 6])
     try:
         removed = await delete_link()
     except Exception as exc:

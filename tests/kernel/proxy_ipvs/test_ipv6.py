@@ -180,8 +180,11 @@ def test_dual_stack_service(pod: None, k8s: SimpleNamespace, sh: Callable[..., s
 
     try:
         asyncio.run(main())
+        assert "inet6:kube-router-svip" in sh(["ipset", "list", "-n"])
+        assert "KUBE-ROUTER-SERVICES" in sh(["ip6tables-legacy-save"])
     finally:
-        # also after a failure: later tests expect no chains or sets of ours
-        asyncio.run(cleanup(agent.config))
+        # also after a failure: later tests expect no chains or sets of ours. Cleanup run
+        # without --enable-ipv6 removes the IPv6 side too (the flags may have changed since).
+        asyncio.run(cleanup(k8s.make_agent().config))
     assert "KUBE-ROUTER" not in sh(["ip6tables-legacy-save"])
     assert "kube-router" not in sh(["ipset", "list", "-n"])
