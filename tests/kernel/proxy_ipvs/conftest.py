@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import subprocess
+import sys
 from collections.abc import Callable
 from collections.abc import Iterator
 from types import SimpleNamespace
@@ -148,3 +149,42 @@ def k8s() -> SimpleNamespace:
     return SimpleNamespace(NODE=NODE, NODE_IP=NODE_IP, make_agent=make_agent,
                            service=service, endpointslice=endpointslice, node=node, put=put,
                            remove=remove)
+
+
+#: A TCP echo server on port 8080, IPv4 and IPv6 alike, for a pod namespace.
+ECHO_SERVER = """
+import socket, threading
+srv = socket.socket(socket.AF_INET6)
+srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+srv.bind(("::", 8080))
+srv.listen(16)
+print("ready", flush=True)
+def echo(c):
+    while True:
+        data = c.recv(4096)
+        if not data:
+            break
+        c.sendall(data)
+while True:
+    conn, _ = srv.accept()
+    threading.Thread(target=echo, args=(conn,), daemon=True).start()
+"""
+
+
+@pytest.fixture
+def echo_server() -> Iterator[Callable[[str], subprocess.Popen[str]]]:
+    """Start the echo server in a namespace; returns once it listens, stops it after."""
+    started: list[subprocess.Popen[str]] = []
+
+    def start(netns: str) -> subprocess.Popen[str]:
+        server = subprocess.Popen(["ip", "netns", "exec", netns, sys.executable, "-c",
+                                   ECHO_SERVER], stdout=subprocess.PIPE, text=True)
+        started.append(server)
+        assert server.stdout is not None and server.stdout.readline().strip() == "ready"
+        return server
+
+    yield start
+    for server in started:
+        server.kill()
+        server.wait()

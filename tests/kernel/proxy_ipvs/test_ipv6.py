@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import socket
 import subprocess
-import sys
 from collections.abc import Callable
 from collections.abc import Iterator
 from types import SimpleNamespace
@@ -22,34 +21,14 @@ POD4, POD6 = "10.252.0.2", "fd00:252::2"
 NODE_IP6 = "fd00:77::10"
 
 # Listens on both families (a v6 socket with IPV6_V6ONLY off) and echoes.
-ECHO = """
-import socket, threading
-srv = socket.socket(socket.AF_INET6)
-srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-srv.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-srv.bind(("::", 8080))
-srv.listen(16)
-print("ready", flush=True)
-def echo(c):
-    while True:
-        data = c.recv(4096)
-        if not data:
-            break
-        c.sendall(data)
-while True:
-    conn, _ = srv.accept()
-    threading.Thread(target=echo, args=(conn,), daemon=True).start()
-"""
-
-
 @pytest.fixture
-def pod(clean_ipvs: None, sh: Callable[..., str], k8s: SimpleNamespace) -> Iterator[None]:
+def pod(clean_ipvs: None, sh: Callable[..., str], k8s: SimpleNamespace,
+        echo_server: Callable[[str], object]) -> Iterator[None]:
     """The node's IPv4 and IPv6 addresses on a dummy link, and a dual-stack pod namespace."""
     sh(["ip", "link", "add", "px-node0", "type", "dummy"])
     sh(["ip", "addr", "add", f"{k8s.NODE_IP}/24", "dev", "px-node0"])
     sh(["ip", "addr", "add", f"{NODE_IP6}/64", "dev", "px-node0", "nodad"])
     sh(["ip", "link", "set", "px-node0", "up"])
-    server = None
     try:
         sh(["ip", "netns", "add", "px-v6pod"])
         sh(["ip", "link", "add", "px-v6veth", "type", "veth", "peer", "name", "eth0",
@@ -63,14 +42,9 @@ def pod(clean_ipvs: None, sh: Callable[..., str], k8s: SimpleNamespace) -> Itera
                      ["route", "add", "default", "via", "10.252.0.1"],
                      ["-6", "route", "add", "default", "via", "fd00:252::1"]):
             sh(["ip", "-n", "px-v6pod", *argv])
-        server = subprocess.Popen(["ip", "netns", "exec", "px-v6pod", sys.executable, "-c",
-                                   ECHO], stdout=subprocess.PIPE, text=True)
-        assert server.stdout is not None and server.stdout.readline().strip() == "ready"
+        echo_server("px-v6pod")
         yield
     finally:
-        if server is not None:
-            server.kill()
-            server.wait()
         subprocess.run(["ip", "netns", "del", "px-v6pod"], check=False)
         subprocess.run(["ip", "link", "del", "px-node0"], check=False)
 

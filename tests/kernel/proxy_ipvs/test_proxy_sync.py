@@ -190,31 +190,9 @@ def test_cleanup_removes_only_ours(world: World) -> None:
     assert "kube-router" not in world.sh(["ipset", "list", "-n"])
 
 
-ECHO_SERVER = """
-import socket, threading
-srv = socket.socket()
-srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-srv.bind(("0.0.0.0", 8080))
-srv.listen(16)
-print("ready", flush=True)
-def echo(c):
-    while True:
-        data = c.recv(4096)
-        if not data:
-            break
-        c.sendall(data)
-while True:
-    conn, _ = srv.accept()
-    threading.Thread(target=echo, args=(conn,), daemon=True).start()
-"""
-
-
 @pytest.fixture
-def pod(world: World) -> Iterator[str]:
+def pod(world: World, echo_server: Callable[[str], object]) -> Iterator[str]:
     """A pod-like namespace 10.250.0.2 behind a veth, running a TCP echo server on 8080."""
-    import subprocess
-    import sys
-
     sh = world.sh
     sh(["ip", "netns", "add", "px-pod"])
     sh(["ip", "link", "add", "px-veth0", "type", "veth", "peer", "name", "eth0",
@@ -225,14 +203,10 @@ def pod(world: World) -> Iterator[str]:
                  ["ip", "link", "set", "eth0", "up"], ["ip", "link", "set", "lo", "up"],
                  ["ip", "route", "add", "default", "via", "10.250.0.1"]):
         sh(["ip", "-n", "px-pod", *argv[1:]])
-    server = subprocess.Popen(["ip", "netns", "exec", "px-pod", sys.executable, "-c",
-                               ECHO_SERVER], stdout=subprocess.PIPE, text=True)
     try:
-        assert server.stdout is not None and server.stdout.readline().strip() == "ready"
+        echo_server("px-pod")
         yield "10.250.0.2"
     finally:
-        server.kill()
-        server.wait()
         sh(["ip", "netns", "del", "px-pod"])
 
 
