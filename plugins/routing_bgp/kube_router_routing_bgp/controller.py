@@ -4,6 +4,7 @@ into the kernel, and the node's pod network (CNI config, kube-bridge, egress mas
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import ipaddress
@@ -46,6 +47,17 @@ _ALL = "nodes"
 PRUNE_GRACE = 60.0
 
 
+def service_cidrs(cfg: argparse.Namespace) -> list[str]:
+    """The service CIDRs from the proxy's --service-cluster-ip-range, when it is installed.
+
+    That flag is repeatable and comma-separated, so it parses to a list of lists.
+    """
+    out: list[str] = []
+    for item in getattr(cfg, "service_cluster_ip_range", None) or ():
+        out.extend(item if isinstance(item, list) else str(item).split(","))
+    return [c.strip() for c in out if c.strip()]
+
+
 #: Seconds a newly added node peer may hold back readiness while its session comes up
 #: and its pod routes arrive (sessions take a few seconds to establish).
 CONVERGE_GRACE = 20.0
@@ -83,7 +95,7 @@ class RouterController(Controller):
         self._peer_added_at: dict[str, float] = {}  # monotonic time each peer was added
         self._vip_paths: set[str] = set()
         self._reject_nets: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
-        for cidr in getattr(cfg, "service_cluster_ip_range", None) or ():
+        for cidr in service_cidrs(cfg):
             with contextlib.suppress(ValueError):
                 self._reject_nets.append(ipaddress.ip_network(cidr, strict=False))
         self.overlay: Overlay | None = Overlay(cfg.overlay_type) if cfg.enable_overlay else None

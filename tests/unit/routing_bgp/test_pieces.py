@@ -104,3 +104,14 @@ def test_admin_target() -> None:
     assert admin_target("127.0.0.1", 50051, "/run/x") == "127.0.0.1:50051"
     assert admin_target("::1", 50051, "/run/x") == "[::1]:50051"
     assert admin_target("127.0.0.1", 0, "/run/x") == "unix:///run/x/gobgpd.sock"
+
+
+def test_service_cidrs_read_the_proxys_repeatable_comma_separated_flag() -> None:
+    import argparse
+
+    from kube_router_routing_bgp.controller import service_cidrs
+
+    cfg = argparse.Namespace(service_cluster_ip_range=[["10.96.0.0/12", "fd00::/108"],
+                                                       ["10.1.0.0/16"]])
+    assert service_cidrs(cfg) == ["10.96.0.0/12", "fd00::/108", "10.1.0.0/16"]
+    assert service_cidrs(argparse.Namespace()) == []
