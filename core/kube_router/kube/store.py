@@ -38,6 +38,10 @@ class Store:
     def keys(self) -> list[str]:
         return list(self._items)
 
+    def items(self) -> Iterator[tuple[str, Record]]:
+        """(key, record) pairs; the store must not change while they are read."""
+        return iter(self._items.items())
+
     def add_index(self, name: str, func: IndexFunc) -> None:
         """Index every record under the values ``func`` returns for it."""
         if name in self._index_funcs:

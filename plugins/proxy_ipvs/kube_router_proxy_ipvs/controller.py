@@ -68,9 +68,8 @@ class ProxyController(Controller):
             graceful_period=float(getattr(cfg, "ipvs_graceful_period", 30.0)))
         self.dummy = DummyInterface()
         self.firewall = firewall
-        # What each Service put in the kernel, so a partial sync knows what to take away.
-        self.svc_servers: dict[str, AbstractSet[nl.ServiceKey]] = {}
-        self.svc_vips: dict[str, tuple[str, ...]] = {}
+        # What each Service put in the kernel (those with any virtual server), so a partial
+        # sync knows what to take away.
         self.svc_states: dict[str, dz.ServiceState] = {}
         self.svc_health: dict[str, tuple[int, int]] = {}  # key -> (hc port, local endpoints)
         self.health = HealthCheckServers()
@@ -214,12 +213,11 @@ class ProxyController(Controller):
         if keys is None:
             await self._refresh_node_ips()
             self._refresh_scheduler_hook()
-            names = [s.key for s in self.services if isinstance(s, Service)]
+            todo: Iterable[tuple[str, object]] = self.services.items()
         else:
-            names = [str(k) for k in keys]
+            todo = [(str(k), self.services.get(str(k))) for k in keys]
         states: dict[str, dz.ServiceState] = {}
-        for name in names:
-            svc = self.services.get(name)
+        for name, svc in todo:
             if not isinstance(svc, Service):
                 states[name] = dz.ServiceState()
                 continue
@@ -242,28 +240,26 @@ class ProxyController(Controller):
                 for v in st.vips:
                     users[v] = users.get(v, 0) + 1
             self._vip_users = users
-            vips_add = users.keys()
+            vips_add: AbstractSet[str] = users.keys()
             vips_remove = self.dummy.addrs - vips_add
-            # views and tuples of the states themselves, not copies (nothing mutates them)
-            self.svc_servers = {n: st.servers.keys() for n, st in states.items()
-                                if st.servers}
-            self.svc_vips = {n: st.vips for n, st in states.items() if st.vips}
-            self.svc_states = {n: st for n, st in states.items() if st.servers}
             self.svc_health = {n: st.health_check for n, st in states.items()
                                if st.health_check}
+            # the states themselves become the record (no copy): only those with servers
+            for name in [n for n, st in states.items() if not st.servers]:
+                del states[name]
+            self.svc_states = states
         else:
             remove = set()
-            vips_add: AbstractSet[str] = set()
+            vips_add = set()
             vips_remove: set[str] = set()
             for name, st in states.items():
-                old = self.svc_servers.pop(name, set())
-                remove |= old - st.servers.keys()
+                old = self.svc_states.pop(name, None)
+                old_vips: tuple[str, ...] = ()
+                if old is not None:
+                    remove.update(k for k in old.servers if k not in st.servers)
+                    old_vips = old.vips
                 if st.servers:
-                    self.svc_servers[name] = st.servers.keys()
                     self.svc_states[name] = st
-                else:
-                    self.svc_states.pop(name, None)
-                old_vips = self.svc_vips.pop(name, ())
                 for v in old_vips:
                     if v in st.vips:
                         continue
@@ -276,8 +272,6 @@ class ProxyController(Controller):
                 for v in st.vips:
                     if v not in old_vips:
                         self._vip_users[v] = self._vip_users.get(v, 0) + 1
-                if st.vips:
-                    self.svc_vips[name] = st.vips
                 if st.health_check:
                     self.svc_health[name] = st.health_check
                 else:
@@ -286,7 +280,7 @@ class ProxyController(Controller):
             # a key another Service still wants stays (rare: scan only when something goes)
             if remove:
                 remove = {k for k in remove
-                          if not any(k in v for v in self.svc_servers.values())}
+                          if not any(k in st.servers for st in self.svc_states.values())}
 
         t_desired = time.monotonic()
         # VIPs first so a new service answers as soon as IPVS has it; removals after IPVS.
@@ -309,8 +303,8 @@ class ProxyController(Controller):
         if keys is None or remove or new_keys:
             self._schedule_names()
         log.info("proxy sync full=%s services=%d ipvs_ops=%d failures=%d seconds=%.4f",
-                 keys is None, len(names), result.ops, len(result.failures),
-                 time.monotonic() - started)
+                 keys is None, len(self.services) if keys is None else len(keys),
+                 result.ops, len(result.failures), time.monotonic() - started)
 
     def _schedule_names(self) -> None:
         """Write the VIP -> Service names for ``status`` at most once a second."""
@@ -320,7 +314,7 @@ class ProxyController(Controller):
 
         def write() -> None:
             self._names_pending = False
-            write_names(self.svc_servers)
+            write_names(self.svc_states)
 
         asyncio.get_running_loop().call_later(1.0, write)
 

@@ -22,8 +22,9 @@ from kube_router_proxy_ipvs import rtnl
 log = logging.getLogger(__name__)
 
 DUMMY_IF = "kube-dummy-if"
-#: Above this many messages the batch is sent from a worker thread, so the loop stays free.
-BULK_THRESHOLD = 64
+#: Above this many messages the batch is sent from a worker thread, so the loop stays free
+#: while the kernel works; below it the hop to the thread costs more than it frees.
+BULK_THRESHOLD = 4096
 
 
 def _is_ours(addr: str) -> bool:
@@ -130,7 +131,7 @@ class DummyInterface:
             return
         if len(batch) > BULK_THRESHOLD:
             failed = await asyncio.to_thread(batch.send)
-        else:  # a few messages: two system calls, cheaper than a thread hop
+        else:  # a few system calls, cheaper than a thread hop
             failed = batch.send()
         self.sent += len(batch)
         self.commit(batch, failed, src)

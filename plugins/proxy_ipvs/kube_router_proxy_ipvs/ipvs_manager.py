@@ -27,14 +27,10 @@ from kube_router_proxy_ipvs.desired import VirtualServer
 log = logging.getLogger(__name__)
 
 DestKey = tuple[str, int]
-#: Above this many services a sync is encoded and sent from a worker thread.
-THREAD_THRESHOLD = 50
-
-
-@dataclass(slots=True)
-class KernelService:
-    attrs: nl.ServiceAttrs
-    dests: dict[DestKey, int] = field(default_factory=dict)  # (ip, port) -> weight
+#: Above this many services a sync is encoded and sent from a worker thread, so the loop
+#: stays free while the kernel works; below it the hop to the thread costs more than it frees
+#: (a thousand new services take the kernel tens of milliseconds).
+THREAD_THRESHOLD = 2000
 
 
 @dataclass
@@ -59,7 +55,10 @@ class IPVSManager:
         self.graceful = graceful
         self.graceful_period = graceful_period
         self.sock: nl.IPVSSocket | None = None
-        self.actual: dict[nl.ServiceKey, KernelService] = {}
+        # What the kernel has. The values are the desired state's own objects once applied
+        # (shared, not copied: nothing mutates them); only entries read from the kernel, and
+        # those graceful termination edits, hold a dict of their own.
+        self.actual: dict[nl.ServiceKey, VirtualServer] = {}
         self.fwmark_services = 0
         # (service, dest) -> monotonic deadline, for real servers drained at weight 0
         self.draining: dict[tuple[nl.ServiceKey, DestKey], float] = {}
@@ -78,7 +77,7 @@ class IPVSManager:
             if svc.key is None:
                 self.fwmark_services += 1
                 continue
-            self.actual[svc.key] = KernelService(svc.attrs, self._read_dests(svc.key))
+            self.actual[svc.key] = VirtualServer(svc.attrs, self._read_dests(svc.key))
 
     def _read_dests(self, key: nl.ServiceKey) -> dict[DestKey, int]:
         assert self.sock is not None
@@ -109,12 +108,11 @@ class IPVSManager:
         for key, want in desired.items():
             have = actual.get(key)
             if have is None:
-                batch.service(nl.CMD_NEW_SERVICE, key, want.attrs)
                 dests = want.dests
                 if type(dests) is Dests:
-                    batch.dests_uniform(key, dests.ips, dests.port, dests.weight,
-                                        dests.items())
+                    batch.new_service(key, want.attrs, dests.ips, dests.port, dests.weight)
                 else:
+                    batch.service(nl.CMD_NEW_SERVICE, key, want.attrs)
                     batch.dests(nl.CMD_NEW_DEST, key, dests.items())
                 continue
             if have.attrs != want.attrs:
@@ -167,10 +165,7 @@ class IPVSManager:
         """Record in the cache what the planned operations did."""
         actual = self.actual
         if not self.graceful:
-            # Shared with the desired state, never copied: nothing mutates either (only
-            # graceful termination edits a cached dest map, and then it owns a copy).
-            for key, want in desired.items():
-                actual[key] = KernelService(want.attrs, want.dests)  # type: ignore[arg-type]
+            actual.update(desired)
         else:
             for key, want in desired.items():
                 have = actual.get(key)
@@ -179,7 +174,7 @@ class IPVSManager:
                     for dkey in have.dests:
                         if dkey not in dests and (key, dkey) in self.draining:
                             dests[dkey] = 0
-                actual[key] = KernelService(want.attrs, dests)
+                actual[key] = VirtualServer(want.attrs, dests)
         for key in remove:
             if key not in desired and key in self.actual and self.owns(key):
                 del self.actual[key]
@@ -191,8 +186,8 @@ class IPVSManager:
     ) -> SyncResult:
         """Bring the kernel to ``desired`` for these keys; delete ``remove`` (if owned).
 
-        Many services are encoded and sent from a worker thread (the loop stays free); a
-        few, the common case of one event, right here.
+        Many services are encoded and sent from a worker thread (the loop stays free);
+        fewer, as for any event, right here.
         """
         assert self.sock is not None, "load() first"
         remove = list(remove)
@@ -232,7 +227,7 @@ class IPVSManager:
             if key not in current:
                 del self.actual[key]
         for key, svc in current.items():
-            self.actual[key] = KernelService(svc.attrs, self._read_dests(key))
+            self.actual[key] = VirtualServer(svc.attrs, self._read_dests(key))
 
     def owned_keys(self) -> set[nl.ServiceKey]:
         return {k for k in self.actual if self.owns(k)}
@@ -269,7 +264,7 @@ class IPVSManager:
                     if key.protocol == socket.IPPROTO_UDP:
                         result.udp_removed.append((key, dkey[0], dkey[1]))
                 have = self.actual.get(key)
-                if have is not None:
+                if have is not None and isinstance(have.dests, dict):
                     have.dests.pop(dkey, None)
         if ops:
             result.ops = len(ops)

@@ -12,7 +12,6 @@ The constants are the kernel's UAPI values from ``linux/ip_vs.h`` and ``linux/ne
 
 from __future__ import annotations
 
-import bisect
 import errno
 import ipaddress
 import os
@@ -305,9 +304,10 @@ def _attrs_tail(attrs: ServiceAttrs, af: int) -> bytes:
 _SVC4_NEST = struct.Struct("=HH" "HHH2x" "HHH2x" "HH4s" "HHH2x")
 
 
-@lru_cache(maxsize=65536)
 def _service_nest(key: ServiceKey) -> bytes:
-    """The nested SERVICE attribute identifying ``key``; every dest message repeats it."""
+    """The nested SERVICE attribute identifying ``key``; every dest message repeats it.
+    Not cached globally: a cache of every service would outweigh the service itself (a
+    batch remembers the last one, which its next call usually repeats)."""
     if key.af == socket.AF_INET:
         return _SVC4_NEST.pack(36, CMD_ATTR_SERVICE | NLA_F_NESTED, 6, SVC_ATTR_AF,
                                socket.AF_INET, 6, SVC_ATTR_PROTOCOL, key.protocol, 8,
@@ -420,10 +420,12 @@ _DEST4_DEL_MSG = struct.Struct("=IHHII" "48s" "4s" "6s" "10s")
 _PORT_HDR = _NLA.pack(6, DEST_ATTR_PORT)
 _PORT_ATTRS: dict[int, bytes] = {}  # at most 65,536 entries of 6 bytes
 _AF4_ATTR = struct.pack("=HHH2x", 6, DEST_ATTR_ADDR_FAMILY, socket.AF_INET)
+_DEST_CMDS = frozenset((CMD_NEW_DEST, CMD_SET_DEST, CMD_DEL_DEST))
 
 
-def _dest4_prefix(cmd: int, key: ServiceKey, nested_len: int) -> bytes:
-    return (_GENL_HDR[cmd] + _service_nest(key) + _NLA.pack(nested_len, _DEST_NESTED)
+def _dest4_prefix(cmd: int, nest: bytes, nested_len: int) -> bytes:
+    """What precedes the address in an IPv4 dest message of the service ``nest`` names."""
+    return (_GENL_HDR[cmd] + nest + _NLA.pack(nested_len, _DEST_NESTED)
             + _NLA.pack(8, DEST_ATTR_ADDR))
 
 
@@ -435,36 +437,64 @@ def _dest4_suffix(weight: int) -> bytes:
             + struct.pack("=HHIHHI", 8, DEST_ATTR_U_THRESH, 0, 8, DEST_ATTR_L_THRESH, 0))
 
 
+def _port_attr(port: int) -> bytes:
+    attr = _PORT_ATTRS.get(port)
+    if attr is None:
+        attr = _PORT_ATTRS[port] = _PORT_HDR + _BE16.pack(port)
+    return attr
+
+
+def echoed_dest(payload: bytes, af: int) -> tuple[str, int] | None:
+    """The dest of the request an error reply echoes (its payload: the error code, the
+    request's netlink header, its genl header, its attributes), or None."""
+    start = 4 + _NLMSG.size + _GENL.size
+    if len(payload) <= start:
+        return None
+    end = min(len(payload), 4 + _U32.unpack_from(payload, 4)[0])
+    nested = parse_attrs(payload, start, end).get(CMD_ATTR_DEST)
+    if nested is None:
+        return None
+    a = parse_attrs(nested)
+    if DEST_ATTR_ADDR not in a or DEST_ATTR_PORT not in a:
+        return None
+    return _addr(af, a[DEST_ATTR_ADDR]), _BE16.unpack(a[DEST_ATTR_PORT][:2])[0]
+
+
 class Batch:
     """IPVS requests encoded in place, as they are planned, into one reused buffer.
 
     A cold sync of 10,000 services sends 110,000 messages; where memory is costly to touch
     (every fresh page is a fault, and in a User-Mode Linux guest a slow one), a buffer the
-    size of one ``sendmsg`` is filled with ``pack_into``, handed to ``sink`` when full, and
-    filled again. Without a sink (prebuilt batches, tests) full buffers are kept as chunks.
+    size of one ``sendmsg`` is filled, handed to ``sink`` when full, and filled again.
+    Without a sink (prebuilt batches, tests) full buffers are kept as chunks.
 
-    What each message was is kept per call, not per message: a segment (first sequence
-    number, command, service, the dest keys in order), enough to name any failure.
-    Message ``i`` (0-based) carries sequence number ``i + 1``.
+    Nothing is kept per message. Each call is a segment (a service, or the dests of one
+    service under one command) and all its messages carry the segment's number (1-based)
+    as their sequence number; an error reply echoes the failed request, so the dest it
+    names is read back from the reply (see :func:`echoed_dest`). ``len()`` counts messages.
     """
 
     def __init__(self, family: int, sink: Callable[[memoryview], None] | None = None,
                  size: int = BATCH_BYTES, buf: bytearray | None = None) -> None:
         self.family = family
         self.sink = sink
-        # ``buf``: a buffer to reuse (its pages are already mapped; one event's sync then
-        # touches no fresh memory)
+        # ``buf``: a buffer to reuse (its pages are already mapped)
         self.buf = buf if buf is not None and len(buf) >= size + _MAX_MSG \
             else bytearray(size + _MAX_MSG)
         self.limit = size
         self.used = 0
         self.count = 0
         self.kept: list[bytes] = []  # full buffers, without a sink
-        self._starts: list[int] = []  # first sequence number of each segment
-        self._segments: list[tuple[int, ServiceKey, Sequence[Any] | None]] = []
+        self._cmds: list[int] = []  # per segment
+        self._keys: list[ServiceKey] = []
+        self._nest: tuple[ServiceKey | None, bytes] = (None, b"")  # the last one encoded
 
     def __len__(self) -> int:
         return self.count
+
+    @property
+    def segments(self) -> int:
+        return len(self._cmds)
 
     def _flush(self) -> None:
         if not self.used:
@@ -476,143 +506,142 @@ class Batch:
             self.kept.append(bytes(view))
         self.used = 0
 
-    def _segment(self, cmd: int, key: ServiceKey, dests: Sequence[Any] | None) -> None:
-        self._starts.append(self.count + 1)
-        self._segments.append((cmd, key, dests))
+    def _service_nest(self, key: ServiceKey) -> bytes:
+        last, nest = self._nest
+        if last != key:
+            nest = _service_nest(key)
+            self._nest = (key, nest)
+        return nest
 
-    def add(self, cmd: int, body: bytes, key: ServiceKey,
-            dest: tuple[str, int] | None = None) -> None:
-        """Append one request whose genl header and attributes are ``body``."""
-        if self.used + _NLMSG.size + len(body) > self.limit:
-            self._flush()
-        self._segment(cmd, key, None if dest is None else ((dest, None),))
-        self.count += 1
+    def _segment(self, cmd: int, key: ServiceKey) -> int:
+        self._cmds.append(cmd)
+        self._keys.append(key)
+        return len(self._cmds)
+
+    def _put(self, body: bytes, seq: int) -> None:
+        """Append one message (``body``: genl header and attributes) numbered ``seq``."""
         length = _NLMSG.size + len(body)
+        if self.used + length > self.limit:
+            self._flush()
         if length > len(self.buf):
             self.buf.extend(bytes(length - len(self.buf)))
-        _NLMSG.pack_into(self.buf, self.used, length, self.family, NLM_F_REQUEST,
-                         self.count, 0)
+        _NLMSG.pack_into(self.buf, self.used, length, self.family, NLM_F_REQUEST, seq, 0)
         self.buf[self.used + _NLMSG.size : self.used + length] = body
         self.used += (length + 3) & ~3
+        self.count += 1
+
+    def _put_run(self, first: bytes, head: bytes, items: Sequence[bytes], tail: bytes,
+                 size: int) -> None:
+        """Append the message ``first`` (if any), then ``head + item + tail`` for each item,
+        messages of ``size`` bytes, in as few joins as the buffer allows (one, for any
+        usual Service)."""
+        per = max(1, self.limit // size)
+        parts = [items] if len(items) <= per else \
+            [items[i : i + per] for i in range(0, len(items), per)]
+        for part in parts:
+            blob = first + head + (tail + head).join(part) + tail if part else first
+            first = b""
+            if self.used + len(blob) > self.limit:
+                self._flush()
+            self.buf[self.used : self.used + len(blob)] = blob
+            self.used += len(blob)
+        self.count += len(items)
+
+    def add(self, cmd: int, body: bytes, key: ServiceKey) -> None:
+        """Append one request whose genl header and attributes are ``body``."""
+        self._put(body, self._segment(cmd, key))
 
     def add_op(self, op: Op) -> None:
-        self.add(op.cmd, op.body, op.key, op.dest)
+        self.add(op.cmd, op.body, op.key)
+
+    def _service_body(self, cmd: int, key: ServiceKey, attrs: ServiceAttrs) -> bytes:
+        # identity (remembered: the dests of this service repeat it) + the attrs' bytes
+        ident = self._service_nest(key)[4:]
+        tail = _attrs_tail(attrs, key.af)
+        return (_GENL_HDR[cmd] + _NLA.pack(4 + len(ident) + len(tail),
+                                           CMD_ATTR_SERVICE | NLA_F_NESTED) + ident + tail)
 
     def service(self, cmd: int, key: ServiceKey, attrs: ServiceAttrs | None = None) -> None:
         """NEW_SERVICE or SET_SERVICE (with ``attrs``), DEL_SERVICE (without)."""
         if attrs is None:
-            self.add(cmd, _GENL_HDR[cmd] + _service_nest(key), key)
+            self.add(cmd, _GENL_HDR[cmd] + self._service_nest(key), key)
+        else:
+            self.add(cmd, self._service_body(cmd, key, attrs), key)
+
+    def new_service(self, key: ServiceKey, attrs: ServiceAttrs, ips: Sequence[str],
+                    port: int, weight: int) -> None:
+        """NEW_SERVICE, then NEW_DEST of every address in ``ips``, all on ``port`` with
+        ``weight``: a new Service's virtual server, the bulk of a cold sync, in one segment.
+        The dest messages differ only in the address, so they are one join of the packed
+        addresses between constant runs."""
+        if key.af != _AF_INET:
+            self.service(CMD_NEW_SERVICE, key, attrs)
+            self.dests(CMD_NEW_DEST, key, [((ip, port), weight) for ip in ips])
             return
-        # identity (cached: the dests of this service repeat it) + the attrs' own bytes
-        ident = _service_nest(key)[4:]
-        tail = _attrs_tail(attrs, key.af)
-        self.add(cmd, _GENL_HDR[cmd] + _NLA.pack(4 + len(ident) + len(tail),
-                                                 CMD_ATTR_SERVICE | NLA_F_NESTED)
-                 + ident + tail, key)
+        seq = self._segment(CMD_NEW_SERVICE, key)
+        body = self._service_body(CMD_NEW_SERVICE, key, attrs)  # a multiple of 4 bytes
+        first = _NLMSG.pack(_NLMSG.size + len(body), self.family, NLM_F_REQUEST, seq, 0) + body
+        size = _DEST4_MSG.size
+        head = (_NLMSG.pack(size, self.family, NLM_F_REQUEST, seq, 0)
+                + _dest4_prefix(CMD_NEW_DEST, self._service_nest(key), 60))
+        self.count += 1
+        self._put_run(first, head, list(map(_inet_aton, ips)),
+                      _port_attr(port) + _dest4_suffix(weight), size)
 
     def dests(self, cmd: int, key: ServiceKey, dests: Iterable[tuple[tuple[str, int], Any]]
               ) -> None:
-        """NEW_DEST or SET_DEST of ((ip, port), weight) pairs; DEL_DEST (weights ignored).
-
-        ``dests`` must not change until the batch is sent (failures are named from it).
-        """
-        if not isinstance(dests, Sequence):
-            dests = list(dests) if not hasattr(dests, "mapping") else dests  # items views
+        """NEW_DEST or SET_DEST of ((ip, port), weight) pairs; DEL_DEST (weights ignored)."""
+        seq = self._segment(cmd, key)
         if key.af != _AF_INET:
             for dkey, weight in dests:
                 if cmd == CMD_DEL_DEST:
                     op = del_dest(key, dkey[0], dkey[1])
                 else:
                     op = _dest_op(cmd, key, dkey[0], dkey[1], _weight_attrs(weight))
-                self.add(cmd, op.body, key, dkey)
+                self._put(op.body, seq)
             return
         if self.used + _MAX_MSG > self.limit:
             self._flush()
-        self._segment(cmd, key, dests)  # type: ignore[arg-type]
         buf, family, aton = self.buf, self.family, _inet_aton
-        port_hdr, req, limit = _PORT_HDR, NLM_F_REQUEST, self.limit
-        ports = _PORT_ATTRS  # port -> its attribute header and big-endian value
-        seq, used = self.count, self.used
+        req, limit, used, count = NLM_F_REQUEST, self.limit, self.used, self.count
+        posts: dict[Any, bytes] | None = None  # weight -> the bytes after the port
         if cmd == CMD_DEL_DEST:
             pack, size = _DEST4_DEL_MSG.pack_into, _DEST4_DEL_MSG.size
-            pre, post = _dest4_prefix(cmd, key, 28), b"\0\0" + _AF4_ATTR
-            for dkey, _ in dests:
-                seq += 1
-                port = ports.get(dkey[1])
-                if port is None:
-                    port = ports[dkey[1]] = port_hdr + _BE16.pack(dkey[1])
-                pack(buf, used, size, family, req, seq, 0, pre, aton(dkey[0]), port, post)
-                used += size
-                if used > limit:
-                    self.used, self.count = used, seq
-                    self._flush()
-                    used = 0
+            pre, post = _dest4_prefix(cmd, self._service_nest(key), 28), b"\0\0" + _AF4_ATTR
         else:
             pack, size = _DEST4_MSG.pack_into, _DEST4_MSG.size
-            pre = _dest4_prefix(cmd, key, 60)
-            posts: dict[int, bytes] = {}
-            for dkey, weight in dests:
-                seq += 1
-                post = posts.get(weight)
-                if post is None:
-                    post = posts[weight] = _dest4_suffix(weight)
-                port = ports.get(dkey[1])
-                if port is None:
-                    port = ports[dkey[1]] = port_hdr + _BE16.pack(dkey[1])
-                pack(buf, used, size, family, req, seq, 0, pre, aton(dkey[0]), port, post)
-                used += size
-                if used > limit:
-                    self.used, self.count = used, seq
-                    self._flush()
-                    used = 0
-        self.used, self.count = used, seq
-
-    def dests_uniform(self, key: ServiceKey, ips: Sequence[str], port: int, weight: int,
-                      naming: Iterable[tuple[tuple[str, int], Any]]) -> None:
-        """NEW_DEST of every address in ``ips``, all on ``port`` with ``weight`` (a new
-        service's real servers, the bulk of a cold sync); ``naming`` yields the same
-        ((ip, port), weight) pairs in the same order, read only to name a failure."""
-        if key.af != _AF_INET:
-            self.dests(CMD_NEW_DEST, key, [((ip, port), weight) for ip in ips])
-            return
-        if self.used + _MAX_MSG > self.limit:
-            self._flush()
-        self._segment(CMD_NEW_DEST, key, naming)  # type: ignore[arg-type]
-        buf, family, aton, pack = self.buf, self.family, _inet_aton, _DEST4_MSG.pack_into
-        req, limit, size = NLM_F_REQUEST, self.limit, _DEST4_MSG.size
-        pre = _dest4_prefix(CMD_NEW_DEST, key, 60)
-        post = _dest4_suffix(weight)
-        port_attr = _PORT_HDR + _BE16.pack(port)
-        seq, used = self.count, self.used
-        for ip in ips:
-            seq += 1
-            pack(buf, used, size, family, req, seq, 0, pre, aton(ip), port_attr, post)
+            pre, post, posts = _dest4_prefix(cmd, self._service_nest(key), 60), b"", {}
+        for dkey, weight in dests:
+            if posts is not None:
+                post = posts.get(weight) or posts.setdefault(weight, _dest4_suffix(weight))
+            pack(buf, used, size, family, req, seq, 0, pre, aton(dkey[0]),
+                 _port_attr(dkey[1]), post)
             used += size
+            count += 1
             if used > limit:
-                self.used, self.count = used, seq
+                self.used = used
                 self._flush()
                 used = 0
-        self.used, self.count = used, seq
+        self.used, self.count = used, count
 
     def chunks(self) -> list[bytes]:
         """Without a sink: every encoded byte, in sendmsg-sized chunks."""
         self._flush()
         return self.kept
 
-    def op(self, seq: int) -> Op:
-        """The request with sequence number ``seq``, described (its body is not kept)."""
-        i = bisect.bisect_right(self._starts, seq) - 1
-        cmd, key, dests = self._segments[i]
-        dest = None
-        if dests is not None:
-            offset = seq - self._starts[i]
-            seq_dests = dests if isinstance(dests, Sequence) else list(dests)
-            dest = seq_dests[offset][0]
+    def op(self, seq: int, echo: bytes | None = None) -> Op:
+        """The request of segment ``seq`` (its body is not kept), described; with ``echo``,
+        the error reply's payload, the very request: its command and dest are read back."""
+        cmd, key = self._cmds[seq - 1], self._keys[seq - 1]
+        at = 4 + _NLMSG.size  # the echoed request's genl header
+        if echo is not None and len(echo) > at:
+            cmd = echo[at]
+        dest = echoed_dest(echo, key.af) if echo is not None and cmd in _DEST_CMDS else None
         return Op(cmd, b"", key, dest)
-
 
 #: Room kept free at the end of a buffer: larger than any one message built here.
 _MAX_MSG = 1024
+_ERRBUF_BYTES = 64 * 1024
 
 
 _WEIGHT_ATTRS: dict[int, DestAttrs] = {}
@@ -735,12 +764,15 @@ class IPVSSocket:
             self.sock.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, 4 * 1024 * 1024)
         except OSError:
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 * 1024 * 1024)
-        # Errors then carry only the failed request's header, not its whole payload.
-        self.sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)
+        # Acks are not capped: an error reply echoes the whole failed request, which names
+        # the dest a batch's message was for (see Batch).
         self.sock.bind((0, 0))
         self._seq = 0
         self.family = self._resolve_family()
-        self.buffer: bytearray | None = None  # reused by every stream on this socket
+        # Made once with the socket and reused: the send buffer of every stream, and the
+        # receive buffer for error replies (one reply per datagram, each under 1 KiB).
+        self.buffer = bytearray(BATCH_BYTES + _MAX_MSG)
+        self._errbuf = bytearray(_ERRBUF_BYTES)
 
     def close(self) -> None:
         self.sock.close()
@@ -785,30 +817,31 @@ class IPVSSocket:
         batch = self.batch()
         ops = list(ops)
         for op in ops:
-            batch.add_op(op)
-        return [(ops[i], err) for i, err in self.send_indexed(batch)]
+            batch.add_op(op)  # one segment each: segment n is ops[n - 1]
+        failures: list[tuple[int, Op, IPVSError]] = []
+        self._send_chunks(batch, failures)
+        return [(ops[seq - 1], err) for seq, _, err in failures]
 
     def send(self, batch: Batch) -> list[tuple[Op, IPVSError]]:
         """Send a prebuilt batch (no sink), pipelined; return the requests that failed with
         their error. Failures do not stop the batch: each message is independent."""
-        return [(batch.op(i + 1), err) for i, err in self.send_indexed(batch)]
+        failures: list[tuple[int, Op, IPVSError]] = []
+        self._send_chunks(batch, failures)
+        return [(op, err) for _, op, err in failures]
 
-    def send_indexed(self, batch: Batch) -> list[tuple[int, IPVSError]]:
-        """Like :meth:`send`, naming each failure by its index in the batch."""
-        failures: list[tuple[int, IPVSError]] = []
+    def _send_chunks(self, batch: Batch, failures: list[tuple[int, Op, IPVSError]]) -> None:
         for chunk in batch.chunks():
             self.sock.send(chunk)
             self._drain_errors(batch, failures, block=False)
         self._barrier(batch, failures)
-        return failures
 
     def stream(self) -> Stream:
         """A batch sent as it fills: encode into it, then :meth:`Stream.finish`."""
         return Stream(self)
 
-    def _barrier(self, batch: Batch, failures: list[tuple[int, IPVSError]]) -> None:
+    def _barrier(self, batch: Batch, failures: list[tuple[int, Op, IPVSError]]) -> None:
         # An acked GET_INFO: its reply comes after every earlier error.
-        barrier = batch.count + 1
+        barrier = batch.segments + 1
         self.sock.send(frame(batch.family, _GENL.pack(CMD_GET_INFO, IPVS_GENL_VERSION, 0),
                              barrier, NLM_F_REQUEST | NLM_F_ACK))
         self._drain_errors(batch, failures, block=True, barrier=barrier)
@@ -816,20 +849,21 @@ class IPVSSocket:
     def _drain_errors(
         self,
         batch: Batch,
-        failures: list[tuple[int, IPVSError]],
+        failures: list[tuple[int, Op, IPVSError]],
         *,
         block: bool,
         barrier: int = 0,
     ) -> None:
         flags = 0 if block else socket.MSG_DONTWAIT
-        count = batch.count
+        segments = batch.segments
+        view = memoryview(self._errbuf)
         while True:
             try:
-                data = self.sock.recv(1 << 20, flags)
+                n = self.sock.recv_into(view, 0, flags)
             except BlockingIOError:
                 return
             done = False
-            for mtype, _f, seq, payload in iter_messages(data):
+            for mtype, _f, seq, payload in iter_messages(bytes(view[:n])):
                 if mtype != NLMSG_ERROR:
                     continue
                 code = -struct.unpack_from("=i", payload)[0]
@@ -837,8 +871,9 @@ class IPVSSocket:
                     if code:
                         raise IPVSError(code, "IPVS barrier request")
                     done = True
-                elif code and 0 < seq <= count:
-                    failures.append((seq - 1, IPVSError(code, batch.op(seq).desc)))
+                elif code and 0 < seq <= segments:
+                    op = batch.op(seq, payload)
+                    failures.append((seq, op, IPVSError(code, op.desc)))
             if done:
                 return
 
@@ -919,21 +954,19 @@ class Stream(Batch):
 
     def __init__(self, sock: IPVSSocket) -> None:
         self.socket = sock
-        self.failures_indexed: list[tuple[int, IPVSError]] = []
-        if sock.buffer is None:
-            sock.buffer = bytearray(BATCH_BYTES + _MAX_MSG)
+        self.failures: list[tuple[int, Op, IPVSError]] = []
         super().__init__(sock.family, self._send_chunk, buf=sock.buffer)
 
     def _send_chunk(self, view: memoryview) -> None:
         self.socket.sock.send(view)
-        self.socket._drain_errors(self, self.failures_indexed, block=False)
+        self.socket._drain_errors(self, self.failures, block=False)
 
     def finish(self) -> list[tuple[Op, IPVSError]]:
         """Send what is left, wait for the barrier, return every failure."""
         self._flush()
         if self.count:
-            self.socket._barrier(self, self.failures_indexed)
-        return [(self.op(i + 1), err) for i, err in self.failures_indexed]
+            self.socket._barrier(self, self.failures)
+        return [(op, err) for _, op, err in self.failures]
 
 
 def service_key(af: int, protocol: str, addr: str, port: int) -> ServiceKey:

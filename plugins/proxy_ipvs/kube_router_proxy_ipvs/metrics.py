@@ -45,8 +45,8 @@ class IPVSCollector:
         families = {name: GaugeMetricFamily(f"kube_router_{name}", doc, labels=LABELS)
                     for name, (_, doc) in STATS.items()}
         owners: dict[nl.ServiceKey, str] = {}
-        for svc_key, keys in list(self.controller.svc_servers.items()):
-            for k in keys:
+        for svc_key, st in list(self.controller.svc_states.items()):
+            for k in st.servers:
                 owners[k] = svc_key
         try:
             if self._sock is None:

@@ -51,6 +51,7 @@ _DELROUTE4 = struct.Struct("=IHHII" "BBBBBBBBI" "HH4s" "HHI")
 
 #: One sendmsg carries at most this many bytes.
 CHUNK_BYTES = 256 * 1024
+_REPLY_BYTES = 8192
 
 # What each message did, for error reports.
 ADD_ADDRESS = "add-address"
@@ -180,14 +181,15 @@ class Batch:
         length, mtype, flags, seq, pid = _NLMSG.unpack_from(self.buf, self._last_off)
         _NLMSG.pack_into(self.buf, self._last_off, length, mtype, flags | nl.NLM_F_ACK, seq,
                          pid)
+        replies = bytearray(_REPLY_BYTES)  # one error reply per datagram, each small
         with _socket() as sock:
             for chunk in self.chunks():
                 sock.send(chunk)
             failed: dict[tuple[str, str], int] = {}
             while True:
-                data = sock.recv(1 << 20)
+                n = sock.recv_into(replies)
                 done = False
-                for mtype, _f, mseq, payload in nl.iter_messages(data):
+                for mtype, _f, mseq, payload in nl.iter_messages(bytes(replies[:n])):
                     if mtype != nl.NLMSG_ERROR:
                         continue
                     code = -_INT.unpack_from(payload)[0]

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from kube_router.status import StatusSection
 from kube_router_proxy_ipvs import ipvs_netlink as nl
+
+if TYPE_CHECKING:
+    from kube_router_proxy_ipvs.desired import ServiceState
 
 #: Written by the running proxy after each sync: "proto/vip:port" -> "namespace/name".
 NAMES_FILE = Path("/run/kube-router-py/proxy-services.json")
@@ -15,8 +20,9 @@ NAMES_FILE = Path("/run/kube-router-py/proxy-services.json")
 _FWD = {0: "Masq", 1: "Local", 2: "Tunnel", 3: "Route"}
 
 
-def write_names(servers: dict[str, set[nl.ServiceKey]]) -> None:
-    names = {str(k): svc for svc, keys in servers.items() for k in keys}
+def write_names(states: Mapping[str, ServiceState]) -> None:
+    """Record which Service each virtual server belongs to, for ``status``."""
+    names = {str(k): svc for svc, st in states.items() for k in st.servers}
     try:
         NAMES_FILE.parent.mkdir(parents=True, exist_ok=True)
         tmp = NAMES_FILE.with_suffix(".tmp")

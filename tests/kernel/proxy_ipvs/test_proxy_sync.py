@@ -321,7 +321,7 @@ def test_timeouts_status_table_and_metrics(world: World, pod: str) -> None:
         assert re.search(r"^TCP\s+10\.96\.0\.80:80\s+3\s", stats, re.M), stats
 
         # status: the table like ipvsadm -Ln, with Service names
-        write_names(ctl.svc_servers)
+        write_names(ctl.svc_states)
         [section] = status_sections(ctl.agent.config)
         rows = [[cell.strip() for cell in row] for row in section.rows]
         at = rows.index(["TCP", "10.96.0.80:80", "rr", "", "default/live", "", "", "", "",

@@ -114,8 +114,22 @@ def test_fast_paths_encode_like_the_generic_encoder() -> None:
     assert nl.del_dest(key, "10.2.0.9", 8080).body == generic_del
 
 
-def _generic_stream(family: int, bodies: list[bytes]) -> bytes:
-    return b"".join(nl.frame(family, body, seq) for seq, body in enumerate(bodies, start=1))
+def _generic_stream(family: int, bodies: list[tuple[int, bytes]]) -> bytes:
+    return b"".join(nl.frame(family, body, seq) for seq, body in bodies)
+
+
+def _echo(msg: bytes, code: int = -17) -> bytes:
+    """An error reply's payload for ``msg``, as the kernel sends it without capped acks."""
+    return struct.pack("=i", code) + msg
+
+
+def _messages(stream: bytes) -> list[bytes]:
+    out, off = [], 0
+    while off < len(stream):
+        (length,) = struct.unpack_from("=I", stream, off)
+        out.append(stream[off : off + length])
+        off += (length + 3) & ~3
+    return out
 
 
 def test_batch_encodes_in_place_like_the_generic_encoder() -> None:
@@ -131,22 +145,28 @@ def test_batch_encodes_in_place_like_the_generic_encoder() -> None:
     batch.service(nl.CMD_SET_SERVICE, key, nl.ServiceAttrs())
     batch.dests(nl.CMD_NEW_DEST, v6, [(("fd01::5", 5353), 2)])
     batch.service(nl.CMD_DEL_SERVICE, key)
-    bodies = [nl.new_service(key, attrs).body]
-    bodies += [nl.new_dest(key, ip, port, nl.DestAttrs(weight=w)).body
+    # every message of one call (a segment) carries that call's number
+    bodies = [(1, nl.new_service(key, attrs).body)]
+    bodies += [(2, nl.new_dest(key, ip, port, nl.DestAttrs(weight=w)).body)
                for (ip, port), w in dests.items()]
-    bodies.append(nl.set_dest(key, "10.2.0.9", 8080, nl.DestAttrs(weight=5)).body)
-    bodies.append(nl.del_dest(key, "10.2.0.10", 8080).body)
-    bodies.append(nl.set_service(key, nl.ServiceAttrs()).body)
-    bodies.append(nl.new_dest(v6, "fd01::5", 5353, nl.DestAttrs(weight=2)).body)
-    bodies.append(nl.del_service(key).body)
-    assert len(batch) == len(bodies)
-    assert b"".join(batch.chunks()) == _generic_stream(0x22, bodies)
-    # a failure is named from the segment that holds its sequence number
-    assert batch.op(1).desc == "add-service TCP/10.96.0.1:80"
-    assert batch.op(3).desc == "add-dest TCP/10.96.0.1:80 -> 10.2.0.10:8080"
-    assert batch.op(6).desc == "del-dest TCP/10.96.0.1:80 -> 10.2.0.10:8080"
-    assert batch.op(8).desc == "add-dest UDP/[fd00::1]:53 -> [fd01::5]:5353"
-    assert batch.op(9).desc == "del-service TCP/10.96.0.1:80"
+    bodies.append((3, nl.set_dest(key, "10.2.0.9", 8080, nl.DestAttrs(weight=5)).body))
+    bodies.append((4, nl.del_dest(key, "10.2.0.10", 8080).body))
+    bodies.append((5, nl.set_service(key, nl.ServiceAttrs()).body))
+    bodies.append((6, nl.new_dest(v6, "fd01::5", 5353, nl.DestAttrs(weight=2)).body))
+    bodies.append((7, nl.del_service(key).body))
+    assert len(batch) == len(bodies) and batch.segments == 7
+    stream = b"".join(batch.chunks())
+    assert stream == _generic_stream(0x22, bodies)
+    # a failure is named from its segment, and its dest from the request the reply echoes
+    msgs = _messages(stream)
+    assert batch.op(1, _echo(msgs[0])).desc == "add-service TCP/10.96.0.1:80"
+    assert batch.op(2, _echo(msgs[2])).desc == "add-dest TCP/10.96.0.1:80 -> 10.2.0.10:8080"
+    assert batch.op(2, _echo(msgs[3])).desc == "add-dest TCP/10.96.0.1:80 -> 10.2.0.11:9090"
+    assert batch.op(4, _echo(msgs[5])).desc == "del-dest TCP/10.96.0.1:80 -> 10.2.0.10:8080"
+    assert batch.op(6, _echo(msgs[7])).desc == "add-dest UDP/[fd00::1]:53 -> [fd01::5]:5353"
+    assert batch.op(7, _echo(msgs[8])).desc == "del-service TCP/10.96.0.1:80"
+    # a capped reply (header only) still names the service
+    assert batch.op(2, _echo(msgs[2][:16])).desc == "add-dest TCP/10.96.0.1:80"
 
 
 def test_batch_hands_full_buffers_to_its_sink() -> None:
@@ -157,17 +177,52 @@ def test_batch_hands_full_buffers_to_its_sink() -> None:
     batch.dests(nl.CMD_NEW_DEST, key, dests)
     batch._flush()
     assert len(sent) > 100 and all(len(c) <= 4096 + nl._MAX_MSG for c in sent)
-    expected = _generic_stream(0x22, [nl.new_dest(key, ip, port, nl.DestAttrs()).body
+    expected = _generic_stream(0x22, [(1, nl.new_dest(key, ip, port, nl.DestAttrs()).body)
                                       for (ip, port), _ in dests])
-    assert b"".join(sent) == expected
-    assert batch.op(4321).dest == dests[4320][0]
+    stream = b"".join(sent)
+    assert stream == expected
+    assert batch.op(1, _echo(_messages(stream)[4320])).dest == dests[4320][0]
 
 
-def test_uniform_dests_encode_like_the_generic_encoder() -> None:
+def test_new_service_with_dests_encodes_like_the_generic_encoder() -> None:
     key = nl.service_key(socket.AF_INET, "TCP", "10.96.0.1", 80)
+    attrs = nl.ServiceAttrs("rr", nl.SVC_F_PERSISTENT, 10800)
     ips = ("10.2.0.9", "10.2.0.10")
     batch = nl.Batch(0x22)
-    batch.dests_uniform(key, ips, 8080, 3, [((ip, 8080), 3) for ip in ips])
-    bodies = [nl.new_dest(key, ip, 8080, nl.DestAttrs(weight=3)).body for ip in ips]
+    batch.new_service(key, attrs, ips, 8080, 3)
+    batch.new_service(nl.service_key(socket.AF_INET, "UDP", "10.96.0.2", 53), attrs, (), 53, 1)
+    bodies = [(1, nl.new_service(key, attrs).body)]
+    bodies += [(1, nl.new_dest(key, ip, 8080, nl.DestAttrs(weight=3)).body) for ip in ips]
+    bodies.append((2, nl.new_service(nl.service_key(socket.AF_INET, "UDP", "10.96.0.2", 53),
+                                     attrs).body))
+    stream = b"".join(batch.chunks())
+    assert stream == _generic_stream(0x22, bodies)
+    assert len(batch) == 4 and batch.segments == 2
+    msgs = _messages(stream)
+    # one segment, but the echoed request tells which message failed
+    assert batch.op(1, _echo(msgs[0])).desc == "add-service TCP/10.96.0.1:80"
+    assert batch.op(1, _echo(msgs[2])).desc == "add-dest TCP/10.96.0.1:80 -> 10.2.0.10:8080"
+
+
+def test_new_service_in_ipv6_encodes_like_the_generic_encoder() -> None:
+    key = nl.service_key(socket.AF_INET6, "TCP", "fd00::1", 80)
+    batch = nl.Batch(0x22)
+    batch.new_service(key, nl.ServiceAttrs(), ("fd01::5", "fd01::6"), 8080, 1)
+    bodies = [(1, nl.new_service(key, nl.ServiceAttrs()).body)]
+    bodies += [(2, nl.new_dest(key, ip, 8080, nl.DestAttrs()).body)
+               for ip in ("fd01::5", "fd01::6")]
     assert b"".join(batch.chunks()) == _generic_stream(0x22, bodies)
-    assert batch.op(2).desc == "add-dest TCP/10.96.0.1:80 -> 10.2.0.10:8080"
+
+
+def test_new_service_dests_split_across_buffers() -> None:
+    key = nl.service_key(socket.AF_INET, "TCP", "10.96.0.1", 80)
+    ips = tuple(f"10.4.{i // 250}.{i % 250}" for i in range(1000))
+    sent: list[bytes] = []
+    batch = nl.Batch(0x22, sink=lambda view: sent.append(bytes(view)), size=4096)
+    batch.new_service(key, nl.ServiceAttrs(), ips, 80, 1)
+    batch._flush()
+    assert len(sent) > 20 and all(len(c) <= 4096 + nl._MAX_MSG for c in sent)
+    bodies = [(1, nl.new_service(key, nl.ServiceAttrs()).body)]
+    bodies += [(1, nl.new_dest(key, ip, 80, nl.DestAttrs()).body) for ip in ips]
+    assert b"".join(sent) == _generic_stream(0x22, bodies)
+    assert len(batch) == 1001
