@@ -195,6 +195,7 @@ async def _sync_and_events(n: int, changes: int) -> dict:
     parts = {f"sync_{k}_seconds": v for k, v in ctl.last_timings.items()}
 
     latencies = []
+    event_parts: dict[str, list[float]] = {}
     for c in range(changes):
         i = (c * 7919) % n
         # endpoint j leaves and endpoint 10+c joins, in one slice update
@@ -208,12 +209,15 @@ async def _sync_and_events(n: int, changes: int) -> dict:
         await ctl.sync(keys)
         latencies.append(time.perf_counter() - t0)
         assert ctl.last_result.ops == 2 and not ctl.last_result.failures, ctl.last_result
+        for part, seconds in ctl.last_timings.items():
+            event_parts.setdefault(part, []).append(seconds)
     await ctl.stop()
     latencies.sort()
     p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
     return {"sync_seconds": sync_seconds, "sync_ops": ops, **parts,
             "decode_seconds": decode_seconds,
-            "event_p50_ms": statistics.median(latencies) * 1000, "event_p99_ms": p99 * 1000}
+            "event_p50_ms": statistics.median(latencies) * 1000, "event_p99_ms": p99 * 1000,
+            **{f"event_{k}_p50_ms": statistics.median(v) * 1000 for k, v in event_parts.items()}}
 
 
 def phase_sync(n: int, changes: int) -> dict:

@@ -488,6 +488,7 @@ class Batch:
         self._cmds: list[int] = []  # per segment
         self._keys: list[ServiceKey] = []
         self._nest: tuple[ServiceKey | None, bytes] = (None, b"")  # the last one encoded
+        self._last = -1  # where the last message starts in the buffer, while unsent
 
     def __len__(self) -> int:
         return self.count
@@ -505,6 +506,18 @@ class Batch:
         else:
             self.kept.append(bytes(view))
         self.used = 0
+        self._last = -1
+
+    def ack_last(self) -> bool:
+        """Ask for an ack of the last message, if it is still in the buffer: its reply (an
+        ack, or its error) comes after every other and closes the batch; the reply echoes
+        the request's flags, so it is told from the errors of its segment's other messages.
+        """
+        if self._last < 0:
+            return False
+        at = self._last + 6  # nlmsg_flags
+        _U16.pack_into(self.buf, at, _U16.unpack_from(self.buf, at)[0] | NLM_F_ACK)
+        return True
 
     def _service_nest(self, key: ServiceKey) -> bytes:
         last, nest = self._nest
@@ -527,6 +540,7 @@ class Batch:
             self.buf.extend(bytes(length - len(self.buf)))
         _NLMSG.pack_into(self.buf, self.used, length, self.family, NLM_F_REQUEST, seq, 0)
         self.buf[self.used + _NLMSG.size : self.used + length] = body
+        self._last = self.used
         self.used += (length + 3) & ~3
         self.count += 1
 
@@ -545,6 +559,7 @@ class Batch:
                 self._flush()
             self.buf[self.used : self.used + len(blob)] = blob
             self.used += len(blob)
+            self._last = self.used - (size if part else len(blob))
         self.count += len(items)
 
     def add(self, cmd: int, body: bytes, key: ServiceKey) -> None:
@@ -622,6 +637,8 @@ class Batch:
                 self.used = used
                 self._flush()
                 used = 0
+        if count > self.count:
+            self._last = used - size if used else -1
         self.used, self.count = used, count
 
     def chunks(self) -> list[bytes]:
@@ -830,10 +847,25 @@ class IPVSSocket:
         return [(op, err) for _, op, err in failures]
 
     def _send_chunks(self, batch: Batch, failures: list[tuple[int, Op, IPVSError]]) -> None:
-        for chunk in batch.chunks():
+        acked = batch.ack_last()
+        chunks = batch.chunks()
+        for i, chunk in enumerate(chunks):
             self.sock.send(chunk)
-            self._drain_errors(batch, failures, block=False)
-        self._barrier(batch, failures)
+            if i < len(chunks) - 1:
+                self._drain_errors(batch, failures, block=False)
+        self._close(batch, failures, acked)
+
+    def _close(self, batch: Batch, failures: list[tuple[int, Op, IPVSError]],
+               acked: bool) -> None:
+        """Collect the errors of a sent batch up to its end: the ack of its last message,
+        or (that one went out with an earlier chunk) the ack of a barrier request."""
+        if not batch.count:
+            return
+        if acked:
+            self._drain_errors(batch, failures, block=True, barrier=batch.segments,
+                               last=True)
+        else:
+            self._barrier(batch, failures)
 
     def stream(self) -> Stream:
         """A batch sent as it fills: encode into it, then :meth:`Stream.finish`."""
@@ -853,7 +885,10 @@ class IPVSSocket:
         *,
         block: bool,
         barrier: int = 0,
+        last: bool = False,
     ) -> None:
+        """Read error replies; blocking, until the reply to ``barrier``: the barrier request
+        or (``last``) the batch's last message, whose echoed flags carry NLM_F_ACK."""
         flags = 0 if block else socket.MSG_DONTWAIT
         segments = batch.segments
         view = memoryview(self._errbuf)
@@ -867,11 +902,15 @@ class IPVSSocket:
                 if mtype != NLMSG_ERROR:
                     continue
                 code = -struct.unpack_from("=i", payload)[0]
-                if seq == barrier:
+                if seq == barrier and last and len(payload) >= 10 \
+                        and _U16.unpack_from(payload, 10)[0] & NLM_F_ACK:
+                    done = True  # the last message's own reply: an ack or its error
+                elif seq == barrier and not last:
                     if code:
                         raise IPVSError(code, "IPVS barrier request")
                     done = True
-                elif code and 0 < seq <= segments:
+                    continue
+                if code and 0 < seq <= segments:
                     op = batch.op(seq, payload)
                     failures.append((seq, op, IPVSError(code, op.desc)))
             if done:
@@ -962,10 +1001,12 @@ class Stream(Batch):
         self.socket._drain_errors(self, self.failures, block=False)
 
     def finish(self) -> list[tuple[Op, IPVSError]]:
-        """Send what is left, wait for the barrier, return every failure."""
-        self._flush()
-        if self.count:
-            self.socket._barrier(self, self.failures)
+        """Send what is left, wait for the end of the batch, return every failure."""
+        acked = self.ack_last()
+        if self.used:
+            self.socket.sock.send(memoryview(self.buf)[: self.used])
+            self.used, self._last = 0, -1
+        self.socket._close(self, self.failures, acked)
         return [(op, err) for _, op, err in self.failures]
 
 

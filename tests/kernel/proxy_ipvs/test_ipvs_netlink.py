@@ -111,3 +111,30 @@ def test_large_batch_spans_many_sends(clean_ipvs: None, ipvs_rules: Rules) -> No
         assert {e.errno for _, e in failures} == {errno.EEXIST}
         assert len(s.services()) == 500
     assert len(ipvs_rules()) == 5500
+
+
+def test_stream_names_each_failed_dest_of_one_segment(clean_ipvs: None,
+                                                       ipvs_rules: Rules) -> None:
+    key = _key("10.96.6.1", 80)
+    ips = tuple(f"10.2.6.{i}" for i in range(1, 9))
+    with nl.IPVSSocket() as s:
+        assert s.apply([nl.new_service(key, nl.ServiceAttrs()),
+                        nl.new_dest(key, "10.2.6.3", 80, nl.DestAttrs()),
+                        nl.new_dest(key, "10.2.6.6", 80, nl.DestAttrs())]) == []
+        # all eight in one segment: two already exist, the last one among the successes
+        stream = s.stream()
+        stream.dests(nl.CMD_NEW_DEST, key, [((ip, 80), 1) for ip in ips])
+        failures = stream.finish()
+        assert [(op.desc, err.errno) for op, err in failures] == [
+            ("add-dest TCP/10.96.6.1:80 -> 10.2.6.3:80", errno.EEXIST),
+            ("add-dest TCP/10.96.6.1:80 -> 10.2.6.6:80", errno.EEXIST)]
+        # the same again: now the last message fails too, and still closes the batch
+        stream = s.stream()
+        stream.dests(nl.CMD_NEW_DEST, key, [((ip, 80), 1) for ip in ips])
+        assert len(stream.finish()) == len(ips)
+        # and a batch whose last message went out with an earlier chunk ends on a barrier
+        stream = s.stream()
+        stream.limit = 64
+        stream.dests(nl.CMD_SET_DEST, key, [((ip, 80), 2) for ip in ips])
+        assert stream.finish() == []
+    assert len([r for r in ipvs_rules() if "-w 2" in r]) == len(ips)
