@@ -118,17 +118,17 @@ def phase_floor(n: int) -> dict:
     settings = Settings(node_name="node-0", service_cidrs=())
     dummy = DummyInterface()
     aio.run(dummy.load())
-    vips: set[str] = set()
+    vips: dict[str, None] = {}  # in the order the controller binds them: by Service
     with nl.IPVSSocket() as sock:
         batch = sock.batch()
         for s, sl in zip(services, slices, strict=True):
             st = service_state(decode_service(s), [decode_endpointslice(sl)], settings,
                                DEFAULT, [])
-            vips.update(st.vips)
+            vips.update(dict.fromkeys(st.vips))
             for key, vs in st.servers.items():
                 batch.service(nl.CMD_NEW_SERVICE, key, vs.attrs)
                 batch.dests(nl.CMD_NEW_DEST, key, vs.dests.items())
-        addresses = dummy.plan(vips, set(), {4: NODE_IP})
+        addresses = dummy.plan(vips.keys(), set(), {4: NODE_IP})
         started = time.perf_counter()
         failed = addresses.send()
         addr_seconds = time.perf_counter() - started

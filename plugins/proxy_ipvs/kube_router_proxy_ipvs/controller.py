@@ -241,7 +241,7 @@ class ProxyController(Controller):
                     users[v] = users.get(v, 0) + 1
             self._vip_users = users
             vips_add: AbstractSet[str] = users.keys()
-            vips_remove = self.dummy.addrs - vips_add
+            vips_remove = self.dummy.addrs.keys() - vips_add
             self.svc_health = {n: st.health_check for n, st in states.items()
                                if st.health_check}
             # the states themselves become the record (no copy): only those with servers

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import socket
+from collections.abc import Container
 from collections.abc import Iterable
 from collections.abc import Iterator
 from collections.abc import Mapping
@@ -320,7 +321,7 @@ def _external_addresses(svc: Service, settings: Settings) -> list[str]:
 
 
 def owns(key: nl.ServiceKey, settings: Settings, node_ips: Iterable[str],
-         dummy_addrs: Iterable[str]) -> bool:
+         dummy_addrs: Container[str]) -> bool:
     """Whether an IPVS service found in the kernel is in this proxy's ranges.
 
     Only these are ever deleted; anything else (another tool's services, --excluded-cidrs)
@@ -331,7 +332,7 @@ def owns(key: nl.ServiceKey, settings: Settings, node_ips: Iterable[str],
         return False
     if _in(addr, settings.service_cidrs) or _in(addr, settings.external_ranges):
         return True
-    if _in(addr, settings.lb_ranges) or key.addr in set(dummy_addrs):
+    if _in(addr, settings.lb_ranges) or key.addr in dummy_addrs:
         return True
     lo, hi = settings.nodeport_range
     return key.addr in set(node_ips) and lo <= key.port <= hi

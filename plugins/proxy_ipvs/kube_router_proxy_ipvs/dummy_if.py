@@ -14,6 +14,7 @@ import logging
 import os
 import socket
 from collections.abc import Mapping
+from collections.abc import Set as AbstractSet
 
 from pyroute2 import AsyncIPRoute
 
@@ -22,9 +23,10 @@ from kube_router_proxy_ipvs import rtnl
 log = logging.getLogger(__name__)
 
 DUMMY_IF = "kube-dummy-if"
-#: Above this many messages the batch is sent from a worker thread, so the loop stays free
-#: while the kernel works; below it the hop to the thread costs more than it frees.
-BULK_THRESHOLD = 4096
+#: Above this many addresses to bind or unbind (two messages each, with their routes), the
+#: batch is encoded and sent from a worker thread, so the loop stays free while the kernel
+#: works; below it the hop to the thread costs more than it frees.
+BULK_THRESHOLD = 2048
 
 
 def _is_ours(addr: str) -> bool:
@@ -39,10 +41,13 @@ class DummyInterface:
     def __init__(self, name: str = DUMMY_IF) -> None:
         self.name = name
         self.index: int | None = None
-        self.addrs: set[str] = set()
+        # the addresses on the link, as an insertion-ordered set: at thousands of VIPs a
+        # dict takes a third of a set's memory (and fresh memory is slow to touch)
+        self.addrs: dict[str, None] = {}
         self.route_src: dict[str, str] = {}  # VIP -> preferred source of its local route
         self.last_failures: dict[tuple[str, str], int] = {}
         self.sent = 0  # rtnetlink messages sent so far (the benchmark compares counts)
+        self._buf = bytearray(rtnl.CHUNK_BYTES)  # reused by every batch
 
     async def load(self) -> None:
         """Create the link if missing, bring it up, and read its addresses and routes."""
@@ -55,7 +60,7 @@ class DummyInterface:
             self.index = found[0]
             await ipr.link("set", index=self.index, state="up")
             self.addrs = {
-                m.get("IFA_ADDRESS")
+                m.get("IFA_ADDRESS"): None
                 async for m in await ipr.addr("dump", index=self.index)
                 if _is_ours(m.get("IFA_ADDRESS"))
             }
@@ -63,12 +68,15 @@ class DummyInterface:
                           (await asyncio.to_thread(rtnl.local_routes, self.index)).items()
                           if dst in self.addrs}
 
-    def plan(self, add: set[str], remove: set[str],
-             src: Mapping[int, str] | None = None) -> rtnl.Batch:
+    def plan(self, add: AbstractSet[str], remove: AbstractSet[str],
+             src: Mapping[int, str] | None = None, batch: rtnl.Batch | None = None
+             ) -> rtnl.Batch:
         """The messages that bind ``add``, unbind ``remove`` and source each VIP of ``add``
-        from ``src[family]`` (4 or 6; a family missing there keeps the kernel's route)."""
+        from ``src[family]`` (4 or 6; a family missing there keeps the kernel's route),
+        encoded into ``batch`` (a new one that keeps its chunks, if None)."""
         assert self.index is not None, "load() first"
-        batch = rtnl.Batch(self.index)
+        if batch is None:
+            batch = rtnl.Batch(self.index)
         addrs, route_src = self.addrs, self.route_src
         for addr in add:
             if addr not in addrs:
@@ -99,12 +107,12 @@ class DummyInterface:
             err = failed.get((op, addr))
             if op == rtnl.ADD_ADDRESS:
                 if err in (None, errno.EEXIST):
-                    addrs.add(addr)
+                    addrs[addr] = None
                 else:
                     route_src.pop(addr, None)
             elif op == rtnl.DEL_ADDRESS:
                 if err in (None, errno.EADDRNOTAVAIL):
-                    addrs.discard(addr)
+                    addrs.pop(addr, None)
                     route_src.pop(addr, None)
             elif op == rtnl.SET_ROUTE:
                 if err is None:
@@ -122,17 +130,16 @@ class DummyInterface:
                         self.name, op, len(which), sorted(which)[0], os.strerror(err))
         self.last_failures = dict(failed)
 
-    async def update(self, add: set[str], remove: set[str],
+    async def update(self, add: AbstractSet[str], remove: AbstractSet[str],
                      src: Mapping[int, str] | None = None) -> None:
         """Bind ``add``, unbind ``remove`` (only what is not already so), and source the
         routes of ``add`` from ``src`` (see :meth:`plan`)."""
-        batch = self.plan(add, remove, src)
+        if len(add) + len(remove) > BULK_THRESHOLD:
+            batch, failed = await asyncio.to_thread(self._send, add, remove, src)
+        else:  # a few system calls, cheaper than a thread hop
+            batch, failed = self._send(add, remove, src)
         if not len(batch):
             return
-        if len(batch) > BULK_THRESHOLD:
-            failed = await asyncio.to_thread(batch.send)
-        else:  # a few system calls, cheaper than a thread hop
-            failed = batch.send()
         self.sent += len(batch)
         self.commit(batch, failed, src)
         if not (src and src.get(6)):
@@ -143,8 +150,18 @@ class DummyInterface:
             new = {a for op, a in batch.what if op == rtnl.ADD_ADDRESS}
             await asyncio.to_thread(rtnl.drop_kernel_routes6, self.index, routed6, new)
 
+    def _send(self, add: AbstractSet[str], remove: AbstractSet[str],
+              src: Mapping[int, str] | None) -> tuple[rtnl.Batch, dict[tuple[str, str], int]]:
+        """Plan and send at once: each full buffer goes out while the rest is encoded."""
+        assert self.index is not None, "load() first"
+        with rtnl.Sender() as tx:
+            batch = rtnl.Batch(self.index, buf=self._buf)
+            batch.sink = tx.sink(batch)
+            self.plan(add, remove, src, batch)
+            return batch, tx.finish(batch)
+
     async def sync(self, desired: set[str], src: Mapping[int, str] | None = None) -> None:
-        await self.update(desired, self.addrs - desired, src)
+        await self.update(desired, self.addrs.keys() - desired, src)
 
 
 async def delete_link(name: str = DUMMY_IF) -> bool:

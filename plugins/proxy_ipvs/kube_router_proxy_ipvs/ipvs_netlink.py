@@ -468,10 +468,11 @@ class Batch:
     size of one ``sendmsg`` is filled, handed to ``sink`` when full, and filled again.
     Without a sink (prebuilt batches, tests) full buffers are kept as chunks.
 
-    Nothing is kept per message. Each call is a segment (a service, or the dests of one
-    service under one command) and all its messages carry the segment's number (1-based)
-    as their sequence number; an error reply echoes the failed request, so the dest it
-    names is read back from the reply (see :func:`echoed_dest`). ``len()`` counts messages.
+    Nothing is kept per message. Each call is a segment (one service request, the dests of
+    one service under one command, or a new service with its dests) and all its messages
+    carry the segment's number (1-based) as their sequence number; an error reply echoes
+    the failed request, so its command and dest are read back from the reply (see
+    :meth:`op`). ``len()`` counts messages.
     """
 
     def __init__(self, family: int, sink: Callable[[memoryview], None] | None = None,

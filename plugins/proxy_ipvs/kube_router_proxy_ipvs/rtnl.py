@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import socket
 import struct
+from collections.abc import Callable
 from collections.abc import Iterator
 
 from kube_router_proxy_ipvs import ipvs_netlink as nl
@@ -41,6 +42,7 @@ _IFADDR = struct.Struct("=BBBBI")
 _RTMSG = struct.Struct("=BBBBBBBBI")
 _NLA = struct.Struct("=HH")
 _INT = struct.Struct("=i")
+_U16 = struct.Struct("=H")
 _AF_INET = socket.AF_INET
 _inet_aton = socket.inet_aton
 
@@ -69,52 +71,76 @@ def _attr(atype: int, payload: bytes) -> bytes:
 
 
 class Batch:
-    """Address and local-route changes on one link, encoded as they are added.
+    """Address and local-route changes on one link, encoded as they are added into one
+    buffer of a ``sendmsg``'s size, which is handed to ``sink`` whenever the next message
+    would not fit (without a sink, full buffers are kept as chunks). Memory stays bounded
+    however many VIPs a sync binds, and a reused buffer touches no fresh pages.
 
     Message ``i`` (0-based) carries sequence number ``i + 1``; ``ops[i]`` says what it did
     to ``addrs[i]`` (two lists of references: no object per message).
     """
 
-    def __init__(self, index: int) -> None:
+    def __init__(self, index: int, sink: Callable[[memoryview], None] | None = None,
+                 buf: bytearray | None = None) -> None:
         self.index = index
-        self.buf = bytearray()
+        self.sink = sink
+        self.buf = buf if buf is not None and len(buf) >= CHUNK_BYTES \
+            else bytearray(CHUNK_BYTES)
+        self.used = 0
+        self.kept: list[bytes] = []  # full buffers, without a sink
         self.ops: list[str] = []
         self.addrs: list[str] = []
-        self._cuts: list[int] = []  # offsets where a send chunk ends
-        self._last_cut = 0
-        self._last_off = 0  # where the last message starts (it gets the ack flag)
+        self._last = -1  # where the last message starts in the buffer
 
     def __len__(self) -> int:
         return len(self.ops)
 
-    def _added(self, op: str, addr: str, start: int) -> None:
+    def _flush(self) -> None:
+        if not self.used:
+            return
+        view = memoryview(self.buf)[: self.used]
+        if self.sink is not None:
+            self.sink(view)
+        else:
+            self.kept.append(bytes(view))
+        self.used = 0
+
+    def _room(self, size: int) -> int:
+        """Where a message of ``size`` bytes goes: the buffer is sent first if it is full
+        (so the last message is always still in it, to be acked)."""
+        if self.used + size > CHUNK_BYTES:
+            self._flush()
+        return self.used
+
+    def _added(self, op: str, addr: str, size: int) -> None:
         self.ops.append(op)
         self.addrs.append(addr)
-        self._last_off = start
-        if len(self.buf) - self._last_cut >= CHUNK_BYTES:
-            self._last_cut = len(self.buf)
-            self._cuts.append(self._last_cut)
+        self._last = self.used
+        self.used += size
 
-    def _generic(self, mtype: int, flags: int, body: bytes) -> None:
-        seq = len(self.ops) + 1
-        self.buf += _NLMSG.pack(_NLMSG.size + len(body), mtype, flags, seq, 0) + body
+    def _generic(self, mtype: int, flags: int, body: bytes, op: str, addr: str) -> None:
+        size = _NLMSG.size + len(body)  # every body here is a multiple of 4 bytes
+        at = self._room(size)
+        _NLMSG.pack_into(self.buf, at, size, mtype, flags, len(self.ops) + 1, 0)
+        self.buf[at + _NLMSG.size : at + size] = body
+        self._added(op, addr, size)
 
     def address(self, addr: str, *, add: bool) -> None:
         """Add (or replace) / delete ``addr`` as a host address (/32, /128) on the link."""
-        start = len(self.buf)
         mtype = RTM_NEWADDR if add else RTM_DELADDR
         flags = nl.NLM_F_REQUEST | (NLM_F_CREATE | NLM_F_REPLACE if add else 0)
+        op = ADD_ADDRESS if add else DEL_ADDRESS
         if ":" not in addr:
             raw = _inet_aton(addr)
-            self.buf += _ADDR4.pack(_ADDR4.size, mtype, flags, len(self.ops) + 1, 0,
-                                    _AF_INET, 32, 0, RT_SCOPE_LINK, self.index,
-                                    8, IFA_LOCAL, raw, 8, IFA_ADDRESS, raw)
+            _ADDR4.pack_into(self.buf, self._room(_ADDR4.size), _ADDR4.size, mtype, flags,
+                             len(self.ops) + 1, 0, _AF_INET, 32, 0, RT_SCOPE_LINK,
+                             self.index, 8, IFA_LOCAL, raw, 8, IFA_ADDRESS, raw)
+            self._added(op, addr, _ADDR4.size)
         else:
             raw = socket.inet_pton(socket.AF_INET6, addr)
             body = (_IFADDR.pack(socket.AF_INET6, 128, 0, RT_SCOPE_LINK, self.index)
                     + _attr(IFA_LOCAL, raw) + _attr(IFA_ADDRESS, raw))
-            self._generic(mtype, flags, body)
-        self._added(ADD_ADDRESS if add else DEL_ADDRESS, addr, start)
+            self._generic(mtype, flags, body, op, addr)
 
     def local_route(self, addr: str, src: str | None) -> None:
         """Replace the local-table route of ``addr`` by one whose preferred source is ``src``,
@@ -124,81 +150,132 @@ class Batch:
         its source address; with the node IP as source, replies from pods on other nodes
         come back to an address the node really owns.
         """
-        start = len(self.buf)
         fam = _family(addr)
+        op = SET_ROUTE if src is not None else DEL_ROUTE
         if fam == _AF_INET and (src is None or ":" not in src):
             dst = _inet_aton(addr)
             seq = len(self.ops) + 1
             if src is not None:
-                self.buf += _ROUTE4.pack(
-                    _ROUTE4.size, RTM_NEWROUTE,
+                _ROUTE4.pack_into(
+                    self.buf, self._room(_ROUTE4.size), _ROUTE4.size, RTM_NEWROUTE,
                     nl.NLM_F_REQUEST | NLM_F_CREATE | NLM_F_REPLACE, seq, 0,
                     _AF_INET, 32, 0, 0, RT_TABLE_LOCAL, RTPROT_KERNEL, RT_SCOPE_HOST,
                     RTN_LOCAL, 0, 8, RTA_DST, dst, 8, RTA_PREFSRC, _inet_aton(src),
                     8, RTA_OIF, self.index)
+                self._added(op, addr, _ROUTE4.size)
             else:
-                self.buf += _DELROUTE4.pack(
-                    _DELROUTE4.size, RTM_DELROUTE, nl.NLM_F_REQUEST, seq, 0,
+                _DELROUTE4.pack_into(
+                    self.buf, self._room(_DELROUTE4.size), _DELROUTE4.size, RTM_DELROUTE,
+                    nl.NLM_F_REQUEST, seq, 0,
                     _AF_INET, 32, 0, 0, RT_TABLE_LOCAL, 0, RT_SCOPE_NOWHERE, RTN_LOCAL, 0,
                     8, RTA_DST, dst, 8, RTA_OIF, self.index)
+                self._added(op, addr, _DELROUTE4.size)
+            return
+        plen = 128 if fam == socket.AF_INET6 else 32
+        if src is not None:
+            body = (_RTMSG.pack(fam, plen, 0, 0, RT_TABLE_LOCAL, RTPROT_KERNEL,
+                                RT_SCOPE_HOST, RTN_LOCAL, 0)
+                    + _attr(RTA_DST, socket.inet_pton(fam, addr))
+                    + _attr(RTA_PREFSRC, socket.inet_pton(fam, src))
+                    + _attr(RTA_OIF, struct.pack("=I", self.index)))
+            self._generic(RTM_NEWROUTE, nl.NLM_F_REQUEST | NLM_F_CREATE | NLM_F_REPLACE,
+                          body, op, addr)
         else:
-            plen = 128 if fam == socket.AF_INET6 else 32
-            if src is not None:
-                body = (_RTMSG.pack(fam, plen, 0, 0, RT_TABLE_LOCAL, RTPROT_KERNEL,
-                                    RT_SCOPE_HOST, RTN_LOCAL, 0)
-                        + _attr(RTA_DST, socket.inet_pton(fam, addr))
-                        + _attr(RTA_PREFSRC, socket.inet_pton(fam, src))
-                        + _attr(RTA_OIF, struct.pack("=I", self.index)))
-                self._generic(RTM_NEWROUTE,
-                              nl.NLM_F_REQUEST | NLM_F_CREATE | NLM_F_REPLACE, body)
-            else:
-                body = (_RTMSG.pack(fam, plen, 0, 0, RT_TABLE_LOCAL, 0, RT_SCOPE_NOWHERE,
-                                    RTN_LOCAL, 0)
-                        + _attr(RTA_DST, socket.inet_pton(fam, addr))
-                        + _attr(RTA_OIF, struct.pack("=I", self.index)))
-                self._generic(RTM_DELROUTE, nl.NLM_F_REQUEST, body)
-        self._added(SET_ROUTE if src is not None else DEL_ROUTE, addr, start)
+            body = (_RTMSG.pack(fam, plen, 0, 0, RT_TABLE_LOCAL, 0, RT_SCOPE_NOWHERE,
+                                RTN_LOCAL, 0)
+                    + _attr(RTA_DST, socket.inet_pton(fam, addr))
+                    + _attr(RTA_OIF, struct.pack("=I", self.index)))
+            self._generic(RTM_DELROUTE, nl.NLM_F_REQUEST, body, op, addr)
 
     @property
     def what(self) -> list[tuple[str, str]]:
         """(op, address) of every message, in order."""
         return list(zip(self.ops, self.addrs, strict=True))
 
-    def chunks(self) -> Iterator[memoryview]:
-        view = memoryview(self.buf)
-        start = 0
-        for cut in [*self._cuts, len(self.buf)]:
-            if cut > start:
-                yield view[start:cut]
-            start = cut
+    def _ack_last(self) -> None:
+        # The last message asks for an ack: it comes after every earlier error.
+        at = self._last + 6  # nlmsg_flags
+        _U16.pack_into(self.buf, at, _U16.unpack_from(self.buf, at)[0] | nl.NLM_F_ACK)
+
+    def chunks(self) -> list[bytes]:
+        """Without a sink: every encoded byte, in sendmsg-sized chunks."""
+        self._flush()
+        return self.kept
 
     def send(self) -> dict[tuple[str, str], int]:
-        """Send the batch (blocking); return {(op, address): errno} for what failed."""
+        """Send a prebuilt batch (no sink; blocking); return {(op, address): errno} for
+        what failed."""
         if not self.ops:
             return {}
-        # The last message asks for an ack: it comes after every earlier error.
-        last = len(self.ops)
-        length, mtype, flags, seq, pid = _NLMSG.unpack_from(self.buf, self._last_off)
-        _NLMSG.pack_into(self.buf, self._last_off, length, mtype, flags | nl.NLM_F_ACK, seq,
-                         pid)
-        replies = bytearray(_REPLY_BYTES)  # one error reply per datagram, each small
-        with _socket() as sock:
+        self._ack_last()
+        with Sender() as tx:
             for chunk in self.chunks():
-                sock.send(chunk)
-            failed: dict[tuple[str, str], int] = {}
-            while True:
-                n = sock.recv_into(replies)
-                done = False
-                for mtype, _f, mseq, payload in nl.iter_messages(bytes(replies[:n])):
-                    if mtype != nl.NLMSG_ERROR:
-                        continue
-                    code = -_INT.unpack_from(payload)[0]
-                    if code and 0 < mseq <= last:
-                        failed[(self.ops[mseq - 1], self.addrs[mseq - 1])] = code
-                    if mseq == last:
-                        done = True
-                if done:
-                    return failed
+                tx.send(chunk, self)
+            return tx.finish(self)
+
+
+class Sender:
+    """A route socket sending batches' buffers as they fill (``Batch(sink=tx.sink(b))``),
+    without waiting for answers: the kernel replies only to failures, and to the last
+    message, which asks for an ack."""
+
+    def __init__(self) -> None:
+        self._sock: socket.socket | None = None  # opened when there is something to send
+        self.failed: dict[tuple[str, str], int] = {}
+        self._replies = bytearray(_REPLY_BYTES)  # one error reply per datagram, each small
+        self._closed = False  # the last message's ack was read
+
+    def __enter__(self) -> Sender:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._sock is not None:
+            self._sock.close()
+
+    @property
+    def sock(self) -> socket.socket:
+        if self._sock is None:
+            self._sock = _socket()
+        return self._sock
+
+    def sink(self, batch: Batch) -> Callable[[memoryview], None]:
+        """What sends ``batch``'s full buffers (pass it as the batch's ``sink``)."""
+        return lambda chunk: self.send(chunk, batch)
+
+    def send(self, chunk: bytes | memoryview, batch: Batch) -> None:
+        self.sock.send(chunk)
+        self._drain(batch, block=False)
+
+    def finish(self, batch: Batch) -> dict[tuple[str, str], int]:
+        """Send what ``batch`` has left (its last message acked), wait for that ack, and
+        return {(op, address): errno} for what failed."""
+        if batch.used:
+            batch._ack_last()
+            self.sock.send(memoryview(batch.buf)[: batch.used])
+            batch.used = 0
+        if batch.ops and not self._closed:
+            self._drain(batch, block=True)
+        return self.failed
+
+    def _drain(self, batch: Batch, *, block: bool) -> None:
+        last = len(batch.ops)
+        flags = 0 if block else socket.MSG_DONTWAIT
+        while True:
+            try:
+                n = self.sock.recv_into(self._replies, 0, flags)
+            except BlockingIOError:
+                return
+            done = False
+            for mtype, _f, mseq, payload in nl.iter_messages(bytes(self._replies[:n])):
+                if mtype != nl.NLMSG_ERROR:
+                    continue
+                code = -_INT.unpack_from(payload)[0]
+                if code and 0 < mseq <= last:
+                    self.failed[(batch.ops[mseq - 1], batch.addrs[mseq - 1])] = code
+                if mseq == last and batch.used == 0:  # the ack of a message already sent
+                    self._closed = done = True
+            if done:
+                return
 
 
 def _socket() -> socket.socket:

@@ -1,0 +1,47 @@
+"""kube-dummy-if's batches against the kernel: thousands of VIPs, streamed in chunks."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+from collections.abc import Callable
+
+import pytest
+
+from kube_router_proxy_ipvs import rtnl
+from kube_router_proxy_ipvs.dummy_if import DummyInterface
+from kube_router_proxy_ipvs.dummy_if import delete_link
+
+pytestmark = pytest.mark.kernel
+LINK = "kt-dummy-many"
+SRC_LINK = "kt-dummy-src"
+SRC = "192.168.78.1"
+
+
+def test_many_vips_span_chunks_and_come_back_exactly(sh: Callable[..., str]) -> None:
+    vips = [f"10.99.{i // 250}.{i % 250 + 1}" for i in range(3000)]
+    subprocess.run(["ip", "link", "add", SRC_LINK, "type", "dummy"], check=True)
+    try:
+        sh(["ip", "addr", "add", f"{SRC}/32", "dev", SRC_LINK])
+        sh(["ip", "link", "set", SRC_LINK, "up"])
+        dummy = DummyInterface(LINK)
+        asyncio.run(dummy.load())
+        # two messages per VIP: more than one send buffer
+        sizes = 3000 * (rtnl._ADDR4.size + rtnl._ROUTE4.size)
+        assert sizes > rtnl.CHUNK_BYTES
+        asyncio.run(dummy.update(set(vips), set(), {4: SRC}))
+        assert dummy.sent == 6000 and not dummy.last_failures
+        bound = sh(["ip", "-4", "-o", "addr", "show", "dev", LINK]).splitlines()
+        assert len(bound) == 3000
+        routes = sh(["ip", "-4", "route", "show", "table", "local", "dev", LINK]).splitlines()
+        assert len(routes) == 3000 and all(f"src {SRC}" in r for r in routes)
+        # a fresh instance reads the same state back: nothing left to send
+        again = DummyInterface(LINK)
+        asyncio.run(again.load())
+        assert len(again.plan(set(vips), set(), {4: SRC})) == 0
+        asyncio.run(again.update(set(), set(vips[:2500])))
+        assert len(sh(["ip", "-4", "-o", "addr", "show", "dev", LINK]).splitlines()) == 500
+        assert set(again.addrs) == set(vips[2500:])
+    finally:
+        asyncio.run(delete_link(LINK))
+        subprocess.run(["ip", "link", "del", SRC_LINK], check=False)
