@@ -460,7 +460,37 @@ def echoed_dest(payload: bytes, af: int) -> tuple[str, int] | None:
     return _addr(af, a[DEST_ATTR_ADDR]), _BE16.unpack(a[DEST_ATTR_PORT][:2])[0]
 
 
-class Batch:
+class ChunkBuffer:
+    """A send buffer of one ``sendmsg``'s size: when full it goes to ``sink`` (or, without
+    one, is kept as a chunk) and is filled again, so memory stays bounded however many
+    messages a batch holds, and a reused buffer touches no fresh pages."""
+
+    def __init__(self, size: int, sink: Callable[[memoryview], None] | None,
+                 buf: bytearray | None) -> None:
+        self.sink = sink
+        self.buf = buf if buf is not None and len(buf) >= size else bytearray(size)
+        self.used = 0
+        self.kept: list[bytes] = []  # full buffers, without a sink
+        self._last = -1  # where the last message starts in the buffer, while unsent
+
+    def _flush(self) -> None:
+        if not self.used:
+            return
+        view = memoryview(self.buf)[: self.used]
+        if self.sink is not None:
+            self.sink(view)
+        else:
+            self.kept.append(bytes(view))
+        self.used = 0
+        self._last = -1
+
+    def chunks(self) -> list[bytes]:
+        """Without a sink: every encoded byte, in sendmsg-sized chunks."""
+        self._flush()
+        return self.kept
+
+
+class Batch(ChunkBuffer):
     """IPVS requests encoded in place, as they are planned, into one reused buffer.
 
     A cold sync of 10,000 services sends 110,000 messages; where memory is costly to touch
@@ -477,19 +507,14 @@ class Batch:
 
     def __init__(self, family: int, sink: Callable[[memoryview], None] | None = None,
                  size: int = BATCH_BYTES, buf: bytearray | None = None) -> None:
-        self.family = family
-        self.sink = sink
         # ``buf``: a buffer to reuse (its pages are already mapped)
-        self.buf = buf if buf is not None and len(buf) >= size + _MAX_MSG \
-            else bytearray(size + _MAX_MSG)
+        super().__init__(size + _MAX_MSG, sink, buf)
+        self.family = family
         self.limit = size
-        self.used = 0
         self.count = 0
-        self.kept: list[bytes] = []  # full buffers, without a sink
         self._cmds: list[int] = []  # per segment
         self._keys: list[ServiceKey] = []
         self._nest: tuple[ServiceKey | None, bytes] = (None, b"")  # the last one encoded
-        self._last = -1  # where the last message starts in the buffer, while unsent
 
     def __len__(self) -> int:
         return self.count
@@ -497,17 +522,6 @@ class Batch:
     @property
     def segments(self) -> int:
         return len(self._cmds)
-
-    def _flush(self) -> None:
-        if not self.used:
-            return
-        view = memoryview(self.buf)[: self.used]
-        if self.sink is not None:
-            self.sink(view)
-        else:
-            self.kept.append(bytes(view))
-        self.used = 0
-        self._last = -1
 
     def ack_last(self) -> bool:
         """Ask for an ack of the last message, if it is still in the buffer: its reply (an
@@ -641,11 +655,6 @@ class Batch:
         if count > self.count:
             self._last = used - size if used else -1
         self.used, self.count = used, count
-
-    def chunks(self) -> list[bytes]:
-        """Without a sink: every encoded byte, in sendmsg-sized chunks."""
-        self._flush()
-        return self.kept
 
     def op(self, seq: int, echo: bytes | None = None) -> Op:
         """The request of segment ``seq`` (its body is not kept), described; with ``echo``,

@@ -70,11 +70,10 @@ def _attr(atype: int, payload: bytes) -> bytes:
     return _NLA.pack(4 + len(payload), atype) + payload + b"\0" * ((-len(payload)) & 3)
 
 
-class Batch:
-    """Address and local-route changes on one link, encoded as they are added into one
-    buffer of a ``sendmsg``'s size, which is handed to ``sink`` whenever the next message
-    would not fit (without a sink, full buffers are kept as chunks). Memory stays bounded
-    however many VIPs a sync binds, and a reused buffer touches no fresh pages.
+class Batch(nl.ChunkBuffer):
+    """Address and local-route changes on one link, encoded as they are added into a
+    :class:`~kube_router_proxy_ipvs.ipvs_netlink.ChunkBuffer`, sent whenever the next message
+    would not fit.
 
     Message ``i`` (0-based) carries sequence number ``i + 1``; ``ops[i]`` says what it did
     to ``addrs[i]`` (two lists of references: no object per message).
@@ -82,28 +81,13 @@ class Batch:
 
     def __init__(self, index: int, sink: Callable[[memoryview], None] | None = None,
                  buf: bytearray | None = None) -> None:
+        super().__init__(CHUNK_BYTES, sink, buf)
         self.index = index
-        self.sink = sink
-        self.buf = buf if buf is not None and len(buf) >= CHUNK_BYTES \
-            else bytearray(CHUNK_BYTES)
-        self.used = 0
-        self.kept: list[bytes] = []  # full buffers, without a sink
         self.ops: list[str] = []
         self.addrs: list[str] = []
-        self._last = -1  # where the last message starts in the buffer
 
     def __len__(self) -> int:
         return len(self.ops)
-
-    def _flush(self) -> None:
-        if not self.used:
-            return
-        view = memoryview(self.buf)[: self.used]
-        if self.sink is not None:
-            self.sink(view)
-        else:
-            self.kept.append(bytes(view))
-        self.used = 0
 
     def _room(self, size: int) -> int:
         """Where a message of ``size`` bytes goes: the buffer is sent first if it is full
@@ -196,11 +180,6 @@ class Batch:
         # The last message asks for an ack: it comes after every earlier error.
         at = self._last + 6  # nlmsg_flags
         _U16.pack_into(self.buf, at, _U16.unpack_from(self.buf, at)[0] | nl.NLM_F_ACK)
-
-    def chunks(self) -> list[bytes]:
-        """Without a sink: every encoded byte, in sendmsg-sized chunks."""
-        self._flush()
-        return self.kept
 
     def send(self) -> dict[tuple[str, str], int]:
         """Send a prebuilt batch (no sink; blocking); return {(op, address): errno} for
