@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 from typing import Protocol
 
+from kube_router_lab.agents import tail
 from kube_router_lab.scenario import AnnotateStep
 from kube_router_lab.scenario import ApplyStep
 from kube_router_lab.scenario import DeleteStep
@@ -34,6 +35,7 @@ from kube_router_lab.scenario import expand
 from kube_router_lab.scenario import load_scenario
 
 POLL = 0.25  # seconds between readiness polls while waiting for the agents
+FAILURE_LOG_LINES = 40  # of each agent's log, printed when a step fails
 
 
 class LabLike(Protocol):
@@ -135,6 +137,8 @@ class Runner:
             verdict = "PASS" if res.passed else "FAIL"
             detail = f" {res.reason}" if res.reason else ""
             self.say(f"  {verdict} step {step.index} ({step.kind}, {res.seconds:.1f}s){detail}")
+            if not res.passed:
+                self._show_agent_logs()
             if not res.passed and not self.keep_going:
                 skipped = total - step.index
                 if skipped:
@@ -150,6 +154,16 @@ class Runner:
                  + (f"; failed steps: {', '.join(map(str, failed))}" if failed else ""))
         return {"scenario": self.scenario.name, "passed": passed, "seconds": round(seconds, 3),
                 "steps": [r.to_json() for r in self.results]}
+
+    def _show_agent_logs(self) -> None:
+        # The guest and its files go when the run ends: what the agents said is only
+        # kept if it is in the transcript.
+        for name, agent in getattr(self.lab, "agents", {}).items():
+            text = tail(agent.spec.log_path, FAILURE_LOG_LINES)
+            if text:
+                self.say(f"  last lines of {name}'s agent log:")
+                for line in text.splitlines():
+                    self.say(f"    {line}")
 
     def _finish_backgrounds(self) -> None:
         for name, runs in self.backgrounds.items():

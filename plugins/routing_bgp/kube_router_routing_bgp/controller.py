@@ -166,15 +166,6 @@ class RouterController(Controller):
         self.installer.local_prefixes = set(my_cidrs)
 
         errors: list[str] = []
-        if self.pod_network is not None:
-            try:
-                await self.pod_network.sync(me, local.address, my_cidrs,
-                                            desired.cluster_pod_cidrs(nodes),
-                                            {ip for n in nodes if (ip := desired.node_ip(n))})
-            except Exception as exc:  # the BGP part must go on without the pod network
-                log.warning("pod network sync failed node=%s error=%s", me.meta.name, exc)
-                errors.append(f"pod network: {exc}")
-
         if self.overlay is not None:
             try:
                 await self.overlay.sync(local.address,
@@ -184,6 +175,7 @@ class RouterController(Controller):
                 log.warning("overlay sync failed node=%s error=%s", me.meta.name, exc)
                 errors.append(f"overlay: {exc}")
 
+        bgp_error: GobgpError | None = None
         try:
             await self._ensure_bgp(local)
             t0 = time.monotonic()
@@ -203,9 +195,22 @@ class RouterController(Controller):
                 await self.policy.soft_reset()
             await self._update_peer_metrics()
         except GobgpError as exc:
-            raise TemporaryError(f"gobgpd: {exc}", delay=2.0) from exc
-        finally:
-            self.metrics.routes_sync_time.observe(time.monotonic() - started)
+            bgp_error = exc  # the pod network is synced all the same
+        # The pod network comes after BGP: its commands are slow next to the gRPC calls,
+        # and the sessions should come up (connect retries run) in the meantime. No pod
+        # can use the CIDR before the CNI configuration is written here anyway.
+        if self.pod_network is not None:
+            try:
+                await self.pod_network.sync(me, local.address, my_cidrs,
+                                            desired.cluster_pod_cidrs(nodes),
+                                            {ip for n in nodes if (ip := desired.node_ip(n))})
+            except Exception as exc:  # the BGP part must go on without the pod network
+                log.warning("pod network sync failed node=%s error=%s", me.meta.name, exc)
+                errors.append(f"pod network: {exc}")
+        self.metrics.routes_sync_time.observe(time.monotonic() - started)
+        if bgp_error is not None:
+            raise TemporaryError("; ".join([f"gobgpd: {bgp_error}", *errors]),
+                                 delay=2.0) from bgp_error
         if errors:
             raise TemporaryError("; ".join(errors))
         waiting = self._converging(nodes)
