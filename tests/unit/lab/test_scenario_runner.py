@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import threading
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -126,6 +127,18 @@ def test_stops_at_first_failure(tmp_path: Path) -> None:
     assert len(report["steps"]) == 1
     assert report["steps"][0]["reason"] == "distinct 1, expected 2"
     assert "FAIL step 1" in text and "1 steps not run" in text
+
+
+def test_failed_step_shows_each_agents_last_log_lines(tmp_path: Path) -> None:
+    lab = FakeLab()
+    log_path = tmp_path / "agent.log"
+    log_path.write_text("".join(f"line {i}\n" for i in range(100)))
+    lab.agents = {"node-0": SimpleNamespace(spec=SimpleNamespace(log_path=log_path))}
+    _, _, passing = run(tmp_path, '  - run: {in: host, cmd: "echo a"}\n', lab)
+    assert "agent log" not in passing
+    _, _, text = run(tmp_path, '  - run: {in: host, cmd: "false"}\n', lab)
+    assert "last lines of node-0's agent log:" in text
+    assert "    line 99" in text and "    line 60" in text and "line 59" not in text
 
 
 def test_keep_going(tmp_path: Path) -> None:
