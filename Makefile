@@ -48,7 +48,7 @@ demo: venv
 
 bench: venv
 	$(PY) -m bench.decode
-	$(KRP) lab exec -- $(PY) -m bench.proxy_ipvs --n 1000
+	$(KRP) lab exec --mem 3G -- $(PY) -m bench.proxy_ipvs --n 1000
 	$(KRP) lab exec -- $(PY) -m bench.routing_bgp --n 5000
 
 lint: venv

@@ -2,6 +2,11 @@
 
     python -m bench.proxy_ipvs --n 1000
 
+From the checkout: ``kube-router-py lab exec --mem 3G -- .venv/bin/python -m bench.proxy_ipvs
+--n 10000``. Give the guest that memory for N in the thousands: in the default 1 GiB the
+10,000-Service runs are short of memory and their timings wander (event p99 23 ms there,
+8 ms with 3 GiB, on one machine).
+
 S1, cold sync: N Services x 10 endpoints, decoded from API objects into the stores the
 informers fill, synced by the proxy controller into an empty IPVS table (plus their VIPs on
 kube-dummy-if). Compared, on the same machine in the same run, with
