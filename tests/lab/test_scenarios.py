@@ -25,4 +25,4 @@ def test_scenario(lab, path: Path, tmp_path: Path) -> None:
     failed = [s for s in data["steps"] if not s["passed"]]
     assert res.returncode == 0 and data["passed"], (
         f"{path.name}: " + "; ".join(f"step {s['index']} ({s['kind']}): {s.get('reason')}"
-                                     for s in failed) + f"\n{transcript[-6000:]}")
+                                     for s in failed) + f"\n{transcript[-30000:]}")

@@ -4,37 +4,58 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
+from collections.abc import Sequence
 
 
 class CommandError(RuntimeError):
     """A tool exited non-zero; the message carries its argv, status and stderr."""
 
-    def __init__(self, argv: list[str], rc: int, stderr: str) -> None:
+    def __init__(self, argv: Sequence[str], rc: int, stderr: str) -> None:
         super().__init__(f"{' '.join(argv)}: rc={rc} stderr={stderr.strip()[:2000]}")
-        self.argv = argv
+        self.argv = list(argv)
         self.rc = rc
         self.stderr = stderr
 
 
-async def run(argv: list[str], stdin: str | None = None, *, check: bool = True
-              ) -> tuple[int, str, str]:
+#: Seconds a tool may run. They finish in well under a second; one that hangs must not
+#: hold its controller's sync (and every later one) with it: it is killed and the sync
+#: fails, to be retried.
+TIMEOUT = 30.0
+
+
+def _timed_out(argv: Sequence[str], timeout: float) -> CommandError:
+    return CommandError(list(argv), -9, f"killed after {timeout:g} s without finishing")
+
+
+async def run(argv: Sequence[str], stdin: str | None = None, *, check: bool = True,
+              timeout: float = TIMEOUT) -> tuple[int, str, str]:
     """Run ``argv`` without a shell; return (rc, stdout, stderr)."""
     proc = await asyncio.create_subprocess_exec(
         *argv,
         stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )
-    out, err = await proc.communicate(stdin.encode() if stdin is not None else None)
+    try:
+        out, err = await asyncio.wait_for(
+            proc.communicate(stdin.encode() if stdin is not None else None), timeout)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise _timed_out(argv, timeout) from None
     rc = proc.returncode or 0
     if check and rc:
         raise CommandError(argv, rc, err.decode(errors="replace"))
     return rc, out.decode(errors="replace"), err.decode(errors="replace")
 
 
-def run_sync(argv: list[str], stdin: str | None = None, *, check: bool = True
-             ) -> tuple[int, str, str]:
+def run_sync(argv: Sequence[str], stdin: str | None = None, *, check: bool = True,
+             timeout: float = TIMEOUT) -> tuple[int, str, str]:
     """The same, for code outside the event loop (cleanup, status)."""
-    proc = subprocess.run(argv, input=stdin, capture_output=True, text=True, check=False)
+    try:
+        proc = subprocess.run(argv, input=stdin, capture_output=True, text=True,
+                              check=False, timeout=timeout)
+    except subprocess.TimeoutExpired:  # subprocess.run has killed it
+        raise _timed_out(argv, timeout) from None
     if check and proc.returncode:
         raise CommandError(argv, proc.returncode, proc.stderr)
     return proc.returncode, proc.stdout, proc.stderr

@@ -15,7 +15,7 @@ import json
 import logging
 import re
 
-from kube_router_routing_bgp.pod_network import run
+from kube_router.linux.run import run
 
 log = logging.getLogger(__name__)
 

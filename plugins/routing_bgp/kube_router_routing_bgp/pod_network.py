@@ -13,11 +13,11 @@ import logging
 import os
 import tempfile
 from collections.abc import Iterable
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from kube_router.kube.records import Node
+from kube_router.linux.run import run
 
 log = logging.getLogger(__name__)
 
@@ -26,23 +26,6 @@ CONFLIST_NAME = "10-kuberouter.conflist"
 NETWORK_NAME = "kubernetes"
 # Written as the bridge's ifalias when we create it: cleanup removes only a bridge we made.
 OWNER_ALIAS = "kube-router-py"
-
-
-class CommandError(Exception):
-    pass
-
-
-async def run(argv: Sequence[str], *, input_data: bytes | None = None,
-              check: bool = True) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        *argv, stdin=asyncio.subprocess.PIPE if input_data is not None
-        else asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await proc.communicate(input_data)
-    rc = proc.returncode or 0
-    if check and rc != 0:
-        raise CommandError(f"{' '.join(argv)}: rc={rc} {err.decode().strip()}")
-    return rc, out.decode(), err.decode()
 
 
 def conflist(pod_cidrs: Iterable[str], mtu: int | None, data_dir: str = "") -> dict[str, Any]:

@@ -1,0 +1,28 @@
+"""The tool runner: status, stderr and a time limit, so a hung tool cannot hold a sync."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from kube_router.linux.run import CommandError
+from kube_router.linux.run import run
+from kube_router.linux.run import run_sync
+
+
+def test_output_and_status() -> None:
+    assert asyncio.run(run(["sh", "-c", "cat; echo err >&2"], "in")) == (0, "in", "err\n")
+    assert run_sync(["sh", "-c", "exit 3"], check=False)[0] == 3
+    with pytest.raises(CommandError, match="rc=3 stderr=bad"):
+        asyncio.run(run(["sh", "-c", "echo bad >&2; exit 3"]))
+
+
+def test_a_hung_tool_is_killed_at_its_time_limit() -> None:
+    started = time.monotonic()
+    with pytest.raises(CommandError, match="killed after 0.3 s"):
+        asyncio.run(run(["sleep", "30"], timeout=0.3))
+    with pytest.raises(CommandError, match="killed after 0.3 s"):
+        run_sync(["sleep", "30"], timeout=0.3)
+    assert time.monotonic() - started < 10
