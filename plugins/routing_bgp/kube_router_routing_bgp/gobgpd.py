@@ -159,7 +159,11 @@ class Gobgpd:
                 return
             except grpc.aio.AioRpcError as exc:
                 if time.monotonic() > deadline:
-                    raise GobgpError(f"gobgpd API not answering: {exc.details()}") from exc
+                    # A gobgpd that never answers would otherwise stay, and every later
+                    # sync would find it "running": end it, so the next one starts afresh.
+                    await self.stop()
+                    raise GobgpError(f"gobgpd API not answering after {timeout:g} s: "
+                                     f"{exc.details()}") from exc
                 await asyncio.sleep(0.1)
 
     async def _api_answers(self, target: str, timeout: float) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import socket
 
@@ -12,6 +13,7 @@ from kube_router.flags import duration
 from kube_router_routing_bgp import kernel_routes as kr
 from kube_router_routing_bgp import pod_network
 from kube_router_routing_bgp.gobgpd import Gobgpd
+from kube_router_routing_bgp.gobgpd import GobgpError
 from kube_router_routing_bgp.gobgpd import PeerConfig
 from kube_router_routing_bgp.gobgpd import admin_target
 
@@ -115,3 +117,20 @@ def test_service_cidrs_read_the_proxys_repeatable_comma_separated_flag() -> None
                                                        ["10.1.0.0/16"]])
     assert service_cidrs(cfg) == ["10.96.0.0/12", "fd00::/108", "10.1.0.0/16"]
     assert service_cidrs(argparse.Namespace()) == []
+
+
+def test_a_gobgpd_that_never_answers_is_ended_so_the_next_sync_starts_afresh(
+        tmp_path) -> None:
+    # A stand-in that starts and then never serves the API (as a hung gobgpd would).
+    hung = tmp_path / "hung-gobgpd"
+    hung.write_text("#!/bin/sh\nexec sleep 60\n")
+    hung.chmod(0o755)
+    client = Gobgpd(api_host=f"unix://{tmp_path}/api.sock", binary=str(hung))
+
+    async def go() -> None:
+        with pytest.raises(GobgpError, match="not answering after 1 s"):
+            await client.spawn(timeout=1.0)
+        assert client.proc is not None and client.proc.returncode is not None
+        assert not client.running()
+
+    asyncio.run(go())
