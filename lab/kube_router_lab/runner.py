@@ -139,12 +139,12 @@ class Runner:
             self.say(f"  {verdict} step {step.index} ({step.kind}, {res.seconds:.1f}s){detail}")
             if not res.passed:
                 self._show_agent_logs()
-            if not res.passed and not self.keep_going:
-                skipped = total - step.index
-                if skipped:
-                    self.say(f"\nstopping at the first failure; {skipped} steps not run "
-                             f"(--keep-going runs them)")
-                break
+                if not self.keep_going:
+                    skipped = total - step.index
+                    if skipped:
+                        self.say(f"\nstopping at the first failure; {skipped} steps not run "
+                                 f"(--keep-going runs them)")
+                    break
         self._finish_backgrounds()
         passed = (len(self.results) == total and all(r.passed for r in self.results))
         seconds = time.monotonic() - started

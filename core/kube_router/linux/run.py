@@ -24,7 +24,7 @@ TIMEOUT = 30.0
 
 
 def _timed_out(argv: Sequence[str], timeout: float) -> CommandError:
-    return CommandError(list(argv), -9, f"killed after {timeout:g} s without finishing")
+    return CommandError(argv, -9, f"killed after {timeout:g} s without finishing")
 
 
 async def run(argv: Sequence[str], stdin: str | None = None, *, check: bool = True,

@@ -204,7 +204,7 @@ class RouterController(Controller):
                 await self.pod_network.sync(me, local.address, my_cidrs,
                                             desired.cluster_pod_cidrs(nodes),
                                             {ip for n in nodes if (ip := desired.node_ip(n))})
-            except Exception as exc:  # the BGP part must go on without the pod network
+            except Exception as exc:  # reported with the rest; the next sync retries it
                 log.warning("pod network sync failed node=%s error=%s", me.meta.name, exc)
                 errors.append(f"pod network: {exc}")
         self.metrics.routes_sync_time.observe(time.monotonic() - started)
