@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 from functools import cache
 
+from kube_router.linux.run import CommandError
 from kube_router.linux.run import run
 from kube_router.linux.run import run_sync
 
@@ -28,10 +28,13 @@ def _count_rules(tool: str) -> int:
     path = shutil.which(tool)
     if not path:
         return -1
-    proc = subprocess.run([path], capture_output=True, text=True, check=False)
-    if proc.returncode:
+    try:
+        rc, out, _ = run_sync([path], check=False)
+    except CommandError:  # hung and killed: count it as unusable
         return -1
-    return sum(1 for line in proc.stdout.splitlines() if line.startswith("-A"))
+    if rc:
+        return -1
+    return sum(1 for line in out.splitlines() if line.startswith("-A"))
 
 
 @cache

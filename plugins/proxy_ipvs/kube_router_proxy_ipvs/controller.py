@@ -11,7 +11,6 @@ import asyncio
 import gc
 import logging
 import socket
-import subprocess
 import time
 from collections.abc import Hashable
 from collections.abc import Iterable
@@ -22,6 +21,8 @@ from kube_router.controller import Controller
 from kube_router.kube.records import EndpointSlice
 from kube_router.kube.records import Node
 from kube_router.kube.records import Service
+from kube_router.linux.run import CommandError
+from kube_router.linux.run import run
 from kube_router_proxy_ipvs import desired as dz
 from kube_router_proxy_ipvs import ipvs_netlink as nl
 from kube_router_proxy_ipvs.dummy_if import DummyInterface
@@ -174,17 +175,14 @@ class ProxyController(Controller):
             return
         self._modules_loaded.add(name)
         try:
-            proc = await asyncio.create_subprocess_exec(
-                "modprobe", f"ip_vs_{name}", stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE)
-            _, err = await proc.communicate()
-        except OSError as exc:
+            rc, _, err = await run(["modprobe", f"ip_vs_{name}"], check=False)
+        except (OSError, CommandError) as exc:  # not installed, or hung and killed
             log.warning("modprobe failed module=ip_vs_%s error=%s", name, exc)
             return
-        if proc.returncode:
+        if rc:
             # Built in, or the kernel autoloads it on first use: IPVS reports real failures.
-            log.info("modprobe failed module=ip_vs_%s rc=%s stderr=%s", name,
-                     proc.returncode, err.decode().strip())
+            log.info("modprobe failed module=ip_vs_%s rc=%s stderr=%s", name, rc,
+                     err.strip())
 
     def _state(self, svc: Service) -> dz.ServiceState:
         slices = [s for s in self.slices.by_index("service", svc.key)
@@ -338,14 +336,12 @@ class ProxyController(Controller):
                     "--orig-port-dst", str(key.port), "--reply-src", ip,
                     "--reply-port-src", str(port)]
             try:
-                proc = await asyncio.create_subprocess_exec(
-                    *argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-                _, err = await proc.communicate()
-            except OSError as exc:
+                rc, _, err = await run(argv, check=False)
+            except (OSError, CommandError) as exc:  # not installed, or hung and killed
                 log.warning("conntrack flush failed service=%s dest=%s:%d error=%s",
                             key, ip, port, exc)
                 continue
             # rc 1 with "0 flow entries" just means there was nothing to flush
-            if proc.returncode not in (0, 1):
+            if rc not in (0, 1):
                 log.warning("conntrack flush failed service=%s dest=%s:%d rc=%s stderr=%s",
-                            key, ip, port, proc.returncode, err.decode().strip())
+                            key, ip, port, rc, err.strip())
