@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import faulthandler
 import logging
 import signal
 from collections.abc import Iterable
@@ -128,6 +129,9 @@ class Agent:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop)
+        # `kill -USR1` writes every thread's stack to stderr, even when the loop is stuck
+        # in a call that never returns (the dump needs neither the loop nor the GIL).
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
         self.bus.start()
         for kind, store in self._stores.items():
             # Pages of 500 cost ~5% more CPU than one response and peak at ~2.5x less memory.

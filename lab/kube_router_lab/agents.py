@@ -144,6 +144,15 @@ class Agent:
         self.log(f"event=agent_restart node={self.spec.node} signal={signal} "
                  f"down={down or 0:g}")
 
+    def dump_stacks(self) -> bool:
+        """Ask the agent to write its threads' stacks into its log (SIGUSR1)."""
+        with self._lock:
+            proc = self.proc
+        if proc is None or proc.poll() is not None:
+            return False
+        proc.send_signal(signals.SIGUSR1)
+        return True
+
     def stop(self, timeout: float = 10.0) -> None:
         self._stop.set()
         with self._lock:

@@ -6,6 +6,7 @@ it did, shows what the commands printed, and ends with PASS or FAIL and the reas
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shlex
@@ -35,7 +36,11 @@ from kube_router_lab.scenario import expand
 from kube_router_lab.scenario import load_scenario
 
 POLL = 0.25  # seconds between readiness polls while waiting for the agents
-FAILURE_LOG_LINES = 40  # of each agent's log, printed when a step fails
+FAILURE_LOG_LINES = 40
+#: Seconds the agents get to write their stacks into their logs, and how much of that
+#: is shown.
+STACK_DUMP_WAIT = 1.0
+STACK_DUMP_BYTES = 16384
 
 
 class LabLike(Protocol):
@@ -157,12 +162,29 @@ class Runner:
 
     def _show_agent_logs(self) -> None:
         # The guest and its files go when the run ends: what the agents said is only
-        # kept if it is in the transcript.
-        for name, agent in getattr(self.lab, "agents", {}).items():
-            text = tail(agent.spec.log_path, FAILURE_LOG_LINES)
+        # kept if it is in the transcript. Then each running agent is asked for its
+        # threads' stacks, so that one that is stuck shows where.
+        agents = getattr(self.lab, "agents", {})
+        ends: dict[str, int] = {}
+        for name, agent in agents.items():
+            path = agent.spec.log_path
+            text = tail(path, FAILURE_LOG_LINES)
             if text:
                 self.say(f"  last lines of {name}'s agent log:")
                 for line in text.splitlines():
+                    self.say(f"    {line}")
+            with contextlib.suppress(OSError):
+                ends[name] = path.stat().st_size
+        dumped = [name for name, agent in agents.items()
+                  if name in ends and agent.dump_stacks()]
+        if dumped:
+            time.sleep(STACK_DUMP_WAIT)
+        for name in dumped:
+            with contextlib.suppress(OSError), open(agents[name].spec.log_path, "rb") as f:
+                f.seek(ends[name])
+                stacks = f.read(STACK_DUMP_BYTES).decode(errors="replace")
+                self.say(f"  {name}'s agent threads:")
+                for line in stacks.splitlines():
                     self.say(f"    {line}")
 
     def _finish_backgrounds(self) -> None:

@@ -133,12 +133,22 @@ def test_failed_step_shows_each_agents_last_log_lines(tmp_path: Path) -> None:
     lab = FakeLab()
     log_path = tmp_path / "agent.log"
     log_path.write_text("".join(f"line {i}\n" for i in range(100)))
-    lab.agents = {"node-0": SimpleNamespace(spec=SimpleNamespace(log_path=log_path))}
+
+    def dump_stacks() -> bool:  # what the agent does on SIGUSR1
+        with open(log_path, "a") as f:
+            f.write("Thread 0x01 (most recent call first):\n  File \"x.py\", line 7 in f\n")
+        return True
+
+    lab.agents = {"node-0": SimpleNamespace(spec=SimpleNamespace(log_path=log_path),
+                                            dump_stacks=dump_stacks)}
     _, _, passing = run(tmp_path, '  - run: {in: host, cmd: "echo a"}\n', lab)
-    assert "agent log" not in passing
+    assert "agent log" not in passing and "Thread" not in passing
     _, _, text = run(tmp_path, '  - run: {in: host, cmd: "false"}\n', lab)
     assert "last lines of node-0's agent log:" in text
-    assert "    line 99" in text and "    line 60" in text and "line 59" not in text
+    logged, stacks = text.split("node-0's agent threads:")
+    assert "    line 99" in logged and "    line 60" in logged and "line 59" not in logged
+    assert "Thread" not in logged
+    assert "    Thread 0x01 (most recent call first):" in stacks and "line 7 in f" in stacks
 
 
 def test_keep_going(tmp_path: Path) -> None:
