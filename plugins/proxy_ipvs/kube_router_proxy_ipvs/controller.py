@@ -83,6 +83,7 @@ class ProxyController(Controller):
         self.last_result = SyncResult()
         self._names_pending = False
         self.last_timings: dict[str, float] = {}
+        self._full_synced = False  # later full syncs first check the kernel for drift
 
     # -- events -------------------------------------------------------------------------
 
@@ -209,6 +210,8 @@ class ProxyController(Controller):
     async def _sync(self, keys: frozenset[Hashable] | None) -> None:
         started = time.monotonic()
         if keys is None:
+            if self._full_synced:
+                await self._check_kernel()
             await self._refresh_node_ips()
             self._refresh_scheduler_hook()
             todo: Iterable[tuple[str, object]] = self.services.items()
@@ -231,7 +234,8 @@ class ProxyController(Controller):
             await self._load_module(sched)
 
         if keys is None:
-            remove: set[nl.ServiceKey] = self.ipvs.owned_keys() - desired.keys()
+            # what no Service wants any more (the manager deletes only what it owns)
+            remove = {k for k in self.ipvs.actual if k not in desired}
             # how many Services bind each VIP (a plain count: no set per address)
             users: dict[str, int] = {}
             for st in states.values():
@@ -300,9 +304,28 @@ class ProxyController(Controller):
         self.last_result = result
         if keys is None or remove or new_keys:
             self._schedule_names()
+        if keys is None:
+            self._full_synced = True
         log.info("proxy sync full=%s services=%d ipvs_ops=%d failures=%d seconds=%.4f",
                  keys is None, len(self.services) if keys is None else len(keys),
                  result.ops, len(result.failures), time.monotonic() - started)
+
+    async def _check_kernel(self) -> None:
+        """Before a later full sync: re-read what someone changed behind our back
+        (``ipvsadm -C``, an address taken off kube-dummy-if, the link deleted), so that
+        this sync puts it back. Each is checked with one dump (IPVS: the services without
+        their real servers; the link: its local routes); only when that differs is the
+        whole state read again."""
+        drift = await asyncio.to_thread(self.ipvs.drift)
+        if drift:
+            log.warning("ipvs table changed outside the proxy %s; re-reading it",
+                        " ".join(drift))
+            await asyncio.to_thread(self.ipvs.reload)
+        changed = await asyncio.to_thread(self.dummy.drift)
+        if changed:
+            log.warning("link changed outside the proxy link=%s %s; re-reading it",
+                        self.dummy.name, changed)
+            await self.dummy.load()
 
     def _schedule_names(self) -> None:
         """Write the VIP -> Service names for ``status`` at most once a second."""

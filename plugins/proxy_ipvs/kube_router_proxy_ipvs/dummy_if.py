@@ -64,9 +64,36 @@ class DummyInterface:
                 async for m in await ipr.addr("dump", index=self.index)
                 if _is_ours(m.get("IFA_ADDRESS"))
             }
-        self.route_src = {dst: src for dst, src in
-                          (await asyncio.to_thread(rtnl.local_routes, self.index)).items()
-                          if dst in self.addrs}
+        routes = await asyncio.to_thread(rtnl.local_routes, self.index)
+        self.route_src = {dst: src for dst, src in routes.items() if dst in self.addrs}
+        # A route we sourced outlives its address when someone else removes that (the
+        # kernel deletes only the route it made), and would shadow the kernel's route when
+        # the address comes back: the link is ours, so such routes go.
+        stale = [dst for dst in routes if dst not in self.addrs and _is_ours(dst)]
+        if stale:
+            batch = rtnl.Batch(self.index)
+            for dst in stale:
+                batch.local_route(dst, None)
+            failed = await asyncio.to_thread(batch.send)
+            log.info("stale local routes deleted link=%s count=%d failed=%d", self.name,
+                     len(stale), len(failed))
+
+    def drift(self) -> str | None:
+        """What the link shows that the cache does not, or None when they agree: one dump
+        of its addresses and one of its local-table routes. Blocking."""
+        try:
+            index = socket.if_nametoindex(self.name)
+        except OSError:
+            return "link missing"
+        if index != self.index:
+            return "link made again"
+        addrs = {a for a in rtnl.addresses(index) if _is_ours(a)}
+        if addrs != self.addrs.keys():
+            return f"addresses={len(addrs)} expected={len(self.addrs)}"
+        # (an IPv6 route the kernel made names no source: only IPv4 sources compare)
+        moved = [a for a, src in rtnl.local_routes(index).items()
+                 if ":" not in a and a in addrs and src != self.route_src.get(a, a)]
+        return f"route_sources_changed={len(moved)}" if moved else None
 
     def plan(self, add: AbstractSet[str], remove: AbstractSet[str],
              src: Mapping[int, str] | None = None, batch: rtnl.Batch | None = None

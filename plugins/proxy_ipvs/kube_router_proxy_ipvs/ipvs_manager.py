@@ -79,6 +79,26 @@ class IPVSManager:
                 continue
             self.actual[svc.key] = VirtualServer(svc.attrs, self._read_dests(svc.key))
 
+    def drift(self) -> list[str]:
+        """What the kernel's virtual services (one dump, without their real servers) show
+        that the cache does not: ours gone or changed, or new ones in our ranges; empty when
+        they agree. Blocking."""
+        assert self.sock is not None
+        kernel = {s.key: s.attrs for s in self.sock.services() if s.key is not None}
+        with self._lock:
+            actual = self.actual
+            gone = [k for k in actual if k not in kernel]
+            changed = [k for k, attrs in kernel.items() if k in actual
+                       and actual[k].attrs != attrs]
+            unknown = [k for k in kernel if k not in actual and self.owns(k)]
+        return [f"{what}={len(keys)} (first {keys[0]})" for what, keys in
+                (("missing", gone), ("changed", changed), ("unknown", unknown)) if keys]
+
+    def reload(self) -> None:
+        """Read the whole table again (blocking), not while a sync or reap runs."""
+        with self._lock:
+            self.load()
+
     def _read_dests(self, key: nl.ServiceKey) -> dict[DestKey, int]:
         assert self.sock is not None
         return {(d.addr, d.port): d.attrs.weight for d in self.sock.dests(key)}

@@ -18,6 +18,7 @@ from kube_router_proxy_ipvs import ipvs_netlink as nl
 
 RTM_NEWADDR = 20
 RTM_DELADDR = 21
+RTM_GETADDR = 22
 RTM_NEWROUTE = 24
 RTM_DELROUTE = 25
 RTM_GETROUTE = 26
@@ -270,34 +271,52 @@ def _socket() -> socket.socket:
     return sock
 
 
+def _dump(sock: socket.socket, mtype: int, body: bytes) -> Iterator[tuple[int, bytes]]:
+    """(message type, payload) of every answer to one dump request."""
+    sock.send(_NLMSG.pack(_NLMSG.size + len(body), mtype, nl.NLM_F_REQUEST | nl.NLM_F_DUMP,
+                          1, 0) + body)
+    while True:
+        for rtype, _f, _seq, payload in nl.iter_messages(sock.recv(1 << 20)):
+            if rtype in (nl.NLMSG_DONE, nl.NLMSG_ERROR):
+                return
+            yield rtype, payload
+
+
+def addresses(index: int) -> set[str]:
+    """Every address on link ``index``, both families (blocking)."""
+    out: set[str] = set()
+    with _socket() as sock:
+        for mtype, payload in _dump(sock, RTM_GETADDR, _IFADDR.pack(0, 0, 0, 0, index)):
+            family, _plen, _flags, _scope, ifindex = _IFADDR.unpack_from(payload)
+            if mtype != RTM_NEWADDR or ifindex != index:
+                continue  # older kernels answer for every link
+            attrs = nl.parse_attrs(payload, _IFADDR.size)
+            raw = attrs.get(IFA_LOCAL) or attrs.get(IFA_ADDRESS)
+            if raw:
+                out.add(socket.inet_ntop(family, raw))
+    return out
+
+
 def _dump_local(sock: socket.socket, index: int, fam: int) -> Iterator[tuple[str, str, int]]:
     """(destination, preferred source or "", metric) of the local-table host routes
     through link ``index`` in one family."""
     body = _RTMSG.pack(fam, 0, 0, 0, RT_TABLE_LOCAL, 0, 0, 0, 0)
-    sock.send(_NLMSG.pack(_NLMSG.size + len(body), RTM_GETROUTE,
-                          nl.NLM_F_REQUEST | nl.NLM_F_DUMP, fam, 0) + body)
-    done = False
-    while not done:
-        for mtype, _f, _seq, payload in nl.iter_messages(sock.recv(1 << 20)):
-            if mtype in (nl.NLMSG_DONE, nl.NLMSG_ERROR):
-                done = True
-                break
-            if mtype != RTM_NEWROUTE:
-                continue
-            family, plen, _s, _t, table, _p, _sc, rtype, _fl = _RTMSG.unpack_from(payload)
-            attrs = nl.parse_attrs(payload, _RTMSG.size)
-            table = _INT.unpack(attrs[RTA_TABLE][:4])[0] if RTA_TABLE in attrs else table
-            if table != RT_TABLE_LOCAL or rtype != RTN_LOCAL:
-                continue
-            if RTA_OIF not in attrs or _INT.unpack(attrs[RTA_OIF][:4])[0] != index:
-                continue
-            if RTA_DST not in attrs or plen != (32 if family == _AF_INET else 128):
-                continue
-            dst = socket.inet_ntop(family, attrs[RTA_DST])
-            src = socket.inet_ntop(family, attrs[RTA_PREFSRC]) if RTA_PREFSRC in attrs \
-                else ""
-            metric = _INT.unpack(attrs[RTA_PRIORITY][:4])[0] if RTA_PRIORITY in attrs else 0
-            yield dst, src, metric
+    for mtype, payload in _dump(sock, RTM_GETROUTE, body):
+        if mtype != RTM_NEWROUTE:
+            continue
+        family, plen, _s, _t, table, _p, _sc, rtype, _fl = _RTMSG.unpack_from(payload)
+        attrs = nl.parse_attrs(payload, _RTMSG.size)
+        table = _INT.unpack(attrs[RTA_TABLE][:4])[0] if RTA_TABLE in attrs else table
+        if table != RT_TABLE_LOCAL or rtype != RTN_LOCAL:
+            continue
+        if RTA_OIF not in attrs or _INT.unpack(attrs[RTA_OIF][:4])[0] != index:
+            continue
+        if RTA_DST not in attrs or plen != (32 if family == _AF_INET else 128):
+            continue
+        dst = socket.inet_ntop(family, attrs[RTA_DST])
+        src = socket.inet_ntop(family, attrs[RTA_PREFSRC]) if RTA_PREFSRC in attrs else ""
+        metric = _INT.unpack(attrs[RTA_PRIORITY][:4])[0] if RTA_PRIORITY in attrs else 0
+        yield dst, src, metric
 
 
 def local_routes(index: int) -> dict[str, str]:

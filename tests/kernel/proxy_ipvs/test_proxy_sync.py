@@ -40,6 +40,25 @@ class World:
         assert "-A INPUT -s 1.2.3.4/32 -j ACCEPT" in self.sh(
             ["iptables-legacy-save", "-t", "filter"])
 
+    def all_in_place(self) -> None:
+        """The IPVS services, VIPs and routes the controller makes of its world."""
+        assert sorted(self.ours()) == sorted([
+            "-A -t 10.96.0.10:80 -s rr",
+            "-a -t 10.96.0.10:80 -r 10.2.0.5:8080 -m -w 1",
+            "-a -t 10.96.0.10:80 -r 10.2.0.6:8080 -m -w 1",
+            f"-A -t {self.NODE_IP}:30080 -s rr",
+            f"-a -t {self.NODE_IP}:30080 -r 10.2.0.5:8080 -m -w 1",
+            f"-a -t {self.NODE_IP}:30080 -r 10.2.0.6:8080 -m -w 1",
+            "-A -u 10.96.0.53:53 -s rr",
+            "-a -u 10.96.0.53:53 -r 10.2.0.7:5353 -m -w 1",
+            "-A -t 10.96.0.53:53 -s rr",
+            "-a -t 10.96.0.53:53 -r 10.2.0.7:5353 -m -w 1",
+        ])
+        assert self.dummy_addrs() == {"10.96.0.10/32", "10.96.0.53/32"}
+        # host-originated traffic to a VIP leaves from the node IP, not from the VIP
+        assert self.local_routes() == {"10.96.0.10": self.NODE_IP,
+                                       "10.96.0.53": self.NODE_IP}
+
     def ours(self) -> list[str]:
         return [r for r in self.rules() if r not in FOREIGN]
 
@@ -94,22 +113,7 @@ def test_full_sync_then_second_sync_is_empty(world: World) -> None:
     async def main() -> None:
         ctl = await world.controller()
         await ctl.sync(None)
-        assert sorted(world.ours()) == sorted([
-            "-A -t 10.96.0.10:80 -s rr",
-            "-a -t 10.96.0.10:80 -r 10.2.0.5:8080 -m -w 1",
-            "-a -t 10.96.0.10:80 -r 10.2.0.6:8080 -m -w 1",
-            f"-A -t {world.NODE_IP}:30080 -s rr",
-            f"-a -t {world.NODE_IP}:30080 -r 10.2.0.5:8080 -m -w 1",
-            f"-a -t {world.NODE_IP}:30080 -r 10.2.0.6:8080 -m -w 1",
-            "-A -u 10.96.0.53:53 -s rr",
-            "-a -u 10.96.0.53:53 -r 10.2.0.7:5353 -m -w 1",
-            "-A -t 10.96.0.53:53 -s rr",
-            "-a -t 10.96.0.53:53 -r 10.2.0.7:5353 -m -w 1",
-        ])
-        assert world.dummy_addrs() == {"10.96.0.10/32", "10.96.0.53/32"}
-        # host-originated traffic to a VIP leaves from the node IP, not from the VIP
-        assert world.local_routes() == {"10.96.0.10": world.NODE_IP,
-                                        "10.96.0.53": world.NODE_IP}
+        world.all_in_place()
         route = world.sh(["ip", "-4", "route", "get", "10.96.0.10"])
         assert f"src {world.NODE_IP}" in route, route
         await ctl.sync(None)
@@ -135,6 +139,30 @@ def test_full_sync_then_second_sync_is_empty(world: World) -> None:
         assert nat.count("-j KUBE-ROUTER-HAIRPIN") == 1
         await ctl.stop()
         await ctl2.stop()
+
+    asyncio.run(main())
+
+
+def test_later_full_sync_repairs_what_others_changed(world: World) -> None:
+    async def main() -> None:
+        ctl = await world.controller()
+        await ctl.sync(None)
+        # behind the agent's back: a virtual server deleted, another's scheduler changed,
+        # a VIP taken off the link
+        world.sh(["ipvsadm", "-D", "-t", "10.96.0.10:80"])
+        world.sh(["ipvsadm", "-E", "-u", "10.96.0.53:53", "-s", "wrr"])
+        world.sh(["ip", "addr", "del", "10.96.0.53/32", "dev", "kube-dummy-if"])
+        await ctl.sync(None)  # as every --ipvs-sync-period
+        world.all_in_place()
+        # the link itself deleted
+        world.sh(["ip", "link", "del", "kube-dummy-if"])
+        await ctl.sync(None)
+        world.all_in_place()
+        # nothing changed: the check costs one dump and the sync sends nothing
+        await ctl.sync(None)
+        assert ctl.last_result.ops == 0
+        world.foreign_intact()
+        await ctl.stop()
 
     asyncio.run(main())
 
