@@ -15,6 +15,8 @@ kube-dummy-if). Compared, on the same machine in the same run, with
 - ``ipvsadm -R`` applying the identical rules.
 S2, event latency: 200 changes, each one endpoint added and one removed in one Service's
 EndpointSlice: time from the event reaching the controller to the kernel state applied.
+Also reported: ``resync_seconds``, a full resync (as every ``--ipvs-sync-period``) right after
+the cold sync, when nothing has changed and no message is sent.
 
 The floor and the sync run ``--repeat`` times each, alternating; the median run of each is
 reported (with every sample). Every phase runs in its own fresh network namespace: IPVS state
@@ -198,6 +200,12 @@ async def _sync_and_events(n: int, changes: int) -> dict:
     assert not ctl.last_result.failures and not ctl.dummy.last_failures
     ops = ctl.last_result.ops + ctl.dummy.sent
     parts = {f"sync_{k}_seconds": v for k, v in ctl.last_timings.items()}
+    # The periodic full resync (--ipvs-sync-period) with nothing changed: no message sent.
+    started = time.perf_counter()
+    await ctl.sync(None)
+    resync_seconds = time.perf_counter() - started
+    assert ctl.last_result.ops == 0 and not ctl.dummy.last_failures, ctl.last_result
+    parts.update({f"resync_{k}_seconds": v for k, v in ctl.last_timings.items()})
 
     latencies = []
     event_parts: dict[str, list[float]] = {}
@@ -220,6 +228,7 @@ async def _sync_and_events(n: int, changes: int) -> dict:
     latencies.sort()
     p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
     return {"sync_seconds": sync_seconds, "sync_ops": ops, **parts,
+            "resync_seconds": resync_seconds,
             "decode_seconds": decode_seconds,
             "event_p50_ms": statistics.median(latencies) * 1000, "event_p99_ms": p99 * 1000,
             **{f"event_{k}_p50_ms": statistics.median(v) * 1000 for k, v in event_parts.items()}}

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from dataclasses import field
+from functools import partial
 from typing import NamedTuple
 
 from kube_router.kube.records import EndpointSlice
@@ -166,19 +167,23 @@ def _endpoints(
                 continue
             ips.extend(ep.addresses)
         groups.append((target, ips))
+    if len(groups) == 1:  # the usual case: one slice per family
+        target, ips = groups[0]
+        unique = tuple(ips)
+        if len(set(unique)) != len(unique):
+            unique = tuple(dict.fromkeys(unique))
+        return Dests(unique, target)
     if not groups:
         return Dests((), port.port)
     first = groups[0][0]
     if all(t == first for t, _ in groups):
-        if len(groups) == 1:
-            only = groups[0][1]
-            return Dests(tuple(only) if len(set(only)) == len(only)
-                         else tuple(dict.fromkeys(only)), first)
         return Dests(tuple(dict.fromkeys(ip for _, ips in groups for ip in ips)), first)
     # slices disagree on the target port (pods of one Service listening differently)
     return {(ip, t): 1 for t, ips in groups for ip in ips}
 
 
+#: Builds a key without the named tuple's keyword-handling constructor (hot in a cold sync).
+_service_key = partial(tuple.__new__, nl.ServiceKey)
 _FAMILIES = {(True, True): (socket.AF_INET, socket.AF_INET6), (True, False): (socket.AF_INET,),
              (False, True): (socket.AF_INET6,), (False, False): ()}
 _ATTRS: dict[tuple[str, int, int], nl.ServiceAttrs] = {}
@@ -207,75 +212,67 @@ def service_state(
     node_ips: Iterable[str],
 ) -> ServiceState:
     """The virtual servers, dummy-interface addresses and hairpin pairs for one Service."""
-    state = ServiceState()
     if skip_reason(svc):
-        return state
+        return ServiceState()
     slices = list(slices)
     pflags, timeout = _persistence(svc)
     attrs = _service_attrs(scheduler.name, pflags | scheduler.flag_bits(), timeout)
+    annotations = svc.meta.annotations
     ext_local = (svc.external_traffic_policy == "Local"
-                 or svc.meta.annotations.get(LOCAL_ANNOTATION, "").lower() == "true")
+                 or annotations.get(LOCAL_ANNOTATION, "").lower() == "true")
     int_local = svc.internal_traffic_policy == "Local"
-    hairpin = settings.hairpin_all or HAIRPIN_ANNOTATION in svc.meta.annotations
-    hairpin_ext = hairpin and HAIRPIN_EXTERNAL_ANNOTATION in svc.meta.annotations
-    families = _FAMILIES[(settings.ipv4, settings.ipv6)]
-
+    hairpin = settings.hairpin_all or HAIRPIN_ANNOTATION in annotations
+    hairpin_ext = hairpin and HAIRPIN_EXTERNAL_ANNOTATION in annotations
+    any_local = int_local or ext_local or hairpin
+    health = None
     if ext_local and svc.health_check_node_port:
-        state.health_check = (svc.health_check_node_port,
-                              local_ready_endpoints(slices, settings.node_name))
+        health = (svc.health_check_node_port,
+                  local_ready_endpoints(slices, settings.node_name))
     external = (_external_addresses(svc, settings)
                 if svc.external_ips or svc.load_balancer_ips else ())
     node_ips = list(node_ips) if svc.type in ("NodePort", "LoadBalancer") else ()
+    servers: dict[nl.ServiceKey, VirtualServer] = {}
+    vips: dict[str, None] = {}  # an ordered set
+    pairs: set[tuple[str, str, int, str]] = set()
     for port in svc.ports:
         proto = nl.PROTOCOLS.get(port.protocol)
         if proto is None:
             log.warning("unsupported protocol service=%s port=%s protocol=%s",
                         svc.key, port.port, port.protocol)
             continue
-        for family in families:
+        for family in _FAMILIES[(settings.ipv4, settings.ipv6)]:
             all_eps = _endpoints(port, slices, family, settings.node_name, False)
-            if int_local or ext_local or hairpin:
+            if any_local:
                 local_eps = _endpoints(port, slices, family, settings.node_name, True)
                 local_ips = {ip for ip, _ in local_eps}
             else:  # the common case: only the full set is needed
                 local_eps, local_ips = all_eps, set()
-
-            def add(addr: str, vport: int, dests: Mapping[tuple[str, int], int],
-                    with_hairpin: bool, is_vip: bool, family: int = family,
-                    proto: int = proto, local_ips: set[str] = local_ips,
-                    port: ServicePort = port) -> None:
+            # (address, virtual port, real servers, with hairpin, bound as a VIP)
+            targets: list[tuple[str, int, Mapping[tuple[str, int], int], bool, bool]] = []
+            # ClusterIP; with internalTrafficPolicy Local and no local endpoint, nothing.
+            eps = local_eps if int_local else all_eps
+            if eps or not int_local:
+                targets += [(ip, port.port, eps, hairpin, True) for ip in svc.cluster_ips
+                            if _family(ip) == family]
+            eps = local_eps if ext_local else all_eps
+            # with traffic policy Local and nothing local, no external entry at all
+            if eps or not ext_local:
+                if port.node_port and node_ips:
+                    targets += [(ip, port.node_port, eps, hairpin, False) for ip in node_ips
+                                if _family(ip) == family]
+                targets += [(ip, port.port, eps, hairpin_ext, True) for ip in external
+                            if _family(ip) == family]
+            for addr, vport, dests, with_hairpin, is_vip in targets:
                 if family == socket.AF_INET6:
                     addr = str(ipaddress.ip_address(addr))
                     dests = {(str(ipaddress.ip_address(i)), p): w for (i, p), w in dests.items()}
-                key = nl.ServiceKey(family, proto, addr, vport)
-                state.servers[key] = VirtualServer(attrs, dests)
-                if is_vip and addr not in state.vips:
-                    state.vips += (addr,)
-                if with_hairpin:
-                    pairs = {(addr, port.protocol, vport, ep_ip)
-                             for ep_ip in local_ips & {ip for ip, _ in dests}}
-                    if pairs:
-                        state.hairpin = {*state.hairpin, *pairs}
-
-            # ClusterIP; with internalTrafficPolicy Local and no local endpoint, nothing.
-            for ip in svc.cluster_ips:
-                if _family(ip) != family:
-                    continue
-                eps = local_eps if int_local else all_eps
-                if int_local and not eps:
-                    continue
-                add(ip, port.port, eps, hairpin, True)
-            eps = local_eps if ext_local else all_eps
-            if ext_local and not eps:
-                continue  # traffic policy Local and nothing local: no external entry at all
-            if port.node_port and svc.type in ("NodePort", "LoadBalancer"):
-                for ip in node_ips:
-                    if _family(ip) == family:
-                        add(ip, port.node_port, eps, hairpin, False)
-            for ip in external:
-                if _family(ip) == family:
-                    add(ip, port.port, eps, hairpin_ext, True)
-    return state
+                servers[_service_key((family, proto, addr, vport))] = VirtualServer(attrs, dests)
+                if is_vip:
+                    vips[addr] = None
+                if with_hairpin and local_ips:
+                    pairs.update((addr, port.protocol, vport, ip) for ip, _ in dests
+                                 if ip in local_ips)
+    return ServiceState(servers, tuple(vips), pairs or frozenset(), health)
 
 
 def local_ready_endpoints(slices: Iterable[EndpointSlice], node_name: str) -> int:
