@@ -2,7 +2,7 @@
 FROM python:3.11-slim-bookworm
 RUN apt-get update \
  && apt-get install -y --no-install-recommends iproute2 ipvsadm ipset iptables conntrack \
-        gobgpd golang-github-osrg-gobgp-dev containernetworking-plugins kmod \
+        gobgpd golang-github-osrg-gobgp-dev containernetworking-plugins kmod util-linux \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .

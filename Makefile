@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 KRP := $(VENV)/bin/kube-router-py
 PLUGINS := $(wildcard plugins/*)
 SYSTEM_PACKAGES := user-mode-linux kmod iproute2 ipvsadm ipset iptables conntrack \
-	gobgpd golang-github-osrg-gobgp-dev containernetworking-plugins bird2 curl socat
+	gobgpd golang-github-osrg-gobgp-dev containernetworking-plugins bird2 curl socat util-linux
 
 .PHONY: all venv system test unit kernel lab demo bench lint clean
 

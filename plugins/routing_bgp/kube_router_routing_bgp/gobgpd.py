@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import ipaddress
 import logging
 import os
-import signal
+import shutil
 import time
 from collections.abc import AsyncIterator
 from collections.abc import Callable
@@ -27,7 +26,6 @@ from kube_router_routing_bgp import gobgp_api
 
 log = logging.getLogger(__name__)
 
-_PR_SET_PDEATHSIG = 1
 # Paths per AddPathStream message: measured at ~1,000-1,500 paths/s in the guest with
 # 1,000 per message against ~130/s with unary calls.
 STREAM_BATCH = 1000
@@ -80,17 +78,23 @@ _STATE_NAMES = {0: "Unknown", 1: "Idle", 2: "Connect", 3: "Active", 4: "OpenSent
                 5: "OpenConf", 6: "Establ"}
 
 
-def _pdeathsig_term() -> None:
-    # gobgpd must not outlive the agent: an orphan would keep the admin port and BGP port.
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+def _with_death_signal(argv: list[str], graceful_restart: bool) -> list[str]:
+    """``argv`` run through util-linux ``setpriv``, which sets the parent-death signal and
+    execs it: gobgpd must not outlive the agent (an orphan would keep the API and BGP
+    ports). With graceful restart that signal is KILL: gobgpd must vanish without a Cease
+    NOTIFICATION, which would make the peers drop our routes at once instead of keeping
+    them through the restart.
 
-
-def _pdeathsig_kill() -> None:
-    # With graceful restart gobgpd must vanish without a Cease NOTIFICATION (which would
-    # make the peers drop our routes at once instead of keeping them through the restart).
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    Not a ``preexec_fn``: Python code between fork and exec in a process with threads can
+    deadlock the child on a lock another thread held at the fork, and the agent with it
+    while it waits for the exec.
+    """
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        log.warning("setpriv (util-linux) not found: gobgpd may outlive the agent if the "
+                    "agent is killed")
+        return argv
+    return [setpriv, f"--pdeathsig={'KILL' if graceful_restart else 'TERM'}", "--", *argv]
 
 
 class Gobgpd:
@@ -132,6 +136,7 @@ class Gobgpd:
                 "--log-plain", f"--log-level={self.log_level}"]
         if self.graceful_restart:
             argv.append("--graceful-restart")
+        argv = _with_death_signal(argv, self.graceful_restart)
         if self.netns:
             # `ip netns exec` execs the program: the pid we supervise is gobgpd's.
             argv = ["ip", "netns", "exec", self.netns, *argv]
@@ -141,9 +146,7 @@ class Gobgpd:
             raise GobgpError(f"something already serves the gobgpd API at {self.api_host}")
         try:
             self.proc = await asyncio.create_subprocess_exec(
-                *argv, stdin=asyncio.subprocess.DEVNULL,
-                preexec_fn=_pdeathsig_kill if self.graceful_restart else _pdeathsig_term,
-            )
+                *argv, stdin=asyncio.subprocess.DEVNULL)
         except OSError as exc:
             raise GobgpError(f"cannot start {self.binary}: {exc}") from exc
         self.starts += 1

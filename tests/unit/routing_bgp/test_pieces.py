@@ -6,6 +6,9 @@ import argparse
 import asyncio
 import json
 import socket
+import subprocess
+import sys
+import time
 
 import pytest
 
@@ -134,3 +137,41 @@ def test_a_gobgpd_that_never_answers_is_ended_so_the_next_sync_starts_afresh(
         assert not client.running()
 
     asyncio.run(go())
+
+
+def _gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")  # exited, unreaped
+    except FileNotFoundError:
+        return True
+
+
+@pytest.mark.parametrize("graceful_restart", [False, True])
+def test_gobgpd_does_not_outlive_a_killed_agent(tmp_path, graceful_restart: bool) -> None:
+    # A stand-in gobgpd that records its pid and waits; the "agent" is a child Python
+    # process spawning it, then killed with SIGKILL (no chance to stop it itself).
+    pidfile = tmp_path / "pid"
+    stand_in = tmp_path / "gobgpd"
+    stand_in.write_text(f"#!/bin/sh\necho $$ > {pidfile}\nexec sleep 60\n")
+    stand_in.chmod(0o755)
+    agent = subprocess.Popen([sys.executable, "-c", (
+        "import asyncio\n"
+        "from kube_router_routing_bgp.gobgpd import Gobgpd\n"
+        f"g = Gobgpd(api_host='unix://{tmp_path}/api.sock', binary='{stand_in}', "
+        f"graceful_restart={graceful_restart})\n"
+        "asyncio.run(g.spawn(timeout=60))\n")])
+    try:
+        deadline = time.monotonic() + 20
+        while not (pidfile.exists() and pidfile.read_text().strip()):
+            assert time.monotonic() < deadline, "the stand-in never started"
+            time.sleep(0.05)
+        pid = int(pidfile.read_text())
+        assert not _gone(pid)
+    finally:
+        agent.kill()
+        agent.wait()
+    deadline = time.monotonic() + 5
+    while not _gone(pid):
+        assert time.monotonic() < deadline, "gobgpd outlived the agent"
+        time.sleep(0.05)
