@@ -73,7 +73,7 @@ class IPVSManager:
             self.sock = nl.IPVSSocket()
         self.actual.clear()
         self.fwmark_services = 0
-        for svc in self.sock.services():
+        for svc in self.sock.services(stats=False):
             if svc.key is None:
                 self.fwmark_services += 1
                 continue
@@ -84,7 +84,8 @@ class IPVSManager:
         that the cache does not: ours gone or changed, or new ones in our ranges; empty when
         they agree. Blocking."""
         assert self.sock is not None
-        kernel = {s.key: s.attrs for s in self.sock.services() if s.key is not None}
+        kernel = {s.key: s.attrs for s in self.sock.services(stats=False)
+                  if s.key is not None}
         with self._lock:
             actual = self.actual
             gone = [k for k in actual if k not in kernel]
@@ -242,7 +243,7 @@ class IPVSManager:
             log.warning("ipvs operation failed op=%r error=%s", op.desc, err.strerror)
         if len(failures) > 20:
             log.warning("ipvs operations failed count=%d (first 20 logged)", len(failures))
-        current = {s.key: s for s in self.sock.services() if s.key is not None}
+        current = {s.key: s for s in self.sock.services(stats=False) if s.key is not None}
         for key in list(self.actual):
             if key not in current:
                 del self.actual[key]

@@ -727,7 +727,8 @@ def _parse_stats(raw: bytes | None, wide: bool) -> Stats:
     return st
 
 
-def decode_service(payload: bytes) -> DumpedService:
+def decode_service(payload: bytes, stats: bool = True) -> DumpedService:
+    """One dumped service; ``stats=False`` leaves its counters at zero (cheaper)."""
     outer = parse_attrs(payload)
     a = parse_attrs(outer.get(CMD_ATTR_SERVICE, b""))
     af = _U16.unpack(a[SVC_ATTR_AF][:2])[0] if SVC_ATTR_AF in a else socket.AF_INET
@@ -744,9 +745,11 @@ def decode_service(payload: bytes) -> DumpedService:
             addr=_addr(af, a[SVC_ATTR_ADDR]),
             port=_BE16.unpack(a[SVC_ATTR_PORT][:2])[0],
         )
-    stats_raw = a.get(SVC_ATTR_STATS64)
-    stats = _parse_stats(stats_raw if stats_raw else a.get(SVC_ATTR_STATS), bool(stats_raw))
-    return DumpedService(key=key, fwmark=fwmark, attrs=attrs, stats=stats)
+    if not stats:
+        return DumpedService(key=key, fwmark=fwmark, attrs=attrs)
+    raw = a.get(SVC_ATTR_STATS64)
+    counters = _parse_stats(raw if raw else a.get(SVC_ATTR_STATS), bool(raw))
+    return DumpedService(key=key, fwmark=fwmark, attrs=attrs, stats=counters)
 
 
 def decode_dest(payload: bytes, af: int) -> DumpedDest:
@@ -979,9 +982,9 @@ class IPVSSocket:
                                               f"udp={udp}")
                     return
 
-    def services(self) -> list[DumpedService]:
+    def services(self, stats: bool = True) -> list[DumpedService]:
         body = _GENL.pack(CMD_GET_SERVICE, IPVS_GENL_VERSION, 0)
-        return [decode_service(p) for p in self._dump(body)]
+        return [decode_service(p, stats) for p in self._dump(body)]
 
     def dests(self, key: ServiceKey) -> list[DumpedDest]:
         body = _GENL.pack(CMD_GET_DEST, IPVS_GENL_VERSION, 0) + _nested(
