@@ -313,9 +313,9 @@ class ProxyController(Controller):
     async def _check_kernel(self) -> None:
         """Before a later full sync: re-read what someone changed behind our back
         (``ipvsadm -C``, an address taken off kube-dummy-if, the link deleted), so that
-        this sync puts it back. Each is checked with one dump (IPVS: the services without
-        their real servers; the link: its local routes); only when that differs is the
-        whole state read again."""
+        this sync puts it back. IPVS is checked with one dump of its services (without
+        their real servers), the link with one of its addresses and one of its local
+        routes; only what differs is read again in full."""
         drift = await asyncio.to_thread(self.ipvs.drift)
         if drift:
             log.warning("ipvs table changed outside the proxy %s; re-reading it",
