@@ -345,7 +345,8 @@ class ProxyController(Controller):
         while True:
             await asyncio.sleep(REAP_INTERVAL)
             try:
-                result = self.ipvs.reap()
+                # in a thread: it waits for the IPVS lock while a sync holds it
+                result = await asyncio.to_thread(self.ipvs.reap)
                 await self._flush_udp(result.udp_removed)
             except Exception:
                 log.exception("graceful termination check failed")

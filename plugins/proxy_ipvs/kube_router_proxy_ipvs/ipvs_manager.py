@@ -84,9 +84,9 @@ class IPVSManager:
         that the cache does not: ours gone or changed, or new ones in our ranges; empty when
         they agree. Blocking."""
         assert self.sock is not None
-        kernel = {s.key: s.attrs for s in self.sock.services(stats=False)
-                  if s.key is not None}
-        with self._lock:
+        with self._lock:  # the socket too: a reap in another thread must not interleave
+            kernel = {s.key: s.attrs for s in self.sock.services(stats=False)
+                      if s.key is not None}
             actual = self.actual
             gone = [k for k in actual if k not in kernel]
             changed = [k for k, attrs in kernel.items() if k in actual
