@@ -36,7 +36,7 @@ from kube_router_lab.scenario import expand
 from kube_router_lab.scenario import load_scenario
 
 POLL = 0.25  # seconds between readiness polls while waiting for the agents
-FAILURE_LOG_LINES = 40
+FAILURE_LOG_LINES = 40  # of each agent's log, printed when a step fails
 #: Seconds the agents get to write their stacks into their logs, and how much of that
 #: is shown.
 STACK_DUMP_WAIT = 1.0

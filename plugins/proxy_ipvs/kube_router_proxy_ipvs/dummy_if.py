@@ -59,11 +59,9 @@ class DummyInterface:
                 log.info("created link name=%s", self.name)
             self.index = found[0]
             await ipr.link("set", index=self.index, state="up")
-            self.addrs = {
-                m.get("IFA_ADDRESS"): None
-                async for m in await ipr.addr("dump", index=self.index)
-                if _is_ours(m.get("IFA_ADDRESS"))
-            }
+        # the same dumps the drift check reads, so both see the link alike
+        addrs = await asyncio.to_thread(rtnl.addresses, self.index)
+        self.addrs = {a: None for a in addrs if _is_ours(a)}
         routes = await asyncio.to_thread(rtnl.local_routes, self.index)
         self.route_src = {dst: src for dst, src in routes.items() if dst in self.addrs}
         # A route we sourced outlives its address when someone else removes that (the
