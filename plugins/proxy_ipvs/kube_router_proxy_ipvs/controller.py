@@ -185,8 +185,9 @@ class ProxyController(Controller):
             log.info("modprobe failed module=ip_vs_%s rc=%s stderr=%s", name, rc,
                      err.strip())
 
-    def _state(self, svc: Service) -> dz.ServiceState:
-        slices = [s for s in self.slices.by_index("service", svc.key)
+    def _state(self, key: str, svc: Service) -> dz.ServiceState:
+        # (``key`` is the store's: a record's own key is a new string at every read)
+        slices = [s for s in self.slices.by_index("service", key)
                   if isinstance(s, EndpointSlice)]
         return dz.service_state(svc, slices, self.settings, self.scheduler_for(svc),
                                 self.node_ips)
@@ -223,7 +224,7 @@ class ProxyController(Controller):
                 states[name] = dz.ServiceState()
                 continue
             try:
-                states[name] = self._state(svc)
+                states[name] = self._state(name, svc)
             except Exception as exc:  # one bad object must not stop the others
                 log.warning("skipping service service=%s error=%s", name, exc)
                 states[name] = self.svc_states.get(name, dz.ServiceState())

@@ -145,7 +145,8 @@ def _endpoints(
     port: ServicePort, slices: Iterable[EndpointSlice], family: int, node_name: str,
     local_only: bool,
 ) -> Mapping[tuple[str, int], int]:
-    """Real servers of one Service port: ready endpoints, else serving-terminating ones."""
+    """Real servers of one Service port: ready endpoints, else serving-terminating ones
+    (IPv6 addresses in their canonical form, as IPVS reports them)."""
     want = "IPv6" if family == socket.AF_INET6 else "IPv4"
     groups: list[tuple[int, list[str]]] = []
     for sl in slices:
@@ -161,11 +162,12 @@ def _endpoints(
             continue
         ips: list[str] = []
         for ep in sl.endpoints:
-            if not (ep.ready or (ep.serving and ep.terminating)):
-                continue
-            if local_only and ep.node_name != node_name:
-                continue
-            ips.extend(ep.addresses)
+            if ep.ready or (ep.serving and ep.terminating):
+                if local_only and ep.node_name != node_name:
+                    continue
+                ips += ep.addresses
+        if want == "IPv6":
+            ips = [str(ipaddress.ip_address(ip)) for ip in ips]
         groups.append((target, ips))
     if len(groups) == 1:  # the usual case: one slice per family
         target, ips = groups[0]
@@ -182,19 +184,23 @@ def _endpoints(
     return {(ip, t): 1 for t, ips in groups for ip in ips}
 
 
-#: Builds a key without the named tuple's keyword-handling constructor (hot in a cold sync).
+# Built without the named tuples' keyword-handling constructors (hot in a cold sync).
 _service_key = partial(tuple.__new__, nl.ServiceKey)
+_virtual_server = partial(tuple.__new__, VirtualServer)
 _FAMILIES = {(True, True): (socket.AF_INET, socket.AF_INET6), (True, False): (socket.AF_INET,),
              (False, True): (socket.AF_INET6,), (False, False): ()}
-_ATTRS: dict[tuple[str, int, int], nl.ServiceAttrs] = {}
+_ATTRS: dict[tuple[str, tuple[str, ...], int, int], nl.ServiceAttrs] = {}
 
 
-def _service_attrs(name: str, flags: int, timeout: int) -> nl.ServiceAttrs:
-    """One shared value per distinct (scheduler, flags, timeout): a cold sync of thousands
-    of Services then allocates none."""
-    attrs = _ATTRS.get((name, flags, timeout))
+def _service_attrs(scheduler: IPVSScheduler, persistent: int, timeout: int) -> nl.ServiceAttrs:
+    """One shared value per distinct (scheduler, persistence, timeout): a cold sync of
+    thousands of Services then allocates none. (Keyed by the scheduler's fields: a frozen
+    dataclass hashes in Python, several times slower.)"""
+    key = (scheduler.name, scheduler.flags, persistent, timeout)
+    attrs = _ATTRS.get(key)
     if attrs is None:
-        attrs = _ATTRS[(name, flags, timeout)] = nl.ServiceAttrs(name, flags, timeout)
+        attrs = _ATTRS[key] = nl.ServiceAttrs(scheduler.name,
+                                              persistent | scheduler.flag_bits(), timeout)
     return attrs
 
 
@@ -215,8 +221,7 @@ def service_state(
     if skip_reason(svc):
         return ServiceState()
     slices = list(slices)
-    pflags, timeout = _persistence(svc)
-    attrs = _service_attrs(scheduler.name, pflags | scheduler.flag_bits(), timeout)
+    attrs = _service_attrs(scheduler, *_persistence(svc))
     annotations = svc.meta.annotations
     ext_local = (svc.external_traffic_policy == "Local"
                  or annotations.get(LOCAL_ANNOTATION, "").lower() == "true")
@@ -230,7 +235,7 @@ def service_state(
                   local_ready_endpoints(slices, settings.node_name))
     external = (_external_addresses(svc, settings)
                 if svc.external_ips or svc.load_balancer_ips else ())
-    node_ips = list(node_ips) if svc.type in ("NodePort", "LoadBalancer") else ()
+    node_ips = tuple(node_ips) if svc.type in ("NodePort", "LoadBalancer") else ()
     servers: dict[nl.ServiceKey, VirtualServer] = {}
     vips: dict[str, None] = {}  # an ordered set
     pairs: set[tuple[str, str, int, str]] = set()
@@ -241,37 +246,41 @@ def service_state(
                         svc.key, port.port, port.protocol)
             continue
         for family in _FAMILIES[(settings.ipv4, settings.ipv6)]:
+            v6 = family == socket.AF_INET6
             all_eps = _endpoints(port, slices, family, settings.node_name, False)
             if any_local:
                 local_eps = _endpoints(port, slices, family, settings.node_name, True)
                 local_ips = {ip for ip, _ in local_eps}
             else:  # the common case: only the full set is needed
                 local_eps, local_ips = all_eps, set()
-            # (address, virtual port, real servers, with hairpin, bound as a VIP)
-            targets: list[tuple[str, int, Mapping[tuple[str, int], int], bool, bool]] = []
+            # (addresses, virtual port, real servers, with hairpin, bound as a VIP), of
+            # both families: each address below is taken only in this loop's family
+            targets = []
             # ClusterIP; with internalTrafficPolicy Local and no local endpoint, nothing.
+            # (the policy is tested first: an empty test of the real servers costs a call)
             eps = local_eps if int_local else all_eps
-            if eps or not int_local:
-                targets += [(ip, port.port, eps, hairpin, True) for ip in svc.cluster_ips
-                            if _family(ip) == family]
+            if not int_local or eps:
+                targets.append((svc.cluster_ips, port.port, eps, hairpin, True))
             eps = local_eps if ext_local else all_eps
             # with traffic policy Local and nothing local, no external entry at all
-            if eps or not ext_local:
+            if not ext_local or eps:
                 if port.node_port and node_ips:
-                    targets += [(ip, port.node_port, eps, hairpin, False) for ip in node_ips
-                                if _family(ip) == family]
-                targets += [(ip, port.port, eps, hairpin_ext, True) for ip in external
-                            if _family(ip) == family]
-            for addr, vport, dests, with_hairpin, is_vip in targets:
-                if family == socket.AF_INET6:
-                    addr = str(ipaddress.ip_address(addr))
-                    dests = {(str(ipaddress.ip_address(i)), p): w for (i, p), w in dests.items()}
-                servers[_service_key((family, proto, addr, vport))] = VirtualServer(attrs, dests)
-                if is_vip:
-                    vips[addr] = None
-                if with_hairpin and local_ips:
-                    pairs.update((addr, port.protocol, vport, ip) for ip, _ in dests
-                                 if ip in local_ips)
+                    targets.append((node_ips, port.node_port, eps, hairpin, False))
+                if external:
+                    targets.append((external, port.port, eps, hairpin_ext, True))
+            for addrs, vport, dests, with_hairpin, is_vip in targets:
+                for addr in addrs:
+                    if (":" in addr) != v6:
+                        continue
+                    if v6:
+                        addr = str(ipaddress.ip_address(addr))
+                    servers[_service_key((family, proto, addr, vport))] = _virtual_server(
+                        (attrs, dests))
+                    if is_vip:
+                        vips[addr] = None
+                    if with_hairpin and local_ips:
+                        pairs.update((addr, port.protocol, vport, ip) for ip, _ in dests
+                                     if ip in local_ips)
     return ServiceState(servers, tuple(vips), pairs or frozenset(), health)
 
 

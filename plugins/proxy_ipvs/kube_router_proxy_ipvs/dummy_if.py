@@ -41,10 +41,10 @@ class DummyInterface:
     def __init__(self, name: str = DUMMY_IF) -> None:
         self.name = name
         self.index: int | None = None
-        # the addresses on the link, as an insertion-ordered set: at thousands of VIPs a
-        # dict takes a third of a set's memory (and fresh memory is slow to touch)
-        self.addrs: dict[str, None] = {}
-        self.route_src: dict[str, str] = {}  # VIP -> preferred source of its local route
+        # The addresses on the link, each with the preferred source of its local route
+        # (the address itself while the kernel's own route stands). One map, not a set and
+        # a map: at thousands of VIPs every table is fresh memory, slow to touch.
+        self.addrs: dict[str, str] = {}
         self.last_failures: dict[tuple[str, str], int] = {}
         self.sent = 0  # rtnetlink messages sent so far (the benchmark compares counts)
         self._buf = bytearray(rtnl.CHUNK_BYTES)  # reused by every batch
@@ -61,9 +61,8 @@ class DummyInterface:
             await ipr.link("set", index=self.index, state="up")
         # the same dumps the drift check reads, so both see the link alike
         addrs = await asyncio.to_thread(rtnl.addresses, self.index)
-        self.addrs = {a: None for a in addrs if _is_ours(a)}
         routes = await asyncio.to_thread(rtnl.local_routes, self.index)
-        self.route_src = {dst: src for dst, src in routes.items() if dst in self.addrs}
+        self.addrs = {a: routes.get(a, a) for a in addrs if _is_ours(a)}
         # A route we sourced outlives its address when someone else removes that (the
         # kernel deletes only the route it made), and would shadow the kernel's route when
         # the address comes back: the link is ours, so such routes go.
@@ -90,7 +89,7 @@ class DummyInterface:
             return f"addresses={len(addrs)} expected={len(self.addrs)}"
         # (an IPv6 route the kernel made names no source: only IPv4 sources compare)
         moved = [a for a, src in rtnl.local_routes(index).items()
-                 if ":" not in a and a in addrs and src != self.route_src.get(a, a)]
+                 if ":" not in a and a in addrs and src != self.addrs[a]]
         return f"route_sources_changed={len(moved)}" if moved else None
 
     def plan(self, add: AbstractSet[str], remove: AbstractSet[str],
@@ -102,22 +101,22 @@ class DummyInterface:
         assert self.index is not None, "load() first"
         if batch is None:
             batch = rtnl.Batch(self.index)
-        addrs, route_src = self.addrs, self.route_src
+        addrs = self.addrs
+        src4, src6 = (src.get(4), src.get(6)) if src else (None, None)
         for addr in add:
+            want = src6 if ":" in addr else src4
             if addr not in addrs:
-                batch.address(addr, add=True)
-                # the kernel makes the local route sourced from the address itself
-                route_src[addr] = addr
-        if src:
-            src4, src6 = src.get(4), src.get(6)
-            for addr in add:
-                want = src6 if ":" in addr else src4
-                if want and route_src.get(addr) != want:
-                    batch.local_route(addr, want)
+                # the kernel makes the local route, sourced from the address itself
+                if want and want != addr:
+                    batch.address_with_route(addr, want)
+                else:
+                    batch.address(addr, add=True)
+            elif want and addrs[addr] != want:
+                batch.local_route(addr, want)
         for addr in remove:
             if addr in add or addr not in addrs:
                 continue
-            if route_src.get(addr, addr) != addr:
+            if addrs[addr] != addr:
                 # ours: the kernel removes only the route it made with the address
                 batch.local_route(addr, None)
             batch.address(addr, add=False)
@@ -126,24 +125,23 @@ class DummyInterface:
     def commit(self, batch: rtnl.Batch, failed: dict[tuple[str, str], int],
                src: Mapping[int, str] | None = None) -> None:
         """Record what the sent batch did, and report what failed (one line per kind)."""
-        addrs, route_src = self.addrs, self.route_src
+        addrs = self.addrs
         src = src or {}
         for op, addr in zip(batch.ops, batch.addrs, strict=True):
-            err = failed.get((op, addr))
+            err = failed.get((op, addr)) if failed else None
             if op == rtnl.ADD_ADDRESS:
                 if err in (None, errno.EEXIST):
-                    addrs[addr] = None
-                else:
-                    route_src.pop(addr, None)
+                    addrs[addr] = addr  # the kernel's route, until a message below
             elif op == rtnl.DEL_ADDRESS:
                 if err in (None, errno.EADDRNOTAVAIL):
                     addrs.pop(addr, None)
-                    route_src.pop(addr, None)
+            elif addr not in addrs:
+                continue  # a route of an address that failed: nothing to record
             elif op == rtnl.SET_ROUTE:
                 if err is None:
-                    route_src[addr] = src.get(6 if ":" in addr else 4, addr)
+                    addrs[addr] = src.get(6 if ":" in addr else 4, addr)
             elif op == rtnl.DEL_ROUTE and err in (None, errno.ESRCH):
-                route_src[addr] = addr
+                addrs[addr] = addr
         ignorable = {(rtnl.ADD_ADDRESS, errno.EEXIST), (rtnl.DEL_ADDRESS, errno.EADDRNOTAVAIL),
                      (rtnl.DEL_ROUTE, errno.ESRCH)}
         by_kind: dict[tuple[str, int], list[str]] = {}

@@ -423,10 +423,18 @@ _AF4_ATTR = struct.pack("=HHH2x", 6, DEST_ATTR_ADDR_FAMILY, socket.AF_INET)
 _DEST_CMDS = frozenset((CMD_NEW_DEST, CMD_SET_DEST, CMD_DEL_DEST))
 
 
+# A new IPv4 service's request up to its attributes, and each of its dests' up to the
+# address: one pack each, from the service's identity (the nest _service_nest makes).
+_NEW_SVC4_HEAD = struct.Struct("=IHHII" "BBH" "HH" "HHH2x" "HHH2x" "HH4s" "HHH2x")
+_NEW_DEST4_HEAD = struct.Struct(_NEW_SVC4_HEAD.format + "HHHH")
+# the DEST nest's header and its ADDR attribute's, by the nest's length (60: with the
+# weights and forwarding method, 28: a delete's identity alone)
+_DEST4_OPEN = {n: _NLA.pack(n, _DEST_NESTED) + _NLA.pack(8, DEST_ATTR_ADDR) for n in (28, 60)}
+
+
 def _dest4_prefix(cmd: int, nest: bytes, nested_len: int) -> bytes:
     """What precedes the address in an IPv4 dest message of the service ``nest`` names."""
-    return (_GENL_HDR[cmd] + nest + _NLA.pack(nested_len, _DEST_NESTED)
-            + _NLA.pack(8, DEST_ATTR_ADDR))
+    return _GENL_HDR[cmd] + nest + _DEST4_OPEN[nested_len]
 
 
 @lru_cache(maxsize=256)
@@ -584,19 +592,20 @@ class Batch(ChunkBuffer):
     def add_op(self, op: Op) -> None:
         self.add(op.cmd, op.body, op.key)
 
-    def _service_body(self, cmd: int, key: ServiceKey, attrs: ServiceAttrs) -> bytes:
-        # identity (remembered: the dests of this service repeat it) + the attrs' bytes
-        ident = self._service_nest(key)[4:]
-        tail = _attrs_tail(attrs, key.af)
-        return (_GENL_HDR[cmd] + _NLA.pack(4 + len(ident) + len(tail),
-                                           CMD_ATTR_SERVICE | NLA_F_NESTED) + ident + tail)
+    @staticmethod
+    def _service_body(cmd: int, nest: bytes, attrs: ServiceAttrs, af: int) -> bytes:
+        # the identity's nest reopened to hold the attrs' bytes too
+        tail = _attrs_tail(attrs, af)
+        return (_GENL_HDR[cmd] + _NLA.pack(len(nest) + len(tail),
+                                           CMD_ATTR_SERVICE | NLA_F_NESTED)
+                + nest[4:] + tail)
 
     def service(self, cmd: int, key: ServiceKey, attrs: ServiceAttrs | None = None) -> None:
         """NEW_SERVICE or SET_SERVICE (with ``attrs``), DEL_SERVICE (without)."""
         if attrs is None:
             self.add(cmd, _GENL_HDR[cmd] + self._service_nest(key), key)
         else:
-            self.add(cmd, self._service_body(cmd, key, attrs), key)
+            self.add(cmd, self._service_body(cmd, self._service_nest(key), attrs, key.af), key)
 
     def new_service(self, key: ServiceKey, attrs: ServiceAttrs, ips: Sequence[str],
                     port: int, weight: int) -> None:
@@ -609,11 +618,18 @@ class Batch(ChunkBuffer):
             self.dests(CMD_NEW_DEST, key, [((ip, port), weight) for ip in ips])
             return
         seq = self._segment(CMD_NEW_SERVICE, key)
-        body = self._service_body(CMD_NEW_SERVICE, key, attrs)  # a multiple of 4 bytes
-        first = _NLMSG.pack(_NLMSG.size + len(body), self.family, NLM_F_REQUEST, seq, 0) + body
+        ident = (6, SVC_ATTR_AF, _AF_INET, 6, SVC_ATTR_PROTOCOL, key.protocol,
+                 8, SVC_ATTR_ADDR, _inet_aton(key.addr), 6, SVC_ATTR_PORT, _htons(key.port))
+        tail = _attrs_tail(attrs, _AF_INET)  # a multiple of 4 bytes
+        first = _NEW_SVC4_HEAD.pack(
+            _NEW_SVC4_HEAD.size + len(tail), self.family, NLM_F_REQUEST, seq, 0,
+            CMD_NEW_SERVICE, IPVS_GENL_VERSION, 0,
+            _SVC4_NEST_LEN + len(tail), CMD_ATTR_SERVICE | NLA_F_NESTED, *ident) + tail
         size = _DEST4_MSG.size
-        head = (_NLMSG.pack(size, self.family, NLM_F_REQUEST, seq, 0)
-                + _dest4_prefix(CMD_NEW_DEST, self._service_nest(key), 60))
+        head = _NEW_DEST4_HEAD.pack(
+            size, self.family, NLM_F_REQUEST, seq, 0, CMD_NEW_DEST, IPVS_GENL_VERSION, 0,
+            _SVC4_NEST_LEN, CMD_ATTR_SERVICE | NLA_F_NESTED, *ident, 60, _DEST_NESTED,
+            8, DEST_ATTR_ADDR)
         self.count += 1
         self._put_run(first, head, list(map(_inet_aton, ips)),
                       _port_attr(port) + _dest4_suffix(weight), size)

@@ -51,6 +51,7 @@ _inet_aton = socket.inet_aton
 _ADDR4 = struct.Struct("=IHHII" "BBBBI" "HH4s" "HH4s")
 _ROUTE4 = struct.Struct("=IHHII" "BBBBBBBBI" "HH4s" "HH4s" "HHI")
 _DELROUTE4 = struct.Struct("=IHHII" "BBBBBBBBI" "HH4s" "HHI")
+_ADDR4_ROUTE4 = struct.Struct(_ADDR4.format + _ROUTE4.format[1:])
 
 #: One sendmsg carries at most this many bytes.
 CHUNK_BYTES = 256 * 1024
@@ -126,6 +127,28 @@ class Batch(nl.ChunkBuffer):
             body = (_IFADDR.pack(socket.AF_INET6, 128, 0, RT_SCOPE_LINK, self.index)
                     + _attr(IFA_LOCAL, raw) + _attr(IFA_ADDRESS, raw))
             self._generic(mtype, flags, body, op, addr)
+
+    def address_with_route(self, addr: str, src: str) -> None:
+        """Add ``addr`` and replace its local route by one sourced from ``src``: the two
+        messages of every new VIP (for IPv4 in one pack)."""
+        if ":" in addr or ":" in src:
+            self.address(addr, add=True)
+            self.local_route(addr, src)
+            return
+        raw = _inet_aton(addr)
+        seq = len(self.ops) + 1
+        _ADDR4_ROUTE4.pack_into(
+            self.buf, self._room(_ADDR4_ROUTE4.size),
+            _ADDR4.size, RTM_NEWADDR, nl.NLM_F_REQUEST | NLM_F_CREATE | NLM_F_REPLACE, seq, 0,
+            _AF_INET, 32, 0, RT_SCOPE_LINK, self.index, 8, IFA_LOCAL, raw, 8, IFA_ADDRESS, raw,
+            _ROUTE4.size, RTM_NEWROUTE, nl.NLM_F_REQUEST | NLM_F_CREATE | NLM_F_REPLACE,
+            seq + 1, 0, _AF_INET, 32, 0, 0, RT_TABLE_LOCAL, RTPROT_KERNEL, RT_SCOPE_HOST,
+            RTN_LOCAL, 0, 8, RTA_DST, raw, 8, RTA_PREFSRC, _inet_aton(src),
+            8, RTA_OIF, self.index)
+        self.ops += (ADD_ADDRESS, SET_ROUTE)
+        self.addrs += (addr, addr)
+        self._last = self.used + _ADDR4.size
+        self.used += _ADDR4_ROUTE4.size
 
     def local_route(self, addr: str, src: str | None) -> None:
         """Replace the local-table route of ``addr`` by one whose preferred source is ``src``,

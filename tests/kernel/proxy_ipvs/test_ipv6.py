@@ -124,7 +124,7 @@ def test_dual_stack_service(pod: None, k8s: SimpleNamespace, sh: Callable[..., s
         # nor a restarted controller, which reads our route back
         ctl2 = ProxyController(agent, ServiceFirewall(agent.config))
         await ctl2.start()
-        assert ctl2.dummy.route_src == {VIP4: k8s.NODE_IP, VIP6: NODE_IP6}
+        assert ctl2.dummy.addrs == {VIP4: k8s.NODE_IP, VIP6: NODE_IP6}
         await ctl2.sync(None)
         assert ctl2.last_result.ops == 0
         await ctl2.stop()

@@ -121,7 +121,7 @@ def test_full_sync_then_second_sync_is_empty(world: World) -> None:
         assert not len(ctl.dummy.plan({"10.96.0.10", "10.96.0.53"}, set(), ctl.vip_src))
         # a fresh controller (an agent restart) reads the kernel and has nothing to do
         ctl2 = await world.controller()
-        assert ctl2.dummy.route_src == {"10.96.0.10": world.NODE_IP,
+        assert ctl2.dummy.addrs == {"10.96.0.10": world.NODE_IP,
                                         "10.96.0.53": world.NODE_IP}
         await ctl2.sync(None)
         assert ctl2.last_result.ops == 0
