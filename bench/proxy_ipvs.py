@@ -38,6 +38,22 @@ import sys
 import time
 import uuid
 
+from kube_router import plugins
+from kube_router.agent import Agent
+from kube_router.bus import Event
+from kube_router.bus import EventType
+from kube_router.kube.records import decode_endpointslice
+from kube_router.kube.records import decode_node
+from kube_router.kube.records import decode_service
+from kube_router_proxy_ipvs import ipvs_netlink as nl
+from kube_router_proxy_ipvs import plugin
+from kube_router_proxy_ipvs import settings
+from kube_router_proxy_ipvs.controller import ProxyController
+from kube_router_proxy_ipvs.desired import Settings
+from kube_router_proxy_ipvs.desired import service_state
+from kube_router_proxy_ipvs.dummy_if import DummyInterface
+from kube_router_proxy_ipvs.scheduler import DEFAULT
+
 ENDPOINTS = 10
 
 
@@ -111,27 +127,17 @@ def _node_object() -> dict:
 def phase_floor(n: int) -> dict:
     """Exactly the messages a cold sync sends, prebuilt, then sent by the codecs alone: the
     VIP addresses and their local routes (rtnetlink), then the IPVS services and dests."""
-    import asyncio as aio
-
-    from kube_router.kube.records import decode_endpointslice
-    from kube_router.kube.records import decode_service
-    from kube_router_proxy_ipvs import ipvs_netlink as nl
-    from kube_router_proxy_ipvs.desired import Settings
-    from kube_router_proxy_ipvs.desired import service_state
-    from kube_router_proxy_ipvs.dummy_if import DummyInterface
-    from kube_router_proxy_ipvs.scheduler import DEFAULT
-
     _node_link()
     services, slices = api_objects(n)
-    settings = Settings(node_name="node-0", service_cidrs=())
+    proxy_settings = Settings(node_name="node-0", service_cidrs=())
     dummy = DummyInterface()
-    aio.run(dummy.load())
+    asyncio.run(dummy.load())
     vips: dict[str, None] = {}  # in the order the controller binds them: by Service
     with nl.IPVSSocket() as sock:
         batch = sock.batch()
         for s, sl in zip(services, slices, strict=True):
-            st = service_state(decode_service(s), [decode_endpointslice(sl)], settings,
-                               DEFAULT, [])
+            st = service_state(decode_service(s), [decode_endpointslice(sl)],
+                               proxy_settings, DEFAULT, [])
             vips.update(dict.fromkeys(st.vips))
             for key, vs in st.servers.items():
                 batch.service(nl.CMD_NEW_SERVICE, key, vs.attrs)
@@ -159,20 +165,7 @@ def phase_ipvsadm(n: int) -> dict:
 
 
 async def _sync_and_events(n: int, changes: int) -> dict:
-    import argparse as ap
-
-    from kube_router import plugins
-    from kube_router.agent import Agent
-    from kube_router.bus import Event
-    from kube_router.bus import EventType
-    from kube_router.kube.records import decode_endpointslice
-    from kube_router.kube.records import decode_node
-    from kube_router.kube.records import decode_service
-    from kube_router_proxy_ipvs import plugin
-    from kube_router_proxy_ipvs import settings
-    from kube_router_proxy_ipvs.controller import ProxyController
-
-    parser = ap.ArgumentParser()
+    parser = argparse.ArgumentParser()
     parser.add_argument("--hostname-override", default="node-0")
     settings.add_options(parser)
     config = parser.parse_args(["--service-cluster-ip-range", "10.96.0.0/12"])
