@@ -74,10 +74,6 @@ class ServiceState:
     health_check: tuple[int, int] | None = None
 
 
-def _family(addr: str) -> int:
-    return socket.AF_INET6 if ":" in addr else socket.AF_INET
-
-
 def _in(addr: ipaddress.IPv4Address | ipaddress.IPv6Address, nets: Iterable[Network]) -> bool:
     return any(addr.version == n.version and addr in n for n in nets)
 
