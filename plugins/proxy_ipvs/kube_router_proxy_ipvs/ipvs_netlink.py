@@ -304,15 +304,21 @@ def _attrs_tail(attrs: ServiceAttrs, af: int) -> bytes:
 _SVC4_NEST = struct.Struct("=HH" "HHH2x" "HHH2x" "HH4s" "HHH2x")
 
 
+def _svc4_ident(key: ServiceKey) -> tuple[Any, ...]:
+    """The values of an IPv4 service's identity attributes (AF, PROTOCOL, ADDR, PORT, each
+    with its header), for a struct that lays them out as ``_SVC4_NEST`` does."""
+    return (6, SVC_ATTR_AF, socket.AF_INET, 6, SVC_ATTR_PROTOCOL, key.protocol,
+            8, SVC_ATTR_ADDR, socket.inet_aton(key.addr), 6, SVC_ATTR_PORT,
+            socket.htons(key.port))
+
+
 def _service_nest(key: ServiceKey) -> bytes:
     """The nested SERVICE attribute identifying ``key``; every dest message repeats it.
     Not cached globally: a cache of every service would outweigh the service itself (a
     batch remembers the last one, which its next call usually repeats)."""
     if key.af == socket.AF_INET:
-        return _SVC4_NEST.pack(36, CMD_ATTR_SERVICE | NLA_F_NESTED, 6, SVC_ATTR_AF,
-                               socket.AF_INET, 6, SVC_ATTR_PROTOCOL, key.protocol, 8,
-                               SVC_ATTR_ADDR, socket.inet_aton(key.addr), 6, SVC_ATTR_PORT,
-                               socket.htons(key.port))
+        return _SVC4_NEST.pack(_SVC4_NEST.size, CMD_ATTR_SERVICE | NLA_F_NESTED,
+                               *_svc4_ident(key))
     return _nested(CMD_ATTR_SERVICE, _service_id(key))
 
 
@@ -425,7 +431,7 @@ _DEST_CMDS = frozenset((CMD_NEW_DEST, CMD_SET_DEST, CMD_DEL_DEST))
 
 # A new IPv4 service's request up to its attributes, and each of its dests' up to the
 # address: one pack each, from the service's identity (the nest _service_nest makes).
-_NEW_SVC4_HEAD = struct.Struct("=IHHII" "BBH" "HH" "HHH2x" "HHH2x" "HH4s" "HHH2x")
+_NEW_SVC4_HEAD = struct.Struct("=IHHII" "BBH" + _SVC4_NEST.format[1:])
 _NEW_DEST4_HEAD = struct.Struct(_NEW_SVC4_HEAD.format + "HHHH")
 # the DEST nest's header and its ADDR attribute's, by the nest's length (60: with the
 # weights and forwarding method, 28: a delete's identity alone)
@@ -618,8 +624,7 @@ class Batch(ChunkBuffer):
             self.dests(CMD_NEW_DEST, key, [((ip, port), weight) for ip in ips])
             return
         seq = self._segment(CMD_NEW_SERVICE, key)
-        ident = (6, SVC_ATTR_AF, _AF_INET, 6, SVC_ATTR_PROTOCOL, key.protocol,
-                 8, SVC_ATTR_ADDR, _inet_aton(key.addr), 6, SVC_ATTR_PORT, _htons(key.port))
+        ident = _svc4_ident(key)
         tail = _attrs_tail(attrs, _AF_INET)  # a multiple of 4 bytes
         first = _NEW_SVC4_HEAD.pack(
             _NEW_SVC4_HEAD.size + len(tail), self.family, NLM_F_REQUEST, seq, 0,

@@ -52,6 +52,20 @@ _ADDR4 = struct.Struct("=IHHII" "BBBBI" "HH4s" "HH4s")
 _ROUTE4 = struct.Struct("=IHHII" "BBBBBBBBI" "HH4s" "HH4s" "HHI")
 _DELROUTE4 = struct.Struct("=IHHII" "BBBBBBBBI" "HH4s" "HHI")
 _ADDR4_ROUTE4 = struct.Struct(_ADDR4.format + _ROUTE4.format[1:])
+_ADD_FLAGS = nl.NLM_F_REQUEST | NLM_F_CREATE | NLM_F_REPLACE
+
+
+def _addr4_fields(mtype: int, flags: int, seq: int, index: int, raw: bytes) -> tuple:
+    """The values of an ``_ADDR4`` message: ``raw`` as a host address on link ``index``."""
+    return (_ADDR4.size, mtype, flags, seq, 0, _AF_INET, 32, 0, RT_SCOPE_LINK, index,
+            8, IFA_LOCAL, raw, 8, IFA_ADDRESS, raw)
+
+
+def _route4_fields(seq: int, index: int, dst: bytes, src: bytes) -> tuple:
+    """The values of a ``_ROUTE4`` message: the local route of ``dst``, sourced ``src``."""
+    return (_ROUTE4.size, RTM_NEWROUTE, _ADD_FLAGS, seq, 0, _AF_INET, 32, 0, 0,
+            RT_TABLE_LOCAL, RTPROT_KERNEL, RT_SCOPE_HOST, RTN_LOCAL, 0, 8, RTA_DST, dst,
+            8, RTA_PREFSRC, src, 8, RTA_OIF, index)
 
 #: One sendmsg carries at most this many bytes.
 CHUNK_BYTES = 256 * 1024
@@ -114,13 +128,12 @@ class Batch(nl.ChunkBuffer):
     def address(self, addr: str, *, add: bool) -> None:
         """Add (or replace) / delete ``addr`` as a host address (/32, /128) on the link."""
         mtype = RTM_NEWADDR if add else RTM_DELADDR
-        flags = nl.NLM_F_REQUEST | (NLM_F_CREATE | NLM_F_REPLACE if add else 0)
+        flags = _ADD_FLAGS if add else nl.NLM_F_REQUEST
         op = ADD_ADDRESS if add else DEL_ADDRESS
         if ":" not in addr:
             raw = _inet_aton(addr)
-            _ADDR4.pack_into(self.buf, self._room(_ADDR4.size), _ADDR4.size, mtype, flags,
-                             len(self.ops) + 1, 0, _AF_INET, 32, 0, RT_SCOPE_LINK,
-                             self.index, 8, IFA_LOCAL, raw, 8, IFA_ADDRESS, raw)
+            _ADDR4.pack_into(self.buf, self._room(_ADDR4.size),
+                             *_addr4_fields(mtype, flags, len(self.ops) + 1, self.index, raw))
             self._added(op, addr, _ADDR4.size)
         else:
             raw = socket.inet_pton(socket.AF_INET6, addr)
@@ -139,12 +152,8 @@ class Batch(nl.ChunkBuffer):
         seq = len(self.ops) + 1
         _ADDR4_ROUTE4.pack_into(
             self.buf, self._room(_ADDR4_ROUTE4.size),
-            _ADDR4.size, RTM_NEWADDR, nl.NLM_F_REQUEST | NLM_F_CREATE | NLM_F_REPLACE, seq, 0,
-            _AF_INET, 32, 0, RT_SCOPE_LINK, self.index, 8, IFA_LOCAL, raw, 8, IFA_ADDRESS, raw,
-            _ROUTE4.size, RTM_NEWROUTE, nl.NLM_F_REQUEST | NLM_F_CREATE | NLM_F_REPLACE,
-            seq + 1, 0, _AF_INET, 32, 0, 0, RT_TABLE_LOCAL, RTPROT_KERNEL, RT_SCOPE_HOST,
-            RTN_LOCAL, 0, 8, RTA_DST, raw, 8, RTA_PREFSRC, _inet_aton(src),
-            8, RTA_OIF, self.index)
+            *_addr4_fields(RTM_NEWADDR, _ADD_FLAGS, seq, self.index, raw),
+            *_route4_fields(seq + 1, self.index, raw, _inet_aton(src)))
         self.ops += (ADD_ADDRESS, SET_ROUTE)
         self.addrs += (addr, addr)
         self._last = self.used + _ADDR4.size
@@ -164,12 +173,8 @@ class Batch(nl.ChunkBuffer):
             dst = _inet_aton(addr)
             seq = len(self.ops) + 1
             if src is not None:
-                _ROUTE4.pack_into(
-                    self.buf, self._room(_ROUTE4.size), _ROUTE4.size, RTM_NEWROUTE,
-                    nl.NLM_F_REQUEST | NLM_F_CREATE | NLM_F_REPLACE, seq, 0,
-                    _AF_INET, 32, 0, 0, RT_TABLE_LOCAL, RTPROT_KERNEL, RT_SCOPE_HOST,
-                    RTN_LOCAL, 0, 8, RTA_DST, dst, 8, RTA_PREFSRC, _inet_aton(src),
-                    8, RTA_OIF, self.index)
+                _ROUTE4.pack_into(self.buf, self._room(_ROUTE4.size),
+                                  *_route4_fields(seq, self.index, dst, _inet_aton(src)))
                 self._added(op, addr, _ROUTE4.size)
             else:
                 _DELROUTE4.pack_into(
@@ -186,8 +191,7 @@ class Batch(nl.ChunkBuffer):
                     + _attr(RTA_DST, socket.inet_pton(fam, addr))
                     + _attr(RTA_PREFSRC, socket.inet_pton(fam, src))
                     + _attr(RTA_OIF, struct.pack("=I", self.index)))
-            self._generic(RTM_NEWROUTE, nl.NLM_F_REQUEST | NLM_F_CREATE | NLM_F_REPLACE,
-                          body, op, addr)
+            self._generic(RTM_NEWROUTE, _ADD_FLAGS, body, op, addr)
         else:
             body = (_RTMSG.pack(fam, plen, 0, 0, RT_TABLE_LOCAL, 0, RT_SCOPE_NOWHERE,
                                 RTN_LOCAL, 0)
