@@ -139,9 +139,9 @@ def phase_floor(n: int) -> dict:
             st = service_state(decode_service(s), [decode_endpointslice(sl)],
                                proxy_settings, DEFAULT, [])
             vips.update(dict.fromkeys(st.vips))
-            for key, vs in st.servers.items():
-                batch.service(nl.CMD_NEW_SERVICE, key, vs.attrs)
-                batch.dests(nl.CMD_NEW_DEST, key, vs.dests.items())
+            for vs in st.servers:
+                batch.service(nl.CMD_NEW_SERVICE, vs.key, vs.attrs)
+                batch.dests(nl.CMD_NEW_DEST, vs.key, vs.dests.items())
         addresses = dummy.plan(vips.keys(), set(), {4: NODE_IP})
         started = time.perf_counter()
         failed = addresses.send()

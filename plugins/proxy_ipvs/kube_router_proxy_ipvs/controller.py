@@ -230,7 +230,8 @@ class ProxyController(Controller):
                 states[name] = self.svc_states.get(name, dz.ServiceState())
         desired: dict[nl.ServiceKey, dz.VirtualServer] = {}
         for st in states.values():
-            desired.update(st.servers)
+            for vs in st.servers:
+                desired[vs.key] = vs
         for sched in {v.attrs.scheduler for v in desired.values()}:
             await self._load_module(sched)
 
@@ -259,7 +260,8 @@ class ProxyController(Controller):
                 old = self.svc_states.pop(name, None)
                 old_vips: tuple[str, ...] = ()
                 if old is not None:
-                    remove.update(k for k in old.servers if k not in st.servers)
+                    keep = {vs.key for vs in st.servers}
+                    remove.update(vs.key for vs in old.servers if vs.key not in keep)
                     old_vips = old.vips
                 if st.servers:
                     self.svc_states[name] = st
@@ -282,8 +284,8 @@ class ProxyController(Controller):
                 vips_add.update(st.vips)
             # a key another Service still wants stays (rare: scan only when something goes)
             if remove:
-                remove = {k for k in remove
-                          if not any(k in st.servers for st in self.svc_states.values())}
+                wanted = {vs.key for st in self.svc_states.values() for vs in st.servers}
+                remove -= wanted
 
         t_desired = time.monotonic()
         # VIPs first so a new service answers as soon as IPVS has it; removals after IPVS.

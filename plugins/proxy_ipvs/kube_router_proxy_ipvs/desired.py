@@ -15,7 +15,6 @@ from collections.abc import Iterator
 from collections.abc import Mapping
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
-from dataclasses import field
 from functools import partial
 from typing import NamedTuple
 
@@ -57,19 +56,26 @@ class Settings:
 class VirtualServer(NamedTuple):
     """The desired state of one IPVS service."""
 
+    key: nl.ServiceKey
     attrs: nl.ServiceAttrs
     dests: Mapping[tuple[str, int], int]  # (ip, port) -> weight
+
+
+#: The one empty hairpin set (``frozenset()`` is a new object at every call).
+NO_PAIRS: frozenset[tuple[str, str, int, str]] = frozenset()
 
 
 @dataclass(slots=True)
 class ServiceState:
     """Everything one Service asks of this node."""
 
-    servers: dict[nl.ServiceKey, VirtualServer] = field(default_factory=dict)
+    # Each key once. A tuple, not a dict by key: at thousands of Services a dict each would
+    # be a third of the memory a cold sync fills (and fresh memory is slow to touch).
+    servers: tuple[VirtualServer, ...] = ()
     vips: tuple[str, ...] = ()  # addresses for kube-dummy-if, each once
     # (vip, proto, port, endpoint ip) for local endpoints of hairpin-enabled services
     # (a shared empty frozenset until the first pair: most Services have none)
-    hairpin: AbstractSet[tuple[str, str, int, str]] = frozenset()
+    hairpin: AbstractSet[tuple[str, str, int, str]] = NO_PAIRS
     # (healthCheckNodePort, local ready endpoints) for externalTrafficPolicy Local
     health_check: tuple[int, int] | None = None
 
@@ -270,14 +276,17 @@ def service_state(
                         continue
                     if v6:
                         addr = str(ipaddress.ip_address(addr))
-                    servers[_service_key((family, proto, addr, vport))] = _virtual_server(
-                        (attrs, dests))
+                    key = _service_key((family, proto, addr, vport))
+                    servers[key] = _virtual_server((key, attrs, dests))
                     if is_vip:
                         vips[addr] = None
                     if with_hairpin and local_ips:
                         pairs.update((addr, port.protocol, vport, ip) for ip, _ in dests
                                      if ip in local_ips)
-    return ServiceState(servers, tuple(vips), pairs or frozenset(), health)
+    bound = tuple(vips)
+    if bound == svc.cluster_ips:
+        bound = svc.cluster_ips  # the record's own tuple: one object fewer per Service
+    return ServiceState(tuple(servers.values()), bound, pairs or NO_PAIRS, health)
 
 
 def local_ready_endpoints(slices: Iterable[EndpointSlice], node_name: str) -> int:

@@ -141,8 +141,8 @@ class ServiceFirewall:
 
     def _set_members(self, ctrl: ProxyController, family: int) -> dict[str, set[str]]:
         v6 = family == 6
-        keys = [k for st in ctrl.svc_states.values() for k in st.servers
-                if (k.af == socket.AF_INET6) == v6]
+        keys = [vs.key for st in ctrl.svc_states.values() for vs in st.servers
+                if (vs.key.af == socket.AF_INET6) == v6]
         svip = {k.addr for k in keys}
         prt = {f"{k.addr},{nl.PROTOCOL_NAMES[k.protocol].lower()}:{k.port}" for k in keys}
         local = {ip for ip in self.local_ips if (":" in ip) == v6}

@@ -77,7 +77,7 @@ class IPVSManager:
             if svc.key is None:
                 self.fwmark_services += 1
                 continue
-            self.actual[svc.key] = VirtualServer(svc.attrs, self._read_dests(svc.key))
+            self.actual[svc.key] = VirtualServer(svc.key, svc.attrs, self._read_dests(svc.key))
 
     def drift(self) -> list[str]:
         """What the kernel's virtual services (one dump, without their real servers) show
@@ -195,7 +195,7 @@ class IPVSManager:
                     for dkey in have.dests:
                         if dkey not in dests and (key, dkey) in self.draining:
                             dests[dkey] = 0
-                actual[key] = VirtualServer(want.attrs, dests)
+                actual[key] = VirtualServer(key, want.attrs, dests)
         for key in remove:
             if key not in desired and key in self.actual and self.owns(key):
                 del self.actual[key]
@@ -248,7 +248,7 @@ class IPVSManager:
             if key not in current:
                 del self.actual[key]
         for key, svc in current.items():
-            self.actual[key] = VirtualServer(svc.attrs, self._read_dests(key))
+            self.actual[key] = VirtualServer(key, svc.attrs, self._read_dests(key))
 
     def owned_keys(self) -> set[nl.ServiceKey]:
         return {k for k in self.actual if self.owns(k)}

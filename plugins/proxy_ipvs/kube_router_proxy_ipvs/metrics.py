@@ -46,8 +46,8 @@ class IPVSCollector:
                     for name, (_, doc) in STATS.items()}
         owners: dict[nl.ServiceKey, str] = {}
         for svc_key, st in list(self.controller.svc_states.items()):
-            for k in st.servers:
-                owners[k] = svc_key
+            for vs in st.servers:
+                owners[vs.key] = svc_key
         try:
             if self._sock is None:
                 self._sock = nl.IPVSSocket()

@@ -22,7 +22,7 @@ _FWD = {0: "Masq", 1: "Local", 2: "Tunnel", 3: "Route"}
 
 def write_names(states: Mapping[str, ServiceState]) -> None:
     """Record which Service each virtual server belongs to, for ``status``."""
-    names = {str(k): svc for svc, st in states.items() for k in st.servers}
+    names = {str(vs.key): svc for svc, st in states.items() for vs in st.servers}
     try:
         NAMES_FILE.parent.mkdir(parents=True, exist_ok=True)
         tmp = NAMES_FILE.with_suffix(".tmp")

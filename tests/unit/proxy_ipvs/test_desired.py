@@ -47,6 +47,13 @@ def key(addr, port, proto="TCP"):
     return nl.service_key(socket.AF_INET, proto, addr, port)
 
 
+def by_key(st):
+    """A state's virtual servers by key, each key once."""
+    found = {vs.key: vs for vs in st.servers}
+    assert len(found) == len(st.servers)
+    return found
+
+
 SLICE = eps(("10.2.0.5", "node-0", True, True, False),
             ("10.2.1.5", "node-1", True, True, False),
             ("10.2.1.6", "node-1", False, True, True),   # terminating but serving: kept
@@ -55,8 +62,8 @@ SLICE = eps(("10.2.0.5", "node-0", True, True, False),
 
 def test_cluster_ip_with_ready_and_serving_terminating_endpoints():
     st = service_state(svc(), [SLICE], S, DEFAULT, [NODE_IP])
-    assert set(st.servers) == {key("10.96.0.10", 80)}
-    vs = st.servers[key("10.96.0.10", 80)]
+    assert set(by_key(st)) == {key("10.96.0.10", 80)}
+    vs = by_key(st)[key("10.96.0.10", 80)]
     assert dict(vs.dests) == {("10.2.0.5", 8080): 1, ("10.2.1.5", 8080): 1,
                               ("10.2.1.6", 8080): 1}
     assert vs.attrs == nl.ServiceAttrs("rr", 0, 0)
@@ -67,8 +74,8 @@ def test_nodeport_and_session_affinity_and_scheduler_flags():
     s = svc(type="NodePort", sessionAffinity="ClientIP",
             sessionAffinityConfig={"clientIP": {"timeoutSeconds": 60}})
     st = service_state(s, [SLICE], S, IPVSScheduler("mh", ("flag-1", "flag-2")), [NODE_IP])
-    assert set(st.servers) == {key("10.96.0.10", 80), key(NODE_IP, 30080)}
-    attrs = st.servers[key(NODE_IP, 30080)].attrs
+    assert set(by_key(st)) == {key("10.96.0.10", 80), key(NODE_IP, 30080)}
+    attrs = by_key(st)[key(NODE_IP, 30080)].attrs
     assert attrs == nl.ServiceAttrs("mh", nl.SVC_F_PERSISTENT | 0x8 | 0x10, 60)
     assert st.vips == ("10.96.0.10",)  # the node IP is not put on kube-dummy-if
 
@@ -76,22 +83,22 @@ def test_nodeport_and_session_affinity_and_scheduler_flags():
 def test_external_traffic_policy_local():
     s = svc(type="NodePort", externalTrafficPolicy="Local", externalIPs=["203.0.113.7"])
     st = service_state(s, [SLICE], S, DEFAULT, [NODE_IP])
-    assert dict(st.servers[key(NODE_IP, 30080)].dests) == {("10.2.0.5", 8080): 1}
-    assert dict(st.servers[key("203.0.113.7", 80)].dests) == {("10.2.0.5", 8080): 1}
-    assert len(st.servers[key("10.96.0.10", 80)].dests) == 3  # cluster IP keeps all
+    assert dict(by_key(st)[key(NODE_IP, 30080)].dests) == {("10.2.0.5", 8080): 1}
+    assert dict(by_key(st)[key("203.0.113.7", 80)].dests) == {("10.2.0.5", 8080): 1}
+    assert len(by_key(st)[key("10.96.0.10", 80)].dests) == 3  # cluster IP keeps all
     # no local endpoint: no NodePort entry at all on this node
     other = Settings(**{**S.__dict__, "node_name": "node-9"})
     st = service_state(s, [SLICE], other, DEFAULT, [NODE_IP])
-    assert set(st.servers) == {key("10.96.0.10", 80)}
+    assert set(by_key(st)) == {key("10.96.0.10", 80)}
 
 
 def test_local_annotation_and_internal_policy():
     s = svc(type="NodePort", meta={"annotations": {"kube-router.io/service.local": "true"}})
     st = service_state(s, [SLICE], S, DEFAULT, [NODE_IP])
-    assert len(st.servers[key(NODE_IP, 30080)].dests) == 1
+    assert len(by_key(st)[key(NODE_IP, 30080)].dests) == 1
     s = svc(internalTrafficPolicy="Local")
     other = Settings(**{**S.__dict__, "node_name": "node-9"})
-    assert service_state(s, [SLICE], other, DEFAULT, []).servers == {}
+    assert service_state(s, [SLICE], other, DEFAULT, []).servers == ()
 
 
 @pytest.mark.parametrize("spec, meta", [
@@ -100,22 +107,28 @@ def test_local_annotation_and_internal_policy():
     ({}, {"labels": {"service.kubernetes.io/service-proxy-name": "other"}}),
 ])
 def test_skipped_services(spec, meta):
-    assert service_state(svc(meta=meta, **spec), [SLICE], S, DEFAULT, []).servers == {}
+    assert service_state(svc(meta=meta, **spec), [SLICE], S, DEFAULT, []).servers == ()
 
 
 def test_external_ip_validation(caplog):
     s = svc(externalIPs=["203.0.113.9", "198.51.100.1", "10.96.5.5", "not-an-ip"])
     st = service_state(s, [SLICE], S, DEFAULT, [])
-    assert key("203.0.113.9", 80) in st.servers
-    assert not any(k.addr in ("198.51.100.1", "10.96.5.5") for k in st.servers)
+    assert key("203.0.113.9", 80) in by_key(st)
+    assert not any(k.addr in ("198.51.100.1", "10.96.5.5") for k in by_key(st))
     assert "not-an-ip" in caplog.text and "outside the configured ranges" in caplog.text
+
+
+def test_an_address_listed_twice_gives_one_virtual_server_and_one_vip():
+    st = service_state(svc(externalIPs=["203.0.113.9", "203.0.113.9"]), [SLICE], S, DEFAULT, [])
+    assert sorted(k.addr for k in by_key(st)) == ["10.96.0.10", "203.0.113.9"]
+    assert st.vips == ("10.96.0.10", "203.0.113.9")
 
 
 def test_port_resolved_by_name_and_unknown_name_gives_no_dests():
     other_port = eps(("10.2.0.9", "node-0", True, True, False), name="web-b", port=9090,
                      port_name="metrics")
     st = service_state(svc(), [SLICE, other_port], S, DEFAULT, [])
-    assert ("10.2.0.9", 9090) not in st.servers[key("10.96.0.10", 80)].dests
+    assert ("10.2.0.9", 9090) not in by_key(st)[key("10.96.0.10", 80)].dests
 
 
 def test_hairpin_pairs_for_local_endpoints():
@@ -154,7 +167,7 @@ def test_slices_with_different_target_ports_keep_each_pair() -> None:
     b = eps(("10.2.0.6", "node-1", True, True, False), name="web-b", port=9090)
     dup = eps(("10.2.0.5", "node-0", True, True, False), name="web-c", port=8080)
     st = service_state(svc(), [a, b], S, DEFAULT, [NODE_IP])
-    assert st.servers[key("10.96.0.10", 80)].dests == {("10.2.0.5", 8080): 1,
+    assert by_key(st)[key("10.96.0.10", 80)].dests == {("10.2.0.5", 8080): 1,
                                                       ("10.2.0.6", 9090): 1}
     st = service_state(svc(), [a, dup], S, DEFAULT, [NODE_IP])
-    assert st.servers[key("10.96.0.10", 80)].dests == {("10.2.0.5", 8080): 1}
+    assert by_key(st)[key("10.96.0.10", 80)].dests == {("10.2.0.5", 8080): 1}
