@@ -186,7 +186,12 @@ class IPVSManager:
         """Record in the cache what the planned operations did."""
         actual = self.actual
         if not self.graceful:
-            actual.update(desired)
+            if actual or type(desired) is not dict:
+                actual.update(desired)
+            else:
+                # The first sync: its table becomes the cache (see apply), saving a copy of
+                # thousands of entries in fresh memory.
+                self.actual = desired
         else:
             for key, want in desired.items():
                 have = actual.get(key)
@@ -206,6 +211,7 @@ class IPVSManager:
         remove: Iterable[nl.ServiceKey] = (),
     ) -> SyncResult:
         """Bring the kernel to ``desired`` for these keys; delete ``remove`` (if owned).
+        A ``desired`` dict may be kept as the cache: the caller must not change it after.
 
         Many services are encoded and sent from a worker thread (the loop stays free);
         fewer, as for any event, right here.
