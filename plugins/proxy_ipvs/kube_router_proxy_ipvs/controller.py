@@ -16,6 +16,7 @@ from collections.abc import Hashable
 from collections.abc import Iterable
 from collections.abc import Set as AbstractSet
 from typing import TYPE_CHECKING
+from typing import cast
 
 from kube_router.controller import Controller
 from kube_router.kube.records import EndpointSlice
@@ -187,8 +188,7 @@ class ProxyController(Controller):
 
     def _state(self, key: str, svc: Service) -> dz.ServiceState:
         # (``key`` is the store's: a record's own key is a new string at every read)
-        slices = [s for s in self.slices.by_index("service", key)
-                  if isinstance(s, EndpointSlice)]
+        slices = cast("list[EndpointSlice]", self.slices.by_index("service", key))
         return dz.service_state(svc, slices, self.settings, self.scheduler_for(svc),
                                 self.node_ips)
 
