@@ -127,7 +127,7 @@ class DummyInterface:
         """Record what the sent batch did, and report what failed (one line per kind)."""
         addrs = self.addrs
         src = src or {}
-        for op, addr in zip(batch.ops, batch.addrs, strict=True):
+        for op, addr in batch.ops():
             err = failed.get((op, addr)) if failed else None
             if op == rtnl.ADD_ADDRESS:
                 if err in (None, errno.EEXIST):
@@ -167,10 +167,10 @@ class DummyInterface:
         self.commit(batch, failed, src)
         if not (src and src.get(6)):
             return  # IPv4 routes were replaced in place; nothing more to do
-        routed6 = {a for op, a in batch.what
+        routed6 = {a for op, a in batch.ops()
                    if op == rtnl.SET_ROUTE and ":" in a and (op, a) not in failed}
         if routed6:
-            new = {a for op, a in batch.what if op == rtnl.ADD_ADDRESS}
+            new = {a for op, a in batch.ops() if op == rtnl.ADD_ADDRESS}
             await asyncio.to_thread(rtnl.drop_kernel_routes6, self.index, routed6, new)
 
     def _send(self, add: AbstractSet[str], remove: AbstractSet[str],

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import socket
 import struct
+from array import array
+from bisect import bisect_right
 from collections.abc import Callable
 from collections.abc import Iterator
 
@@ -76,6 +78,11 @@ ADD_ADDRESS = "add-address"
 DEL_ADDRESS = "del-address"
 SET_ROUTE = "set-route"
 DEL_ROUTE = "del-route"
+# What one entry of a batch sent: one message, or a new address and its route.
+_KINDS: tuple[tuple[str, ...], ...] = (
+    (ADD_ADDRESS,), (DEL_ADDRESS,), (SET_ROUTE,), (DEL_ROUTE,), (ADD_ADDRESS, SET_ROUTE))
+_KIND = {ops[0]: i for i, ops in enumerate(_KINDS) if len(ops) == 1}
+_PAIR = len(_KINDS) - 1
 
 
 def _family(addr: str) -> int:
@@ -91,19 +98,39 @@ class Batch(nl.ChunkBuffer):
     :class:`~kube_router_proxy_ipvs.ipvs_netlink.ChunkBuffer`, sent whenever the next message
     would not fit.
 
-    Message ``i`` (0-based) carries sequence number ``i + 1``; ``ops[i]`` says what it did
-    to ``addrs[i]`` (two lists of references: no object per message).
+    Messages carry sequence numbers 1, 2, ... Each call adds one entry: ``addrs[i]``, what
+    it sent (``_KINDS[kinds[i]]``: one message, or an address and its route) and the
+    sequence number of its first message (``starts[i]``). That is 13 bytes per VIP, where a
+    list per message of each would be 32: at thousands of VIPs those are fresh pages.
     """
 
     def __init__(self, index: int, sink: Callable[[memoryview], None] | None = None,
                  buf: bytearray | None = None) -> None:
         super().__init__(CHUNK_BYTES, sink, buf)
         self.index = index
-        self.ops: list[str] = []
         self.addrs: list[str] = []
+        self.kinds = bytearray()
+        self.starts = array("I")
+        self.messages = 0
 
     def __len__(self) -> int:
-        return len(self.ops)
+        return self.messages
+
+    def op_of(self, seq: int) -> tuple[str, str]:
+        """(op, address) of the message with sequence number ``seq``."""
+        i = bisect_right(self.starts, seq) - 1
+        return _KINDS[self.kinds[i]][seq - self.starts[i]], self.addrs[i]
+
+    def ops(self) -> Iterator[tuple[str, str]]:
+        """(op, address) of every message, in order."""
+        for kind, addr in zip(self.kinds, self.addrs, strict=True):
+            for op in _KINDS[kind]:
+                yield op, addr
+
+    @property
+    def what(self) -> list[tuple[str, str]]:
+        """:meth:`ops` as a list."""
+        return list(self.ops())
 
     def _room(self, size: int) -> int:
         """Where a message of ``size`` bytes goes: the buffer is sent first if it is full
@@ -113,15 +140,17 @@ class Batch(nl.ChunkBuffer):
         return self.used
 
     def _added(self, op: str, addr: str, size: int) -> None:
-        self.ops.append(op)
         self.addrs.append(addr)
+        self.kinds.append(_KIND[op])
+        self.messages += 1
+        self.starts.append(self.messages)
         self._last = self.used
         self.used += size
 
     def _generic(self, mtype: int, flags: int, body: bytes, op: str, addr: str) -> None:
         size = _NLMSG.size + len(body)  # every body here is a multiple of 4 bytes
         at = self._room(size)
-        _NLMSG.pack_into(self.buf, at, size, mtype, flags, len(self.ops) + 1, 0)
+        _NLMSG.pack_into(self.buf, at, size, mtype, flags, self.messages + 1, 0)
         self.buf[at + _NLMSG.size : at + size] = body
         self._added(op, addr, size)
 
@@ -133,7 +162,7 @@ class Batch(nl.ChunkBuffer):
         if ":" not in addr:
             raw = _inet_aton(addr)
             _ADDR4.pack_into(self.buf, self._room(_ADDR4.size),
-                             *_addr4_fields(mtype, flags, len(self.ops) + 1, self.index, raw))
+                             *_addr4_fields(mtype, flags, self.messages + 1, self.index, raw))
             self._added(op, addr, _ADDR4.size)
         else:
             raw = socket.inet_pton(socket.AF_INET6, addr)
@@ -149,13 +178,15 @@ class Batch(nl.ChunkBuffer):
             self.local_route(addr, src)
             return
         raw = _inet_aton(addr)
-        seq = len(self.ops) + 1
+        seq = self.messages + 1
         _ADDR4_ROUTE4.pack_into(
             self.buf, self._room(_ADDR4_ROUTE4.size),
             *_addr4_fields(RTM_NEWADDR, _ADD_FLAGS, seq, self.index, raw),
             *_route4_fields(seq + 1, self.index, raw, _inet_aton(src)))
-        self.ops += (ADD_ADDRESS, SET_ROUTE)
-        self.addrs += (addr, addr)
+        self.addrs.append(addr)
+        self.kinds.append(_PAIR)
+        self.starts.append(seq)
+        self.messages = seq + 1
         self._last = self.used + _ADDR4.size
         self.used += _ADDR4_ROUTE4.size
 
@@ -171,7 +202,7 @@ class Batch(nl.ChunkBuffer):
         op = SET_ROUTE if src is not None else DEL_ROUTE
         if fam == _AF_INET and (src is None or ":" not in src):
             dst = _inet_aton(addr)
-            seq = len(self.ops) + 1
+            seq = self.messages + 1
             if src is not None:
                 _ROUTE4.pack_into(self.buf, self._room(_ROUTE4.size),
                                   *_route4_fields(seq, self.index, dst, _inet_aton(src)))
@@ -199,11 +230,6 @@ class Batch(nl.ChunkBuffer):
                     + _attr(RTA_OIF, struct.pack("=I", self.index)))
             self._generic(RTM_DELROUTE, nl.NLM_F_REQUEST, body, op, addr)
 
-    @property
-    def what(self) -> list[tuple[str, str]]:
-        """(op, address) of every message, in order."""
-        return list(zip(self.ops, self.addrs, strict=True))
-
     def _ack_last(self) -> None:
         # The last message asks for an ack: it comes after every earlier error.
         at = self._last + 6  # nlmsg_flags
@@ -212,7 +238,7 @@ class Batch(nl.ChunkBuffer):
     def send(self) -> dict[tuple[str, str], int]:
         """Send a prebuilt batch (no sink; blocking); return {(op, address): errno} for
         what failed."""
-        if not self.ops:
+        if not self.messages:
             return {}
         self._ack_last()
         with Sender() as tx:
@@ -260,12 +286,12 @@ class Sender:
             batch._ack_last()
             self.sock.send(memoryview(batch.buf)[: batch.used])
             batch.used = 0
-        if batch.ops and not self._closed:
+        if batch.messages and not self._closed:
             self._drain(batch, block=True)
         return self.failed
 
     def _drain(self, batch: Batch, *, block: bool) -> None:
-        last = len(batch.ops)
+        last = batch.messages
         flags = 0 if block else socket.MSG_DONTWAIT
         while True:
             try:
@@ -278,7 +304,7 @@ class Sender:
                     continue
                 code = -_INT.unpack_from(payload)[0]
                 if code and 0 < mseq <= last:
-                    self.failed[(batch.ops[mseq - 1], batch.addrs[mseq - 1])] = code
+                    self.failed[batch.op_of(mseq)] = code
                 if mseq == last and batch.used == 0:  # the ack of a message already sent
                     self._closed = done = True
             if done:
