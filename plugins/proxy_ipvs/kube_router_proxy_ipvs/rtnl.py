@@ -139,12 +139,14 @@ class Batch(nl.ChunkBuffer):
             self._flush()
         return self.used
 
-    def _added(self, op: str, addr: str, size: int) -> None:
+    def _added(self, kind: int, addr: str, size: int, last: int = 0) -> None:
+        """Record the entry just packed at ``used``: ``size`` bytes, its last message
+        ``last`` bytes in."""
         self.addrs.append(addr)
-        self.kinds.append(_KIND[op])
-        self.messages += 1
-        self.starts.append(self.messages)
-        self._last = self.used
+        self.kinds.append(kind)
+        self.starts.append(self.messages + 1)
+        self.messages += len(_KINDS[kind])
+        self._last = self.used + last
         self.used += size
 
     def _generic(self, mtype: int, flags: int, body: bytes, op: str, addr: str) -> None:
@@ -152,7 +154,7 @@ class Batch(nl.ChunkBuffer):
         at = self._room(size)
         _NLMSG.pack_into(self.buf, at, size, mtype, flags, self.messages + 1, 0)
         self.buf[at + _NLMSG.size : at + size] = body
-        self._added(op, addr, size)
+        self._added(_KIND[op], addr, size)
 
     def address(self, addr: str, *, add: bool) -> None:
         """Add (or replace) / delete ``addr`` as a host address (/32, /128) on the link."""
@@ -163,7 +165,7 @@ class Batch(nl.ChunkBuffer):
             raw = _inet_aton(addr)
             _ADDR4.pack_into(self.buf, self._room(_ADDR4.size),
                              *_addr4_fields(mtype, flags, self.messages + 1, self.index, raw))
-            self._added(op, addr, _ADDR4.size)
+            self._added(_KIND[op], addr, _ADDR4.size)
         else:
             raw = socket.inet_pton(socket.AF_INET6, addr)
             body = (_IFADDR.pack(socket.AF_INET6, 128, 0, RT_SCOPE_LINK, self.index)
@@ -183,12 +185,7 @@ class Batch(nl.ChunkBuffer):
             self.buf, self._room(_ADDR4_ROUTE4.size),
             *_addr4_fields(RTM_NEWADDR, _ADD_FLAGS, seq, self.index, raw),
             *_route4_fields(seq + 1, self.index, raw, _inet_aton(src)))
-        self.addrs.append(addr)
-        self.kinds.append(_PAIR)
-        self.starts.append(seq)
-        self.messages = seq + 1
-        self._last = self.used + _ADDR4.size
-        self.used += _ADDR4_ROUTE4.size
+        self._added(_PAIR, addr, _ADDR4_ROUTE4.size, last=_ADDR4.size)
 
     def local_route(self, addr: str, src: str | None) -> None:
         """Replace the local-table route of ``addr`` by one whose preferred source is ``src``,
@@ -206,14 +203,14 @@ class Batch(nl.ChunkBuffer):
             if src is not None:
                 _ROUTE4.pack_into(self.buf, self._room(_ROUTE4.size),
                                   *_route4_fields(seq, self.index, dst, _inet_aton(src)))
-                self._added(op, addr, _ROUTE4.size)
+                self._added(_KIND[op], addr, _ROUTE4.size)
             else:
                 _DELROUTE4.pack_into(
                     self.buf, self._room(_DELROUTE4.size), _DELROUTE4.size, RTM_DELROUTE,
                     nl.NLM_F_REQUEST, seq, 0,
                     _AF_INET, 32, 0, 0, RT_TABLE_LOCAL, 0, RT_SCOPE_NOWHERE, RTN_LOCAL, 0,
                     8, RTA_DST, dst, 8, RTA_OIF, self.index)
-                self._added(op, addr, _DELROUTE4.size)
+                self._added(_KIND[op], addr, _DELROUTE4.size)
             return
         plen = 128 if fam == socket.AF_INET6 else 32
         if src is not None:
