@@ -45,6 +45,7 @@ from kube_router.bus import EventType
 from kube_router.kube.records import decode_endpointslice
 from kube_router.kube.records import decode_node
 from kube_router.kube.records import decode_service
+from kube_router.linux.memory import one_malloc_arena
 from kube_router_proxy_ipvs import ipvs_netlink as nl
 from kube_router_proxy_ipvs import plugin
 from kube_router_proxy_ipvs import settings
@@ -229,6 +230,7 @@ async def _sync_and_events(n: int, changes: int) -> dict:
 
 
 def phase_sync(n: int, changes: int) -> dict:
+    one_malloc_arena()  # as `kube-router-py run` does first
     _node_link()
     return asyncio.run(_sync_and_events(n, changes))
 

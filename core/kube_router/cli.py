@@ -156,7 +156,10 @@ def _prepare(config: argparse.Namespace) -> list[str]:
 
 
 def cmd_run(config: argparse.Namespace) -> int:
+    from kube_router.linux.memory import one_malloc_arena
+
     setup_logging(config.verbose)
+    one_malloc_arena()  # before the health server's and the loop's threads start
     if config.cleanup_config:
         return run_cleanups(config)
     try:
