@@ -115,6 +115,8 @@ class RouterController(Controller):
         self.table = RouteTable()
         self.installer = RouteInstaller(self.table, metrics=self.metrics)
         self.installer.reject = self._rejected
+        if self.config.bgp_graceful_restart:
+            self.installer.hold_seconds = float(self.config.bgp_graceful_restart_time)
         self.installer.route_for = self._route_for
         await self.installer.load()
         log.info("router starting node=%s learned_routes_in_kernel=%d",
@@ -299,6 +301,8 @@ class RouterController(Controller):
                 await self.gobgpd.delete_peer(addr)
                 del self.peers[addr]
                 self._peer_added_at.pop(addr, None)
+                if self.installer is not None:
+                    self.installer.release_peer(addr)
                 log.info("bgp peer removed node=%s peer=%s", me.meta.name, addr)
             except GobgpError as exc:
                 errors.append(f"delete peer {addr}: {exc}")
@@ -382,7 +386,10 @@ class RouterController(Controller):
                 self.metrics.peer_info.remove(*old)
         if p.address not in self.peers:
             return  # a deconfigured peer's last word
-        kind = "external" if self.peers[p.address].external else "internal"
+        peer = self.peers[p.address]
+        if peer.graceful_restart and self.installer is not None:
+            self.installer.peer_state(p.address, p.state == "Establ")
+        kind = "external" if peer.external else "internal"
         labels = (p.address, kind, str(p.asn), p.state)
         self.metrics.peer_info.labels(*labels).set(1)
         self._peer_states[p.address] = labels

@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 _INLINE_OPS = 64
 _COALESCE_QUIET_YIELDS = 3
 _COALESCE_MAX_YIELDS = 2000
+#: Seconds a reconnected graceful-restart peer has to advertise a held prefix again.
+HELD_AFTER_RECONNECT = 10.0
 
 
 class RouteInstaller:
@@ -49,6 +51,12 @@ class RouteInstaller:
         self.reject: Callable[[ipaddress.IPv4Network | ipaddress.IPv6Network], bool] = (
             lambda net: net.prefixlen == 0)
         self.pruning = False  # delete protocol-17 routes nobody advertises (after a grace)
+        # Graceful restart, as the helper: how long the routes of a peer whose session is
+        # down stay in the kernel (0: they go when gobgpd withdraws them). See peer_state.
+        self.hold_seconds = 0.0
+        self._down_since: dict[str, float] = {}  # peer -> when its session left Established
+        self.held: dict[str, tuple[str, float]] = {}  # prefix -> (peer, until)
+        self._expiry: asyncio.TimerHandle | None = None
         self.batches = 0
         self.last_install: float = 0.0  # monotonic time the last batch reached the kernel
 
@@ -56,6 +64,9 @@ class RouteInstaller:
 
     def update(self, paths: Iterable[LearnedPath]) -> None:
         for p in paths:
+            if p.withdraw and self._hold(p):
+                continue
+            self.held.pop(p.prefix, None)
             if p.withdraw or not p.neighbor or not p.next_hop or not self._acceptable(p):
                 # Withdrawn, originated by this node itself, or refused: no route.
                 self.desired.pop(p.prefix, None)
@@ -68,6 +79,83 @@ class RouteInstaller:
             self.metrics.received.inc()
         self._wake.set()
 
+    # -- graceful restart ----------------------------------------------------------
+
+    def peer_state(self, peer: str, established: bool) -> None:
+        """Follow a graceful-restart peer's session (the watcher calls this on each change).
+
+        While a peer restarts, gobgpd keeps its paths as stale, but drops them all as soon
+        as one attempt to reconnect fails (say the restarted speaker answers before it
+        knows its peers) rather than when the restart time is up. A withdrawal that comes
+        while the peer's session is down is therefore not the peer's word: its route stays
+        (``held``) until the peer advertises the prefix again, or the peer has been back
+        for a few seconds without it, or the restart time since the session went down has
+        passed.
+        """
+        now = time.monotonic()
+        if not established:
+            self._down_since.setdefault(peer, now)
+            return
+        if self._down_since.pop(peer, None) is None:
+            return
+        # Back: what it still advertises arrives right away (the restarting speaker waits
+        # at most its selection deferral); what it does not, goes soon after.
+        settle = now + HELD_AFTER_RECONNECT
+        for prefix, (owner, until) in self.held.items():
+            if owner == peer and until > settle:
+                self.held[prefix] = (owner, settle)
+        self._schedule_expiry()
+
+    def release_peer(self, peer: str) -> None:
+        """The peer is no longer configured: its held routes go now."""
+        self._down_since.pop(peer, None)
+        self._expire(lambda owner, until: owner == peer)
+
+    def _hold(self, p: LearnedPath) -> bool:
+        """Whether this withdrawal is a restarting peer's stale path dropped early."""
+        since = self._down_since.get(p.neighbor) if self.hold_seconds else None
+        if since is None or self.learned.get(p.prefix) is None or p.prefix in self.held:
+            return p.prefix in self.held
+        until = since + self.hold_seconds
+        if until <= time.monotonic():
+            return False
+        if not any(owner == p.neighbor for owner, _ in self.held.values()):
+            log.info("keeping routes of a restarting bgp peer peer=%s for_s=%.0f",
+                     p.neighbor, until - time.monotonic())
+        self.held[p.prefix] = (p.neighbor, until)
+        self._schedule_expiry()
+        return True
+
+    def _schedule_expiry(self) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+        if not self.held:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # (outside a loop: the next reconcile expires them)
+        delay = min(until for _, until in self.held.values()) - time.monotonic()
+        self._expiry = loop.call_later(max(0.0, delay), self.expire_held)
+
+    def expire_held(self) -> None:
+        """Let go of the held routes whose time is up."""
+        now = time.monotonic()
+        self._expire(lambda owner, until: until <= now)
+
+    def _expire(self, done: Callable[[str, float], bool]) -> None:
+        gone = [prefix for prefix, (owner, until) in self.held.items() if done(owner, until)]
+        for prefix in gone:
+            del self.held[prefix]
+            self.desired.pop(prefix, None)
+            self.learned.pop(prefix, None)
+            self._pending.add(prefix)
+        if gone:
+            log.info("held bgp routes released count=%d first=%s", len(gone), gone[0])
+            self._wake.set()
+        self._schedule_expiry()
+
     def rederive(self) -> None:
         """Recompute every route from its path (after tunnels came or went)."""
         for prefix, nh in self.learned.items():
@@ -79,10 +167,15 @@ class RouteInstaller:
             self._wake.set()
 
     def replace_all(self, paths: Iterable[LearnedPath]) -> None:
-        """The full table (after a resubscribe): forget what is not in it any more."""
+        """The full table (after a resubscribe): forget what is not in it any more, except
+        the routes held for a restarting peer."""
         old = set(self.desired)
+        kept = {prefix: (self.learned[prefix], self.desired[prefix]) for prefix in self.held
+                if prefix in self.learned and prefix in self.desired}
         self.desired.clear()
         self.learned.clear()
+        for prefix, (nh, route) in kept.items():
+            self.learned[prefix], self.desired[prefix] = nh, route
         self.update(paths)
         self._pending.update(old)
         self._wake.set()
@@ -106,6 +199,7 @@ class RouteInstaller:
     async def reconcile(self) -> None:
         """Repair drift: re-read the kernel and re-apply everything."""
         started = time.monotonic()
+        self.expire_held()
         await self.load()
         self._pending.update(self.desired)
         if self.pruning:

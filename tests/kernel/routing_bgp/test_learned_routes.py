@@ -17,6 +17,7 @@ from bgp_kernel_helpers import ip
 
 from kube_router_routing_bgp.gobgpd import Gobgpd
 from kube_router_routing_bgp.gobgpd import PeerConfig
+from kube_router_routing_bgp.gobgpd import PeerStatus
 from kube_router_routing_bgp.kernel_routes import RouteTable
 from kube_router_routing_bgp.route_sync import RouteInstaller
 
@@ -35,19 +36,24 @@ async def until(cond: Callable[[], bool], timeout: float = 60.0, what: str = "")
         await asyncio.sleep(0.2)
 
 
-async def start_speaker(ns: str, addr: str, workdir: str, asn: int = ASN) -> Gobgpd:
-    g = Gobgpd(api_host=f"unix://{workdir}/{ns}.sock", netns=ns)
+async def start_speaker(ns: str, addr: str, workdir: str, asn: int = ASN,
+                        graceful_restart: bool = False) -> Gobgpd:
+    g = Gobgpd(api_host=f"unix://{workdir}/{ns}.sock", netns=ns,
+               graceful_restart=graceful_restart)
     await g.spawn()
-    await g.start_bgp(asn=asn, router_id=addr, listen_addresses=[addr])
+    await g.start_bgp(asn=asn, router_id=addr, listen_addresses=[addr],
+                      graceful_restart=graceful_restart)
     return g
 
 
 class Learner:
-    """The receiving side as the controller wires it: watcher into the installer."""
+    """The receiving side as the controller wires it: watcher into the installer (and,
+    with graceful restart, the peers' session states too)."""
 
-    def __init__(self, gobgpd: Gobgpd, ns: str) -> None:
+    def __init__(self, gobgpd: Gobgpd, ns: str, hold_seconds: float = 0.0) -> None:
         self.table = RouteTable(netns=ns)
         self.installer = RouteInstaller(self.table)
+        self.installer.hold_seconds = hold_seconds
         self.gobgpd = gobgpd
         self.tasks: list[asyncio.Task[None]] = []
 
@@ -57,7 +63,11 @@ class Learner:
                       asyncio.create_task(self._watch())]
 
     async def _watch(self) -> None:
-        async for batch in self.gobgpd.watch_best():
+        def on_peer(p: PeerStatus) -> None:
+            if self.installer.hold_seconds:
+                self.installer.peer_state(p.address, p.state == "Establ")
+
+        async for batch in self.gobgpd.watch_best(on_peer=on_peer):
             self.installer.update(batch)
 
     async def stop(self) -> None:
@@ -114,6 +124,59 @@ def test_gobgp_to_gobgp_routes_follow_paths(pair: Pair) -> None:
                 await learner.stop()
                 await a.stop()
                 await b.stop()
+
+    asyncio.run(main())
+
+
+def test_restarting_peer_keeps_its_route_through_a_refused_reconnect(pair: Pair) -> None:
+    """a's gobgpd dies without a Cease (graceful restart) and its successor listens before
+    it knows b, so b's next connection attempt is accepted and then closed. gobgpd on b then
+    drops a's stale path at once; the route must stay in b's kernel until a is back."""
+
+    async def main() -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            gr = {"graceful_restart": True, "graceful_restart_time": 90}
+            a = await start_speaker(pair.a, pair.ip_a, tmp, graceful_restart=True)
+            b = await start_speaker(pair.b, pair.ip_b, tmp, graceful_restart=True)
+            learner = Learner(b, pair.b, hold_seconds=90)
+            again = None
+            try:
+                await a.add_peer(PeerConfig(address=pair.ip_b, asn=ASN,
+                                            local_address=pair.ip_a, **gr))
+                await b.add_peer(PeerConfig(address=pair.ip_a, asn=ASN,
+                                            local_address=pair.ip_b, **gr))
+                await learner.start()
+                await a.add_path("10.9.1.0/24", pair.ip_a)
+                await until(lambda: "10.9.1.0/24" in proto17(pair.b), what="learned route")
+
+                await a.stop()  # killed: the session drops without a Cease
+                later = Path(tmp) / "again"
+                later.mkdir()
+                again = await start_speaker(pair.a, pair.ip_a, str(later),
+                                            graceful_restart=True)
+                # b's retries now reach a speaker that does not know it yet
+                deadline = time.monotonic() + 40
+                while any(p.prefix == "10.9.1.0/24" for p in await b.best_paths()):
+                    assert time.monotonic() < deadline, "gobgpd on b kept the stale path"
+                    assert "10.9.1.0/24" in proto17(pair.b)
+                    await asyncio.sleep(0.2)
+                # gobgpd dropped it; the kernel still routes it
+                await asyncio.sleep(1)
+                assert f"10.9.1.0/24 via {pair.ip_a} dev eth0" in proto17(pair.b)
+                assert "10.9.1.0/24" in learner.installer.held
+
+                await again.add_peer(PeerConfig(address=pair.ip_b, asn=ASN,
+                                                local_address=pair.ip_a, **gr))
+                await again.add_path("10.9.1.0/24", pair.ip_a)
+                # advertised again: an ordinary route once more
+                await until(lambda: not learner.installer.held, what="the path again")
+                assert learner.installer.learned["10.9.1.0/24"] == pair.ip_a
+                assert f"10.9.1.0/24 via {pair.ip_a} dev eth0" in proto17(pair.b)
+            finally:
+                await learner.stop()
+                for g in (a, b, again):
+                    if g is not None:
+                        await g.stop()
 
     asyncio.run(main())
 
