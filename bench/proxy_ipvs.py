@@ -17,7 +17,9 @@ S2, event latency: 200 changes, each one endpoint added and one removed in one S
 EndpointSlice: time from the event reaching the controller to the kernel state applied,
 measured after each cold sync; the median of those runs' p50 and p99 is reported.
 Also reported: ``resync_seconds``, a full resync (as every ``--ipvs-sync-period``) right after
-the cold sync, when nothing has changed and no message is sent.
+the cold sync, when nothing has changed and no message is sent; and the agent restarted over
+what a cold sync left (a second process): ``restart_load_seconds`` to read the kernel's state,
+``restart_sync_seconds`` for the first full sync, ``restart_ops`` the messages it sent (0).
 
 The floor and the sync run ``--repeat`` times each, alternating; the median run of each is
 reported (with every sample). Every phase runs in its own fresh network namespace: IPVS state
@@ -165,7 +167,9 @@ def phase_ipvsadm(n: int) -> dict:
     return {"ipvsadm_seconds": seconds}
 
 
-async def _sync_and_events(n: int, changes: int) -> dict:
+def _agent(n: int) -> tuple[Agent, float]:
+    """An agent with the proxy, its stores filled as the informers fill them; and the
+    seconds the decoding took."""
     parser = argparse.ArgumentParser()
     parser.add_argument("--hostname-override", default="node-0")
     settings.add_options(parser)
@@ -186,7 +190,12 @@ async def _sync_and_events(n: int, changes: int) -> dict:
         sl_store.put(rec.key, rec)
     # As the informer does, the parsed API objects are dropped once decoded.
     del services, slices, obj
-    decode_seconds = time.perf_counter() - started
+    return agent, time.perf_counter() - started
+
+
+async def _sync_and_events(n: int, changes: int) -> dict:
+    agent, decode_seconds = _agent(n)
+    sl_store = agent.store("EndpointSlice")
     ctl = ProxyController(agent, firewall=None)
     await ctl.start()
     started = time.perf_counter()
@@ -235,6 +244,42 @@ def phase_sync(n: int, changes: int) -> dict:
     return asyncio.run(_sync_and_events(n, changes))
 
 
+async def _cold_sync(n: int) -> None:
+    ctl = ProxyController(_agent(n)[0], firewall=None)
+    await ctl.start()
+    await ctl.sync(None)
+    assert not ctl.last_result.failures and not ctl.dummy.last_failures
+    await ctl.stop()
+
+
+async def _restart(n: int) -> dict:
+    """A new agent over the kernel state a previous one left: the time to read that state
+    (IPVS with every real server, the link's addresses and routes) and the first full
+    sync, which must find nothing to send."""
+    ctl = ProxyController(_agent(n)[0], firewall=None)
+    started = time.perf_counter()
+    await ctl.start()
+    loaded = time.perf_counter()
+    await ctl.sync(None)
+    done = time.perf_counter()
+    ops = ctl.last_result.ops + ctl.dummy.sent
+    assert not ctl.last_result.failures and not ctl.dummy.last_failures
+    await ctl.stop()
+    return {"restart_load_seconds": loaded - started, "restart_sync_seconds": done - loaded,
+            "restart_ops": ops}
+
+
+def phase_restart(n: int) -> dict:
+    """A cold sync by one process, then the agent restarted: a second process, timed."""
+    _node_link()
+    proc = subprocess.run([sys.executable, "-m", "bench.proxy_ipvs", "--phase", "coldsync",
+                           "--n", str(n)], capture_output=True, text=True, check=False)
+    if proc.returncode:
+        raise SystemExit(f"cold sync failed rc={proc.returncode}\n{proc.stderr[-3000:]}")
+    one_malloc_arena()
+    return asyncio.run(_restart(n))
+
+
 # -- driver -----------------------------------------------------------------------------
 
 
@@ -267,8 +312,16 @@ def main() -> None:
     p.add_argument("--changes", type=int, default=200, help="S2 endpoint changes")
     p.add_argument("--repeat", type=int, default=3, help="runs of the floor and the sync")
     p.add_argument("--skip-ipvsadm", action="store_true")
-    p.add_argument("--phase", choices=["floor", "ipvsadm", "sync"], help=argparse.SUPPRESS)
+    p.add_argument("--phase", choices=["floor", "ipvsadm", "sync", "coldsync", "restart"],
+                   help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.phase == "coldsync":  # the first half of "restart", in its namespace
+        one_malloc_arena()
+        asyncio.run(_cold_sync(args.n))
+        return
+    if args.phase == "restart":
+        print(json.dumps(phase_restart(args.n)))
+        return
     if args.phase == "floor":
         print(json.dumps(phase_floor(args.n)))
         return
@@ -297,6 +350,7 @@ def main() -> None:
     for stat in ("event_p50_ms", "event_p99_ms"):
         result[stat] = statistics.median(r[stat] for r in syncs)
         result[stat.replace("_ms", "_samples")] = [round(r[stat], 3) for r in syncs]
+    result.update(_in_netns("restart", args.n, args.changes))
     if not args.skip_ipvsadm:
         result.update(_in_netns("ipvsadm", args.n, args.changes))
     else:

@@ -102,7 +102,7 @@ class IPVSManager:
 
     def _read_dests(self, key: nl.ServiceKey) -> dict[DestKey, int]:
         assert self.sock is not None
-        return {(d.addr, d.port): d.attrs.weight for d in self.sock.dests(key)}
+        return {(d.addr, d.port): d.attrs.weight for d in self.sock.dests(key, stats=False)}
 
     def close(self) -> None:
         if self.sock is not None:
@@ -278,7 +278,7 @@ class IPVSManager:
         for key, dkeys in by_service.items():
             try:
                 conns = {(d.addr, d.port): d.active_conns + d.inactive_conns
-                         for d in self.sock.dests(key)}
+                         for d in self.sock.dests(key, stats=False)}
             except nl.IPVSError:
                 conns = {}
             for dkey in dkeys:

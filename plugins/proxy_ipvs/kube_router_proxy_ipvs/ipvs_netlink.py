@@ -27,6 +27,8 @@ from functools import lru_cache
 from typing import Any
 from typing import NamedTuple
 
+from kube_router.linux.memory import ReceiveBuffer
+
 # netlink
 NETLINK_GENERIC = 16
 NLM_F_REQUEST = 0x1
@@ -773,12 +775,17 @@ def decode_service(payload: bytes, stats: bool = True) -> DumpedService:
     return DumpedService(key=key, fwmark=fwmark, attrs=attrs, stats=counters)
 
 
-def decode_dest(payload: bytes, af: int) -> DumpedDest:
+def decode_dest(payload: bytes, af: int, stats: bool = True) -> DumpedDest:
+    """One dumped real server; ``stats=False`` leaves its counters at zero (cheaper: they
+    are most of the work, and reading the table back at start needs none)."""
     outer = parse_attrs(payload)
     a = parse_attrs(outer.get(CMD_ATTR_DEST, b""))
     if DEST_ATTR_ADDR_FAMILY in a:
         af = _U16.unpack(a[DEST_ATTR_ADDR_FAMILY][:2])[0]
-    stats_raw = a.get(DEST_ATTR_STATS64)
+    counters = Stats()
+    if stats:
+        raw = a.get(DEST_ATTR_STATS64)
+        counters = _parse_stats(raw if raw else a.get(DEST_ATTR_STATS), bool(raw))
     return DumpedDest(
         addr=_addr(af, a[DEST_ATTR_ADDR]),
         port=_BE16.unpack(a[DEST_ATTR_PORT][:2])[0],
@@ -786,7 +793,7 @@ def decode_dest(payload: bytes, af: int) -> DumpedDest:
                         fwd_method=_u32(a, DEST_ATTR_FWD_METHOD) & 0x7),
         active_conns=_u32(a, DEST_ATTR_ACTIVE_CONNS),
         inactive_conns=_u32(a, DEST_ATTR_INACT_CONNS),
-        stats=_parse_stats(stats_raw if stats_raw else a.get(DEST_ATTR_STATS), bool(stats_raw)),
+        stats=counters,
     )
 
 
@@ -819,6 +826,7 @@ class IPVSSocket:
         # the dest a batch's message was for (see Batch).
         self.sock.bind((0, 0))
         self._seq = 0
+        self._replies = ReceiveBuffer()  # dumps: reading the table at start is thousands
         self.family = self._resolve_family()
         # Made once with the socket and reused: the send buffer of every stream, and the
         # receive buffer for error replies (one reply per datagram, each under 1 KiB).
@@ -839,7 +847,7 @@ class IPVSSocket:
         return self._seq
 
     def _recv(self) -> bytes:
-        return self.sock.recv(1 << 20)
+        return self._replies.recv(self.sock)
 
     def _resolve_family(self) -> int:
         seq = self._next_seq()
@@ -1007,11 +1015,11 @@ class IPVSSocket:
         body = _GENL.pack(CMD_GET_SERVICE, IPVS_GENL_VERSION, 0)
         return [decode_service(p, stats) for p in self._dump(body)]
 
-    def dests(self, key: ServiceKey) -> list[DumpedDest]:
+    def dests(self, key: ServiceKey, stats: bool = True) -> list[DumpedDest]:
         body = _GENL.pack(CMD_GET_DEST, IPVS_GENL_VERSION, 0) + _nested(
             CMD_ATTR_SERVICE, _service_id(key)
         )
-        return [decode_dest(p, key.af) for p in self._dump(body)]
+        return [decode_dest(p, key.af, stats) for p in self._dump(body)]
 
     def dests_fwmark(self, af: int, fwmark: int) -> list[DumpedDest]:
         body = _GENL.pack(CMD_GET_DEST, IPVS_GENL_VERSION, 0) + _nested(

@@ -16,6 +16,7 @@ from bisect import bisect_right
 from collections.abc import Callable
 from collections.abc import Iterator
 
+from kube_router.linux.memory import ReceiveBuffer
 from kube_router_proxy_ipvs import ipvs_netlink as nl
 
 RTM_NEWADDR = 20
@@ -325,8 +326,9 @@ def _dump(sock: socket.socket, mtype: int, body: bytes) -> Iterator[tuple[int, b
     """(message type, payload) of every answer to one dump request."""
     sock.send(_NLMSG.pack(_NLMSG.size + len(body), mtype, nl.NLM_F_REQUEST | nl.NLM_F_DUMP,
                           1, 0) + body)
+    replies = ReceiveBuffer()
     while True:
-        for rtype, _f, _seq, payload in nl.iter_messages(sock.recv(1 << 20)):
+        for rtype, _f, _seq, payload in nl.iter_messages(replies.recv(sock)):
             if rtype in (nl.NLMSG_DONE, nl.NLMSG_ERROR):
                 return
             yield rtype, payload

@@ -24,6 +24,8 @@ import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from kube_router.linux.memory import ReceiveBuffer
+
 log = logging.getLogger(__name__)
 
 PROTO_BGP = 17
@@ -225,6 +227,7 @@ class RouteTable:
 
     def __init__(self, netns: str | None = None) -> None:
         self._sock = open_socket(netns)
+        self._replies = ReceiveBuffer()  # used under the lock
         self._lock = threading.Lock()
         self._seq = 0
 
@@ -242,7 +245,7 @@ class RouteTable:
                                            _NLM_F_REQUEST | _NLM_F_DUMP, seq, 0) + body)
             out: list[Route] = []
             while True:
-                data = self._sock.recv(1 << 20)
+                data = self._replies.recv(self._sock)
                 routes, done, err = parse_routes(data)
                 out.extend(r for r in routes if protocol is None or r.protocol == protocol)
                 if err:
@@ -298,7 +301,7 @@ class RouteTable:
             last_seq = seq0 + j - 1
             done = False
             while not done:
-                data = self._sock.recv(1 << 20)
+                data = self._replies.recv(self._sock)
                 off = 0
                 while off + _NLMSGHDR.size <= len(data):
                     length, mtype, _f, seq, _p = _NLMSGHDR.unpack_from(data, off)

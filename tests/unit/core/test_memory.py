@@ -1,3 +1,4 @@
+import socket
 import subprocess
 import sys
 
@@ -28,3 +29,15 @@ def test_worker_thread_allocates_from_the_main_arena() -> None:
         pytest.skip("this C library does not give threads arenas of their own")
     assert _arenas("one") == 1
 
+
+
+def test_receive_buffer_returns_each_datagram_whole() -> None:
+    from kube_router.linux.memory import ReceiveBuffer
+
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    with a, b:
+        buf = ReceiveBuffer(size=64 * 1024)
+        a.send(b"x" * 40000)
+        a.send(b"short")
+        assert buf.recv(b) == b"x" * 40000
+        assert buf.recv(b) == b"short"  # nothing left over from the longer one
