@@ -63,8 +63,10 @@ class RouteInstaller:
     # -- input -------------------------------------------------------------------
 
     def update(self, paths: Iterable[LearnedPath]) -> None:
+        held: list[LearnedPath] = []
         for p in paths:
             if p.withdraw and self._hold(p):
+                held.append(p)
                 continue
             self.held.pop(p.prefix, None)
             if p.withdraw or not p.neighbor or not p.next_hop or not self._acceptable(p):
@@ -75,6 +77,11 @@ class RouteInstaller:
                 self.learned[p.prefix] = p.next_hop
                 self.desired[p.prefix] = self.route_for(p.prefix, p.next_hop)
             self._pending.add(p.prefix)
+        if held:
+            # once per batch: gobgpd drops a peer's paths in a few large ones
+            log.info("keeping routes of a restarting bgp peer peer=%s count=%d first=%s",
+                     held[0].neighbor, len(held), held[0].prefix)
+            self._schedule_expiry()
         if self.metrics is not None:
             self.metrics.received.inc()
         self._wake.set()
@@ -119,11 +126,7 @@ class RouteInstaller:
         until = since + self.hold_seconds
         if until <= time.monotonic():
             return False
-        if not any(owner == p.neighbor for owner, _ in self.held.values()):
-            log.info("keeping routes of a restarting bgp peer peer=%s for_s=%.0f",
-                     p.neighbor, until - time.monotonic())
         self.held[p.prefix] = (p.neighbor, until)
-        self._schedule_expiry()
         return True
 
     def _schedule_expiry(self) -> None:
