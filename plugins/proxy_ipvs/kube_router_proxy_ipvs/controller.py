@@ -16,7 +16,6 @@ from collections.abc import Hashable
 from collections.abc import Iterable
 from collections.abc import Set as AbstractSet
 from typing import TYPE_CHECKING
-from typing import cast
 
 from kube_router.controller import Controller
 from kube_router.kube.records import EndpointSlice
@@ -188,9 +187,9 @@ class ProxyController(Controller):
 
     def _state(self, key: str, svc: Service) -> dz.ServiceState:
         # (``key`` is the store's: a record's own key is a new string at every read)
-        slices = cast("list[EndpointSlice]", self.slices.by_index("service", key))
-        return dz.service_state(svc, slices, self.settings, self.scheduler_for(svc),
-                                self.node_ips)
+        slices: list[EndpointSlice] = self.slices.by_index("service", key)  # type: ignore[assignment]
+        scheduler = self.scheduler_for(svc) if self._scheduler_hooked else DEFAULT
+        return dz.service_state(svc, slices, self.settings, scheduler, self.node_ips)
 
     async def sync(self, keys: frozenset[Hashable] | None) -> None:
         if keys is not None:

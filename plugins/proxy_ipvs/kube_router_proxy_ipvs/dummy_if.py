@@ -103,16 +103,25 @@ class DummyInterface:
             batch = rtnl.Batch(self.index)
         addrs = self.addrs
         src4, src6 = (src.get(4), src.get(6)) if src else (None, None)
+        new4: list[str] = []  # new IPv4 VIPs sourced from src4: packed in one run below
         for addr in add:
-            want = src6 if ":" in addr else src4
+            v6 = ":" in addr
             if addr not in addrs:
+                want = src6 if v6 else src4
                 # the kernel makes the local route, sourced from the address itself
-                if want and want != addr:
+                if not want or want == addr:
+                    batch.address(addr, add=True)
+                elif v6:
                     batch.address_with_route(addr, want)
                 else:
-                    batch.address(addr, add=True)
-            elif want and addrs[addr] != want:
+                    new4.append(addr)
+                continue
+            want = src6 if v6 else src4
+            if want and addrs[addr] != want:
                 batch.local_route(addr, want)
+        if new4:
+            assert src4 is not None
+            batch.addresses_with_routes(new4, src4)
         for addr in remove:
             if addr in add or addr not in addrs:
                 continue

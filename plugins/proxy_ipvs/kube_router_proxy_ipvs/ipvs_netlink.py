@@ -303,15 +303,26 @@ def _attrs_tail(attrs: ServiceAttrs, af: int) -> bytes:
             + _nla(SVC_ATTR_NETMASK, _U32.pack(netmask)))
 
 
-_SVC4_NEST = struct.Struct("=HH" "HHH2x" "HHH2x" "HH4s" "HHH2x")
+# An IPv4 service's identity attributes (AF, PROTOCOL, ADDR, PORT, each with its header
+# and padding: 32 bytes), packed once per service between constant runs.
+_SVC4_ID = struct.Struct("=8s" "8s" "4s" "4s" "8s")
+_SVC4_AF_ATTR = struct.pack("=HHH2x", 6, SVC_ATTR_AF, socket.AF_INET)
+_SVC_PROTO_ATTRS = {p: struct.pack("=HHH2x", 6, SVC_ATTR_PROTOCOL, p)
+                    for p in PROTOCOLS.values()}
+_SVC4_ADDR_HDR = _NLA.pack(8, SVC_ATTR_ADDR)
+_SVC_PORT_ATTRS: dict[int, bytes] = {}  # at most 65,536 entries of 8 bytes
+_SVC4_NEST_LEN = 4 + _SVC4_ID.size
 
 
-def _svc4_ident(key: ServiceKey) -> tuple[Any, ...]:
-    """The values of an IPv4 service's identity attributes (AF, PROTOCOL, ADDR, PORT, each
-    with its header), for a struct that lays them out as ``_SVC4_NEST`` does."""
-    return (6, SVC_ATTR_AF, socket.AF_INET, 6, SVC_ATTR_PROTOCOL, key.protocol,
-            8, SVC_ATTR_ADDR, socket.inet_aton(key.addr), 6, SVC_ATTR_PORT,
-            socket.htons(key.port))
+def _svc4_id(protocol: int, addr: str, port: int) -> bytes:
+    port_attr = _SVC_PORT_ATTRS.get(port)
+    if port_attr is None:
+        port_attr = _SVC_PORT_ATTRS[port] = struct.pack("=HH2s2x", 6, SVC_ATTR_PORT,
+                                                         _BE16.pack(port))
+    proto_attr = _SVC_PROTO_ATTRS.get(protocol) or struct.pack(
+        "=HHH2x", 6, SVC_ATTR_PROTOCOL, protocol)
+    return _SVC4_ID.pack(_SVC4_AF_ATTR, proto_attr, _SVC4_ADDR_HDR, socket.inet_aton(addr),
+                         port_attr)
 
 
 def _service_nest(key: ServiceKey) -> bytes:
@@ -319,8 +330,8 @@ def _service_nest(key: ServiceKey) -> bytes:
     Not cached globally: a cache of every service would outweigh the service itself (a
     batch remembers the last one, which its next call usually repeats)."""
     if key.af == socket.AF_INET:
-        return _SVC4_NEST.pack(_SVC4_NEST.size, CMD_ATTR_SERVICE | NLA_F_NESTED,
-                               *_svc4_ident(key))
+        return _NLA.pack(_SVC4_NEST_LEN, CMD_ATTR_SERVICE | NLA_F_NESTED) + _svc4_id(
+            key.protocol, key.addr, key.port)
     return _nested(CMD_ATTR_SERVICE, _service_id(key))
 
 
@@ -422,7 +433,6 @@ def frame(family: int, op_body: bytes, seq: int, flags: int = NLM_F_REQUEST) -> 
 # address, port) between constant runs prebuilt once per service and command.
 #   [nlmsghdr 16][genl 4][service nest 36][DEST nest hdr 4][ADDR hdr 4] = prefix 48 after
 #   the header; [ip 4][PORT hdr 4][port 2 + pad 2][AF 8][FWD 8][WEIGHT 8][U 8][L 8]
-_SVC4_NEST_LEN = 36
 _DEST4_MSG = struct.Struct("=IHHII" "48s" "4s" "6s" "42s")
 _DEST4_DEL_MSG = struct.Struct("=IHHII" "48s" "4s" "6s" "10s")
 _PORT_HDR = _NLA.pack(6, DEST_ATTR_PORT)
@@ -431,10 +441,20 @@ _AF4_ATTR = struct.pack("=HHH2x", 6, DEST_ATTR_ADDR_FAMILY, socket.AF_INET)
 _DEST_CMDS = frozenset((CMD_NEW_DEST, CMD_SET_DEST, CMD_DEL_DEST))
 
 
-# A new IPv4 service's request up to its attributes, and each of its dests' up to the
-# address: one pack each, from the service's identity (the nest _service_nest makes).
-_NEW_SVC4_HEAD = struct.Struct("=IHHII" "BBH" + _SVC4_NEST.format[1:])
-_NEW_DEST4_HEAD = struct.Struct(_NEW_SVC4_HEAD.format + "HHHH")
+# A new IPv4 service's request, and each of its dests', around the service's identity.
+_NEW_DEST4_OPEN = _GENL.pack(CMD_NEW_DEST, IPVS_GENL_VERSION, 0) + _NLA.pack(
+    _SVC4_NEST_LEN, CMD_ATTR_SERVICE | NLA_F_NESTED)
+
+
+@lru_cache(maxsize=64)
+def _new_svc4_parts(attrs: ServiceAttrs) -> tuple[bytes, bytes]:
+    """A new IPv4 service's genl header and nest opening, and its attributes after the
+    identity: few distinct values in a whole cluster."""
+    tail = _attrs_tail(attrs, socket.AF_INET)
+    return (_GENL.pack(CMD_NEW_SERVICE, IPVS_GENL_VERSION, 0)
+            + _NLA.pack(_SVC4_NEST_LEN + len(tail), CMD_ATTR_SERVICE | NLA_F_NESTED)), tail
+
+
 # the DEST nest's header and its ADDR attribute's, by the nest's length (60: with the
 # weights and forwarding method, 28: a delete's identity alone)
 _DEST4_OPEN = {n: _NLA.pack(n, _DEST_NESTED) + _NLA.pack(8, DEST_ATTR_ADDR) for n in (28, 60)}
@@ -580,17 +600,18 @@ class Batch(ChunkBuffer):
         """Append the message ``first`` (if any), then ``head + item + tail`` for each item,
         messages of ``size`` bytes, in as few joins as the buffer allows (one, for any
         usual Service)."""
-        per = max(1, self.limit // size)
-        parts = [items] if len(items) <= per else \
-            [items[i : i + per] for i in range(0, len(items), per)]
-        for part in parts:
-            blob = first + head + (tail + head).join(part) + tail if part else first
-            first = b""
-            if self.used + len(blob) > self.limit:
-                self._flush()
-            self.buf[self.used : self.used + len(blob)] = blob
-            self.used += len(blob)
-            self._last = self.used - (size if part else len(blob))
+        per = self.limit // size or 1
+        if len(items) > per:  # more than a buffer holds: a run per buffer
+            for i in range(0, len(items), per):
+                self._put_run(b"" if i else first, head, items[i : i + per], tail, size)
+            return
+        blob = first + head + (tail + head).join(items) + tail if items else first
+        if self.used + len(blob) > self.limit:
+            self._flush()
+        used = self.used + len(blob)
+        self.buf[self.used : used] = blob
+        self.used = used
+        self._last = used - (size if items else len(blob))
         self.count += len(items)
 
     def add(self, cmd: int, body: bytes, key: ServiceKey) -> None:
@@ -625,21 +646,19 @@ class Batch(ChunkBuffer):
             self.service(CMD_NEW_SERVICE, key, attrs)
             self.dests(CMD_NEW_DEST, key, [((ip, port), weight) for ip in ips])
             return
-        seq = self._segment(CMD_NEW_SERVICE, key)
-        ident = _svc4_ident(key)
-        tail = _attrs_tail(attrs, _AF_INET)  # a multiple of 4 bytes
-        first = _NEW_SVC4_HEAD.pack(
-            _NEW_SVC4_HEAD.size + len(tail), self.family, NLM_F_REQUEST, seq, 0,
-            CMD_NEW_SERVICE, IPVS_GENL_VERSION, 0,
-            _SVC4_NEST_LEN + len(tail), CMD_ATTR_SERVICE | NLA_F_NESTED, *ident) + tail
-        size = _DEST4_MSG.size
-        head = _NEW_DEST4_HEAD.pack(
-            size, self.family, NLM_F_REQUEST, seq, 0, CMD_NEW_DEST, IPVS_GENL_VERSION, 0,
-            _SVC4_NEST_LEN, CMD_ATTR_SERVICE | NLA_F_NESTED, *ident, 60, _DEST_NESTED,
-            8, DEST_ATTR_ADDR)
+        self._cmds.append(CMD_NEW_SERVICE)
+        self._keys.append(key)
+        seq = len(self._cmds)
+        ident = _svc4_id(key.protocol, key.addr, key.port)
+        opening, tail = _new_svc4_parts(attrs)
+        family = self.family
+        head = _NLMSG.pack(_DEST4_MSG.size, family, NLM_F_REQUEST, seq, 0) + _NEW_DEST4_OPEN \
+            + ident + _DEST4_OPEN[60]
+        dest_tail = _port_attr(port) + _dest4_suffix(weight)
+        first = _NLMSG.pack(_NLMSG.size + len(opening) + len(ident) + len(tail), family,
+                            NLM_F_REQUEST, seq, 0) + opening + ident + tail
         self.count += 1
-        self._put_run(first, head, list(map(_inet_aton, ips)),
-                      _port_attr(port) + _dest4_suffix(weight), size)
+        self._put_run(first, head, list(map(_inet_aton, ips)), dest_tail, _DEST4_MSG.size)
 
     def dests(self, cmd: int, key: ServiceKey, dests: Iterable[tuple[tuple[str, int], Any]]
               ) -> None:

@@ -15,6 +15,7 @@ from array import array
 from bisect import bisect_right
 from collections.abc import Callable
 from collections.abc import Iterator
+from collections.abc import Sequence
 
 from kube_router.linux.memory import ReceiveBuffer
 from kube_router_proxy_ipvs import ipvs_netlink as nl
@@ -55,6 +56,11 @@ _ADDR4 = struct.Struct("=IHHII" "BBBBI" "HH4s" "HH4s")
 _ROUTE4 = struct.Struct("=IHHII" "BBBBBBBBI" "HH4s" "HH4s" "HHI")
 _DELROUTE4 = struct.Struct("=IHHII" "BBBBBBBBI" "HH4s" "HHI")
 _ADDR4_ROUTE4 = struct.Struct(_ADDR4.format + _ROUTE4.format[1:])
+# The same pair with its constant runs as byte strings: only the two sequence numbers and
+# the address (three times) are packed per VIP. Each "Ns" is a run of ``_ADDR4_ROUTE4``
+# fields that stays the same for one link and source; the offsets are checked at import.
+_PAIR4_VARYING = struct.Struct("=8sI16s4s4s4s8sI20s4s16s")
+assert _PAIR4_VARYING.size == _ADDR4_ROUTE4.size
 _ADD_FLAGS = nl.NLM_F_REQUEST | NLM_F_CREATE | NLM_F_REPLACE
 
 
@@ -187,6 +193,42 @@ class Batch(nl.ChunkBuffer):
             *_addr4_fields(RTM_NEWADDR, _ADD_FLAGS, seq, self.index, raw),
             *_route4_fields(seq + 1, self.index, raw, _inet_aton(src)))
         self._added(_PAIR, addr, _ADDR4_ROUTE4.size, last=_ADDR4.size)
+
+    def addresses_with_routes(self, addrs: Sequence[str], src: str) -> None:
+        """:meth:`address_with_route` of each of ``addrs`` (IPv4) in turn, all from one
+        ``src``: the bulk of a cold start, packed from one template."""
+        if ":" in src:
+            for addr in addrs:
+                self.address_with_route(addr, src)
+            return
+        size = _ADDR4_ROUTE4.size
+        # the constant runs, cut from a pair packed with zeros where the VIP's fields go
+        blank = _ADDR4_ROUTE4.pack(*_addr4_fields(RTM_NEWADDR, _ADD_FLAGS, 0, self.index,
+                                                  bytes(4)),
+                                   *_route4_fields(0, self.index, bytes(4), _inet_aton(src)))
+        c0, _, c1, _, c2, _, c3, _, c4, _, c5 = _PAIR4_VARYING.unpack(blank)
+        pack = _PAIR4_VARYING.pack_into
+        pair = bytes((_PAIR,))
+        i, total = 0, len(addrs)
+        while i < total:
+            room = (CHUNK_BYTES - self.used) // size
+            if not room:
+                self._flush()
+                continue
+            part = addrs[i : i + room]
+            raws = list(map(_inet_aton, part))  # a bad address raises before any change
+            buf, at, seq = self.buf, self.used, self.messages + 1
+            for raw in raws:
+                pack(buf, at, c0, seq, c1, raw, c2, raw, c3, seq + 1, c4, raw, c5)
+                at += size
+                seq += 2
+            self.addrs += part
+            self.kinds += pair * len(part)
+            self.starts.extend(range(self.messages + 1, seq, 2))
+            self.messages = seq - 1
+            self._last = at - size + _ADDR4.size
+            self.used = at
+            i += len(part)
 
     def local_route(self, addr: str, src: str | None) -> None:
         """Replace the local-table route of ``addr`` by one whose preferred source is ``src``,

@@ -171,3 +171,32 @@ def test_slices_with_different_target_ports_keep_each_pair() -> None:
                                                       ("10.2.0.6", 9090): 1}
     st = service_state(svc(), [a, dup], S, DEFAULT, [NODE_IP])
     assert by_key(st)[key("10.96.0.10", 80)].dests == {("10.2.0.5", 8080): 1}
+
+
+_PLAIN_CASES = {
+    "one port": {"type": "ClusterIP", "ports": [{"name": "http", "port": 80}]},
+    "two ports, one repeated": {"type": "ClusterIP", "ports": [
+        {"name": "http", "port": 80}, {"name": "dns", "protocol": "UDP", "port": 53},
+        {"name": "other", "port": 80}]},
+    "an unsupported protocol": {"type": "ClusterIP", "ports": [
+        {"name": "http", "protocol": "ICMP", "port": 80}]},
+    "externalTrafficPolicy Local": {"type": "ClusterIP", "externalTrafficPolicy": "Local",
+                                    "ports": [{"name": "http", "port": 80}]},
+}
+
+
+@pytest.mark.parametrize("case", sorted(_PLAIN_CASES))
+@pytest.mark.parametrize("slices", ["one", "two", "none"])
+def test_the_common_service_s_short_path_gives_the_general_result(case: str,
+                                                                 slices: str) -> None:
+    """A plain ClusterIP Service takes a shorter path; a scheduler equal to the default but
+    not the same object takes the general one: both must agree, servers in order."""
+    s = svc(**_PLAIN_CASES[case])
+    sl = {"one": [SLICE], "none": [],
+          "two": [SLICE, eps(("10.2.2.9", "node-2", True, True, False), name="web-b")]}[slices]
+    short = service_state(s, sl, S, DEFAULT, [NODE_IP])
+    general = service_state(s, sl, S, IPVSScheduler(), [NODE_IP])
+    assert short == general
+    assert [vs.key for vs in short.servers] == [vs.key for vs in general.servers]
+    if case != "an unsupported protocol":
+        assert short.servers and short.vips == ("10.96.0.10",)

@@ -53,3 +53,36 @@ def test_each_sequence_number_names_its_message() -> None:
     # and the sequence numbers written into the messages are those
     seqs = [seq for _t, _f, seq, _p in rtnl.nl.iter_messages(b"".join(batch.chunks()))]
     assert seqs == list(range(1, 9))
+
+
+@pytest.mark.parametrize("src", ["192.168.1.5", "fd00:1::5"])
+def test_a_run_of_pairs_is_the_pairs_one_by_one(src: str) -> None:
+    """Enough VIPs to fill several send buffers, after a message already in the first: the
+    same bytes, the same sequence numbers naming the same messages, the same one acked."""
+    vips = [f"10.96.{i // 250}.{i % 250 + 1}" for i in range(6000)]
+    if ":" in src:
+        vips = [f"fd00::{i + 1:x}" for i in range(300)]
+    run, one_by_one = rtnl.Batch(7), rtnl.Batch(7)
+    for batch in (run, one_by_one):
+        batch.address("10.97.0.1", add=True)
+    run.addresses_with_routes(vips, src)
+    for vip in vips:
+        one_by_one.address_with_route(vip, src)
+    assert len(run) == len(one_by_one) == 1 + 2 * len(vips)
+    for batch in (run, one_by_one):
+        batch._ack_last()
+    assert len(run.chunks()) == len(one_by_one.chunks())
+    assert run.chunks() == one_by_one.chunks()
+    assert run.what == one_by_one.what
+    assert [run.op_of(s) for s in (1, 2, 3, 2 * len(vips) + 1)] == [
+        (rtnl.ADD_ADDRESS, "10.97.0.1"), (rtnl.ADD_ADDRESS, vips[0]),
+        (rtnl.SET_ROUTE, vips[0]), (rtnl.SET_ROUTE, vips[-1])]
+
+
+def test_a_bad_address_in_a_run_changes_nothing() -> None:
+    batch = rtnl.Batch(7)
+    batch.address_with_route("10.96.0.1", "192.168.1.5")
+    before = (b"".join(batch.chunks()), batch.what)
+    with pytest.raises(OSError):
+        batch.addresses_with_routes(["10.96.0.2", "not-an-ip"], "192.168.1.5")
+    assert (b"".join(batch.chunks()), batch.what) == before
