@@ -12,9 +12,12 @@ import gc
 import logging
 import socket
 import time
+from collections import Counter
 from collections.abc import Hashable
 from collections.abc import Iterable
 from collections.abc import Set as AbstractSet
+from itertools import chain
+from operator import attrgetter
 from typing import TYPE_CHECKING
 
 from kube_router.controller import Controller
@@ -46,6 +49,7 @@ log = logging.getLogger(__name__)
 
 #: Seconds between checks of real servers drained at weight 0.
 REAP_INTERVAL = 5.0
+_VIPS = attrgetter("vips")
 
 
 class ProxyController(Controller):
@@ -227,10 +231,7 @@ class ProxyController(Controller):
             except Exception as exc:  # one bad object must not stop the others
                 log.warning("skipping service service=%s error=%s", name, exc)
                 states[name] = self.svc_states.get(name, dz.ServiceState())
-        desired: dict[nl.ServiceKey, dz.VirtualServer] = {}
-        for st in states.values():
-            for vs in st.servers:
-                desired[vs.key] = vs
+        desired = {vs.key: vs for st in states.values() for vs in st.servers}
         for sched in {v.attrs.scheduler for v in desired.values()}:
             await self._load_module(sched)
 
@@ -238,10 +239,7 @@ class ProxyController(Controller):
             # what no Service wants any more (the manager deletes only what it owns)
             remove = {k for k in self.ipvs.actual if k not in desired}
             # how many Services bind each VIP (a plain count: no set per address)
-            users: dict[str, int] = {}
-            for st in states.values():
-                for v in st.vips:
-                    users[v] = users.get(v, 0) + 1
+            users = Counter(chain.from_iterable(map(_VIPS, states.values())))
             self._vip_users = users
             vips_add: AbstractSet[str] = users.keys()
             vips_remove = self.dummy.addrs.keys() - vips_add

@@ -102,7 +102,7 @@ class IPVSManager:
 
     def _read_dests(self, key: nl.ServiceKey) -> dict[DestKey, int]:
         assert self.sock is not None
-        return {(d.addr, d.port): d.attrs.weight for d in self.sock.dests(key, stats=False)}
+        return self.sock.dest_weights(key)
 
     def close(self) -> None:
         if self.sock is not None:

@@ -816,6 +816,29 @@ def decode_dest(payload: bytes, af: int, stats: bool = True) -> DumpedDest:
     )
 
 
+def dest_weight(payload: bytes, af: int) -> tuple[str, int, int]:
+    """(address, port, weight) of one dumped real server, reading none of its other
+    attributes: what a restarted agent needs of each of thousands (see :func:`decode_dest`
+    for the whole of one)."""
+    end = min(len(payload), _NLA.unpack_from(payload)[0])  # the DEST nest, its only attribute
+    offset, raw, port, weight = 4, b"", 0, 0
+    while offset + 4 <= end:
+        length, atype = _NLA.unpack_from(payload, offset)
+        if length < 4:
+            break
+        atype &= NLA_TYPE_MASK
+        if atype == DEST_ATTR_ADDR:
+            raw = payload[offset + 4 : offset + length]
+        elif atype == DEST_ATTR_PORT:
+            port = _BE16.unpack_from(payload, offset + 4)[0]
+        elif atype == DEST_ATTR_WEIGHT:
+            weight = _U32.unpack_from(payload, offset + 4)[0]
+        elif atype == DEST_ATTR_ADDR_FAMILY:
+            af = _U16.unpack_from(payload, offset + 4)[0]
+        offset += (length + 3) & ~3
+    return _addr(af, raw), port, weight
+
+
 def iter_messages(data: bytes) -> Iterator[tuple[int, int, int, bytes]]:
     """Yield (type, flags, seq, payload) for each netlink message in a datagram."""
     offset = 0
@@ -1039,6 +1062,17 @@ class IPVSSocket:
             CMD_ATTR_SERVICE, _service_id(key)
         )
         return [decode_dest(p, key.af, stats) for p in self._dump(body)]
+
+    def dest_weights(self, key: ServiceKey) -> dict[tuple[str, int], int]:
+        """The real servers of ``key`` as {(address, port): weight}."""
+        body = _GENL.pack(CMD_GET_DEST, IPVS_GENL_VERSION, 0) + _nested(
+            CMD_ATTR_SERVICE, _service_id(key)
+        )
+        out: dict[tuple[str, int], int] = {}
+        for payload in self._dump(body):
+            addr, port, weight = dest_weight(payload, key.af)
+            out[(addr, port)] = weight
+        return out
 
     def dests_fwmark(self, af: int, fwmark: int) -> list[DumpedDest]:
         body = _GENL.pack(CMD_GET_DEST, IPVS_GENL_VERSION, 0) + _nested(

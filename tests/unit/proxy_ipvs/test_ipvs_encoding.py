@@ -94,6 +94,39 @@ def test_decode_round_trip_of_a_dumped_service() -> None:
     assert dumped.stats.conns == 5 and dumped.stats.inbytes == 1 << 40
 
 
+def _dumped_dest(raw: bytes, port: int, weight: int, af: int | None) -> bytes:
+    """A real server as a dump reply lays it out: the address in 16 bytes, every counter,
+    the statistics nests, and (kernels since 4.x) the address family."""
+    inner = (nl._nla(nl.DEST_ATTR_ADDR, raw + bytes(16 - len(raw)))
+             + nl._nla(nl.DEST_ATTR_PORT, struct.pack("!H", port))
+             + nl._nla(nl.DEST_ATTR_FWD_METHOD, struct.pack("=I", nl.FWD_MASQ))
+             + nl._nla(nl.DEST_ATTR_WEIGHT, struct.pack("=I", weight))
+             + nl._nla(nl.DEST_ATTR_U_THRESH, bytes(4)) + nl._nla(nl.DEST_ATTR_L_THRESH, bytes(4))
+             + nl._nla(nl.DEST_ATTR_ACTIVE_CONNS, struct.pack("=I", 3))
+             + nl._nla(nl.DEST_ATTR_INACT_CONNS, struct.pack("=I", 4))
+             + nl._nla(nl.DEST_ATTR_PERSIST_CONNS, bytes(4)))
+    if af is not None:
+        inner += nl._nla(nl.DEST_ATTR_ADDR_FAMILY, struct.pack("=H", af))
+    inner += nl._nla(nl.DEST_ATTR_STATS64 | nl.NLA_F_NESTED,
+                     nl._nla(nl.STATS_CONNS, struct.pack("=Q", 5)))
+    return nl._nla(nl.CMD_ATTR_DEST | nl.NLA_F_NESTED, inner)
+
+
+def test_the_lean_dest_reader_agrees_with_the_full_one() -> None:
+    cases = [(socket.inet_aton("10.2.0.5"), 8080, 1, socket.AF_INET, socket.AF_INET),
+             (socket.inet_aton("10.2.0.6"), 53, 0, None, socket.AF_INET),  # no AF: the service's
+             (socket.inet_pton(socket.AF_INET6, "fd00::5"), 80, 7, socket.AF_INET6,
+              socket.AF_INET6),
+             # a tunnelled IPv6 real server of an IPv4 service: the attribute decides
+             (socket.inet_pton(socket.AF_INET6, "fd00::6"), 80, 2, socket.AF_INET6,
+              socket.AF_INET)]
+    for raw, port, weight, af, svc_af in cases:
+        payload = _dumped_dest(raw, port, weight, af)
+        full = nl.decode_dest(payload, svc_af)
+        assert nl.dest_weight(payload, svc_af) == (full.addr, full.port, full.attrs.weight)
+        assert nl.dest_weight(payload, svc_af)[1:] == (port, weight)
+
+
 def test_iter_messages_splits_a_datagram() -> None:
     data = nl.frame(2, b"\xfe\xff\xff\xff", 3) + nl.frame(3, b"\0\0\0\0", 4)
     assert [(t, s) for t, _f, s, _p in nl.iter_messages(data)] == [(2, 3), (3, 4)]
