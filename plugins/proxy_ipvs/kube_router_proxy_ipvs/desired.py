@@ -13,6 +13,7 @@ from collections.abc import Container
 from collections.abc import Iterable
 from collections.abc import Iterator
 from collections.abc import Mapping
+from collections.abc import Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from functools import partial
@@ -151,7 +152,7 @@ def _endpoints(
     """Real servers of one Service port: ready endpoints, else serving-terminating ones
     (IPv6 addresses in their canonical form, as IPVS reports them)."""
     want = "IPv6" if family == socket.AF_INET6 else "IPv4"
-    groups: list[tuple[int, list[str]]] = []
+    groups: list[tuple[int, Sequence[str]]] = []
     for sl in slices:
         if sl.address_type != want:
             continue
@@ -163,17 +164,17 @@ def _endpoints(
                 break
         if target is None:
             continue
-        ips: list[str] = []
-        for ep in sl.endpoints:
-            if ep.ready or (ep.serving and ep.terminating):
-                if local_only and ep.node_name != node_name:
-                    continue
-                ips += ep.addresses
+        ips: Sequence[str] = sl.serving_addresses
+        if local_only:
+            ips = [a for ep in sl.endpoints if ep.node_name == node_name
+                   and (ep.ready or (ep.serving and ep.terminating)) for a in ep.addresses]
         if want == "IPv6":
             ips = [str(ipaddress.ip_address(ip)) for ip in ips]
         groups.append((target, ips))
     if len(groups) == 1:  # the usual case: one slice per family
         target, ips = groups[0]
+        if type(ips) is tuple:  # the slice's own: already each once
+            return Dests(ips, target)
         unique = tuple(ips)
         if len(set(unique)) != len(unique):
             unique = tuple(dict.fromkeys(unique))
@@ -206,6 +207,15 @@ def _service_attrs(scheduler: IPVSScheduler, persistent: int, timeout: int) -> n
         attrs = _ATTRS[key] = nl.ServiceAttrs(scheduler.name,
                                               persistent | scheduler.flag_bits(), timeout)
     return attrs
+
+
+def _protocol(svc: Service, port: ServicePort) -> int | None:
+    """The IPVS protocol number of a Service port; None (and a warning) if IPVS has none."""
+    proto = nl.PROTOCOLS.get(port.protocol)
+    if proto is None:
+        log.warning("unsupported protocol service=%s port=%s protocol=%s",
+                    svc.key, port.port, port.protocol)
+    return proto
 
 
 def _persistence(svc: Service) -> tuple[int, int]:
@@ -250,10 +260,8 @@ def service_state(
     vips: dict[str, None] = {}  # an ordered set
     pairs: set[tuple[str, str, int, str]] = set()
     for port in svc.ports:
-        proto = nl.PROTOCOLS.get(port.protocol)
+        proto = _protocol(svc, port)
         if proto is None:
-            log.warning("unsupported protocol service=%s port=%s protocol=%s",
-                        svc.key, port.port, port.protocol)
             continue
         for family in _FAMILIES[(settings.ipv4, settings.ipv6)]:
             v6 = family == socket.AF_INET6
@@ -307,10 +315,8 @@ def _plain_state(svc: Service, slices: list[EndpointSlice], settings: Settings
     attrs = _service_attrs(_DEFAULT, 0, 0)
     servers: list[VirtualServer] = []
     for port in svc.ports:
-        proto = nl.PROTOCOLS.get(port.protocol)
+        proto = _protocol(svc, port)
         if proto is None:
-            log.warning("unsupported protocol service=%s port=%s protocol=%s",
-                        svc.key, port.port, port.protocol)
             continue
         key = _service_key((_AF_INET, proto, vip, port.port))
         servers.append(_virtual_server((key, attrs, _endpoints(

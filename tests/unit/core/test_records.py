@@ -141,6 +141,21 @@ def test_endpointslice_condition_defaults() -> None:
         False, True, True)
 
 
+def test_endpointslice_serving_addresses() -> None:
+    """Ready, or serving while terminating; each address once, in the slice's order."""
+    es = records.decode_endpointslice(_slice([
+        {"addresses": ["10.2.0.9"]},
+        {"addresses": ["10.2.0.5"], "conditions": {"ready": False}},
+        {"addresses": ["10.2.0.6", "10.2.0.7"],
+         "conditions": {"ready": False, "serving": True, "terminating": True}},
+        {"addresses": ["10.2.0.8"],
+         "conditions": {"ready": False, "serving": False, "terminating": True}},
+        {"addresses": ["10.2.0.9"], "conditions": {"ready": True}},  # listed twice
+    ]))
+    assert es.serving_addresses == ("10.2.0.9", "10.2.0.6", "10.2.0.7")
+    assert records.decode_endpointslice(_slice([])).serving_addresses == ()
+
+
 def test_endpointslice_service_ports_and_target_ref() -> None:
     es = records.decode_endpointslice(_slice(
         [{"addresses": ["10.2.0.5"], "nodeName": "node-1",

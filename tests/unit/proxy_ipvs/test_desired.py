@@ -92,6 +92,17 @@ def test_external_traffic_policy_local():
     assert set(by_key(st)) == {key("10.96.0.10", 80)}
 
 
+def test_an_address_listed_twice_is_one_real_server():
+    twice = eps(("10.2.0.5", "node-0", True, True, False),
+                ("10.2.0.6", "node-1", True, True, False),
+                ("10.2.0.5", "node-0", True, True, False))
+    st = service_state(svc(type="NodePort", externalTrafficPolicy="Local"), [twice], S,
+                       DEFAULT, [NODE_IP])
+    assert list(by_key(st)[key("10.96.0.10", 80)].dests) == [("10.2.0.5", 8080),
+                                                              ("10.2.0.6", 8080)]
+    assert list(by_key(st)[key(NODE_IP, 30080)].dests) == [("10.2.0.5", 8080)]
+
+
 def test_local_annotation_and_internal_policy():
     s = svc(type="NodePort", meta={"annotations": {"kube-router.io/service.local": "true"}})
     st = service_state(s, [SLICE], S, DEFAULT, [NODE_IP])
