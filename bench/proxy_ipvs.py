@@ -25,6 +25,9 @@ The floor and the sync run ``--repeat`` times each, alternating; the median run 
 reported (with every sample). Every phase runs in its own fresh network namespace: IPVS state
 (and its 120 s trash list of deleted real servers, which slows later adds) is per namespace,
 so no phase taints another.
+``--no-estimation`` turns IPVS rate estimation off in the sync runs: kernels before 6.2 walk
+every virtual and real server every 2 s in timer context, which at 10,000 Services lands in
+the tail of the event latencies; with it off the tail shows the proxy's part alone.
 The last line printed is one JSON object.
 """
 
@@ -238,9 +241,14 @@ async def _sync_and_events(n: int, changes: int) -> dict:
             **{f"event_{k}_p50_ms": statistics.median(v) * 1000 for k, v in event_parts.items()}}
 
 
-def phase_sync(n: int, changes: int) -> dict:
+def phase_sync(n: int, changes: int, estimation: bool = True) -> dict:
     one_malloc_arena()  # as `kube-router-py run` does first
     _node_link()
+    if not estimation:
+        # The kernel's rate estimator walks every virtual and real server every 2 s (in
+        # timer context on kernels before 6.2): off, a change's latency shows our part alone.
+        with open("/proc/sys/net/ipv4/vs/run_estimation", "w") as f:
+            f.write("0")
     return asyncio.run(_sync_and_events(n, changes))
 
 
@@ -283,14 +291,14 @@ def phase_restart(n: int) -> dict:
 # -- driver -----------------------------------------------------------------------------
 
 
-def _in_netns(phase: str, n: int, changes: int) -> dict:
+def _in_netns(phase: str, n: int, changes: int, extra: tuple[str, ...] = ()) -> dict:
     ns = f"bench-{phase}-{uuid.uuid4().hex[:6]}"
     subprocess.run(["ip", "netns", "add", ns], check=True)
     try:
         subprocess.run(["ip", "-n", ns, "link", "set", "lo", "up"], check=True)
         proc = subprocess.run(
             ["ip", "netns", "exec", ns, sys.executable, "-m", "bench.proxy_ipvs",
-             "--phase", phase, "--n", str(n), "--changes", str(changes)],
+             "--phase", phase, "--n", str(n), "--changes", str(changes), *extra],
             capture_output=True, text=True, check=False, cwd=os.getcwd())
         if proc.returncode:
             raise SystemExit(f"phase {phase} failed rc={proc.returncode}\n{proc.stderr[-3000:]}")
@@ -312,6 +320,9 @@ def main() -> None:
     p.add_argument("--changes", type=int, default=200, help="S2 endpoint changes")
     p.add_argument("--repeat", type=int, default=3, help="runs of the floor and the sync")
     p.add_argument("--skip-ipvsadm", action="store_true")
+    p.add_argument("--no-estimation", action="store_true",
+                   help="turn IPVS rate estimation off in the sync runs (net.ipv4.vs."
+                        "run_estimation=0), to tell its timer's cost from the proxy's")
     p.add_argument("--phase", choices=["floor", "ipvsadm", "sync", "coldsync", "restart"],
                    help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -329,16 +340,18 @@ def main() -> None:
         print(json.dumps(phase_ipvsadm(args.n)))
         return
     if args.phase == "sync":
-        print(json.dumps(phase_sync(args.n, args.changes)))
+        print(json.dumps(phase_sync(args.n, args.changes, not args.no_estimation)))
         return
     result: dict = {"n": args.n, "endpoints_per_service": ENDPOINTS,
+                    "estimation": not args.no_estimation,
                     "syscall_us": round(_syscall_us(), 1), "repeat": args.repeat}
     # Floor and sync alternate, each run in a fresh process and namespace; the run with the
     # median time stands for each (this guest's timings wander from run to run).
     floors, syncs = [], []
     for _ in range(args.repeat):
         floors.append(_in_netns("floor", args.n, args.changes))
-        syncs.append(_in_netns("sync", args.n, args.changes))
+        syncs.append(_in_netns("sync", args.n, args.changes,
+                               ("--no-estimation",) if args.no_estimation else ()))
     floors.sort(key=lambda r: r["floor_seconds"])
     syncs.sort(key=lambda r: r["sync_seconds"])
     result.update(floors[len(floors) // 2])
