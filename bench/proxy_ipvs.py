@@ -25,9 +25,9 @@ The floor and the sync run ``--repeat`` times each, alternating; the median run 
 reported (with every sample). Every phase runs in its own fresh network namespace: IPVS state
 (and its 120 s trash list of deleted real servers, which slows later adds) is per namespace,
 so no phase taints another.
-``--no-estimation`` turns IPVS rate estimation off in the sync runs: kernels before 6.2 walk
-every virtual and real server every 2 s in timer context, which at 10,000 Services lands in
-the tail of the event latencies; with it off the tail shows the proxy's part alone.
+``--no-estimation`` turns IPVS rate estimation off in the sync runs (kernels before 6.2 walk
+every virtual and real server every 2 s in timer context), to tell that timer's share of the
+event latencies from the proxy's.
 The last line printed is one JSON object.
 """
 
@@ -246,7 +246,7 @@ def phase_sync(n: int, changes: int, estimation: bool = True) -> dict:
     _node_link()
     if not estimation:
         # The kernel's rate estimator walks every virtual and real server every 2 s (in
-        # timer context on kernels before 6.2): off, a change's latency shows our part alone.
+        # timer context on kernels before 6.2): off, it cannot land in a change's latency.
         with open("/proc/sys/net/ipv4/vs/run_estimation", "w") as f:
             f.write("0")
     return asyncio.run(_sync_and_events(n, changes))
