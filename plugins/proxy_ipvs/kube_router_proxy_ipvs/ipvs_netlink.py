@@ -646,9 +646,7 @@ class Batch(ChunkBuffer):
             self.service(CMD_NEW_SERVICE, key, attrs)
             self.dests(CMD_NEW_DEST, key, [((ip, port), weight) for ip in ips])
             return
-        self._cmds.append(CMD_NEW_SERVICE)
-        self._keys.append(key)
-        seq = len(self._cmds)
+        seq = self._segment(CMD_NEW_SERVICE, key)
         ident = _svc4_id(key.protocol, key.addr, key.port)
         opening, tail = _new_svc4_parts(attrs)
         family = self.family
@@ -837,6 +835,12 @@ def dest_weight(payload: bytes, af: int) -> tuple[str, int, int]:
             af = _U16.unpack_from(payload, offset + 4)[0]
         offset += (length + 3) & ~3
     return _addr(af, raw), port, weight
+
+
+def _get_dests(key: ServiceKey) -> bytes:
+    """The GET_DEST dump request of ``key``'s real servers."""
+    return _GENL.pack(CMD_GET_DEST, IPVS_GENL_VERSION, 0) + _nested(CMD_ATTR_SERVICE,
+                                                                   _service_id(key))
 
 
 def iter_messages(data: bytes) -> Iterator[tuple[int, int, int, bytes]]:
@@ -1058,18 +1062,12 @@ class IPVSSocket:
         return [decode_service(p, stats) for p in self._dump(body)]
 
     def dests(self, key: ServiceKey, stats: bool = True) -> list[DumpedDest]:
-        body = _GENL.pack(CMD_GET_DEST, IPVS_GENL_VERSION, 0) + _nested(
-            CMD_ATTR_SERVICE, _service_id(key)
-        )
-        return [decode_dest(p, key.af, stats) for p in self._dump(body)]
+        return [decode_dest(p, key.af, stats) for p in self._dump(_get_dests(key))]
 
     def dest_weights(self, key: ServiceKey) -> dict[tuple[str, int], int]:
         """The real servers of ``key`` as {(address, port): weight}."""
-        body = _GENL.pack(CMD_GET_DEST, IPVS_GENL_VERSION, 0) + _nested(
-            CMD_ATTR_SERVICE, _service_id(key)
-        )
         out: dict[tuple[str, int], int] = {}
-        for payload in self._dump(body):
+        for payload in self._dump(_get_dests(key)):
             addr, port, weight = dest_weight(payload, key.af)
             out[(addr, port)] = weight
         return out
