@@ -180,7 +180,6 @@ class RouterController(Controller):
         bgp_error: GobgpError | None = None
         try:
             await self._ensure_bgp(local)
-            t0 = time.monotonic()
             want = self._desired_peers(me, local, nodes)
             had_peers = bool(self.peers)
             # Policies first: a new peer must never see a route the policy would withhold.
@@ -190,9 +189,13 @@ class RouterController(Controller):
                 external_peers=frozenset(a for a, p in want.items() if p.external),
                 advertise_pod_cidr=self.config.advertise_pod_cidr,
                 override_nexthop=self.config.override_nexthop))
+            # Paths before peers: a session that comes up at once gets our routes, then
+            # End-of-RIB. After a graceful restart the peer drops every stale route that
+            # End-of-RIB did not refresh, so a path added after it means a gap in traffic.
+            errors += await self._sync_paths(local, my_cidrs, vips)
+            t0 = time.monotonic()
             errors += await self._sync_peers(me, want)
             self.metrics.internal_peers_sync_time.observe(time.monotonic() - t0)
-            errors += await self._sync_paths(local, my_cidrs, vips)
             if changed and had_peers:
                 await self.policy.soft_reset()
             await self._update_peer_metrics()
