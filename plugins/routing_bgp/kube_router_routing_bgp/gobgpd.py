@@ -78,12 +78,16 @@ _STATE_NAMES = {0: "Unknown", 1: "Idle", 2: "Connect", 3: "Active", 4: "OpenSent
                 5: "OpenConf", 6: "Establ"}
 
 
-def _with_death_signal(argv: list[str], graceful_restart: bool) -> list[str]:
-    """``argv`` run through util-linux ``setpriv``, which sets the parent-death signal and
-    execs it: gobgpd must not outlive the agent (an orphan would keep the API and BGP
-    ports). With graceful restart that signal is KILL: gobgpd must vanish without a Cease
-    NOTIFICATION, which would make the peers drop our routes at once instead of keeping
-    them through the restart.
+def _with_death_signal(argv: list[str]) -> list[str]:
+    """``argv`` run through util-linux ``setpriv``, which sets the parent-death signal to
+    KILL and execs it: gobgpd must not outlive the agent (an orphan would keep the API and
+    BGP ports, and the next agent refuses to configure a gobgpd it did not start).
+
+    KILL, not TERM: on TERM gobgpd stops BGP first and waits for every peer's session to
+    wind down, which can take long; an orphan that lingers holds off the agent that
+    replaces it. Killed, its sockets are closed by the kernel, so peers without graceful
+    restart see the session end at once (as a Cease would tell them), and peers with it
+    keep our routes through the restart (a Cease would make them drop them).
 
     Not a ``preexec_fn``: Python code between fork and exec in a process with threads can
     deadlock the child on a lock another thread held at the fork, and the agent with it
@@ -94,7 +98,7 @@ def _with_death_signal(argv: list[str], graceful_restart: bool) -> list[str]:
         log.warning("setpriv (util-linux) not found: gobgpd may outlive the agent if the "
                     "agent is killed")
         return argv
-    return [setpriv, f"--pdeathsig={'KILL' if graceful_restart else 'TERM'}", "--", *argv]
+    return [setpriv, "--pdeathsig=KILL", "--", *argv]
 
 
 class Gobgpd:
@@ -136,7 +140,7 @@ class Gobgpd:
                 "--log-plain", f"--log-level={self.log_level}"]
         if self.graceful_restart:
             argv.append("--graceful-restart")
-        argv = _with_death_signal(argv, self.graceful_restart)
+        argv = _with_death_signal(argv)
         if self.netns:
             # `ip netns exec` execs the program: the pid we supervise is gobgpd's.
             argv = ["ip", "netns", "exec", self.netns, *argv]
