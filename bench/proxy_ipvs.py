@@ -35,8 +35,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -216,28 +218,50 @@ async def _sync_and_events(n: int, changes: int) -> dict:
 
     latencies = []
     event_parts: dict[str, list[float]] = {}
+    # What the slowest changes had in them: the controller's parts, the page faults and
+    # context switches of the process, and any cyclic collection that ran (the tail).
+    tail: list[dict] = []
+    collections: list[int] = []
+
+    def on_gc(phase: str, info: dict) -> None:
+        if phase == "start":
+            collections.append(info["generation"])
+
+    gc.callbacks.append(on_gc)
     for c in range(changes):
         i = (c * 7919) % n
         # endpoint j leaves and endpoint 10+c joins, in one slice update
         old = sl_store.get(f"bench/svc-{i}-abc")
         eps = [j for j in range(ENDPOINTS) if j != c % ENDPOINTS] + [ENDPOINTS + c]
         rec = decode_endpointslice(_slice(i, eps))
+        collections.clear()
+        ru0 = resource.getrusage(resource.RUSAGE_SELF)
         t0 = time.perf_counter()
         sl_store.put(rec.key, rec)
         ctl.on_event(Event("EndpointSlice", EventType.MODIFIED, rec.key, rec, old))
         keys = ctl.queue.take()
         await ctl.sync(keys)
-        latencies.append(time.perf_counter() - t0)
+        latency = time.perf_counter() - t0
+        ru1 = resource.getrusage(resource.RUSAGE_SELF)
+        latencies.append(latency)
         assert ctl.last_result.ops == 2 and not ctl.last_result.failures, ctl.last_result
         for part, seconds in ctl.last_timings.items():
             event_parts.setdefault(part, []).append(seconds)
+        tail.append({"ms": round(latency * 1000, 3),
+                     **{k: round(v * 1000, 3) for k, v in ctl.last_timings.items()},
+                     "minflt": ru1.ru_minflt - ru0.ru_minflt,
+                     "nivcsw": ru1.ru_nivcsw - ru0.ru_nivcsw,
+                     "nvcsw": ru1.ru_nvcsw - ru0.ru_nvcsw, "gc": list(collections)})
+    gc.callbacks.remove(on_gc)
     await ctl.stop()
     latencies.sort()
     p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
+    tail.sort(key=lambda t: t["ms"], reverse=True)
     return {"sync_seconds": sync_seconds, "sync_ops": ops, **parts,
             "resync_seconds": resync_seconds,
             "decode_seconds": decode_seconds,
             "event_p50_ms": statistics.median(latencies) * 1000, "event_p99_ms": p99 * 1000,
+            "event_slowest": tail[:3],
             **{f"event_{k}_p50_ms": statistics.median(v) * 1000 for k, v in event_parts.items()}}
 
 
@@ -363,6 +387,7 @@ def main() -> None:
     for stat in ("event_p50_ms", "event_p99_ms"):
         result[stat] = statistics.median(r[stat] for r in syncs)
         result[stat.replace("_ms", "_samples")] = [round(r[stat], 3) for r in syncs]
+    result["event_slowest"] = [r["event_slowest"] for r in syncs]
     result.update(_in_netns("restart", args.n, args.changes))
     if not args.skip_ipvsadm:
         result.update(_in_netns("ipvsadm", args.n, args.changes))
