@@ -15,7 +15,9 @@ kube-dummy-if). Compared, on the same machine in the same run, with
 - ``ipvsadm -R`` applying the identical rules.
 S2, event latency: 200 changes, each one endpoint added and one removed in one Service's
 EndpointSlice: time from the event reaching the controller to the kernel state applied,
-measured after each cold sync; the median of those runs' p50 and p99 is reported.
+measured after each cold sync; the median of those runs' p50 and p99 is reported, and each
+run's three slowest changes (``event_slowest``: the controller's parts, page faults, context
+switches and cyclic collections they had).
 Also reported: ``resync_seconds``, a full resync (as every ``--ipvs-sync-period``) right after
 the cold sync, when nothing has changed and no message is sent; and the agent restarted over
 what a cold sync left (a second process): ``restart_load_seconds`` to read the kernel's state,
@@ -216,11 +218,9 @@ async def _sync_and_events(n: int, changes: int) -> dict:
     assert ctl.last_result.ops == 0 and not ctl.dummy.last_failures, ctl.last_result
     parts.update({f"resync_{k}_seconds": v for k, v in ctl.last_timings.items()})
 
-    latencies = []
-    event_parts: dict[str, list[float]] = {}
-    # What the slowest changes had in them: the controller's parts, the page faults and
-    # context switches of the process, and any cyclic collection that ran (the tail).
-    tail: list[dict] = []
+    # One record per change: its latency, the controller's parts, the page faults and
+    # context switches of the process, and any cyclic collection that ran (for the tail).
+    events: list[dict] = []
     collections: list[int] = []
 
     def on_gc(phase: str, info: dict) -> None:
@@ -243,26 +243,27 @@ async def _sync_and_events(n: int, changes: int) -> dict:
         await ctl.sync(keys)
         latency = time.perf_counter() - t0
         ru1 = resource.getrusage(resource.RUSAGE_SELF)
-        latencies.append(latency)
         assert ctl.last_result.ops == 2 and not ctl.last_result.failures, ctl.last_result
-        for part, seconds in ctl.last_timings.items():
-            event_parts.setdefault(part, []).append(seconds)
-        tail.append({"ms": round(latency * 1000, 3),
-                     **{k: round(v * 1000, 3) for k, v in ctl.last_timings.items()},
-                     "minflt": ru1.ru_minflt - ru0.ru_minflt,
-                     "nivcsw": ru1.ru_nivcsw - ru0.ru_nivcsw,
-                     "nvcsw": ru1.ru_nvcsw - ru0.ru_nvcsw, "gc": list(collections)})
+        events.append({"seconds": latency, "parts": dict(ctl.last_timings),
+                       "minflt": ru1.ru_minflt - ru0.ru_minflt,
+                       "nivcsw": ru1.ru_nivcsw - ru0.ru_nivcsw,
+                       "nvcsw": ru1.ru_nvcsw - ru0.ru_nvcsw, "gc": list(collections)})
     gc.callbacks.remove(on_gc)
     await ctl.stop()
-    latencies.sort()
+    events.sort(key=lambda e: e["seconds"])
+    latencies = [e["seconds"] for e in events]
     p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
-    tail.sort(key=lambda t: t["ms"], reverse=True)
+    parts_p50 = {f"event_{k}_p50_ms": statistics.median(e["parts"][k] for e in events) * 1000
+                 for k in events[0]["parts"]}
+    slowest = [{"ms": round(e["seconds"] * 1000, 3),
+                **{k: round(v * 1000, 3) for k, v in e["parts"].items()},
+                **{k: e[k] for k in ("minflt", "nivcsw", "nvcsw", "gc")}}
+               for e in reversed(events[-3:])]
     return {"sync_seconds": sync_seconds, "sync_ops": ops, **parts,
             "resync_seconds": resync_seconds,
             "decode_seconds": decode_seconds,
             "event_p50_ms": statistics.median(latencies) * 1000, "event_p99_ms": p99 * 1000,
-            "event_slowest": tail[:3],
-            **{f"event_{k}_p50_ms": statistics.median(v) * 1000 for k, v in event_parts.items()}}
+            "event_slowest": slowest, **parts_p50}
 
 
 def phase_sync(n: int, changes: int, estimation: bool = True) -> dict:
