@@ -9,7 +9,7 @@ PLUGINS := $(wildcard plugins/*)
 SYSTEM_PACKAGES := user-mode-linux kmod iproute2 ipvsadm ipset iptables conntrack \
 	gobgpd golang-github-osrg-gobgp-dev containernetworking-plugins bird2 curl socat util-linux
 
-.PHONY: all venv system test unit kernel lab demo bench lint clean
+.PHONY: all venv system test unit kernel lab demo bench bench-peer kube-router-original lint clean
 
 all: venv
 
@@ -50,6 +50,15 @@ bench: venv
 	$(PY) -m bench.decode
 	$(KRP) lab exec --mem 3G -- $(PY) -m bench.proxy_ipvs --n 1000
 	$(KRP) lab exec -- $(PY) -m bench.routing_bgp --n 5000
+
+# The original kube-router, built from its Go module into the user's cache (never into the
+# checkout): the lab can run it as a node's agent and bench.peer measures it beside ours.
+# It is a measurement reference only, not something this project ships or recommends.
+kube-router-original:
+	nice -n 10 lab/peer-build/build.sh
+
+bench-peer: venv kube-router-original
+	$(KRP) lab exec --mem 3G -- $(PY) -m bench.peer --n 1000
 
 lint: venv
 	$(VENV)/bin/ruff check .

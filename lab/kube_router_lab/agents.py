@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from pathlib import Path
+from typing import Any
 
 from kube_router_lab import netns as ns
 
@@ -77,6 +78,9 @@ class Agent:
         self.log = log
         self.max_backoff = max_backoff
         self.proc: subprocess.Popen | None = None
+        # Set for the original kube-router, which has no /readyz: idle is judged from its
+        # /healthz and its log instead (see original.Quiet).
+        self.quiet: Any = None
         self.restarts = 0
         self._stop = threading.Event()
         self._hold_until = 0.0  # a requested restart keeps it down until then

@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from kube_router_lab import netns as ns
+from kube_router_lab import original
+from kube_router_lab.agents import HEALTH_PORT
 from kube_router_lab.agents import Agent
 from kube_router_lab.agents import AgentSpec
 from kube_router_lab.agents import agent_argv
@@ -60,7 +62,12 @@ class Lab:
         self.kubelets: dict[str, Kubelet] = {}
         self.agents: dict[str, Agent] = {}
         self.peers: dict[str, Any] = {}
-        installed = installed_plugins()
+        self.original = spec.agent == original.NAME
+        # The original has the proxy, router and firewall built in (and reads the
+        # scheduler annotations itself); anything else in `enable` is ours alone.
+        installed = set(original.ROLES) if self.original else installed_plugins()
+        if self.original and not original.binary().exists():
+            raise LabError(f"{original.binary()} is missing: run `make kube-router-original`")
         missing = [e for e in spec.enable if e not in installed]
         if missing:
             log(f"event=plugins_missing names={','.join(missing)} "
@@ -118,6 +125,9 @@ class Lab:
         if not self.router:
             write_conf(conf_dir, LAB_CONF, bridge_conflist(pod_cidr=self.spec.pod_cidr(i),
                                                            data_dir=ipam))
+        elif self.original:
+            # The original fills in the pod CIDR of a file it expects installed already.
+            original.write_cni_template(conf_dir, ipam)
         return conf_dir
 
     def _start_peers(self) -> None:
@@ -156,6 +166,9 @@ class Lab:
         extra = self._agent_extra_args()
         for h in self.topology.nodes:
             cni = self.workdir / h.name / "cni"
+            if self.original:
+                self.agents[h.name] = self._original_agent(h, cni, extra)
+                continue
             node_extra = (["--cni-conf-dir", str(cni / "net.d"),
                            "--cni-ipam-data-dir", str(cni / "ipam")] if self.router else [])
             spec = AgentSpec(
@@ -169,6 +182,22 @@ class Lab:
         # Popen returns at once: the agents' slow Python start-ups overlap.
         for a in self.agents.values():
             a.start()
+
+    def _original_agent(self, h: Any, cni: Path, extra: list[str]) -> Agent:
+        log_path = self.workdir / h.name / "agent.log"
+        cni_file = cni / "net.d" / original.CNI_FILE if self.router else None
+        spec = AgentSpec(
+            node=h.name, netns=h.netns, ip=h.ip,
+            argv=tuple(original.argv(node=h.name, netns=h.netns, enable=self.enable,
+                                     kubeconfig=self.kubeconfig,
+                                     service_cidr=self.spec.service_cidr,
+                                     health_port=HEALTH_PORT, extra=extra)),
+            env=(("NODE_NAME", h.name),
+                 *original.env(workdir=self.workdir, cni_file=cni_file)),
+            log_path=log_path)
+        agent = Agent(spec, log=self.log)
+        agent.quiet = original.Quiet(log_path, h.ip, HEALTH_PORT)
+        return agent
 
     def down(self) -> None:
         with ThreadPoolExecutor(max_workers=max(1, len(self.agents))) as pool:
@@ -259,10 +288,15 @@ class Lab:
         if not self.agents:
             return {}
         with ThreadPoolExecutor(max_workers=len(self.agents)) as pool:
-            docs = dict(zip(self.agents, pool.map(lambda a: a.readiness(),
-                                                  self.agents.values()), strict=True))
+            docs = dict(zip(self.agents, pool.map(
+                lambda a: a.quiet.reason(resource_version) if a.quiet else a.readiness(),
+                self.agents.values()), strict=True))
         out = {}
         for node, doc in docs.items():
+            if self.agents[node].quiet:
+                if doc:
+                    out[node] = doc
+                continue
             reason = unsynced_reason(doc, resource_version)
             if reason:
                 out[node] = reason

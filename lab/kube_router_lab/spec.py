@@ -10,6 +10,9 @@ from dataclasses import field
 from typing import Any
 
 DEFAULT_ENABLE = ("proxy", "router", "firewall")
+#: What runs on each node: this project's agent, or the original kube-router (built by
+#: `make kube-router-original`, a behavioural reference only).
+AGENTS = ("kube-router-py", "kube-router")
 
 
 class SpecError(ValueError):
@@ -42,6 +45,7 @@ class ClusterSpec:
     # lab's own namespace routes between them. Empty: only ``underlay``.
     underlays: tuple[str, ...] = ()
     agent_args: tuple[str, ...] = ()
+    agent: str = AGENTS[0]
     peers: tuple[PeerSpec, ...] = field(default_factory=tuple)
 
     # -- derived addresses ------------------------------------------------------------
@@ -90,7 +94,7 @@ class ClusterSpec:
 def parse_cluster(raw: Mapping[str, Any] | None) -> ClusterSpec:
     raw = dict(raw or {})
     known = {"nodes", "enable", "cluster-cidr", "service-cidr", "underlay", "underlays",
-             "agent-args", "peers"}
+             "agent-args", "agent", "peers"}
     unknown = sorted(set(raw) - known)
     if unknown:
         raise SpecError(f"cluster: unknown key {unknown[0]!r}")
@@ -115,6 +119,9 @@ def parse_cluster(raw: Mapping[str, Any] | None) -> ClusterSpec:
     args = raw.get("agent-args", [])
     if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
         raise SpecError(f"cluster.agent-args: expected a list of strings, got {args!r}")
+    agent = raw.get("agent", AGENTS[0])
+    if agent not in AGENTS:
+        raise SpecError(f"cluster.agent: expected one of {', '.join(AGENTS)}, got {agent!r}")
     peers = []
     for i, p in enumerate(raw.get("peers") or []):
         if not isinstance(p, Mapping) or not p.get("name"):
@@ -141,6 +148,7 @@ def parse_cluster(raw: Mapping[str, Any] | None) -> ClusterSpec:
         underlay=underlays[0] if underlays else cidrs["underlay"],
         underlays=underlays,
         agent_args=tuple(args),
+        agent=agent,
         peers=tuple(peers),
     )
 
