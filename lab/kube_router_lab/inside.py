@@ -179,7 +179,8 @@ def cmd_scenario(args: argparse.Namespace) -> int:
     report = Path(args.report) if args.report else None
     if args.out_report:  # a name in the directory the host reads back
         report = Path(os.environ.get("KUBE_ROUTER_LAB_OUT", ".")) / args.out_report
-    return run_scenario_file(Path(args.file), report=report, keep_going=args.keep_going)
+    return run_scenario_file(Path(args.file), report=report, keep_going=args.keep_going,
+                             agent=args.agent)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -192,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--report")
     p.add_argument("--out-report", help="a file name in $KUBE_ROUTER_LAB_OUT")
     p.add_argument("--keep-going", action="store_true")
+    p.add_argument("--agent", help="the agent every node runs, over the file's cluster.agent")
     args = parser.parse_args(argv)
     if args.cmd == "init":
         return cmd_init(args.job)

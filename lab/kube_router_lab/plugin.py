@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 
 from kube_router import hookimpl
+from kube_router_lab.spec import AGENTS
 
 DEFAULT_TIMEOUT = 3600.0
 
@@ -44,6 +45,10 @@ def kube_router_add_commands(subparsers: argparse._SubParsersAction) -> None:
                      help="run the remaining steps after a failure")
     run.add_argument("--check", action="store_true",
                      help="only parse and validate the file")
+    run.add_argument("--agent", choices=AGENTS,
+                     help="the agent every node runs, over the file's cluster.agent "
+                          "(kube-router: the original, a reference built by `make "
+                          "kube-router-original`)")
     common(run)
     run.set_defaults(func=cmd_run)
 
@@ -93,6 +98,8 @@ def cmd_run(config: argparse.Namespace) -> int:
                 str(path.resolve()), "--out-report", guest_report.name]
         if config.keep_going:
             argv.append("--keep-going")
+        if config.agent:
+            argv += ["--agent", config.agent]
         try:
             rc = guest_run(argv, kernel=config.kernel, outdir=Path(out), timeout=config.timeout,
                            mem=config.mem)

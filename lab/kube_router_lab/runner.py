@@ -7,6 +7,7 @@ it did, shows what the commands printed, and ends with PASS or FAIL and the reas
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import re
 import shlex
@@ -388,8 +389,10 @@ def _print(line: str) -> None:
 
 
 def run_scenario_file(path: Path, *, report: Path | None = None, keep_going: bool = False,
-                      lab_factory: Callable[..., Any] | None = None) -> int:
-    """Parse ``path``, bring the lab up, run the steps, tear down, write ``report``.
+                      lab_factory: Callable[..., Any] | None = None,
+                      agent: str | None = None) -> int:
+    """Parse ``path``, bring the lab up, run the steps, tear down, write ``report``;
+    ``agent`` replaces the file's ``cluster.agent``.
 
     Returns 0 when every step passed, 1 when one failed, 2 when the file is invalid.
     """
@@ -399,8 +402,11 @@ def run_scenario_file(path: Path, *, report: Path | None = None, keep_going: boo
         print(exc, file=sys.stderr)
         return 2
     spec = scenario.cluster
+    if agent:
+        spec = dataclasses.replace(spec, agent=agent)
     _print(f"scenario: {scenario.name} ({path.name})")
-    _print(f"cluster: {spec.nodes} nodes, enable {','.join(spec.enable) or '-'}, pods "
+    _print(f"cluster: {spec.nodes} nodes, agent {spec.agent}, "
+           f"enable {','.join(spec.enable) or '-'}, pods "
            f"{spec.cluster_cidr}, services {spec.service_cidr}, underlay {spec.underlay}"
            + (f", peers {', '.join(p.name for p in spec.peers)}" if spec.peers else ""))
     if lab_factory is None:
