@@ -149,6 +149,14 @@ class Allocator:
         if stype not in ("ClusterIP", "NodePort", "LoadBalancer", "ExternalName"):
             raise _invalid(f"service {owner}: spec.type {stype!r} is not supported")
         spec.setdefault("sessionAffinity", "None")
+        if stype != "ExternalName":
+            # A real API server defaults these; the original kube-router reads them
+            # without checking (a Service without internalTrafficPolicy crashes it).
+            spec.setdefault("internalTrafficPolicy", "Cluster")
+            spec.setdefault("ipFamilyPolicy", "SingleStack")
+            spec.setdefault("ipFamilies", [f"IPv{self.net.version}"])
+        if stype in ("NodePort", "LoadBalancer"):
+            spec.setdefault("externalTrafficPolicy", "Cluster")
         ports = spec.get("ports") or []
         if not isinstance(ports, list):
             raise _invalid(f"service {owner}: spec.ports must be a list")

@@ -28,6 +28,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
 
+from kube_router_lab.original import cache_dir
+
 KERNELS = ("auto", "uml", "host")
 UML_MODULES = Path("/usr/lib/uml/modules")
 
@@ -101,6 +103,9 @@ def resolve_kernel(kind: str) -> str:
 
 def _job_env(out: TextIO) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in _DROP_ENV}
+    # The guest has a HOME of its own: name the host's cache of binaries built from Go
+    # modules (the original kube-router, the control plane) explicitly.
+    env.setdefault("KUBE_ROUTER_PY_CACHE", str(cache_dir()))
     # the guest's console is a terminal even when our output is a file or a pipe
     if out.isatty():
         env["TERM"] = os.environ.get("TERM", "linux")

@@ -31,9 +31,17 @@ ROLES = {"proxy": "--run-service-proxy", "router": "--run-router",
          "firewall": "--run-firewall"}
 
 
-def binary(version: str = VERSION) -> Path:
+def cache_dir() -> Path:
+    """Where binaries built from Go modules live: $KUBE_ROUTER_PY_CACHE, else
+    ${XDG_CACHE_HOME:-~/.cache}/kube-router-py (the guest is handed the host's)."""
+    if os.environ.get("KUBE_ROUTER_PY_CACHE"):
+        return Path(os.environ["KUBE_ROUTER_PY_CACHE"])
     cache = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
-    return Path(cache) / "kube-router-py" / "kube-router" / version / "bin" / "kube-router"
+    return Path(cache) / "kube-router-py"
+
+
+def binary(version: str = VERSION) -> Path:
+    return cache_dir() / "kube-router" / version / "bin" / "kube-router"
 
 
 def legacy_iptables_dir(workdir: Path) -> Path:

@@ -9,7 +9,8 @@ module=github.com/cloudnativelabs/kube-router/v2
 go=${GO:-go}
 command -v "$go" >/dev/null 2>&1 || go=/usr/local/go/bin/go
 version=${1:-$(cd "$here" && "$go" list -m -f '{{.Version}}' "$module")}
-out=${XDG_CACHE_HOME:-$HOME/.cache}/kube-router-py/kube-router/$version/bin/kube-router
+cache=${KUBE_ROUTER_PY_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/kube-router-py}
+out=$cache/kube-router/$version/bin/kube-router
 if [ -x "$out" ]; then
 	echo "kube-router $version already built: $out"
 	exit 0
