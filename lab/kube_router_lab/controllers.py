@@ -150,13 +150,16 @@ class Allocator:
             raise _invalid(f"service {owner}: spec.type {stype!r} is not supported")
         spec.setdefault("sessionAffinity", "None")
         if stype != "ExternalName":
-            # A real API server defaults these; the original kube-router reads them
-            # without checking (a Service without internalTrafficPolicy crashes it).
+            # A real API server defaults these (and the ClientIP timeout below); the
+            # original kube-router reads them without checking and crashes without them.
             spec.setdefault("internalTrafficPolicy", "Cluster")
             spec.setdefault("ipFamilyPolicy", "SingleStack")
             spec.setdefault("ipFamilies", [f"IPv{self.net.version}"])
         if stype in ("NodePort", "LoadBalancer"):
             spec.setdefault("externalTrafficPolicy", "Cluster")
+        if spec["sessionAffinity"] == "ClientIP":
+            client_ip = spec.setdefault("sessionAffinityConfig", {}).setdefault("clientIP", {})
+            client_ip.setdefault("timeoutSeconds", 10800)
         ports = spec.get("ports") or []
         if not isinstance(ports, list):
             raise _invalid(f"service {owner}: spec.ports must be a list")

@@ -95,3 +95,20 @@ def test_quiet_needs_health_and_a_silent_log(tmp_path: Path,
         _Health.status = 200
         server.shutdown()
         server.server_close()
+
+
+def test_service_defaults_as_a_real_api_server() -> None:
+    from kube_router_lab.api.store import ApiStore
+    from kube_router_lab.controllers import ClusterControllers
+
+    store = ApiStore()
+    ClusterControllers(store, parse_cluster({}), log=lambda _m: None).install_admission()
+    store.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "default"}})
+    svc = store.create({"apiVersion": "v1", "kind": "Service",
+                        "metadata": {"name": "s", "namespace": "default"},
+                        "spec": {"type": "NodePort", "sessionAffinity": "ClientIP",
+                                 "ports": [{"port": 80}]}})["spec"]
+    assert svc["internalTrafficPolicy"] == "Cluster"
+    assert svc["externalTrafficPolicy"] == "Cluster"
+    assert svc["ipFamilies"] == ["IPv4"] and svc["ipFamilyPolicy"] == "SingleStack"
+    assert svc["sessionAffinityConfig"] == {"clientIP": {"timeoutSeconds": 10800}}
