@@ -54,8 +54,9 @@ API = "127.0.0.1:6443"
 HEALTH_PORT = 20244
 OURS, ORIGINAL = "kube-router-py", original.NAME
 
-# nlmon: what the kernel's netlink tap reports about each captured message.
-PACKET_KERNEL = 7  # the message went to a kernel socket (a request)
+# nlmon: the netlink tap hands over whole messages; a request carries NLM_F_REQUEST (the
+# packet type a packet socket reports on that link does not tell the direction).
+NLM_F_REQUEST = 1
 NETLINK_ROUTE, NETLINK_GENERIC = 0, 16
 RTM_NEWADDR, RTM_DELADDR = 20, 21
 PACKET_STATISTICS = 6
@@ -279,7 +280,7 @@ class NetlinkTap:
         subprocess.run(["ip", "link", "set", "nlmon0", "up"], check=True)
         self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
         self.sock.setsockopt(socket.SOL_SOCKET, 33, 64 * 1024 * 1024)  # SO_RCVBUFFORCE
-        self.sock.bind(("nlmon0", 0))
+        self.sock.bind(("nlmon0", 3))  # ETH_P_ALL: every captured message
         self.sock.settimeout(0.2)
         self.counts: dict[str, int] = {}
         self._stop = threading.Event()
@@ -300,15 +301,15 @@ class NetlinkTap:
                 data, addr = self.sock.recvfrom(1 << 20)
             except TimeoutError:
                 continue
-            proto, pkttype = addr[1], addr[2]
-            if pkttype != PACKET_KERNEL:
-                continue
+            proto = addr[1]  # the netlink protocol of the captured message
             off = 0
             while off + 16 <= len(data):
-                length, mtype = struct.unpack_from("=IH", data, off)
+                length, mtype, flags = struct.unpack_from("=IHH", data, off)
                 if length < 16:
                     break
-                if proto == NETLINK_GENERIC and mtype == self.ipvs_family:
+                if not flags & NLM_F_REQUEST:
+                    pass  # a reply or an ack from the kernel
+                elif proto == NETLINK_GENERIC and mtype == self.ipvs_family:
                     cmd = data[off + 16]
                     name = names.get(cmd, "ipvs_read")
                     self.counts[name] = self.counts.get(name, 0) + 1
