@@ -43,6 +43,13 @@ def kube_router_controllers(agent: Agent) -> list[Controller]:
 
 
 @hookimpl
+def kube_router_api_reads() -> list[str]:
+    from kube_router_proxy_ipvs.controller import ProxyController
+
+    return list(ProxyController.kinds)
+
+
+@hookimpl
 def kube_router_cleanup(config: argparse.Namespace) -> None:
     from kube_router_proxy_ipvs.cleanup import cleanup
 
