@@ -234,28 +234,6 @@ def _signal(name: str) -> signals.Signals:
         raise ValueError(f"unknown signal {name!r}") from None
 
 
-def unsynced_reason(doc: dict | str, resource_version: str) -> str | None:
-    """Why an agent has not applied ``resource_version`` (None: it has)."""
-    if isinstance(doc, str):
-        return doc
-    want = int(resource_version)
-    controllers = doc.get("controllers") or {}
-    if not controllers:
-        return "no controllers reported"
-    behind = []
-    for name, c in sorted(controllers.items()):
-        try:
-            have = int((c or {}).get("resourceVersion") or 0)
-        except (TypeError, ValueError):
-            have = 0
-        if have < want:
-            err = (c or {}).get("lastError")
-            behind.append(f"{name} at {have}" + (f" ({err})" if err else ""))
-    if behind:
-        return f"behind {want}: " + ", ".join(behind)
-    return None
-
-
 def signal_gobgpd(netns: str, signal: str = "TERM") -> list[int]:
     """Send ``signal`` to every gobgpd living in ``netns``; returns their PIDs."""
     sig = _signal(signal)
