@@ -28,6 +28,11 @@ from kube_router_lab import netns as ns
 
 HEALTH_PORT = 20244
 LOG_TAIL_LINES = 15
+FAILURE_LOG_LINES = 40  # of each agent's log, shown when a step fails
+#: Seconds the agents get to write their stacks into their logs, and how much of that
+#: is shown.
+STACK_DUMP_WAIT = 1.0
+STACK_DUMP_BYTES = 16384
 
 
 def installed_plugins() -> set[str]:

@@ -15,6 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from kube_router_lab import netns as ns
+from kube_router_lab.agents import FAILURE_LOG_LINES
+from kube_router_lab.agents import STACK_DUMP_BYTES
+from kube_router_lab.agents import STACK_DUMP_WAIT
 from kube_router_lab.agents import Agent
 from kube_router_lab.agents import AgentSpec
 from kube_router_lab.agents import agent_argv
@@ -24,7 +27,6 @@ from kube_router_lab.agents import tail
 from kube_router_lab.apiserver import ApiError
 from kube_router_lab.apiserver import ApiServer
 from kube_router_lab.apiserver import ApiStore
-from kube_router_lab.backend import reach_target
 from kube_router_lab.backend import substitute
 from kube_router_lab.backend import unsynced_reason
 from kube_router_lab.controllers import ClusterControllers
@@ -43,11 +45,6 @@ API_PORT = 6443
 CLUSTER_ASN = 64512
 #: Seconds a deleted pod keeps serving, marked terminating, before it goes.
 DEFAULT_GRACE = 2.0
-FAILURE_LOG_LINES = 40  # of each agent's log, shown when a step fails
-#: Seconds the agents get to write their stacks into their logs, and how much of that
-#: is shown.
-STACK_DUMP_WAIT = 1.0
-STACK_DUMP_BYTES = 16384
 
 
 class LabError(RuntimeError):
@@ -361,7 +358,14 @@ class Lab:
             s.close()
 
     def _target(self, target: str) -> tuple[str, int, bool]:
-        return reach_target(target, self.substitute)
+        udp = target.endswith("/udp")
+        body = target.removesuffix("/udp").removesuffix("/tcp")
+        ref, _, port_s = body.rpartition(":")
+        if not port_s.isdigit() or not ref:
+            raise KeyError(f"reach target {target!r}: expected NS/POD:PORT[/udp] or "
+                           "svc:NS/NAME:PORT[/udp]")
+        addr = self.substitute(ref) if ref.startswith("svc:") else self.substitute(f"pod:{ref}")
+        return addr, int(port_s), udp
 
     # -- when a step fails -------------------------------------------------------------
 

@@ -96,10 +96,10 @@ def plugin_owned(kind: str, item: str) -> bool:
     they own (what the test expects gone)."""
     if kind == "ipvs":
         return "192.0.2.10" not in item
-    if kind == "sets":
-        return item.startswith("kube-router-")
+    if kind == "sets":  # the proxy's and router's; the firewall's per-policy sets
+        return item.startswith(("kube-router-", "KUBE-SRC-", "KUBE-DST-", "inet6:KUBE-"))
     if kind in ("filter", "nat", "mangle"):
-        return "KUBE-ROUTER" in item or "kube-router-py" in item or "kube-router-" in item
+        return bool(re.search(r"KUBE-(ROUTER|POD-FW|NWPLCY|SRC|DST)|kube-router", item))
     if kind == "routes":
         return " proto 17" in f" {item}" or "kube-dummy-if" in item
     if kind == "links":
