@@ -110,6 +110,11 @@ def _pod_specs(doc: dict) -> Iterator[dict]:
 class KindCluster:
     """One scenario's view of a kind cluster (see the module's docstring)."""
 
+    #: Seconds a wait step gets at least: an informer of a kind nothing changed in moves to
+    #: the API's current resourceVersion only with the API server's bookmarks, which come
+    #: about once a minute.
+    min_wait = 90.0
+
     def __init__(self, spec: ClusterSpec, *, kubeconfig: str,
                  log: Callable[[str], None] = print, docker: str = "docker") -> None:
         self.spec = spec

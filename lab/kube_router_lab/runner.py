@@ -167,13 +167,15 @@ class Runner:
         self.lab.annotate(step.obj_kind, step.namespace, step.name, dict(step.changes))
 
     def _wait(self, step: WaitStep, res: StepResult) -> None:
-        deadline = time.monotonic() + step.timeout
+        # a backend may need longer than the lab to show an idle informer caught up
+        timeout = max(step.timeout, getattr(self.lab, "min_wait", 0.0))
+        deadline = time.monotonic() + timeout
         # "the API's current state" includes what the lab's own controllers make of the
         # last change (Deployment -> Pods -> EndpointSlices): let them finish first
         settle = getattr(self.lab, "settle", None)
-        if settle is not None and not settle(step.timeout):
+        if settle is not None and not settle(timeout):
             raise StepFailed(f"the lab's controllers and kubelets did not settle in "
-                             f"{step.timeout:g}s (pods not running?)")
+                             f"{timeout:g}s (pods not running?)")
         rv = self.lab.resource_version()
         while True:
             pending = self.lab.unsynced(rv)
@@ -183,7 +185,7 @@ class Runner:
             if time.monotonic() >= deadline:
                 why = "; ".join(f"{node}: {reason}" for node, reason in sorted(pending.items()))
                 raise StepFailed(f"not synced to resourceVersion {rv} after "
-                                 f"{step.timeout:g}s: {why}")
+                                 f"{timeout:g}s: {why}")
             time.sleep(POLL)
 
     def _resolve(self, key: str) -> str:
