@@ -276,7 +276,8 @@ class Kubelet:
                     self._queue.put(None)
                     break
                 batch.add(nxt)
-            for action, key in sorted(batch):
+            # a SIGTERM due with the exit goes first
+            for action, key in sorted(batch, key=lambda a: (a[0] == "finish", a)):
                 try:
                     if action == "finish":
                         self._finish(key)
