@@ -64,3 +64,22 @@ def test_pre_stop_seconds_reads_the_sleep_hook_only() -> None:
     assert pre_stop_seconds(pod(pre_stop="5"), 1.0) == 1.0  # not a number: the default
     exec_hook = {"spec": {"containers": [{"lifecycle": {"preStop": {"exec": {"command": []}}}}]}}
     assert pre_stop_seconds(exec_hook, 0.0) == 0.0
+
+
+def test_deletion_grace_from_the_pod_or_the_lab(store) -> None:
+    """A pod's terminationGracePeriodSeconds wins over the lab's grace; 0 deletes at once."""
+    from kube_router_lab.controllers import ClusterControllers
+
+    spec = parse_cluster({"nodes": 1, "pod-termination": {"grace": 6}})
+    ctl = ClusterControllers(store, spec, log=lambda line: None)
+    store.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "default"}})
+    for name, grace in (("lab", None), ("own", 15), ("now", 0)):
+        body: dict = {"nodeName": "node-0", "containers": [{"name": "c"}]}
+        if grace is not None:
+            body["terminationGracePeriodSeconds"] = grace
+        store.create({"apiVersion": "v1", "kind": "Pod",
+                      "metadata": {"name": name, "namespace": "default"}, "spec": body})
+        ctl.delete_pod("default", name)
+    assert store.get("Pod", "default", "lab")["metadata"]["deletionGracePeriodSeconds"] == 6
+    assert store.get("Pod", "default", "own")["metadata"]["deletionGracePeriodSeconds"] == 15
+    assert store.get("Pod", "default", "now") is None
