@@ -43,8 +43,6 @@ from kube_router_lab.whatsmyip import WhatsMyIp
 
 API_PORT = 6443
 CLUSTER_ASN = 64512
-#: Seconds a deleted pod keeps serving, marked terminating, before it goes.
-DEFAULT_GRACE = 2.0
 
 
 class LabError(RuntimeError):
@@ -53,15 +51,16 @@ class LabError(RuntimeError):
 
 class Lab:
     def __init__(self, spec: ClusterSpec, *, workdir: Path,
-                 log: Callable[[str], None] = print, grace: float = DEFAULT_GRACE) -> None:
+                 log: Callable[[str], None] = print, grace: float | None = None) -> None:
         self.spec = spec
         self.workdir = Path(workdir)
         self.log = log
-        self.grace = grace
+        # seconds a deleted pod may take to end (the scenario's pod-termination.grace)
+        self.grace = spec.termination.grace if grace is None else grace
         self.topology = Topology(spec, log=log)
         self.store = ApiStore()
         self.server: ApiServer | None = None
-        self.controllers = ClusterControllers(self.store, spec, log=log, grace=grace)
+        self.controllers = ClusterControllers(self.store, spec, log=log, grace=self.grace)
         self.servers = WhatsMyIp(log=log)
         self.kubelets: dict[str, Kubelet] = {}
         self.agents: dict[str, Agent] = {}
@@ -102,7 +101,8 @@ class Lab:
             for i, h in enumerate(self.topology.nodes):
                 self.kubelets[h.name] = Kubelet(
                     node=h.name, node_netns=h.netns, node_ip=h.ip, store=self.store,
-                    servers=self.servers, conf_dir=self._node_conf(h.name, i), log=self.log)
+                    servers=self.servers, conf_dir=self._node_conf(h.name, i), log=self.log,
+                    termination=self.spec.termination)
             for k in self.kubelets.values():
                 k.start()
             self._start_peers()
