@@ -267,7 +267,9 @@ class FirewallController(Controller):
             service_cidrs=[c for c in self.settings.service_cidrs
                            if (":" in c) == (family == 6)],
             nodeport_range=self.settings.nodeport_range, pod_cidrs=cidrs))
-        return chains, self.members[family]
+        sets = dict(self.members[family])
+        sets[nm.local_pods(family)] = ("hash:ip", frozenset(ip for ip, _ in local))
+        return chains, sets
 
     async def sync(self, keys: frozenset[Hashable] | None) -> None:
         started = time.monotonic()

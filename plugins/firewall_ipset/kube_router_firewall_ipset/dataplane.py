@@ -125,7 +125,15 @@ class Dataplane:
         written = Written()
         if not self.known:
             written.save_seconds = await self.read()
-        set_lines = self._set_lines(sets, written)
+        # The local-pods set admits a pod's address past the tail: it may gain an address
+        # only once that pod's chain is written, so additions wait for the chains.
+        late = nm.local_pods(self.family)
+        early = dict(sets)
+        if late in sets:
+            have = self.sets.get(late)
+            early[late] = (sets[late][0], have[1] & sets[late][1]) if have else (
+                sets[late][0], frozenset())
+        set_lines = self._set_lines(early, written)
         if set_lines:
             started = time.monotonic()
             try:
@@ -134,7 +142,7 @@ class Dataplane:
                 self.known = False
                 raise
             written.ipset_seconds = time.monotonic() - started
-            for name, value in sets.items():
+            for name, value in early.items():
                 self.sets[name] = value
         lines, changed = self._chain_lines(chains, written)
         if self.jumps and not changed and not written.chains_deleted:
@@ -154,6 +162,14 @@ class Dataplane:
             for c in [c for c in self.chains if c not in chains]:
                 del self.chains[c]
             self.jumps = True
+        if late in sets and self.sets.get(late) != sets[late]:
+            late_lines = self._set_lines({late: sets[late]}, written)
+            try:
+                await ipset.restore(late_lines)
+            except Exception:
+                self.known = False
+                raise
+            self.sets[late] = sets[late]
         stale = [n for n in self.sets if n not in sets]
         if stale:
             started = time.monotonic()

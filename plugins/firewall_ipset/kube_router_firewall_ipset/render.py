@@ -231,10 +231,14 @@ def top_chains(local: Iterable[tuple[str, str]], family: int, *, service_cidrs: 
     head = [f"-d {c} -j RETURN" for c in service_cidrs]
     head += [f"-p {p} -m addrtype --dst-type LOCAL -m multiport --dports {lo}:{hi} -j RETURN"
              for p in ("tcp", "udp", "sctp")]
-    tail = [f"{IS_PASSED} -j ACCEPT", f"{ESTABLISHED} -j RETURN",
-            "-m addrtype --src-type LOCAL -j RETURN"]
+    # Replies and the node's own traffic first; then any address of the pod CIDR that is
+    # not a local pod with a chain (one not seen yet) is refused, whatever the other end.
+    tail = ["-m addrtype --src-type LOCAL -j RETURN", f"{ESTABLISHED} -j RETURN"]
+    known = nm.local_pods(family)
     for c in pod_cidrs:
-        tail += [f"-s {c} {reject(family)}", f"-d {c} {reject(family)}"]
+        tail += [f"-s {c} -m set ! --match-set {known} src {reject(family)}",
+                 f"-d {c} -m set ! --match-set {known} dst {reject(family)}"]
+    tail.append(f"{IS_PASSED} -j ACCEPT")
     to_tail = f"-j {nm.TAIL}"
     return {
         nm.INPUT: (*head, *egress_only, to_tail),  # pods to the node: their egress
