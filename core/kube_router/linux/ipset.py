@@ -6,8 +6,10 @@ the new members go into a temporary set that is swapped with the live one, atomi
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable
 from collections.abc import Iterable
+from typing import Any
 
 from kube_router.linux.run import restore as run_restore
 from kube_router.linux.run import restore_sync as run_restore_sync
@@ -90,3 +92,33 @@ def parse_save(text: str, wanted: Callable[[str], bool]) -> dict[str, tuple[str,
         elif verb == "add" and name in sets:
             sets[name][1].add(tail.strip())
     return sets
+
+
+class MemberSocket:
+    """Adds and deletes single members over netlink, without a process per change.
+
+    Starting ``ipset`` costs more than the change itself when only a few members move (a
+    pod came or went); a batch that creates, swaps or fills sets still goes through
+    :func:`restore`. The socket is opened on first use and kept.
+    """
+
+    def __init__(self) -> None:
+        self._sock: Any = None
+
+    def change(self, name: str, member: str, *, add: bool) -> None:
+        """Add (or delete) ``member``, an address, of hash:ip set ``name``; a member
+        already there (or already gone) is no error."""
+        from pyroute2.ipset import IPSet  # kept out of start-up for users of restore only
+
+        if self._sock is None:
+            self._sock = IPSet()
+        family = socket.AF_INET6 if ":" in member else socket.AF_INET
+        if add:
+            self._sock.add(name, member, family=family, exclusive=False)
+        else:
+            self._sock.delete(name, member, family=family, exclusive=False)
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None

@@ -57,6 +57,7 @@ class FirewallController(Controller):
         self.cluster = Cluster(agent.store(POD), agent.store(NAMESPACE))
         self.planes = {f: Dataplane(f) for f in settings.families}
         self.policies: dict[str, Policy] = {}
+        self.by_namespace: dict[str, dict[str, Policy]] = {}
         self._bad: dict[str, str] = {}  # policy key -> resourceVersion warned about
         self.renders: dict[tuple[int, str], PolicyRender] = {}
         # desired state per family
@@ -85,6 +86,7 @@ class FirewallController(Controller):
         for f in self.settings.families:
             self.renders.pop((f, key), None)
         self.policies.pop(key, None)
+        self.by_namespace.get(key.partition("/")[0], {}).pop(key, None)
         if not isinstance(rec, NetworkPolicy):
             return
         try:
@@ -96,6 +98,7 @@ class FirewallController(Controller):
             return
         self._bad.pop(key, None)
         self.policies[key] = policy
+        self.by_namespace.setdefault(policy.namespace, {})[key] = policy
         for f in self.settings.families:
             self._render(policy, f)
 
@@ -110,8 +113,8 @@ class FirewallController(Controller):
 
     def _selecting(self, pod: Pod) -> tuple[list[Policy], list[Policy]]:
         ingress, egress = [], []
-        for p in self.policies.values():
-            if p.namespace == pod.meta.namespace and p.pods.matches(pod.meta.labels):
+        for p in self.by_namespace.get(pod.meta.namespace, {}).values():
+            if p.pods.matches(pod.meta.labels):
                 if p.ingress is not None:
                     ingress.append(p)
                 if p.egress is not None:
@@ -177,6 +180,7 @@ class FirewallController(Controller):
     def _full(self) -> None:
         self.renders.clear()
         self.policies.clear()
+        self.by_namespace.clear()
         for key, _ in self.agent.store(NETWORKPOLICY).items():
             self._compile(key)
         self._rebuild_specs()
@@ -273,6 +277,7 @@ class FirewallController(Controller):
 
     async def sync(self, keys: frozenset[Hashable] | None) -> None:
         started = time.monotonic()
+        self.cluster.begin()
         kinds = {k[0] for k in keys} if keys is not None else set()
         if keys is None or NAMESPACE in kinds or NODE in kinds:
             if keys is None and self.full_syncs:

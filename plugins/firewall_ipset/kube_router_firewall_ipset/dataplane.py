@@ -23,6 +23,11 @@ from kube_router_firewall_ipset.render import builtin_jump
 
 log = logging.getLogger(__name__)
 
+#: Above this many addresses moving, one ``ipset restore`` beats a netlink call each.
+MAX_NETLINK_MOVES = 256
+
+#: (set, address, add or delete)
+Move = tuple[str, str, bool]
 Chains = Mapping[str, tuple[str, ...]]
 #: name -> (type, members)
 Sets = Mapping[str, tuple[str, frozenset[str]]]
@@ -52,6 +57,7 @@ class Dataplane:
     sets: dict[str, tuple[str, frozenset[str]]] = field(default_factory=dict)
     jumps: bool = False  # our jumps sit in INPUT/FORWARD/OUTPUT
     known: bool = False  # chains and sets above are the kernel's
+    members: ipset.MemberSocket = field(default_factory=ipset.MemberSocket)
 
     @property
     def inet(self) -> str:
@@ -80,8 +86,10 @@ class Dataplane:
         self.known = True
         return time.monotonic() - started
 
-    def _set_lines(self, sets: Sets, written: Written) -> list[str]:
+    def _set_lines(self, sets: Sets, written: Written) -> tuple[list[str], list[Move]]:
+        """``ipset restore`` lines, or (when only a few addresses move) netlink changes."""
         lines: list[str] = []
+        moves: list[Move] = []
         tmps: set[str] = set()
         for name, (stype, members) in sets.items():
             have = self.sets.get(name)
@@ -96,8 +104,8 @@ class Dataplane:
                 continue
             gone, new = have[1] - members, members - have[1]
             if len(gone) + len(new) <= len(members):
-                lines += [f"del {name} {m} -exist" for m in sorted(gone)]
-                lines += [f"add {name} {m} -exist" for m in sorted(new)]
+                moves += [(name, m, False) for m in sorted(gone)]
+                moves += [(name, m, True) for m in sorted(new)]
                 continue
             tmp = (nm.V6_PREFIX if self.family == 6 else "") + nm.tmp_set(stype, self.family)
             if tmp not in tmps:
@@ -105,7 +113,21 @@ class Dataplane:
                 lines.append(f"create {tmp} {stype} family {self.inet} -exist")
             lines += ipset.swap_via(name, tmp, stype, sorted(members), family=self.inet)
         lines += [f"destroy {t}" for t in sorted(tmps)]
-        return lines
+        if lines or len(moves) > MAX_NETLINK_MOVES or any(
+                " " in m for _, m, _ in moves):  # hash:net options go through restore
+            lines = [f"{'add' if add else 'del'} {n} {m} -exist" for n, m, add in moves] + lines
+            moves = []
+        return lines, moves
+
+    async def _write_sets(self, lines: list[str], moves: list[Move]) -> None:
+        try:
+            if lines:
+                await ipset.restore(lines)
+            for name, member, add in moves:
+                self.members.change(name, member, add=add)
+        except Exception:
+            self.known = False
+            raise
 
     def _chain_lines(self, chains: Chains, written: Written) -> tuple[list[str], list[str]]:
         changed = [c for c, rules in chains.items()
@@ -133,14 +155,10 @@ class Dataplane:
             have = self.sets.get(late)
             early[late] = (sets[late][0], have[1] & sets[late][1]) if have else (
                 sets[late][0], frozenset())
-        set_lines = self._set_lines(early, written)
-        if set_lines:
+        set_lines, moves = self._set_lines(early, written)
+        if set_lines or moves:
             started = time.monotonic()
-            try:
-                await ipset.restore(set_lines)
-            except Exception:
-                self.known = False
-                raise
+            await self._write_sets(set_lines, moves)
             written.ipset_seconds = time.monotonic() - started
             for name, value in early.items():
                 self.sets[name] = value
@@ -163,24 +181,27 @@ class Dataplane:
                 del self.chains[c]
             self.jumps = True
         if late in sets and self.sets.get(late) != sets[late]:
-            late_lines = self._set_lines({late: sets[late]}, written)
-            try:
-                await ipset.restore(late_lines)
-            except Exception:
-                self.known = False
-                raise
+            started = time.monotonic()
+            await self._write_sets(*self._set_lines({late: sets[late]}, written))
+            written.ipset_seconds += time.monotonic() - started
             self.sets[late] = sets[late]
         stale = [n for n in self.sets if n not in sets]
         if stale:
             started = time.monotonic()
-            for name in stale:
-                try:
-                    await ipset.restore([f"destroy {name}"])
-                except Exception as exc:  # still used by a rule that is not ours
-                    log.warning("cannot destroy ipset name=%s error=%s", name, exc)
-                    continue
+            try:  # one batch; a set still used by a rule not ours fails it: then one by one
+                await ipset.restore([f"destroy {n}" for n in stale])
+                gone = stale
+            except Exception:
+                gone = []
+                for name in stale:
+                    try:
+                        await ipset.restore([f"destroy {name}"])
+                        gone.append(name)
+                    except Exception as exc:
+                        log.warning("cannot destroy ipset name=%s error=%s", name, exc)
+            for name in gone:
                 del self.sets[name]
-                written.sets_destroyed += 1
+            written.sets_destroyed += len(gone)
             written.ipset_seconds += time.monotonic() - started
         return written
 

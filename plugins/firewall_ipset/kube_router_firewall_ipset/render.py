@@ -52,6 +52,14 @@ class PodSet:
     peers: tuple[PodPeer, ...]
 
 
+def pod_set(namespace: str, peers: tuple[PodPeer, ...]) -> PodSet:
+    """A PodSet; peers that all name their namespaces do not depend on the policy's, so
+    policies of different namespaces with the same peers share one (and its members)."""
+    if all(p.namespaces is not None for p in peers):
+        namespace = ""
+    return PodSet(namespace, peers)
+
+
 @dataclass(frozen=True, slots=True)
 class NetSet:
     """An ipBlock: the CIDR, its exceptions as ``nomatch`` entries (hash:net)."""
@@ -101,8 +109,8 @@ def named_population(policy: Policy, direction: str, rule: Rule) -> PodSet:
         return target_set(policy)
     pods = tuple(p for p in rule.peers if isinstance(p, PodPeer))
     if pods and len(pods) == len(rule.peers):
-        return PodSet(policy.namespace, pods)
-    return PodSet(policy.namespace, (PodPeer(EVERYTHING, EVERYTHING),))
+        return pod_set(policy.namespace, pods)
+    return pod_set(policy.namespace, (PodPeer(EVERYTHING, EVERYTHING),))
 
 
 PortMatch = tuple[str, str, str]  # (-p part, named-port set match, port match)
@@ -140,7 +148,7 @@ def _peer_matches(rule: Rule, direction: str, policy: Policy, index: int, family
     if pods:
         name = nm.set_name(prefix, family, policy.namespace, policy.name, direction, index,
                            "pods")
-        sets[name] = PodSet(policy.namespace, pods)
+        sets[name] = pod_set(policy.namespace, pods)
         out.append(f"-m set --match-set {name} {side}")
     for j, peer in enumerate(rule.peers):
         if isinstance(peer, BlockPeer) and peer.family == family:
