@@ -34,8 +34,8 @@ def swap_script(name: str, settype: str, members: Iterable[str], *, family: str 
     return lines
 
 
-async def restore(lines: list[str]) -> None:
-    await run_restore(["ipset", "restore"], "\n".join(lines) + "\n")
+async def restore(lines: list[str], *, timeout: float | None = None) -> None:
+    await run_restore(["ipset", "restore"], "\n".join(lines) + "\n", timeout=timeout)
 
 
 def restore_sync(lines: list[str]) -> None:
@@ -99,24 +99,30 @@ class MemberSocket:
 
     Starting ``ipset`` costs more than the change itself when only a few members move (a
     pod came or went); a batch that creates, swaps or fills sets still goes through
-    :func:`restore`. The socket is opened on first use and kept.
+    :func:`restore`. The socket is opened on first use and kept; use it from one event loop.
     """
 
     def __init__(self) -> None:
         self._sock: Any = None
 
-    def change(self, name: str, member: str, *, add: bool) -> None:
+    async def change(self, name: str, member: str, *, add: bool) -> None:
         """Add (or delete) ``member``, an address, of hash:ip set ``name``; a member
         already there (or already gone) is no error."""
-        from pyroute2.ipset import IPSet  # kept out of start-up for users of restore only
+        from pyroute2.ipset import AsyncIPSet  # kept out of start-up for users of restore
 
         if self._sock is None:
-            self._sock = IPSet()
+            sock = AsyncIPSet()
+            await sock.setup_endpoint()
+            self._sock = sock
         family = socket.AF_INET6 if ":" in member else socket.AF_INET
-        if add:
-            self._sock.add(name, member, family=family, exclusive=False)
-        else:
-            self._sock.delete(name, member, family=family, exclusive=False)
+        try:
+            if add:
+                await self._sock.add(name, member, family=family, exclusive=False)
+            else:
+                await self._sock.delete(name, member, family=family, exclusive=False)
+        except Exception:
+            self.close()  # a fresh socket next time
+            raise
 
     def close(self) -> None:
         if self._sock is not None:

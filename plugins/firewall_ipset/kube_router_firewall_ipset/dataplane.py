@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import ChainMap
+from collections.abc import Collection
+from collections.abc import Iterable
 from collections.abc import Mapping
 from dataclasses import dataclass
 from dataclasses import field
@@ -28,6 +31,11 @@ MAX_NETLINK_MOVES = 256
 
 #: (set, address, add or delete)
 Move = tuple[str, str, bool]
+def _timeout(lines: int) -> float:
+    """Seconds a batch may take: the tools' default, and more for a very large one."""
+    return max(30.0, lines / 2000)
+
+
 Chains = Mapping[str, tuple[str, ...]]
 #: name -> (type, members)
 Sets = Mapping[str, tuple[str, frozenset[str]]]
@@ -86,12 +94,17 @@ class Dataplane:
         self.known = True
         return time.monotonic() - started
 
-    def _set_lines(self, sets: Sets, written: Written) -> tuple[list[str], list[Move]]:
+    def _set_lines(self, sets: Sets, written: Written,
+                   names: Iterable[str]) -> tuple[list[str], list[Move]]:
         """``ipset restore`` lines, or (when only a few addresses move) netlink changes."""
         lines: list[str] = []
         moves: list[Move] = []
         tmps: set[str] = set()
-        for name, (stype, members) in sets.items():
+        for name in names:
+            want = sets.get(name)
+            if want is None:
+                continue
+            stype, members = want
             have = self.sets.get(name)
             if have is not None and (have[1] is members or have == (stype, members)):
                 continue
@@ -122,9 +135,9 @@ class Dataplane:
     async def _write_sets(self, lines: list[str], moves: list[Move]) -> None:
         try:
             if lines:
-                await ipset.restore(lines)
+                await ipset.restore(lines, timeout=_timeout(len(lines)))
             for name, member, add in moves:
-                self.members.change(name, member, add=add)
+                await self.members.change(name, member, add=add)
         except Exception:
             self.known = False
             raise
@@ -142,26 +155,34 @@ class Dataplane:
         lines += [f"-X {c}" for c in stale]
         return lines, changed
 
-    async def apply(self, chains: Chains, sets: Sets) -> Written:
-        """Make the kernel hold exactly ``chains`` and ``sets`` (ours only)."""
+    async def apply(self, chains: Chains, sets: Sets,
+                    touched: Collection[str] | None = None) -> Written:
+        """Make the kernel hold exactly ``chains`` and ``sets`` (ours only).
+
+        ``touched`` names the only sets that may differ from the last apply (None: any);
+        the caller keeps that promise, so an event costs what it changed, not the total.
+        """
         written = Written()
         if not self.known:
             written.save_seconds = await self.read()
+            touched = None
+        names = list(sets) if touched is None else [n for n in touched if n in sets]
         # The local-pods set admits a pod's address past the tail: it may gain an address
         # only once that pod's chain is written, so additions wait for the chains.
         late = nm.local_pods(self.family)
-        early = dict(sets)
+        early: dict[str, tuple[str, frozenset[str]]] = {}
         if late in sets:
             have = self.sets.get(late)
             early[late] = (sets[late][0], have[1] & sets[late][1]) if have else (
                 sets[late][0], frozenset())
-        set_lines, moves = self._set_lines(early, written)
+        view = ChainMap(early, sets)  # type: ignore[arg-type]
+        set_lines, moves = self._set_lines(view, written, names)
         if set_lines or moves:
             started = time.monotonic()
             await self._write_sets(set_lines, moves)
             written.ipset_seconds = time.monotonic() - started
-            for name, value in early.items():
-                self.sets[name] = value
+            for name in names:
+                self.sets[name] = view[name]
         lines, changed = self._chain_lines(chains, written)
         if self.jumps and not changed and not written.chains_deleted:
             lines = []
@@ -170,7 +191,8 @@ class Dataplane:
             if not self.jumps:
                 await self._drop_old_jumps()
             try:
-                await iptables.restore("filter", lines, self.family)
+                await iptables.restore("filter", lines, self.family,
+                                       timeout=_timeout(len(lines)))
             except Exception:
                 self.known = False
                 raise
@@ -182,10 +204,11 @@ class Dataplane:
             self.jumps = True
         if late in sets and self.sets.get(late) != sets[late]:
             started = time.monotonic()
-            await self._write_sets(*self._set_lines({late: sets[late]}, written))
+            await self._write_sets(*self._set_lines(sets, written, [late]))
             written.ipset_seconds += time.monotonic() - started
             self.sets[late] = sets[late]
-        stale = [n for n in self.sets if n not in sets]
+        stale = [n for n in (self.sets if touched is None else touched)
+                 if n not in sets and n in self.sets]
         if stale:
             started = time.monotonic()
             try:  # one batch; a set still used by a rule not ours fails it: then one by one

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from functools import lru_cache
 
 FORWARD = "KUBE-ROUTER-FORWARD"
 INPUT = "KUBE-ROUTER-INPUT"
@@ -33,6 +34,7 @@ MARK_PASSED = "0x20000"
 COMMENT = "kube-router netpol"
 
 
+@lru_cache(maxsize=1 << 16)
 def _h(text: str) -> str:
     return base64.b32encode(hashlib.sha256(text.encode()).digest()).decode()[:16]
 

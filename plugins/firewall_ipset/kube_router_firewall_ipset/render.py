@@ -22,6 +22,7 @@ from kube_router_firewall_ipset.model import Policy
 from kube_router_firewall_ipset.model import Port
 from kube_router_firewall_ipset.model import Rule
 from kube_router_firewall_ipset.selectors import EVERYTHING
+from kube_router_firewall_ipset.selectors import Selector
 
 ALLOW = f"-j MARK --set-xmark {nm.MARK_ALLOWED}/{nm.MARK_ALLOWED}"
 CLEAR = f"-j MARK --set-xmark 0x0/{nm.MARK_ALLOWED}"
@@ -81,6 +82,29 @@ class NamedPortSet:
 SetSpec = PodSet | NetSet | NamedPortSet
 
 
+def _sel_text(sel: Selector | None) -> str:
+    if sel is None:
+        return "~"
+    return ";".join(f"{r.key} {r.operator} {','.join(sorted(r.values))}"
+                    for r in sel.requirements)
+
+
+def spec_text(spec: SetSpec) -> str:
+    """What a set holds, spelled out: its name is a hash of this, so policies whose peers
+    select the same pods share one set (and one copy of its members)."""
+    if isinstance(spec, NetSet):
+        return f"net {spec.cidr} except {','.join(spec.excepts)}"
+    if isinstance(spec, NamedPortSet):
+        return (f"named {spec.name} {spec.protocol} {spec.number} of "
+                f"{spec_text(spec.population)}")
+    return f"pods {spec.namespace} " + " | ".join(
+        f"ns({_sel_text(p.namespaces)}) pods({_sel_text(p.pods)})" for p in spec.peers)
+
+
+def spec_set_name(prefix: str, family: int, spec: SetSpec) -> str:
+    return nm.set_name(prefix, family, spec_text(spec))
+
+
 def settype(spec: SetSpec) -> str:
     return "hash:net" if isinstance(spec, NetSet) else "hash:ip"
 
@@ -128,9 +152,9 @@ def _port_matches(port: Port, direction: str, policy: Policy, index: int, family
     out = []
     population = named_population(policy, direction, rule)
     for number in sorted((named or {}).get((port.port, port.protocol), ())):
-        name = nm.set_name(nm.DST_PREFIX, family, policy.namespace, policy.name, direction,
-                           index, "namedport", port.port, port.protocol, number)
-        sets[name] = NamedPortSet(population, port.port, port.protocol, number)
+        spec = NamedPortSet(population, port.port, port.protocol, number)
+        name = spec_set_name(nm.DST_PREFIX, family, spec)
+        sets[name] = spec
         out.append((f"-p {proto}", f"-m set --match-set {name} dst",
                     f"-m {proto} --dport {number}"))
     return out
@@ -146,15 +170,15 @@ def _peer_matches(rule: Rule, direction: str, policy: Policy, index: int, family
     out = []
     pods = tuple(p for p in rule.peers if isinstance(p, PodPeer))
     if pods:
-        name = nm.set_name(prefix, family, policy.namespace, policy.name, direction, index,
-                           "pods")
-        sets[name] = pod_set(policy.namespace, pods)
+        spec: SetSpec = pod_set(policy.namespace, pods)
+        name = spec_set_name(prefix, family, spec)
+        sets[name] = spec
         out.append(f"-m set --match-set {name} {side}")
-    for j, peer in enumerate(rule.peers):
+    for peer in rule.peers:
         if isinstance(peer, BlockPeer) and peer.family == family:
-            name = nm.set_name(prefix, family, policy.namespace, policy.name, direction,
-                               index, "ipblock", j)
-            sets[name] = NetSet(peer.cidr, peer.excepts)
+            spec = NetSet(peer.cidr, peer.excepts)
+            name = spec_set_name(prefix, family, spec)
+            sets[name] = spec
             out.append(f"-m set --match-set {name} {side}")
     return out or None
 
