@@ -37,7 +37,8 @@ def swap_script(name: str, settype: str, members: Iterable[str], *, family: str 
 
 
 async def restore(lines: list[str], *, timeout: float | None = None) -> None:
-    await run_restore(["ipset", "restore"], "\n".join(lines) + "\n", timeout=timeout)
+    argv = ["ipset", "restore"]
+    await run_restore(argv, "\n".join(lines) + "\n", timeout=timeout)
 
 
 def restore_sync(lines: list[str]) -> None:
