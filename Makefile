@@ -55,6 +55,7 @@ bench: venv
 	$(PY) -m bench.decode
 	$(KRP) lab exec --mem 3G -- $(PY) -m bench.proxy_ipvs --n 1000
 	$(KRP) lab exec -- $(PY) -m bench.routing_bgp --n 5000
+	$(KRP) lab exec --mem 3G -- $(PY) -m bench.firewall_ipset
 
 # The original kube-router, built from its Go module into the user's cache (never into the
 # checkout): the lab can run it as a node's agent and bench.peer measures it beside ours.
