@@ -7,7 +7,9 @@ it did, shows what the commands printed, and ends with PASS or FAIL and the reas
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
+import os
 import re
 import shlex
 import sys
@@ -384,6 +386,10 @@ def _print(line: str) -> None:
         sys.stdout.flush()
 
 
+#: Set by `lab run --control-plane`: overrides the scenario's cluster.control-plane.
+CONTROL_PLANE_ENV = "KUBE_ROUTER_LAB_CONTROL_PLANE"
+
+
 # -- the whole run, inside the guest -------------------------------------------------------
 
 
@@ -399,6 +405,9 @@ def run_scenario_file(path: Path, *, report: Path | None = None, keep_going: boo
         print(exc, file=sys.stderr)
         return 2
     spec = scenario.cluster
+    override = os.environ.get(CONTROL_PLANE_ENV)
+    if override and override != spec.control_plane:
+        spec = dataclasses.replace(spec, control_plane=override)
     _print(f"scenario: {scenario.name} ({path.name})")
     _print(f"cluster: {spec.nodes} nodes, enable {','.join(spec.enable) or '-'}, pods "
            f"{spec.cluster_cidr}, services {spec.service_cidr}, underlay {spec.underlay}"
@@ -415,6 +424,8 @@ def run_scenario_file(path: Path, *, report: Path | None = None, keep_going: boo
             lab.up()
             _print(f"lab up in {time.monotonic() - t0:.1f}s")
             result = Runner(scenario, lab, keep_going=keep_going).run()
+            if hasattr(lab, "control_plane"):
+                result["control_plane"] = lab.control_plane()
             result["seconds"] = round(time.monotonic() - started, 3)  # the lab's start too
         except Exception as exc:
             msg = f"lab failed: {type(exc).__name__}: {exc}"
@@ -422,6 +433,8 @@ def run_scenario_file(path: Path, *, report: Path | None = None, keep_going: boo
             result = {"scenario": scenario.name, "passed": False,
                       "seconds": round(time.monotonic() - started, 3), "steps": [],
                       "error": msg}
+            if hasattr(lab, "control_plane"):
+                result["control_plane"] = lab.control_plane()
         finally:
             try:
                 lab.down()

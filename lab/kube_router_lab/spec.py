@@ -12,6 +12,9 @@ from typing import Any
 DEFAULT_ENABLE = ("proxy", "router", "firewall")
 
 
+CONTROL_PLANES = ("embedded", "real")
+
+
 class SpecError(ValueError):
     """The scenario's cluster section is invalid; the message names the field."""
 
@@ -43,6 +46,9 @@ class ClusterSpec:
     underlays: tuple[str, ...] = ()
     agent_args: tuple[str, ...] = ()
     peers: tuple[PeerSpec, ...] = field(default_factory=tuple)
+    #: "embedded": the lab's own API server and controllers; "real": kube-apiserver,
+    #: kube-controller-manager, kube-scheduler and etcd built from their Go modules.
+    control_plane: str = "embedded"
 
     # -- derived addresses ------------------------------------------------------------
 
@@ -90,7 +96,7 @@ class ClusterSpec:
 def parse_cluster(raw: Mapping[str, Any] | None) -> ClusterSpec:
     raw = dict(raw or {})
     known = {"nodes", "enable", "cluster-cidr", "service-cidr", "underlay", "underlays",
-             "agent-args", "peers"}
+             "agent-args", "peers", "control-plane"}
     unknown = sorted(set(raw) - known)
     if unknown:
         raise SpecError(f"cluster: unknown key {unknown[0]!r}")
@@ -133,7 +139,12 @@ def parse_cluster(raw: Mapping[str, Any] | None) -> ClusterSpec:
                             "characters without quotes or backslashes")
         peers.append(PeerSpec(name=str(p["name"]), software=software, asn=asn,
                               password=password))
+    control_plane = raw.get("control-plane", "embedded")
+    if control_plane not in CONTROL_PLANES:
+        raise SpecError(f"cluster.control-plane: expected one of {', '.join(CONTROL_PLANES)}, "
+                        f"got {control_plane!r}")
     return ClusterSpec(
+        control_plane=control_plane,
         nodes=nodes,
         enable=tuple(enable),
         cluster_cidr=cidrs["cluster-cidr"],
