@@ -52,11 +52,14 @@ class ApiServer:
     """Serves an ApiStore at ``url``; stop() and start() again keep the store's data."""
 
     def __init__(self, store: ApiStore, host: str = "127.0.0.1", port: int = 0, *,
-                 bookmark_interval: float = 1.0) -> None:
+                 bookmark_interval: float = 1.0, keep_history: bool = False) -> None:
         self.store = store
         self.host = host
         self.port = port
         self.bookmark_interval = bookmark_interval
+        #: Serve watches from before a restart (not what a real server does).
+        self.keep_history = keep_history
+        self._started_before = False
         #: The last requests served, as (method, path, query parameters): what a test checks
         #: a client asked for.
         self.requests: deque[tuple[str, str, dict[str, str]]] = deque(maxlen=200)
@@ -75,6 +78,11 @@ class ApiServer:
     def start(self) -> None:
         if self._httpd is not None:
             return
+        if self._started_before and not self.keep_history:
+            # A real API server starts with an empty watch cache: every watch from a
+            # resourceVersion of its previous life gets 410 Gone, so every client relists.
+            self.store.compact()
+        self._started_before = True
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
         httpd = _HTTPServer((self.host, self.port), self, family)
         # A port of 0 picks a free one once; restarts reuse it so clients reconnect.
