@@ -47,6 +47,7 @@ lab: venv
 
 # The lab on the real control plane: the walkthrough and the scenarios that matter most.
 lab-real: venv controlplane
+	$(KRP) lab exec --mem 2500M -- $(PY) -m pytest tests/realcp
 	$(PY) -m pytest tests/lab -m real
 
 controlplane:

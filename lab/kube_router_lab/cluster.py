@@ -20,6 +20,7 @@ from kube_router_lab.agents import agent_argv
 from kube_router_lab.agents import installed_plugins
 from kube_router_lab.agents import signal_gobgpd
 from kube_router_lab.agents import unsynced_reason
+from kube_router_lab.api.server import VERSION as EMBEDDED_SERVER_VERSION
 from kube_router_lab.apiserver import ApiError
 from kube_router_lab.apiserver import ApiServer
 from kube_router_lab.apiserver import ApiStore
@@ -37,8 +38,8 @@ from kube_router_lab.topology import Topology
 from kube_router_lab.whatsmyip import WhatsMyIp
 
 API_PORT = 6443
-#: What the report names the embedded server.
-EMBEDDED_VERSION = "lab"
+#: What the report names the embedded server: the version it answers /version with.
+EMBEDDED_VERSION = str(EMBEDDED_SERVER_VERSION["gitVersion"])
 #: The DaemonSet whose ServiceAccount and RBAC the agents run with on a real control plane.
 DAEMONSET_MANIFEST = Path(__file__).resolve().parents[2] / "daemonset" / \
     "kube-router-py-all-features.yaml"

@@ -76,8 +76,17 @@ def cmd_exec(config: argparse.Namespace) -> int:
     if not argv:
         print("kube-router-py lab exec: no command given (lab exec -- CMD ...)", file=sys.stderr)
         return 2
+    from kube_router_lab.realcp import binaries
+
+    # Where the real control plane is built, for tests that start it (the guest has no home
+    # to find the cache from).
     try:
-        return guest_run(argv, kernel=config.kernel, timeout=config.timeout, mem=config.mem)
+        env = {binaries.BIN_ENV: os.pathsep.join(map(str, binaries.bin_dirs()))}
+    except (OSError, subprocess.CalledProcessError):
+        env = {}
+    try:
+        return guest_run(argv, kernel=config.kernel, timeout=config.timeout, mem=config.mem,
+                         env=env)
     except GuestError as exc:
         print(f"kube-router-py lab: {exc}", file=sys.stderr)
         return 2

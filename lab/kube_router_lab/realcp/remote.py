@@ -27,6 +27,8 @@ from kube_router_lab.api.errors import ApiError
 log = logging.getLogger(__name__)
 
 FIELD_MANAGER = "kube-router-lab"
+#: How long an apply waits for a new namespace's default service account.
+SA_WAIT = 15.0
 Callback = Callable[[str, str, dict[str, Any]], None]
 
 
@@ -176,9 +178,20 @@ class RemoteStore:
         if k.namespaced:
             meta.setdefault("namespace", "default")
         obj["metadata"] = meta
-        return self.request("PATCH", self.path(k.kind, meta.get("namespace"), meta["name"]),
-                            obj, content_type="application/apply-patch+yaml",
-                            query={"fieldManager": FIELD_MANAGER, "force": "true"})
+        deadline = time.monotonic() + SA_WAIT
+        while True:
+            try:
+                return self.request("PATCH", self.path(k.kind, meta.get("namespace"),
+                                                       meta["name"]),
+                                    obj, content_type="application/apply-patch+yaml",
+                                    query={"fieldManager": FIELD_MANAGER, "force": "true"})
+            except ApiError as exc:
+                # A pod in a namespace made a moment ago: the service account controller has
+                # not made its "default" account yet, and admission refuses the pod until it has.
+                if not (exc.code == 403 and "service account" in str(exc)) or \
+                        time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
 
     def delete(self, kind: str, namespace: str | None, name: str,
                grace: float | None = 0) -> dict[str, Any]:
