@@ -91,8 +91,7 @@ class RealControlPlane:
             str(self.bins["etcd"]), "--name", "lab", "--data-dir", str(self.dir / "etcd"),
             "--listen-client-urls", client, "--advertise-client-urls", client,
             "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-            "--initial-cluster", f"lab={peer}", "--unsafe-no-fsync", "--log-level", "warn",
-            "--listen-metrics-urls", ""])
+            "--initial-cluster", f"lab={peer}", "--unsafe-no-fsync", "--log-level", "warn"])
         took = wait_until(http_ok(f"{client}/health"), "healthy", p, START_TIMEOUT)
         self.log(f"event=etcd_up seconds={took:.1f}")
 
