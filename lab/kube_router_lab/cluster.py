@@ -135,7 +135,7 @@ class Lab:
         self.kubeconfig = self.control.kubeconfig
         self.heartbeats = NodeHeartbeats(self.store, [(h.name, h.ip)
                                                       for h in self.topology.nodes], log=self.log)
-        cidrs = self.heartbeats.register()
+        cidrs = self.heartbeats.register(timeout=180.0)
         self.heartbeats.start()
         for i, h in enumerate(self.topology.nodes):
             if cidrs[h.name] != self.spec.pod_cidr(i):

@@ -37,6 +37,10 @@ def unsynced_reason(doc: dict | str, token: str) -> str | None:
         versions = c.get("resourceVersions")
         if not isinstance(versions, dict):
             return f"{name} reports no resourceVersions per kind"
+        if not c.get("synced") or not versions:
+            err = c.get("lastError")
+            behind.append(f"{name} not synced yet" + (f" ({err})" if err else ""))
+            continue
         for kind, have_s in sorted(versions.items()):
             if kind not in want:
                 continue

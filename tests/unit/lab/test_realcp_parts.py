@@ -46,7 +46,8 @@ def test_certificates_chain_to_the_lab_ca(tmp_path: Path) -> None:
 
 
 def _doc(**versions: dict[str, str]) -> dict:
-    return {"controllers": {name: {"resourceVersions": v, "resourceVersion": "1"}
+    return {"controllers": {name: {"resourceVersions": v, "resourceVersion": "1",
+                                   "synced": bool(v)}
                             for name, v in versions.items()}}
 
 
@@ -60,6 +61,7 @@ def test_gate_compares_kind_by_kind() -> None:
     assert reason is not None and "EndpointSlice at 149 of 150" in reason
     assert "resourceVersions" in (unsynced_reason({"controllers": {"x": {}}}, token) or "")
     assert unsynced_reason("connection refused", token) == "connection refused"
+    assert "not synced yet" in (unsynced_reason(_doc(proxy={}), token) or "")
 
 
 def test_remote_store_interface_against_the_embedded_server(tmp_path: Path) -> None:
