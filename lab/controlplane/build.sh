@@ -25,6 +25,9 @@ go="$(command -v go || true)"
 [ -x "$go" ] || { echo "build.sh: Go is needed to build the control plane (go not found)" >&2; exit 1; }
 
 export CGO_ENABLED=0 GOFLAGS="-trimpath -mod=mod"
+# Go's build cache for these programs lives with them (a few GB: delete it once built), so
+# a build cut short goes on where it stopped, and the disk it takes is in one place.
+export GOCACHE="${KUBE_ROUTER_PY_GOCACHE:-$cache/go-build}"
 
 # Build into a fresh directory and rename it into place, so a cut-short build leaves nothing
 # that looks complete.
