@@ -51,7 +51,8 @@ class Recording(Controller):
         self.calls.append(keys)
         if self.fail_times:
             self.fail_times -= 1
-            raise TemporaryError("kernel busy", delay=0.01)
+            # Long enough that a loaded machine still looks before the retry comes.
+            raise TemporaryError("kernel busy", delay=0.3)
 
 
 def _ev(key):
@@ -171,7 +172,7 @@ def test_a_version_is_not_claimed_while_a_failed_sync_waits_for_its_retry():
         agent.informers["Service"].resource_version = "90"
         c.on_event(_ev("default/myip"))
         await _until(lambda: c.last_error is not None)
-        await asyncio.sleep(0.002)  # the retry is 10 ms away
+        await asyncio.sleep(0.002)  # the retry is 300 ms away
         claimed_meanwhile = c.applied_resource_version
         await _until(lambda: c.applied_resource_version == "90")
         task.cancel()
