@@ -13,7 +13,7 @@ SYSTEM_PACKAGES := user-mode-linux kmod iproute2 ipvsadm ipset iptables conntrac
 # from the Go modules pinned in lab/controlplane/ into a cache outside the checkout.
 CONTROLPLANE_BUILD := lab/controlplane/build.sh
 
-.PHONY: all venv system test unit kernel lab lab-real controlplane demo bench lint clean
+.PHONY: all venv system test unit kernel lab lab-real controlplane e2e demo bench lint clean
 
 all: venv
 
@@ -53,7 +53,12 @@ lab-real: venv controlplane
 controlplane:
 	@bash $(CONTROLPLANE_BUILD)
 
-test: unit kernel lab
+# The end-to-end suite on the lab (a few scenarios through the runner's backends); on a
+# machine with Docker and kind, `$(PY) -m pytest tests/e2e` runs it on a kind cluster.
+e2e: venv
+	$(PY) -m pytest tests/e2e --cluster lab
+
+test: unit kernel lab e2e
 
 demo: venv
 	$(KRP) lab run examples/seed-walkthrough.yaml --report out/seed-walkthrough.json
