@@ -29,13 +29,18 @@ export CGO_ENABLED=0 GOFLAGS="-trimpath -mod=mod"
 # a build cut short goes on where it stopped, and the disk it takes is in one place.
 export GOCACHE="${KUBE_ROUTER_PY_GOCACHE:-$cache/go-build}"
 
+# One build at a time: a second one waits, then finds the programs built.
+mkdir -p "$cache"
+exec 9>"$cache/.build.lock"
+flock 9
+
 # Build into a fresh directory and rename it into place, so a cut-short build leaves nothing
-# that looks complete.
+# that looks complete (and what one left is removed).
 build() { # dir module-dir ldflags package...
 	local dir="$1" mod="$2" ldflags="$3"; shift 3
 	[ -f "$dir/.complete" ] && return 0
 	local tmp="$dir.tmp.$$"
-	rm -rf "$tmp" && mkdir -p "$tmp/bin"
+	rm -rf "$dir".tmp.* && mkdir -p "$tmp/bin"
 	local start=$SECONDS
 	for pkg in "$@"; do
 		echo "build.sh: building $pkg into $dir/bin" >&2
