@@ -32,6 +32,7 @@ SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 #: The kinds the lab follows: the kubelets need Pods, the convergence gate the others.
 WATCHED = ("Pod", "Service", "EndpointSlice", "Node", "Namespace", "NetworkPolicy")
 START_TIMEOUT = 120.0
+HOSTNAME = "lab-control-plane"
 
 
 class RealControlPlane:
@@ -79,6 +80,11 @@ class RealControlPlane:
                                       ips=(self.host, svc_ip, "127.0.0.1"), dns=names)
 
     def _run(self, name: str, argv: list[str]) -> Process:
+        # In a host name of its own: the guest has none ("(none)"), and kube-apiserver puts
+        # its host name in a label of its identity Lease, which that value fails, so
+        # /readyz never passes.
+        argv = ["unshare", "--uts", "--", "sh", "-c", 'hostname "$0" && exec "$@"',
+                HOSTNAME, *argv]
         p = Process(name, argv, self.dir / f"{name}.log")
         p.start()
         self.procs.append(p)
