@@ -7,9 +7,14 @@ PY := $(VENV)/bin/python
 KRP := $(VENV)/bin/kube-router-py
 PLUGINS := $(wildcard plugins/*)
 SYSTEM_PACKAGES := user-mode-linux kmod iproute2 ipvsadm ipset iptables conntrack \
-	gobgpd golang-github-osrg-gobgp-dev containernetworking-plugins bird2 curl socat util-linux
+	gobgpd golang-github-osrg-gobgp-dev containernetworking-plugins bird2 curl socat util-linux \
+	openssl
+# The real control plane (kube-apiserver, kube-controller-manager, kube-scheduler, etcd), built
+# from the Go modules pinned in lab/controlplane/ into a cache outside the checkout.
+CONTROLPLANE_BUILD := lab/controlplane/build.sh
 
-.PHONY: all venv system test unit kernel lab e2e demo bench bench-peer kube-router-original lint clean
+.PHONY: all venv system test unit kernel lab lab-real controlplane e2e demo bench bench-peer \
+	kube-router-original lint clean
 
 all: venv
 
@@ -39,7 +44,15 @@ kernel: venv
 	$(KRP) lab exec -- $(PY) -m pytest tests/kernel
 
 lab: venv
-	$(PY) -m pytest tests/lab
+	$(PY) -m pytest tests/lab -m "not real"
+
+# The lab on the real control plane: the walkthrough and the scenarios that matter most.
+lab-real: venv controlplane
+	$(KRP) lab exec --mem 2500M -- $(PY) -m pytest tests/realcp
+	$(PY) -m pytest tests/lab -m real
+
+controlplane:
+	@bash $(CONTROLPLANE_BUILD)
 
 # The end-to-end suite on the lab (a few scenarios through the runner's backends); on a
 # machine with Docker and kind, `$(PY) -m pytest tests/e2e` runs it on a kind cluster.

@@ -104,6 +104,10 @@ class Agent:
         except ValueError:  # not numeric: opaque, as the API allows; report the first
             return versions[0]
 
+    def resource_versions(self, kinds: Iterable[str]) -> dict[str, str]:
+        """Each of these kinds' informer resourceVersion, as the server gave it."""
+        return {k: self.informers[k].resource_version for k in kinds}
+
     # -- lifecycle --------------------------------------------------------------------------
 
     def build(self) -> None:
@@ -177,6 +181,7 @@ class Agent:
         controllers = {
             c.name: {
                 "resourceVersion": c.applied_resource_version,
+                "resourceVersions": c.applied_resource_versions,
                 "lastSync": c.last_sync,
                 "lastError": c.last_error,
                 "synced": c.synced,

@@ -80,6 +80,9 @@ class Controller:
         self.agent = agent
         self.queue = WorkQueue()
         self.applied_resource_version = ""
+        #: Each kind's resourceVersion as of the last complete sync: a server whose versions
+        #: are not one sequence across kinds is compared kind by kind.
+        self.applied_resource_versions: dict[str, str] = {}
         self.last_sync: float | None = None  # wall-clock time of the last successful sync
         self.last_error: str | None = None
         self.synced = False  # the first full sync succeeded
@@ -120,6 +123,7 @@ class Controller:
             # snapshot of the informers' versions, or we would claim versions not applied.
             await self.agent.bus_caught_up(self)
             version = self.agent.resource_version(self.kinds)
+            versions = self.agent.resource_versions(self.kinds)
             if loop.time() >= next_full:
                 self.queue.add_all()
             if not len(self.queue):
@@ -127,13 +131,15 @@ class Controller:
                 # informers' version (bookmarks move it too) is applied.
                 if self.synced and not self._retries_pending:
                     self.applied_resource_version = version
+                    self.applied_resource_versions = versions
                 continue
             keys = self.queue.take()
-            ok = await self._sync_once(keys, version)
+            ok = await self._sync_once(keys, version, versions)
             if ok and keys is None:
                 next_full = loop.time() + self.resync_period
 
-    async def _sync_once(self, keys: frozenset[Hashable] | None, version: str) -> bool:
+    async def _sync_once(self, keys: frozenset[Hashable] | None, version: str,
+                         versions: dict[str, str] | None = None) -> bool:
         started = time.monotonic()
         try:
             await self.sync(keys)
@@ -159,6 +165,8 @@ class Controller:
             self.synced = True
         if self.synced and not len(self.queue) and not self._retries_pending:
             self.applied_resource_version = version
+            if versions is not None:
+                self.applied_resource_versions = versions
         return True
 
     def _requeue(self, keys: frozenset[Hashable] | None) -> None:

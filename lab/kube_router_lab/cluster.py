@@ -26,6 +26,7 @@ from kube_router_lab.agents import agent_argv
 from kube_router_lab.agents import installed_plugins
 from kube_router_lab.agents import signal_gobgpd
 from kube_router_lab.agents import tail
+from kube_router_lab.api.server import VERSION as EMBEDDED_SERVER_VERSION
 from kube_router_lab.apiserver import ApiError
 from kube_router_lab.apiserver import ApiServer
 from kube_router_lab.apiserver import ApiStore
@@ -39,11 +40,17 @@ from kube_router_lab.kubelet import Kubelet
 from kube_router_lab.kubelet import bridge_conflist
 from kube_router_lab.kubelet import reset_dir
 from kube_router_lab.kubelet import write_conf
+from kube_router_lab.realcp.gate import unsynced_reason as real_unsynced_reason
 from kube_router_lab.spec import ClusterSpec
 from kube_router_lab.topology import Topology
 from kube_router_lab.whatsmyip import WhatsMyIp
 
 API_PORT = 6443
+#: What the report names the embedded server: the version it answers /version with.
+EMBEDDED_VERSION = str(EMBEDDED_SERVER_VERSION["gitVersion"])
+#: The DaemonSet whose ServiceAccount and RBAC the agents run with on a real control plane.
+DAEMONSET_MANIFEST = Path(__file__).resolve().parents[2] / "daemonset" / \
+    "kube-router-py-all-features.yaml"
 CLUSTER_ASN = 64512
 
 
@@ -81,6 +88,15 @@ class Lab:
         self.router = "router" in self.enable
         self.kubeconfig = self.workdir / "kubeconfig"
         self._up = False
+        # On a real control plane (kube-apiserver, its controllers, etcd), self.store is a
+        # client of it with the embedded store's methods, and the lab's own controllers stay
+        # off: Deployments, EndpointSlices and pod CIDRs are the real controllers' work.
+        self.control: Any = None
+        self.heartbeats: Any = None
+        self.agent_env: dict[str, str] = {}
+        if spec.control_plane == "real":
+            from kube_router_lab.realcp.control import RealControlPlane
+            self.control = RealControlPlane(spec, workdir=self.workdir, log=log)
 
     # -- building and tearing down ---------------------------------------------------
 
@@ -92,6 +108,9 @@ class Lab:
             # installs static routes itself.
             self.topology.up(pod_routes=not self.router)
             self._up = True
+            if self.control is not None:
+                self._up_real()
+                return
             self.controllers.install_admission()
             for name in ("default", "kube-system", "kube-public", "kube-node-lease"):
                 self.store.create({"apiVersion": "v1", "kind": "Namespace",
@@ -119,6 +138,42 @@ class Lab:
             raise
         self.log(f"event=lab_up nodes={self.spec.nodes} enable={','.join(self.enable) or '-'} "
                  f"seconds={time.monotonic() - started:.1f}")
+
+    def _up_real(self) -> None:
+        from kube_router_lab.realcp.nodes import NodeHeartbeats
+
+        started = time.monotonic()
+        self.control.start()
+        self.store = self.control.store
+        self.kubeconfig = self.control.kubeconfig
+        self.heartbeats = NodeHeartbeats(self.store, [(h.name, h.ip)
+                                                      for h in self.topology.nodes], log=self.log)
+        cidrs = self.heartbeats.register(timeout=180.0)
+        self.heartbeats.start()
+        for i, h in enumerate(self.topology.nodes):
+            if cidrs[h.name] != self.spec.pod_cidr(i):
+                raise LabError(f"node IPAM gave {h.name} {cidrs[h.name]}, the lab's routes "
+                               f"expect {self.spec.pod_cidr(i)}")
+        self.agent_env = self.control.install_agent_identity(DAEMONSET_MANIFEST)
+        self.servers.start()
+        for i, h in enumerate(self.topology.nodes):
+            self.kubelets[h.name] = Kubelet(
+                node=h.name, node_netns=h.netns, node_ip=h.ip, store=self.store,
+                servers=self.servers, conf_dir=self._node_conf(h.name, i), log=self.log,
+                termination=self.spec.termination)
+        for k in self.kubelets.values():
+            k.start()
+        self._start_peers()
+        self._start_agents()
+        self.log(f"event=lab_up nodes={self.spec.nodes} enable={','.join(self.enable) or '-'} "
+                 f"control_plane=real version={self.control.version} "
+                 f"seconds={time.monotonic() - started:.1f}")
+
+    def control_plane(self) -> dict[str, str]:
+        """What the report says the lab ran on."""
+        if self.control is not None:
+            return {"kind": "real", "version": self.control.version}
+        return {"kind": "embedded", "version": EMBEDDED_VERSION}
 
     def _node_conf(self, node: str, i: int) -> Path:
         base = self.workdir / node
@@ -177,12 +232,17 @@ class Lab:
                 continue
             node_extra = (["--cni-conf-dir", str(cni / "net.d"),
                            "--cni-ipam-data-dir", str(cni / "ipam")] if self.router else [])
+            argv = agent_argv(node=h.name, netns=h.netns, enable=self.enable,
+                              kubeconfig=self.kubeconfig, extra=[*node_extra, *extra])
+            if self.control is not None:
+                # As the DaemonSet runs it: the pod's service account and --master.
+                at = argv.index("--kubeconfig")
+                argv[at:at + 2] = ["--master", self.control.url]
             spec = AgentSpec(
                 node=h.name, netns=h.netns, ip=h.ip,
-                argv=tuple(agent_argv(node=h.name, netns=h.netns, enable=self.enable,
-                                      kubeconfig=self.kubeconfig,
-                                      extra=[*node_extra, *extra])),
-                env=(("NODE_NAME", h.name), ("PYTHONUNBUFFERED", "1")),
+                argv=tuple(argv),
+                env=(("NODE_NAME", h.name), ("PYTHONUNBUFFERED", "1"),
+                     *sorted(self.agent_env.items())),
                 log_path=self.workdir / h.name / "agent.log")
             self.agents[h.name] = Agent(spec, log=self.log)
         # Popen returns at once: the agents' slow Python start-ups overlap.
@@ -225,6 +285,11 @@ class Lab:
         if self.server is not None:
             self.server.stop()
             self.server = None
+        if self.heartbeats is not None:
+            self.heartbeats.stop()
+            self.heartbeats = None
+        if self.control is not None:
+            self.control.stop()
         if self._up:
             self.topology.down(extra_netns=pod_netns)
             self._up = False
@@ -257,6 +322,10 @@ class Lab:
             raise LabError("apply failed for " + "; ".join(failed))
 
     def delete(self, kind: str, namespace: str | None, name: str) -> None:
+        if kind == "Pod" and self.control is not None:
+            # The API server marks it terminating; its kubelet ends it after the grace.
+            self.store.delete("Pod", namespace or "default", name, grace=self.grace)
+            return
         if kind == "Pod":
             if self.store.get("Pod", namespace or "default", name) is None:
                 raise ApiError(404, "NotFound", f'pods "{name}" not found')
@@ -277,6 +346,8 @@ class Lab:
         """Wait until every pod bound to a node runs with an IP and the controllers and
         kubelets have nothing queued; False on timeout."""
         deadline = time.monotonic() + timeout
+        if self.control is not None:
+            return self._settle_real(deadline)
         while time.monotonic() < deadline:
             if self.controllers.wait_idle(max(0.0, deadline - time.monotonic())) and all(
                     k.idle() for k in self.kubelets.values()):
@@ -287,6 +358,19 @@ class Lab:
                        for p in pods):
                     return True
             time.sleep(0.05)
+        return False
+
+    def _settle_real(self, deadline: float) -> bool:
+        from kube_router_lab.realcp.gate import not_settled
+
+        reason: str | None = "not checked"
+        while time.monotonic() < deadline:
+            if all(k.idle() for k in self.kubelets.values()):
+                reason = not_settled(self.store, set(self.kubelets))
+                if reason is None:
+                    return True
+            time.sleep(0.2)
+        self.log(f"event=not_settled reason={reason}")
         return False
 
     def unsynced(self, resource_version: str) -> dict[str, str]:
@@ -303,7 +387,8 @@ class Lab:
                 if doc:
                     out[node] = doc
                 continue
-            reason = unsynced_reason(doc, resource_version)
+            reason = (real_unsynced_reason(doc, resource_version) if self.control is not None
+                      else unsynced_reason(doc, resource_version))
             if reason:
                 out[node] = reason
         return out
@@ -333,6 +418,8 @@ class Lab:
 
     def restart(self, target: str, node: str | None = None, signal: str = "TERM",
                 down: float | None = None) -> None:
+        if target == "apiserver" and self.control is not None:
+            raise LabError("restarting the real API server is not supported yet")
         if target == "apiserver":
             if self.server is None:
                 raise LabError("the API server is not running")

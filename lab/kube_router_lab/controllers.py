@@ -30,6 +30,8 @@ SAFE_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 MANAGED_BY_LABEL = "endpointslice.kubernetes.io/managed-by"
 MANAGED_BY = "endpointslice-controller.k8s.io"
+#: The real controller's default --max-endpoints-per-slice.
+MAX_ENDPOINTS_PER_SLICE = 100
 TEMPLATE_HASH_LABEL = "pod-template-hash"
 
 Obj = dict[str, Any]
@@ -509,11 +511,13 @@ def build_endpointslices(service: Mapping[str, Any],
             if port is not None:
                 resolved.append((sp.get("name") or "", port, proto))
         terminating = is_terminating(pod)
-        ready = pod_ready(pod) or publish_not_ready
+        # As the real controller sets them: publishNotReadyAddresses makes every address
+        # ready, terminating ones too; serving is the pod's own readiness.
+        serving = pod_ready(pod)
+        ready = publish_not_ready or (serving and not terminating)
         endpoint: Obj = {
             "addresses": [status["podIP"]],
-            "conditions": {"ready": ready and not terminating, "serving": ready,
-                           "terminating": terminating},
+            "conditions": {"ready": ready, "serving": serving, "terminating": terminating},
             "targetRef": {"kind": "Pod", "namespace": namespace, "name": pm["name"],
                           **({"uid": pm["uid"]} if pm.get("uid") else {})},
         }
@@ -529,7 +533,10 @@ def build_endpointslices(service: Mapping[str, Any],
     slices = []
     # The largest group first: it keeps the first name as pods come and go.
     ordered = sorted(groups.items(), key=lambda g: (-len(g[1]), g[0]))
-    for index, (ports, endpoints) in enumerate(ordered):
+    chunks = [(ports, endpoints[i:i + MAX_ENDPOINTS_PER_SLICE])
+              for ports, endpoints in ordered
+              for i in range(0, max(len(endpoints), 1), MAX_ENDPOINTS_PER_SLICE)]
+    for index, (ports, endpoints) in enumerate(chunks):
         slices.append({
             "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
             "metadata": {"name": _slice_name(namespace, name, index), "namespace": namespace,

@@ -7,7 +7,9 @@ then runs it inside the guest; ``lab exec -- CMD ...`` runs one command there.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -16,6 +18,8 @@ from kube_router import hookimpl
 from kube_router_lab.spec import AGENTS
 
 DEFAULT_TIMEOUT = 3600.0
+DEFAULT_MEM = "1G"
+REAL_MEM = "2500M"
 
 
 @hookimpl
@@ -31,7 +35,9 @@ def kube_router_add_commands(subparsers: argparse._SubParsersAction) -> None:
         p.add_argument("--kernel", choices=("auto", "uml", "host"), default="auto",
                        help="auto: the host kernel when it has IPVS and dummy links, else "
                             "User-Mode Linux (default auto)")
-        p.add_argument("--mem", default="1G", help="guest memory for User-Mode Linux")
+        p.add_argument("--mem", default=DEFAULT_MEM,
+                       help=f"guest memory for User-Mode Linux (default {DEFAULT_MEM}, "
+                            f"{REAL_MEM} on the real control plane)")
         p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT,
                        help="stop the guest after this many seconds (default 3600)")
 
@@ -49,6 +55,11 @@ def kube_router_add_commands(subparsers: argparse._SubParsersAction) -> None:
                      help="the agent every node runs, over the file's cluster.agent "
                           "(kube-router: the original, a reference built by `make "
                           "kube-router-original`)")
+    run.add_argument("--control-plane", choices=("embedded", "real"),
+                     help="the API server the lab runs on, overriding the scenario's "
+                          "cluster.control-plane: the lab's embedded one, or kube-apiserver, "
+                          "kube-controller-manager, kube-scheduler and etcd built from their "
+                          "Go modules (built first when missing: `make controlplane`)")
     common(run)
     run.set_defaults(func=cmd_run)
 
@@ -70,8 +81,17 @@ def cmd_exec(config: argparse.Namespace) -> int:
     if not argv:
         print("kube-router-py lab exec: no command given (lab exec -- CMD ...)", file=sys.stderr)
         return 2
+    from kube_router_lab.realcp import binaries
+
+    # Where the real control plane is built, for tests that start it (the guest has no home
+    # to find the cache from).
     try:
-        return guest_run(argv, kernel=config.kernel, timeout=config.timeout, mem=config.mem)
+        env = {binaries.BIN_ENV: os.pathsep.join(map(str, binaries.bin_dirs()))}
+    except (OSError, subprocess.CalledProcessError):
+        env = {}
+    try:
+        return guest_run(argv, kernel=config.kernel, timeout=config.timeout, mem=config.mem,
+                         env=env)
     except GuestError as exc:
         print(f"kube-router-py lab: {exc}", file=sys.stderr)
         return 2
@@ -92,6 +112,26 @@ def cmd_run(config: argparse.Namespace) -> int:
     if config.check:
         print(f"{path}: ok, {len(scenario.steps)} steps")
         return 0
+    env: dict[str, str] = {}
+    control_plane = config.control_plane or scenario.cluster.control_plane
+    mem = config.mem
+    if control_plane == "real":
+        from kube_router_lab.realcp import binaries
+
+        try:
+            dirs = binaries.ensure_built()
+        except (OSError, subprocess.CalledProcessError, binaries.BinariesMissing) as exc:
+            print(f"kube-router-py lab: the real control plane is not built: {exc}",
+                  file=sys.stderr)
+            return 2
+        env[binaries.BIN_ENV] = os.pathsep.join(map(str, dirs))
+        # etcd, kube-apiserver and its controllers want about a gigabyte of their own.
+        if mem == DEFAULT_MEM:
+            mem = REAL_MEM
+    if config.control_plane:
+        from kube_router_lab.runner import CONTROL_PLANE_ENV
+
+        env[CONTROL_PLANE_ENV] = config.control_plane
     with tempfile.TemporaryDirectory(prefix="kube-router-lab-out-") as out:
         guest_report = Path(out) / "report.json"
         argv = [sys.executable, "-m", "kube_router_lab.inside", "scenario",
@@ -102,7 +142,7 @@ def cmd_run(config: argparse.Namespace) -> int:
             argv += ["--agent", config.agent]
         try:
             rc = guest_run(argv, kernel=config.kernel, outdir=Path(out), timeout=config.timeout,
-                           mem=config.mem)
+                           mem=mem, env=env)
         except GuestError as exc:
             print(f"kube-router-py lab: {exc}", file=sys.stderr)
             return 2

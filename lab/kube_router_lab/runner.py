@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
 import shlex
 import sys
@@ -348,6 +349,10 @@ def _print(line: str) -> None:
         sys.stdout.flush()
 
 
+#: Set by `lab run --control-plane`: overrides the scenario's cluster.control-plane.
+CONTROL_PLANE_ENV = "KUBE_ROUTER_LAB_CONTROL_PLANE"
+
+
 # -- the whole run, inside the guest -------------------------------------------------------
 
 
@@ -367,6 +372,9 @@ def run_scenario_file(path: Path, *, report: Path | None = None, keep_going: boo
     spec = scenario.cluster
     if agent:
         spec = dataclasses.replace(spec, agent=agent)
+    override = os.environ.get(CONTROL_PLANE_ENV)
+    if override and override != spec.control_plane:
+        spec = dataclasses.replace(spec, control_plane=override)
     _print(f"scenario: {scenario.name} ({path.name})")
     _print(f"cluster: {spec.nodes} nodes, agent {spec.agent}, "
            f"enable {','.join(spec.enable) or '-'}, pods "
@@ -378,6 +386,8 @@ def run_scenario_file(path: Path, *, report: Path | None = None, keep_going: boo
         lab = lab_factory(spec, workdir=Path(work), log=lambda m: _print(f"  lab: {m}"))
         result = execute(lab, Runner(scenario, lab, keep_going=keep_going).run,
                          name=scenario.name, say=_print, what="lab")
+        if hasattr(lab, "control_plane"):
+            result["control_plane"] = lab.control_plane()
     if report is not None:
         report.parent.mkdir(parents=True, exist_ok=True)
         report.write_text(json.dumps(result, indent=1) + "\n")

@@ -15,6 +15,9 @@ DEFAULT_ENABLE = ("proxy", "router", "firewall")
 AGENTS = ("kube-router-py", "kube-router")
 
 
+CONTROL_PLANES = ("embedded", "real")
+
+
 class SpecError(ValueError):
     """The scenario's cluster section is invalid; the message names the field."""
 
@@ -61,6 +64,9 @@ class ClusterSpec:
     agent: str = AGENTS[0]
     peers: tuple[PeerSpec, ...] = field(default_factory=tuple)
     termination: PodTermination = PodTermination()
+    #: "embedded": the lab's own API server and controllers; "real": kube-apiserver,
+    #: kube-controller-manager, kube-scheduler and etcd built from their Go modules.
+    control_plane: str = "embedded"
 
     # -- derived addresses ------------------------------------------------------------
 
@@ -108,7 +114,7 @@ class ClusterSpec:
 def parse_cluster(raw: Mapping[str, Any] | None) -> ClusterSpec:
     raw = dict(raw or {})
     known = {"nodes", "enable", "cluster-cidr", "service-cidr", "underlay", "underlays",
-             "agent-args", "agent", "peers", "pod-termination"}
+             "agent-args", "agent", "peers", "pod-termination", "control-plane"}
     unknown = sorted(set(raw) - known)
     if unknown:
         raise SpecError(f"cluster: unknown key {unknown[0]!r}")
@@ -154,7 +160,12 @@ def parse_cluster(raw: Mapping[str, Any] | None) -> ClusterSpec:
                             "characters without quotes or backslashes")
         peers.append(PeerSpec(name=str(p["name"]), software=software, asn=asn,
                               password=password))
+    control_plane = raw.get("control-plane", "embedded")
+    if control_plane not in CONTROL_PLANES:
+        raise SpecError(f"cluster.control-plane: expected one of {', '.join(CONTROL_PLANES)}, "
+                        f"got {control_plane!r}")
     return ClusterSpec(
+        control_plane=control_plane,
         nodes=nodes,
         enable=tuple(enable),
         cluster_cidr=cidrs["cluster-cidr"],

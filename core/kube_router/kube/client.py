@@ -49,8 +49,30 @@ def load_client(kubeconfig: str | None, master: str | None) -> kubernetes.client
                     f"({exc}), and no default kubeconfig found"
                 ) from None
     if master:
-        cfg.host = master.rstrip("/")
+        _pin_host(cfg, master.rstrip("/"))
     return kubernetes.client.ApiClient(configuration=cfg)
+
+
+def _pin_host(cfg: kubernetes.client.Configuration, host: str) -> None:
+    """Make ``host`` the server for good.
+
+    The credential loaders install a token refresh hook (run by every ``auth_settings()``
+    call, so before each request) that writes their whole configuration back, server
+    address included: in a pod that is ``KUBERNETES_SERVICE_HOST``, the very Service the
+    proxy is meant to program. The hook is wrapped so the address given stays; the
+    loaders' hook installs itself again each time it runs, so the wrapper does too.
+    """
+    cfg.host = host
+    refresh = cfg.refresh_api_key_hook
+    if refresh is None:
+        return
+
+    def refresh_keeping_host(conf: kubernetes.client.Configuration) -> None:
+        refresh(conf)
+        conf.host = host
+        conf.refresh_api_key_hook = refresh_keeping_host
+
+    cfg.refresh_api_key_hook = refresh_keeping_host
 
 
 def _default_kubeconfig() -> Path | None:

@@ -8,9 +8,15 @@ drains in bounded slices, so a list of 50,000 objects costs a few hundred callba
 
 Recovery rules: a watch that the server ends after its timeout is reopened at once from
 the last resourceVersion; a failure (refused connection, cut stream, an error status)
-is retried from the same resourceVersion with exponential backoff; "410 Gone" means the
-history is lost, so the informer lists again and publishes only the differences against
-its Store.
+is retried from the same resourceVersion with exponential backoff and jitter (a
+``Retry-After`` of a 429 or 503 is waited out first); "410 Gone" means the history is lost,
+so the informer lists again, after a jittered pause too (a restarted API server sends it to
+every agent at once), and publishes only the differences against its Store. A list that
+fails half-way publishes nothing: the pages are held until the last one arrived.
+
+Each watch asks for a timeout drawn between 5 and 10 minutes, so agents started together do
+not all reconnect in the same second, and its connection has TCP keepalive on, so a peer
+that vanished without closing (a half-open connection) is noticed within a minute.
 """
 
 from __future__ import annotations
@@ -20,6 +26,8 @@ import contextlib
 import gc
 import logging
 import queue
+import random
+import socket
 import threading
 import time
 from collections import deque
@@ -49,6 +57,17 @@ log = logging.getLogger(__name__)
 
 BACKOFF_MIN = 0.2
 BACKOFF_MAX = 30.0
+#: The range of watch timeouts asked of the server when none is set (client-go's).
+WATCH_TIMEOUT_RANGE = (300.0, 600.0)
+#: The pause before a relist after 410 is drawn up to this (then doubles while it repeats).
+RELIST_JITTER = 1.0
+#: A Retry-After longer than this is not believed.
+RETRY_AFTER_MAX = 60.0
+#: TCP keepalive: first probe after this many idle seconds, then every KEEPALIVE_INTERVAL,
+#: giving up after KEEPALIVE_COUNT unanswered: a dead peer is noticed in under 30 s.
+KEEPALIVE_IDLE = 15
+KEEPALIVE_INTERVAL = 5
+KEEPALIVE_COUNT = 3
 CONNECT_TIMEOUT = 10.0
 LIST_READ_TIMEOUT = 120.0
 #: Records handed to the loop per operation while listing.
@@ -118,9 +137,47 @@ class _Gone(Exception):
 
 
 class _ApiStatusError(Exception):
-    def __init__(self, code: int, message: str) -> None:
+    def __init__(self, code: int, message: str, retry_after: float | None = None) -> None:
         super().__init__(f"code={code} message={message}")
         self.code = code
+        self.retry_after = retry_after
+
+
+def jittered(delay: float) -> float:
+    """A pause between half and all of ``delay``: retries of many agents spread out."""
+    return delay * (0.5 + random.random() / 2)
+
+
+def retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header (the API server sends whole seconds)."""
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None
+    return min(max(seconds, 0.0), RETRY_AFTER_MAX)
+
+
+def keepalive_options() -> list[tuple[int, int, int]]:
+    """Socket options for TCP keepalive with probes soon enough to find a dead peer."""
+    opts = [(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)]
+    for name, value in (("TCP_KEEPIDLE", KEEPALIVE_IDLE), ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL),
+                        ("TCP_KEEPCNT", KEEPALIVE_COUNT)):
+        if hasattr(socket, name):
+            opts.append((socket.IPPROTO_TCP, getattr(socket, name), value))
+    return opts
+
+
+def enable_keepalive(api: kubernetes.client.ApiClient) -> None:
+    """Make every connection the client opens from now on use TCP keepalive."""
+    from urllib3.connection import HTTPConnection
+
+    pool = api.rest_client.pool_manager
+    wanted = [*HTTPConnection.default_socket_options, *keepalive_options()]
+    if pool.connection_pool_kw.get("socket_options") != wanted:
+        pool.connection_pool_kw["socket_options"] = wanted
+        pool.clear()  # pools made before would keep their connections' options
 
 
 def object_key(obj: Mapping[str, Any]) -> str:
@@ -155,7 +212,7 @@ class Informer:
         loop: asyncio.AbstractEventLoop,
         metrics: Metrics | None = None,
         page_size: int = 0,
-        watch_timeout: int = 300,
+        watch_timeout: int | None = None,
     ) -> None:
         self.kind = kind
         self.api = api
@@ -164,6 +221,7 @@ class Informer:
         self.loop = loop
         self.metrics = metrics
         self.page_size = page_size
+        #: Seconds asked of each watch; None draws one from WATCH_TIMEOUT_RANGE each time.
         self.watch_timeout = watch_timeout
         #: The newest resourceVersion applied to the store (written on the loop only).
         self.resource_version = ""
@@ -173,6 +231,7 @@ class Informer:
 
         self._stopping = threading.Event()
         self._backoff = BACKOFF_MIN
+        self._relist_pause = RELIST_JITTER
         self._thread: threading.Thread | None = None
         self._response: urllib3.BaseHTTPResponse | None = None
         self._response_lock = threading.Lock()
@@ -189,6 +248,7 @@ class Informer:
     def start(self) -> None:
         if self._thread is not None:
             return
+        enable_keepalive(self.api)
         self._thread = threading.Thread(
             target=self._run, name=f"informer-{self.kind.name}", daemon=True
         )
@@ -214,6 +274,7 @@ class Informer:
                     self._list(relist)
                     need_list, relist = False, False
                     self._healthy()
+                    self._relist_pause = RELIST_JITTER
                 self._watch()
             except _Gone as exc:
                 if self._stopping.is_set():
@@ -222,7 +283,12 @@ class Informer:
                     # A list itself cannot be too old: treat it as any other failure.
                     self._failed(_ApiStatusError(410, str(exc)))
                     continue
-                log.info("watch expired, listing again kind=%s reason=%s", self.kind.name, exc)
+                # Every client of a restarted server hears this at once: spread the relists.
+                pause = random.random() * self._relist_pause
+                self._relist_pause = min(self._relist_pause * 2, BACKOFF_MAX)
+                log.info("watch expired, listing again kind=%s reason=%s in=%.1fs",
+                         self.kind.name, exc, pause)
+                self._stopping.wait(pause)
                 need_list, relist = True, True
                 self.relists += 1
                 if self.metrics is not None:
@@ -237,11 +303,15 @@ class Informer:
         """Record a failure, log one line, wait out the backoff."""
         reason = f"{type(exc).__name__}: {exc}".replace("\n", " ")
         self.last_error = reason
+        delay = jittered(self._backoff)
+        told = exc.retry_after if isinstance(exc, _ApiStatusError) else None
+        if told is not None:  # the server said when (429 Too Many Requests, 503)
+            delay = max(delay, told)
         log.warning(
             "list/watch failed kind=%s rv=%s retry_in=%.1fs reason=%s",
-            self.kind.name, self._received_rv or "-", self._backoff, reason,
+            self.kind.name, self._received_rv or "-", delay, reason,
         )
-        self._stopping.wait(self._backoff)
+        self._stopping.wait(delay)
         self._backoff = min(self._backoff * 2, BACKOFF_MAX)
 
     def _healthy(self) -> None:
@@ -277,7 +347,8 @@ class Informer:
             self._release(resp)
             if resp.status == 410:
                 raise _Gone(_status_message(body))
-            raise _ApiStatusError(resp.status, _status_message(body))
+            raise _ApiStatusError(resp.status, _status_message(body),
+                                  retry_after(resp.headers.get("Retry-After")))
         return resp
 
     def _release(self, resp: urllib3.BaseHTTPResponse) -> None:
@@ -298,6 +369,10 @@ class Informer:
             resp.close()
 
     def _list(self, relist: bool) -> None:
+        # The first list may come from the server's watch cache (resourceVersion=0, as
+        # client-go asks): no read of etcd for every agent starting. After 410 the cache may
+        # be what is behind, so a relist reads the newest state.
+        self._from_cache = not relist and not self.page_size
         while True:
             try:
                 with _gc_pause:
@@ -308,18 +383,23 @@ class Informer:
                 log.info("list continue token expired, listing again kind=%s", self.kind.name)
 
     def _list_once(self, relist: bool) -> None:
-        self._enqueue(("begin",))
         started = time.perf_counter()
         decode = 0.0
         count = 0
         stats = _ListStats()
         rv = ""
+        # Decoded as the pages come, handed over only once the last one is in: a list that
+        # fails half-way must not publish a part of the objects (nor delete the rest).
+        held: list[tuple[Any, ...]] = [("begin",)]
         for meta, items in self._pages(stats):
             decode_started = time.perf_counter()
             count += len(items)
-            self._enqueue_records(items)
+            self._enqueue_records(items, held.append)
             decode += time.perf_counter() - decode_started
             rv = meta.get("resourceVersion") or rv
+        for op in held:
+            self._enqueue(op)
+        del held
         self._received_rv = rv
         log.info(
             "listed kind=%s rv=%s relist=%s objects=%d bytes=%d pages=%d seconds=%.3f "
@@ -336,6 +416,8 @@ class Informer:
             query["limit"] = str(self.page_size)
         if cont:
             query["continue"] = cont
+        elif getattr(self, "_from_cache", False):
+            query["resourceVersion"] = "0"
         started = time.perf_counter()
         try:
             resp = self._request(query, LIST_READ_TIMEOUT)
@@ -406,7 +488,8 @@ class Informer:
             with contextlib.suppress(queue.Empty):
                 pages.get_nowait()
 
-    def _enqueue_records(self, items: list[Any]) -> None:
+    def _enqueue_records(self, items: list[Any],
+                         enqueue: Callable[[tuple[Any, ...]], None]) -> None:
         decode = self.kind.decode
         batch: list[tuple[str, Record]] = []
         for i, obj in enumerate(items):
@@ -419,10 +502,10 @@ class Informer:
                 continue
             batch.append((rec.key, rec))
             if len(batch) >= LIST_BATCH:
-                self._enqueue(("chunk", batch))
+                enqueue(("chunk", batch))
                 batch = []
         if batch:
-            self._enqueue(("chunk", batch))
+            enqueue(("chunk", batch))
 
     def _warn_undecodable(self, obj: Any, exc: Exception) -> None:
         key = object_key(obj) if isinstance(obj, dict) else "?"
@@ -437,14 +520,15 @@ class Informer:
         A stream the server ends well before the timeout we asked for counts as cut and
         raises, so that the caller backs off instead of reconnecting in a tight loop.
         """
+        timeout = self.watch_timeout or round(random.uniform(*WATCH_TIMEOUT_RANGE))
         query = {
             "watch": "true",
             "allowWatchBookmarks": "true",
-            "timeoutSeconds": str(self.watch_timeout),
+            "timeoutSeconds": str(timeout),
             "resourceVersion": self._received_rv,
         }
         started = time.monotonic()
-        resp = self._request(query, self.watch_timeout + 30.0)
+        resp = self._request(query, timeout + 30.0)
         delivered = False
         try:
             for line in self._lines(resp):
@@ -458,7 +542,7 @@ class Informer:
             resp.close()
         if self._stopping.is_set():
             return
-        if time.monotonic() - started < self.watch_timeout - WATCH_END_SLACK:
+        if time.monotonic() - started < timeout - WATCH_END_SLACK:
             raise ConnectionError("watch stream ended early")
 
     @staticmethod
@@ -603,6 +687,10 @@ class Informer:
                 continue
             try:
                 if old is None:
+                    publish(Event(kind, added, key, rec, None))
+                elif old.meta.uid != rec.meta.uid:
+                    # Deleted and created again while we were not watching: two changes.
+                    publish(Event(kind, EventType.DELETED, key, None, old))
                     publish(Event(kind, added, key, rec, None))
                 else:
                     publish(Event(kind, modified, key, rec, old))

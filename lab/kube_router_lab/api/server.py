@@ -13,6 +13,9 @@ import socket
 import sys
 import threading
 import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler
 from http.server import ThreadingHTTPServer
 from pathlib import Path
@@ -49,11 +52,19 @@ class ApiServer:
     """Serves an ApiStore at ``url``; stop() and start() again keep the store's data."""
 
     def __init__(self, store: ApiStore, host: str = "127.0.0.1", port: int = 0, *,
-                 bookmark_interval: float = 1.0) -> None:
+                 bookmark_interval: float = 1.0, keep_history: bool = False) -> None:
         self.store = store
         self.host = host
         self.port = port
         self.bookmark_interval = bookmark_interval
+        #: Serve watches from before a restart (not what a real server does).
+        self.keep_history = keep_history
+        self._started_before = False
+        #: The last requests served, as (method, path, query parameters): what a test checks
+        #: a client asked for.
+        self.requests: deque[tuple[str, str, dict[str, str]]] = deque(maxlen=200)
+        self._faults: list[_Fault] = []
+        self._faults_lock = threading.Lock()
         self._httpd: _HTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -67,6 +78,11 @@ class ApiServer:
     def start(self) -> None:
         if self._httpd is not None:
             return
+        if self._started_before and not self.keep_history:
+            # A real API server starts with an empty watch cache: every watch from a
+            # resourceVersion of its previous life gets 410 Gone, so every client relists.
+            self.store.compact()
+        self._started_before = True
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
         httpd = _HTTPServer((self.host, self.port), self, family)
         # A port of 0 picks a free one once; restarts reuse it so clients reconnect.
@@ -91,6 +107,22 @@ class ApiServer:
             self._thread.join(timeout=5.0)
         log.info("apiserver stopped url=%s", self.url)
 
+    def inject(self, code: int = 429, *, count: int = 1, retry_after: int | None = 1,
+               when: Callable[[str, str, dict[str, str]], bool] | None = None) -> None:
+        """Answer the next ``count`` requests that ``when(method, path, params)`` accepts
+        (every request without it) with ``code`` and a ``Retry-After``, as an overloaded
+        server does (priority and fairness: 429; a server starting or going away: 503)."""
+        with self._faults_lock:
+            self._faults.append(_Fault(code, count, retry_after, when))
+
+    def _fault_for(self, method: str, path: str, params: dict[str, str]) -> _Fault | None:
+        with self._faults_lock:
+            for f in self._faults:
+                if f.count > 0 and (f.when is None or f.when(method, path, params)):
+                    f.count -= 1
+                    return f
+        return None
+
     @property
     def running(self) -> bool:
         return self._httpd is not None
@@ -108,6 +140,14 @@ class ApiServer:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(yaml.safe_dump(config, sort_keys=False))
         return path
+
+
+@dataclass
+class _Fault:
+    code: int
+    count: int
+    retry_after: int | None
+    when: Callable[[str, str, dict[str, str]], bool] | None
 
 
 class _HTTPServer(ThreadingHTTPServer):
@@ -256,8 +296,23 @@ class _Handler(BaseHTTPRequestHandler):
         parts = [p for p in url.path.split("/") if p]
         body = self._body()
         route = _route(parts)
+        api = self.server.api
+        api.requests.append((method, url.path, params))
+        fault = api._fault_for(method, url.path, params) if api._faults else None
         try:
-            if route is not None:
+            if fault is not None:
+                reason = "TooManyRequests" if fault.code == 429 else "ServiceUnavailable"
+                err = ApiError(fault.code, reason, "the lab's API server was told to refuse "
+                               "this request")
+                self.send_response(fault.code)
+                payload = orjson.dumps(err.status())
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                if fault.retry_after is not None:
+                    self.send_header("Retry-After", str(fault.retry_after))
+                self.end_headers()
+                self.wfile.write(payload)
+            elif route is not None:
                 self._resource(method, params, body, *route)
             elif method != "GET":
                 raise ApiError(405, "MethodNotAllowed", f"{method} {url.path} is not allowed")

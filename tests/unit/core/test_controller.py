@@ -33,6 +33,9 @@ class MiniAgent:
     def resource_version(self, kinds):
         return str(min(int(self.informers[k].resource_version) for k in kinds))
 
+    def resource_versions(self, kinds):
+        return {k: self.informers[k].resource_version for k in kinds}
+
 
 class Recording(Controller):
     name = "recording"

@@ -49,7 +49,7 @@ async def _settle(inf: Informer) -> None:
 
 def _list(inf: Informer, items: list[dict], rv: str) -> None:
     inf._enqueue(("begin",))
-    inf._enqueue_records(items)
+    inf._enqueue_records(items, inf._enqueue)
     inf._received_rv = rv
     inf._enqueue(("end", rv))
 

@@ -64,3 +64,47 @@ def test_nothing_configured_outside_a_cluster_is_a_clear_error(
     monkeypatch.setenv("HOME", str(tmp_path))
     with pytest.raises(ConfigException, match="no --kubeconfig or --master"):
         load_client(None, None)
+
+
+# --master must survive the client's token refresh: the informers call auth_settings()
+# before every request, and the credential loaders' refresh hook writes their own server
+# address back into the configuration.
+
+def test_master_survives_token_refresh_with_a_kubeconfig(tmp_path: Path) -> None:
+    path = tmp_path / "kubeconfig"
+    path.write_text(KUBECONFIG)
+    api = load_client(str(path), "https://192.0.2.10:6443")
+    for _ in range(2):
+        assert api.configuration.auth_settings()["BearerToken"]["value"] == "Bearer secret-token"
+        assert api.configuration.host == "https://192.0.2.10:6443"
+
+
+def _in_cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Service account files and environment as the kubelet gives them to a pod."""
+    from kubernetes.config import incluster_config
+
+    (tmp_path / "token").write_text("pod-token")
+    (tmp_path / "ca.crt").write_text("-----BEGIN CERTIFICATE-----\n")
+    monkeypatch.setattr(incluster_config, "SERVICE_TOKEN_FILENAME", str(tmp_path / "token"))
+    monkeypatch.setattr(incluster_config, "SERVICE_CERT_FILENAME", str(tmp_path / "ca.crt"))
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.96.0.1")
+    monkeypatch.setenv("KUBERNETES_SERVICE_PORT", "443")
+
+
+def test_in_cluster_credentials_talk_to_master(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _in_cluster(tmp_path, monkeypatch)
+    api = load_client(None, "https://192.0.2.10:6443")
+    for _ in range(2):
+        auth = api.configuration.auth_settings()["BearerToken"]
+        assert auth["value"].lower() == "bearer pod-token"
+        assert api.configuration.host == "https://192.0.2.10:6443"
+    assert api.configuration.ssl_ca_cert == str(tmp_path / "ca.crt")
+
+
+def test_in_cluster_without_master_uses_the_service(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _in_cluster(tmp_path, monkeypatch)
+    api = load_client(None, None)
+    api.configuration.auth_settings()
+    assert api.configuration.host == "https://10.96.0.1:443"

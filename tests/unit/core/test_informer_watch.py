@@ -148,6 +148,7 @@ def test_unchanged_modified_is_dropped_but_advances_resource_version(lab: Harnes
 def test_stream_cut_ends_with_the_same_store_as_a_fresh_list(lab: Harness) -> None:
     for i in range(5):
         lab.store.create(svc(f"s{i}", f"10.1.0.{i + 1}"))
+    lab.server.keep_history = True  # a cut stream, not a restarted server
 
     async def main() -> None:
         inf, _ = lab.informer()
@@ -213,6 +214,8 @@ def test_api_server_restart_reconnects_with_backoff_and_clears_error(
         await until(lambda: "default/after" in inf.store, "a change made after the restart")
         await until(lambda: inf.last_error is None, "the error to clear")
         assert [e.key for e in events] == ["default/after"]
+        # Nothing changed while it was down: the watch resumes at the version the restarted
+        # server starts from, no relist.
         assert inf.relists == 0
 
     with caplog.at_level(logging.WARNING, logger="kube_router.kube.informer"):
@@ -220,9 +223,10 @@ def test_api_server_restart_reconnects_with_backoff_and_clears_error(
     failures = [r.getMessage() for r in caplog.records if "list/watch failed" in r.getMessage()]
     assert failures, "each failure logs one warning"
     assert all("kind=Service" in m and "reason=" in m for m in failures)
-    # Backoff doubles from 0.2 s: about a second down allows only a handful of attempts.
-    assert len(failures) <= 6
-    assert "retry_in=0.2s" in failures[0]
+    # Backoff doubles from 0.2 s (each pause jittered down to half of it): about a second
+    # down allows only a handful of attempts.
+    assert len(failures) <= 7
+    assert "retry_in=0.1s" in failures[0] or "retry_in=0.2s" in failures[0]
 
 
 def test_undecodable_object_is_skipped_with_a_warning(
@@ -315,5 +319,129 @@ def test_other_kinds_endpointslices_and_cluster_scoped_nodes(lab: Harness) -> No
         assert nodes.store.keys() == []
         assert [(e.type, e.key) for e in node_events] == [
             (EventType.ADDED, "node-1"), (EventType.DELETED, "node-1")]
+
+    run(main)
+
+
+# -- hardening: what a real API server does to its clients --------------------------------
+
+
+def test_429_with_retry_after_is_waited_out(lab: Harness) -> None:
+    lab.store.create(svc("a", "10.1.0.1"))
+    lab.server.inject(429, count=1, retry_after=2, when=lambda m, p, q: "watch" not in q)
+
+    async def main() -> None:
+        started = time.monotonic()
+        inf, _ = lab.informer()
+        await until(lambda: inf.last_error is not None, "the 429 recorded")
+        assert "code=429" in (inf.last_error or "")
+        await asyncio.wait_for(inf.synced.wait(), TIMEOUT)
+        # Without Retry-After the first retry would come after 0.1-0.2 s.
+        assert time.monotonic() - started >= 1.9
+
+    run(main)
+
+
+def test_503_with_retry_after_is_waited_out_on_a_watch(lab: Harness) -> None:
+    async def main() -> None:
+        inf, events = lab.informer()
+        await asyncio.wait_for(inf.synced.wait(), TIMEOUT)
+        lab.server.inject(503, count=1, retry_after=2, when=lambda m, p, q: "watch" in q)
+        await asyncio.to_thread(lab.server.stop)  # cut the watch: the next one gets the 503
+        await asyncio.to_thread(lab.server.start)
+        await until(lambda: "code=503" in (inf.last_error or ""), "the 503 recorded")
+        refused = time.monotonic()
+        lab.store.create(svc("later", "10.1.0.2"))
+        await until(lambda: "default/later" in inf.store, "the change after the 503")
+        assert time.monotonic() - refused >= 1.8
+        assert [e.key for e in events] == ["default/later"]
+
+    run(main)
+
+
+def test_a_paged_list_that_fails_half_way_publishes_nothing(lab: Harness) -> None:
+    for i in range(25):
+        lab.store.create(svc(f"s{i:02d}", f"10.1.0.{i + 1}"))
+    # The second page is refused once, with a pause long enough to look at the informer.
+    lab.server.inject(503, count=1, retry_after=2, when=lambda m, p, q: bool(q.get("continue")))
+
+    async def main() -> None:
+        inf, events = lab.informer(page_size=10)
+        await until(lambda: "code=503" in (inf.last_error or ""), "the failed page")
+        await asyncio.sleep(0.5)
+        assert events == [] and len(inf.store) == 0 and not inf.synced.is_set()
+        await asyncio.wait_for(inf.synced.wait(), TIMEOUT)
+        assert len(events) == 25 and {e.type for e in events} == {EventType.ADDED}
+
+    run(main)
+
+
+def test_watch_timeout_is_drawn_between_5_and_10_minutes(lab: Harness) -> None:
+    async def main() -> None:
+        for _ in range(3):
+            lab.informer()
+        await until(lambda: sum(1 for _, _, q in lab.server.requests if "watch" in q) >= 3,
+                    "three watches")
+
+    run(main)
+    timeouts = [int(q["timeoutSeconds"]) for _, _, q in lab.server.requests if "watch" in q]
+    assert all(300 <= t <= 600 for t in timeouts), timeouts
+    assert len(set(timeouts)) > 1, timeouts  # not all agents' watches end together
+
+
+def test_the_watch_connection_has_tcp_keepalive(lab: Harness) -> None:
+    import socket
+
+    async def main() -> None:
+        inf, _ = lab.informer()
+        await asyncio.wait_for(inf.synced.wait(), TIMEOUT)
+        await until(lambda: inf._response is not None, "an open watch")
+        sock = inf._response.connection.sock  # type: ignore[union-attr]
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+        idle = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE)
+        interval = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL)
+        count = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT)
+        # A peer gone without a word is given up on within a minute.
+        assert idle + interval * count <= 60
+
+    run(main)
+
+
+def test_the_first_list_reads_the_watch_cache_and_a_relist_does_not(lab: Harness) -> None:
+    lab.store.create(svc("a", "10.1.0.1"))
+
+    async def main() -> None:
+        inf, _ = lab.informer()
+        await asyncio.wait_for(inf.synced.wait(), TIMEOUT)
+        await asyncio.to_thread(lab.server.stop)
+        lab.store.create(svc("b", "10.1.0.2"))
+        lab.store.compact()
+        await asyncio.to_thread(lab.server.start)
+        await until(lambda: inf.relists == 1 and "default/b" in inf.store, "the relist")
+
+    run(main)
+    lists = [q for _, _, q in lab.server.requests if "watch" not in q]
+    assert lists[0].get("resourceVersion") == "0"
+    assert lists[-1].get("resourceVersion") is None
+
+
+def test_an_object_deleted_and_created_again_meanwhile_is_two_changes(lab: Harness) -> None:
+    lab.store.create(svc("again", "10.1.0.1"))
+
+    async def main() -> None:
+        inf, events = lab.informer()
+        await asyncio.wait_for(inf.synced.wait(), TIMEOUT)
+        old_uid = inf.store.get("default/again").meta.uid
+        await asyncio.to_thread(lab.server.stop)
+        events.clear()
+        lab.store.delete("Service", "default", "again")
+        lab.store.create(svc("again", "10.1.0.1"))  # the same spec, a new UID
+        lab.store.compact()
+        await asyncio.to_thread(lab.server.start)
+        await until(lambda: inf.relists == 1 and len(events) >= 2, "the relist")
+        assert [(e.type, e.key) for e in events] == [
+            (EventType.DELETED, "default/again"), (EventType.ADDED, "default/again")]
+        assert events[0].old.meta.uid == old_uid
+        assert events[1].new.meta.uid != old_uid
 
     run(main)

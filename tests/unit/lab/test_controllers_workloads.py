@@ -229,3 +229,22 @@ def test_publish_not_ready_addresses() -> None:
                                   [pod("a", "10.2.0.2", ready=False)])
     assert slices is not None
     assert slices[0]["endpoints"][0]["conditions"]["ready"] is True
+
+
+def test_publish_not_ready_addresses_conditions_as_the_real_controller_sets_them() -> None:
+    slices = build_endpointslices(service([{"port": 80, "targetPort": 80}],
+                                          publishNotReadyAddresses=True),
+                                  [pod("a", "10.2.0.2", ready=False)])
+    assert slices is not None
+    # ready because of publishNotReadyAddresses; serving is the pod's own readiness
+    assert slices[0]["endpoints"][0]["conditions"] == {
+        "ready": True, "serving": False, "terminating": False}
+
+
+def test_at_most_100_endpoints_a_slice() -> None:
+    pods = [pod(f"p{i:03d}", f"10.2.{i // 200}.{i % 200 + 2}") for i in range(250)]
+    slices = build_endpointslices(service([{"port": 80, "targetPort": 80}]), pods)
+    assert slices is not None
+    assert [len(s["endpoints"]) for s in slices] == [100, 100, 50]
+    assert len({s["metadata"]["name"] for s in slices}) == 3
+    assert all(s["ports"] == slices[0]["ports"] for s in slices)

@@ -1,0 +1,111 @@
+"""When the lab on a real control plane has settled, and which agents are behind it.
+
+The embedded server has one resourceVersion for everything and the agents report the
+oldest they applied. On a real server the version moves with every Lease renewal and Event,
+and an agent's informer of one kind only hears of changes of that kind (and a bookmark
+about once a minute), so the gate compares kind by kind: the newest change of each kind the
+lab saw against what each agent's controllers applied of that kind.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kube_router_lab.realcp.remote import RemoteStore
+
+
+def want_versions(token: str) -> dict[str, int]:
+    """Parse :meth:`RemoteStore.resource_version`'s ``Kind=rv,...``."""
+    out = {}
+    for part in token.split(","):
+        kind, _, rv = part.partition("=")
+        if kind and rv.isdigit():
+            out[kind] = int(rv)
+    return out
+
+
+def unsynced_reason(doc: dict | str, token: str) -> str | None:
+    if isinstance(doc, str):
+        return doc
+    want = want_versions(token)
+    controllers = doc.get("controllers") or {}
+    if not controllers:
+        return "no controllers reported"
+    behind = []
+    for name, c in sorted(controllers.items()):
+        c = c or {}
+        versions = c.get("resourceVersions")
+        if not isinstance(versions, dict):
+            return f"{name} reports no resourceVersions per kind"
+        if not c.get("synced") or not versions:
+            err = c.get("lastError")
+            behind.append(f"{name} not synced yet" + (f" ({err})" if err else ""))
+            continue
+        for kind, have_s in sorted(versions.items()):
+            if kind not in want:
+                continue
+            try:
+                have = int(have_s or 0)
+            except (TypeError, ValueError):
+                have = 0
+            if have < want[kind]:
+                err = c.get("lastError")
+                behind.append(f"{name} {kind} at {have_s or '-'} of {want[kind]}"
+                              + (f" ({err})" if err else ""))
+    return "behind: " + ", ".join(behind) if behind else None
+
+
+def _ready(pod: dict[str, Any]) -> bool:
+    for c in (pod.get("status") or {}).get("conditions") or []:
+        if c.get("type") == "Ready":
+            return c.get("status") == "True"
+    return False
+
+
+def not_settled(store: RemoteStore, nodes: set[str]) -> str | None:
+    """What the real controllers and the lab's kubelets still have to do (None: nothing)."""
+    pods, _ = store.list("Pod")
+    for p in pods:
+        meta, spec = p.get("metadata") or {}, p.get("spec") or {}
+        if meta.get("deletionTimestamp"):
+            continue
+        key = f"{meta.get('namespace')}/{meta.get('name')}"
+        if not spec.get("nodeName"):
+            return f"pod {key} not scheduled"
+        if spec["nodeName"] in nodes and not (p.get("status") or {}).get("podIP"):
+            return f"pod {key} has no IP yet"
+    deployments, _ = store.list("Deployment")
+    for d in deployments:
+        meta, status = d.get("metadata") or {}, d.get("status") or {}
+        want = (d.get("spec") or {}).get("replicas", 1)
+        if (status.get("observedGeneration", 0) < meta.get("generation", 0)
+                or status.get("updatedReplicas", 0) != want
+                or status.get("replicas", 0) != want):
+            return f"deployment {meta.get('namespace')}/{meta.get('name')} not rolled out"
+    # Every Service with a selector: its slices hold exactly its ready pods' addresses.
+    services, _ = store.list("Service")
+    slices, _ = store.list("EndpointSlice")
+    for svc in services:
+        meta, spec = svc.get("metadata") or {}, svc.get("spec") or {}
+        selector = spec.get("selector")
+        if not selector:
+            continue
+        ns_ = meta.get("namespace")
+        want_ips = {(p.get("status") or {}).get("podIP") for p in pods
+                    if (p.get("metadata") or {}).get("namespace") == ns_
+                    and not (p.get("metadata") or {}).get("deletionTimestamp")
+                    and all(((p.get("metadata") or {}).get("labels") or {}).get(k) == v
+                            for k, v in selector.items())
+                    and _ready(p)}
+        have_ips = set()
+        for s in slices:
+            sm = s.get("metadata") or {}
+            if sm.get("namespace") != ns_ or \
+                    (sm.get("labels") or {}).get("kubernetes.io/service-name") != meta.get("name"):
+                continue
+            for ep in s.get("endpoints") or []:
+                if (ep.get("conditions") or {}).get("ready"):
+                    have_ips.update(ep.get("addresses") or [])
+        if want_ips != have_ips:
+            return f"endpoints of service {ns_}/{meta.get('name')} not current"
+    return None

@@ -1,0 +1,321 @@
+"""A client of the real API server with the interface the lab's parts use on the embedded
+store (get, list, create, update, patch, apply, delete, subscribe), so the kubelets and
+the scenario steps work on either.
+
+Writes are what kubectl and a kubelet send: server-side apply for manifests, merge patches
+for annotations, the ``status`` subresource for pod status. ``subscribe`` is backed by one
+list-and-watch thread per kind; it also remembers the resourceVersion of the last change of
+each kind, which the lab's convergence gate compares with the agents'.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+from urllib.parse import urlencode
+
+import orjson
+import urllib3
+
+from kube_router_lab.api.errors import ApiError
+
+log = logging.getLogger(__name__)
+
+FIELD_MANAGER = "kube-router-lab"
+#: How long an apply waits for a new namespace's default service account.
+SA_WAIT = 15.0
+Callback = Callable[[str, str, dict[str, Any]], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Kind:
+    kind: str
+    prefix: str  # "/api/v1" or "/apis/GROUP/VERSION"
+    plural: str
+    namespaced: bool
+
+
+def _kinds() -> dict[str, Kind]:
+    core = "/api/v1"
+    table = [
+        Kind("Namespace", core, "namespaces", False), Kind("Node", core, "nodes", False),
+        Kind("Pod", core, "pods", True), Kind("Service", core, "services", True),
+        Kind("Endpoints", core, "endpoints", True), Kind("Secret", core, "secrets", True),
+        Kind("ConfigMap", core, "configmaps", True),
+        Kind("ServiceAccount", core, "serviceaccounts", True),
+        Kind("EndpointSlice", "/apis/discovery.k8s.io/v1", "endpointslices", True),
+        Kind("NetworkPolicy", "/apis/networking.k8s.io/v1", "networkpolicies", True),
+        Kind("Deployment", "/apis/apps/v1", "deployments", True),
+        Kind("ReplicaSet", "/apis/apps/v1", "replicasets", True),
+        Kind("DaemonSet", "/apis/apps/v1", "daemonsets", True),
+        Kind("Lease", "/apis/coordination.k8s.io/v1", "leases", True),
+    ]
+    rbac = "/apis/rbac.authorization.k8s.io/v1"
+    table += [Kind("ClusterRole", rbac, "clusterroles", False),
+              Kind("ClusterRoleBinding", rbac, "clusterrolebindings", False),
+              Kind("Role", rbac, "roles", True), Kind("RoleBinding", rbac, "rolebindings", True)]
+    return {k.kind: k for k in table}
+
+
+KINDS = _kinds()
+
+
+def kind_of(kind: str) -> Kind:
+    try:
+        return KINDS[kind]
+    except KeyError:
+        raise ApiError(404, "NotFound", f"the lab does not know the kind {kind!r}") from None
+
+
+class RemoteStore:
+    """The real API server, seen through the embedded store's methods."""
+
+    def __init__(self, server: str, *, ca: str, cert: str, key: str,
+                 watch_kinds: tuple[str, ...] = ()) -> None:
+        self.server = server.rstrip("/")
+        self.http = urllib3.PoolManager(
+            num_pools=4, maxsize=16, ca_certs=ca, cert_file=cert, key_file=key,
+            cert_reqs="CERT_REQUIRED", retries=False,
+            timeout=urllib3.Timeout(connect=5.0, read=30.0))
+        self.watch_kinds = watch_kinds
+        self._subscribers: list[Callback] = []
+        self._lock = threading.Lock()
+        self._last: dict[str, int] = {}
+        self._synced: dict[str, threading.Event] = {k: threading.Event() for k in watch_kinds}
+        self._stopping = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    # -- URLs and requests ----------------------------------------------------------
+
+    def path(self, kind: str, namespace: str | None = None, name: str | None = None,
+             sub: str = "") -> str:
+        k = kind_of(kind)
+        p = k.prefix
+        if k.namespaced and namespace:
+            p += f"/namespaces/{quote(namespace)}"
+        p += f"/{k.plural}"
+        if name:
+            p += f"/{quote(name)}"
+        if sub:
+            p += f"/{sub}"
+        return p
+
+    def request(self, method: str, path: str, body: Any = None, *,
+                content_type: str = "application/json", query: dict[str, str] | None = None,
+                timeout: float | None = None) -> dict[str, Any]:
+        url = self.server + path + ("?" + urlencode(query) if query else "")
+        data = None if body is None else orjson.dumps(body)
+        headers = {"Accept": "application/json"}
+        if data is not None:
+            headers["Content-Type"] = content_type
+        resp = self.http.request(method, url, body=data, headers=headers,
+                                 timeout=urllib3.Timeout(connect=5.0, read=timeout or 30.0))
+        doc: Any = {}
+        if resp.data:
+            try:
+                doc = orjson.loads(resp.data)
+            except orjson.JSONDecodeError:
+                doc = {"message": resp.data[:200].decode("utf-8", "replace")}
+        if resp.status >= 400:
+            raise ApiError(resp.status, str(doc.get("reason") or "Error"),
+                           str(doc.get("message") or f"HTTP {resp.status}"))
+        return doc
+
+    # -- the store's interface ------------------------------------------------------
+
+    def get(self, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
+        try:
+            return self.request("GET", self.path(kind, namespace, name))
+        except ApiError as exc:
+            if exc.code == 404:
+                return None
+            raise
+
+    def list(self, kind: str, namespace: str | None = None
+             ) -> tuple[list[dict[str, Any]], str]:
+        doc = self.request("GET", self.path(kind, namespace))
+        items = doc.get("items") or []
+        k = kind_of(kind)
+        for item in items:  # a list's items carry neither
+            item.setdefault("kind", k.kind)
+            item.setdefault("apiVersion", k.prefix.removeprefix("/api/").removeprefix("/apis/"))
+        return items, str((doc.get("metadata") or {}).get("resourceVersion") or "")
+
+    def create(self, obj: dict[str, Any]) -> dict[str, Any]:
+        meta = obj.get("metadata") or {}
+        return self.request("POST", self.path(obj["kind"], _ns(obj)), obj,
+                            query={"fieldManager": FIELD_MANAGER} if meta else None)
+
+    def update(self, obj: dict[str, Any]) -> dict[str, Any]:
+        return self.request("PUT", self.path(obj["kind"], _ns(obj), obj["metadata"]["name"]),
+                            obj)
+
+    def update_status(self, obj: dict[str, Any]) -> dict[str, Any]:
+        return self.request("PUT", self.path(obj["kind"], _ns(obj), obj["metadata"]["name"],
+                                             "status"), obj)
+
+    def patch(self, kind: str, namespace: str | None, name: str, patch: dict | list,
+              content_type: str = "application/merge-patch+json") -> dict[str, Any]:
+        # A patch of status alone goes to the status subresource, as a kubelet sends it
+        # (the main resource ignores status changes).
+        sub = "status" if isinstance(patch, dict) and set(patch) == {"status"} else ""
+        ns_ = namespace or ("default" if kind_of(kind).namespaced else None)
+        return self.request("PATCH", self.path(kind, ns_, name, sub), patch,
+                            content_type=content_type)
+
+    def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """Server-side apply, as ``kubectl apply --server-side --force-conflicts``: fields
+        this manager set before and the manifest no longer has are removed."""
+        obj = dict(obj)
+        meta = dict(obj.get("metadata") or {})
+        meta.pop("resourceVersion", None)
+        k = kind_of(str(obj.get("kind")))
+        if k.namespaced:
+            meta.setdefault("namespace", "default")
+        obj["metadata"] = meta
+        deadline = time.monotonic() + SA_WAIT
+        while True:
+            try:
+                return self.request("PATCH", self.path(k.kind, meta.get("namespace"),
+                                                       meta["name"]),
+                                    obj, content_type="application/apply-patch+yaml",
+                                    query={"fieldManager": FIELD_MANAGER, "force": "true"})
+            except ApiError as exc:
+                # A pod in a namespace made a moment ago: the service account controller has
+                # not made its "default" account yet, and admission refuses the pod until it has.
+                if not (exc.code == 403 and "service account" in str(exc)) or \
+                        time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+
+    def delete(self, kind: str, namespace: str | None, name: str,
+               grace: float | None = 0) -> dict[str, Any]:
+        """Delete now by default (what a kubelet sends once a pod has stopped); ``grace``
+        None leaves the object's own grace period, a number sets it."""
+        body = None if grace is None else {"gracePeriodSeconds": int(grace)}
+        ns_ = namespace or ("default" if kind_of(kind).namespaced else None)
+        return self.request("DELETE", self.path(kind, ns_, name), body)
+
+    def resource_version(self) -> str:
+        """The newest change of each watched kind, as ``Kind=rv,...``."""
+        with self._lock:
+            return ",".join(f"{k}={v}" for k, v in sorted(self._last.items()))
+
+    def last_versions(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._last)
+
+    def subscribe(self, callback: Callback) -> Callable[[], None]:
+        with self._lock:
+            self._subscribers.append(callback)
+
+        def unsubscribe() -> None:
+            with self._lock:
+                if callback in self._subscribers:
+                    self._subscribers.remove(callback)
+
+        return unsubscribe
+
+    # -- watching -------------------------------------------------------------------
+
+    def start(self, timeout: float = 30.0) -> None:
+        for kind in self.watch_kinds:
+            t = threading.Thread(target=self._follow, args=(kind,), daemon=True,
+                                 name=f"lab-watch-{kind}")
+            t.start()
+            self._threads.append(t)
+        deadline = time.monotonic() + timeout
+        for kind, ev in self._synced.items():
+            if not ev.wait(max(0.0, deadline - time.monotonic())):
+                raise TimeoutError(f"the lab's watch of {kind} did not list in {timeout:g}s")
+
+    def stop(self) -> None:
+        self._stopping.set()
+        for t in self._threads:
+            t.join(timeout=5)
+        self._threads.clear()
+        self.http.clear()
+
+    def _note(self, kind: str, rv: str) -> None:
+        # etcd's revisions are numbers: the lab (not the agent) may order them.
+        try:
+            n = int(rv)
+        except ValueError:
+            return
+        with self._lock:
+            if n > self._last.get(kind, 0):
+                self._last[kind] = n
+
+    def _dispatch(self, etype: str, kind: str, obj: dict[str, Any]) -> None:
+        with self._lock:
+            subscribers = list(self._subscribers)
+        for cb in subscribers:
+            try:
+                cb(etype, kind, obj)
+            except Exception:
+                log.exception("subscriber failed kind=%s", kind)
+
+    def _follow(self, kind: str) -> None:
+        rv = ""
+        while not self._stopping.is_set():
+            try:
+                if not rv:
+                    items, rv = self.list(kind)
+                    self._note(kind, rv)
+                    self._synced[kind].set()
+                    for item in items:
+                        self._dispatch("ADDED", kind, item)
+                rv = self._watch(kind, rv)
+            except ApiError as exc:
+                if exc.code == 410:
+                    rv = ""
+                    continue
+                log.warning("lab watch failed kind=%s error=%s", kind, exc)
+                self._stopping.wait(1.0)
+            except Exception as exc:
+                if self._stopping.is_set():
+                    return
+                log.warning("lab watch failed kind=%s error=%s", kind, exc)
+                self._stopping.wait(1.0)
+
+    def _watch(self, kind: str, rv: str) -> str:
+        query = {"watch": "true", "resourceVersion": rv, "timeoutSeconds": "20"}
+        url = self.server + self.path(kind) + "?" + urlencode(query)
+        resp = self.http.request("GET", url, preload_content=False,
+                                 timeout=urllib3.Timeout(connect=5.0, read=40.0))
+        try:
+            if resp.status != 200:
+                body = resp.read()
+                raise ApiError(resp.status, "Error", body[:200].decode("utf-8", "replace"))
+            buf = b""
+            for chunk in resp.stream(65536):
+                if self._stopping.is_set():
+                    return rv
+                buf += chunk
+                *lines, buf = buf.split(b"\n")
+                for line in lines:
+                    if not line.strip():
+                        continue
+                    ev = orjson.loads(line)
+                    obj = ev.get("object") or {}
+                    if ev.get("type") == "ERROR":
+                        raise ApiError(int(obj.get("code") or 500), "Error",
+                                       str(obj.get("message")))
+                    rv = str((obj.get("metadata") or {}).get("resourceVersion") or rv)
+                    self._note(kind, rv)
+                    self._dispatch(str(ev.get("type")), kind, obj)
+        finally:
+            resp.release_conn()
+        return rv
+
+
+def _ns(obj: dict[str, Any]) -> str | None:
+    k = kind_of(str(obj.get("kind")))
+    if not k.namespaced:
+        return None
+    return (obj.get("metadata") or {}).get("namespace") or "default"

@@ -1,0 +1,92 @@
+"""The parts of the real control plane's lab support that need no control plane: the
+scenario key, the certificates, the convergence gate's reading of the agents' readiness, and
+the client's store interface against the embedded server."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from kube_router_lab.api.server import ApiServer
+from kube_router_lab.api.store import ApiStore
+from kube_router_lab.realcp.gate import unsynced_reason
+from kube_router_lab.realcp.gate import want_versions
+from kube_router_lab.realcp.pki import Pki
+from kube_router_lab.realcp.remote import RemoteStore
+from kube_router_lab.spec import SpecError
+from kube_router_lab.spec import parse_cluster
+
+
+def test_control_plane_key() -> None:
+    assert parse_cluster({}).control_plane == "embedded"
+    assert parse_cluster({"control-plane": "real"}).control_plane == "real"
+    with pytest.raises(SpecError, match="control-plane"):
+        parse_cluster({"control-plane": "kind"})
+
+
+def test_certificates_chain_to_the_lab_ca(tmp_path: Path) -> None:
+    pki = Pki(tmp_path)
+    pki.make_ca()
+    server = pki.issue("apiserver", cn="kube-apiserver", server=True,
+                       ips=("192.168.10.1", "10.1.0.1"), dns=("kubernetes.default.svc",))
+    client = pki.issue("admin", cn="lab", org="system:masters")
+    for pair in (server, client):
+        out = subprocess.run(["openssl", "verify", "-CAfile", str(pki.ca.cert), str(pair.cert)],
+                             capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+    text = subprocess.run(["openssl", "x509", "-noout", "-text", "-in", str(server.cert)],
+                          capture_output=True, text=True, check=True).stdout
+    assert "IP Address:192.168.10.1" in text and "DNS:kubernetes.default.svc" in text
+    subject = subprocess.run(["openssl", "x509", "-noout", "-subject", "-in", str(client.cert)],
+                             capture_output=True, text=True, check=True).stdout
+    assert "O = system:masters" in subject and "CN = lab" in subject
+
+
+def _doc(**versions: dict[str, str]) -> dict:
+    return {"controllers": {name: {"resourceVersions": v, "resourceVersion": "1",
+                                   "synced": bool(v)}
+                            for name, v in versions.items()}}
+
+
+def test_gate_compares_kind_by_kind() -> None:
+    token = "EndpointSlice=150,Node=20,Service=100"
+    assert want_versions(token) == {"EndpointSlice": 150, "Node": 20, "Service": 100}
+    synced = _doc(proxy={"Service": "100", "EndpointSlice": "151", "Node": "999"})
+    assert unsynced_reason(synced, token) is None
+    behind = _doc(proxy={"Service": "100", "EndpointSlice": "149"})
+    reason = unsynced_reason(behind, token)
+    assert reason is not None and "EndpointSlice at 149 of 150" in reason
+    assert "resourceVersions" in (unsynced_reason({"controllers": {"x": {}}}, token) or "")
+    assert unsynced_reason("connection refused", token) == "connection refused"
+    assert "not synced yet" in (unsynced_reason(_doc(proxy={}), token) or "")
+
+
+def test_remote_store_interface_against_the_embedded_server(tmp_path: Path) -> None:
+    store = ApiStore()
+    server = ApiServer(store, "127.0.0.1", 0, bookmark_interval=0.2)
+    server.start()
+    remote = RemoteStore(server.url, ca="", cert="", key="", watch_kinds=("Service",))
+    seen: list[tuple[str, str]] = []
+    try:
+        remote.subscribe(lambda t, k, o: seen.append((t, o["metadata"]["name"])))
+        remote.start(timeout=10)
+        remote.create({"apiVersion": "v1", "kind": "Service",
+                       "metadata": {"name": "a", "namespace": "default"},
+                       "spec": {"ports": [{"port": 80}]}})
+        assert remote.get("Service", "default", "a")["metadata"]["name"] == "a"
+        assert remote.get("Service", "default", "nope") is None
+        remote.patch("Service", "default", "a", {"metadata": {"annotations": {"x": "y"}}})
+        items, _ = remote.list("Service")
+        assert items[0]["metadata"]["annotations"] == {"x": "y"} and items[0]["kind"] == "Service"
+        remote.delete("Service", "default", "a")
+        deadline = time.monotonic() + 10
+        while ("DELETED", "a") not in seen and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert [t for t, n in seen if n == "a"] == ["ADDED", "MODIFIED", "DELETED"]
+        assert want_versions(remote.resource_version())["Service"] == int(store.resource_version())
+    finally:
+        remote.stop()
+        server.stop()
