@@ -80,6 +80,7 @@ class Agent:
         self.restarts = 0
         self._stop = threading.Event()
         self._hold_until = 0.0  # a requested restart keeps it down until then
+        self._cleanup_next = False  # run --cleanup-config before the next start
         self._requested = threading.Event()
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._supervise, name=f"agent-{spec.node}",
@@ -122,6 +123,10 @@ class Agent:
                          f"restart_in={backoff:g}s log_tail=\n{tail(self.spec.log_path)}")
                 delay = backoff
                 backoff = min(self.max_backoff, backoff * 2)
+            if self._cleanup_next:
+                self._cleanup_next = False
+                self._cleanup()
+                delay = max(0.0, self._hold_until - time.monotonic())
             if self._stop.wait(delay):
                 return
             self.restarts += 1
@@ -132,10 +137,13 @@ class Agent:
                 if self._stop.wait(backoff):
                     return
 
-    def restart(self, signal: str = "TERM", down: float | None = None) -> None:
-        """Signal the agent; the supervisor starts it again after ``down`` seconds."""
+    def restart(self, signal: str = "TERM", down: float | None = None, *,
+                cleanup: bool = False) -> None:
+        """Signal the agent; the supervisor starts it again after ``down`` seconds, first
+        removing everything its plugins made (``--cleanup-config``) when ``cleanup``."""
         sig = _signal(signal)
         self._hold_until = time.monotonic() + (down or 0.0)
+        self._cleanup_next = cleanup
         self._requested.set()
         with self._lock:
             proc = self.proc
@@ -143,6 +151,20 @@ class Agent:
             proc.send_signal(sig)
         self.log(f"event=agent_restart node={self.spec.node} signal={signal} "
                  f"down={down or 0:g}")
+
+    def _cleanup(self) -> None:
+        argv = [*self.spec.argv, "--cleanup-config"]
+        with open(self.spec.log_path, "ab") as logf:
+            logf.write(f"--- lab: cleaning up at {time.strftime('%H:%M:%S')}\n".encode())
+            logf.flush()
+            try:
+                proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=logf,
+                                      stderr=subprocess.STDOUT, check=False, timeout=300,
+                                      env={**os.environ, **dict(self.spec.env)})
+                rc: int | str = proc.returncode
+            except (OSError, subprocess.TimeoutExpired) as exc:
+                rc = f"error {exc}"
+        self.log(f"event=agent_cleanup node={self.spec.node} rc={rc}")
 
     def dump_stacks(self) -> bool:
         """Ask the agent to write its threads' stacks into its log (SIGUSR1)."""

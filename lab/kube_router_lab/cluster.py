@@ -317,7 +317,9 @@ class Lab:
         return ns.run_in(self.netns(where), argv, timeout=timeout, env=env)
 
     def restart(self, target: str, node: str | None = None, signal: str = "TERM",
-                down: float | None = None) -> None:
+                down: float | None = None, cleanup: bool = False) -> None:
+        if cleanup and target != "agent":
+            raise LabError("only an agent's restart can clean up")
         if target == "apiserver":
             if self.server is None:
                 raise LabError("the API server is not running")
@@ -334,7 +336,7 @@ class Lab:
             for n in nodes:
                 if n not in self.agents:
                     raise LabError(f"no agent runs on {n}")
-                self.agents[n].restart(signal, down)
+                self.agents[n].restart(signal, down, cleanup=cleanup)
         elif target == "gobgpd":
             for n in nodes:
                 pids = signal_gobgpd(self.topology.host(n).netns, signal)

@@ -7,6 +7,7 @@ it did, shows what the commands printed, and ends with PASS or FAIL and the reas
 from __future__ import annotations
 
 import contextlib
+import difflib
 import json
 import re
 import shlex
@@ -24,13 +25,17 @@ from typing import Protocol
 from kube_router_lab.agents import tail
 from kube_router_lab.scenario import AnnotateStep
 from kube_router_lab.scenario import ApplyStep
+from kube_router_lab.scenario import BurstStep
+from kube_router_lab.scenario import CompareStep
 from kube_router_lab.scenario import DeleteStep
+from kube_router_lab.scenario import Expect
 from kube_router_lab.scenario import JoinStep
 from kube_router_lab.scenario import ReachStep
 from kube_router_lab.scenario import RestartStep
 from kube_router_lab.scenario import RunStep
 from kube_router_lab.scenario import Scenario
 from kube_router_lab.scenario import ScenarioError
+from kube_router_lab.scenario import SnapshotStep
 from kube_router_lab.scenario import WaitStep
 from kube_router_lab.scenario import expand
 from kube_router_lab.scenario import load_scenario
@@ -55,7 +60,7 @@ class LabLike(Protocol):
     def substitute(self, key: str) -> str: ...
     def run(self, where: str, argv: list[str], timeout: float = 30.0) -> tuple[int, str, str]: ...
     def restart(self, target: str, node: str | None = None, signal: str = "TERM",
-                down: float | None = None) -> None: ...
+                down: float | None = None, cleanup: bool = False) -> None: ...
     def reach(self, src: str, target: str, timeout: float = 1.0) -> bool: ...
 
 
@@ -109,6 +114,7 @@ class Runner:
         self.out = out or _print
         self.results: list[StepResult] = []
         self.backgrounds: dict[str, _Runs] = {}
+        self.snapshots: dict[str, str] = {}
         self._lock = threading.Lock()  # background runs print too
 
     def say(self, line: str) -> None:
@@ -332,7 +338,65 @@ class Runner:
         self._judge(runs, res)
 
     def _restart(self, step: RestartStep, res: StepResult) -> None:
-        self.lab.restart(step.target, node=step.node, signal=step.signal, down=step.down)
+        extra = {"cleanup": True} if step.cleanup else {}
+        self.lab.restart(step.target, node=step.node, signal=step.signal, down=step.down,
+                         **extra)
+
+    def _burst(self, step: BurstStep, res: StepResult) -> None:
+        # judged like a run step that succeeds once: a join reports it the same way
+        runs = _Runs(RunStep(step.index, "burst", expect=Expect(rc=0)))
+        if step.background:
+            runs.thread = threading.Thread(target=self._apply_burst, args=(step, runs),
+                                           name=f"lab-background-{step.background}",
+                                           daemon=True)
+            self.backgrounds[step.background] = runs
+            runs.thread.start()
+            self.say(f"  started in the background as {step.background!r}")
+            return
+        self._apply_burst(step, runs)
+        self._judge(runs, res)
+
+    def _apply_burst(self, step: BurstStep, runs: _Runs) -> None:
+        started = time.monotonic()
+        done = 0
+        try:
+            for n in range(step.count):
+                if step.rate:
+                    ahead = started + n / step.rate - time.monotonic()
+                    if ahead > 0:
+                        time.sleep(ahead)
+                self.lab.apply(step.docs(step.start + n))
+                done += 1
+        except Exception as exc:
+            runs.error = f"object {step.start + done}: {type(exc).__name__}: {exc}"
+        took = time.monotonic() - started
+        runs.rcs.append(0 if runs.error is None else 1)
+        runs.outputs.append(f"applied {done} of {step.count} in {took:.1f}s")
+        runs.stderrs.append(runs.error or "")
+        self.say(f"  burst {step.index}: applied {done} of {step.count} in {took:.1f}s")
+
+    def _snapshot(self, step: SnapshotStep, res: StepResult) -> None:
+        argv = [sys.executable, "-m", "kube_router_lab.kstate", *(["--all"] * step.everything)]
+        rc, out, err = self.lab.run(step.where, argv, timeout=120)
+        if rc:
+            raise StepFailed(f"kstate exit status {rc}: {err.strip()[-500:]}")
+        self.snapshots[step.name] = out
+        self.say("  " + ", ".join(line.strip("[]").replace("] ", "=")
+                                  for line in out.splitlines() if line.startswith("[")))
+
+    def _compare(self, step: CompareStep, res: StepResult) -> None:
+        a, b = self.snapshots.get(step.first), self.snapshots.get(step.second)
+        if a is None or b is None:
+            raise StepFailed("a snapshot to compare was not taken (its step failed)")
+        if a == b:
+            self.say(f"  identical ({len(a.splitlines())} lines)")
+            return
+        diff = list(difflib.unified_diff(a.splitlines(), b.splitlines(), step.first,
+                                         step.second, lineterm="", n=1))
+        for line in diff[:60]:
+            self.say(f"    {line}")
+        changed = sum(1 for ln in diff if ln[:1] in "+-" and ln[:3] not in ("+++", "---"))
+        raise StepFailed(f"snapshots differ in {changed} lines")
 
     def _reach(self, step: ReachStep, res: StepResult) -> None:
         matrix = [[int(bool(self.lab.reach(src, dst, timeout=step.timeout)))

@@ -75,7 +75,8 @@ def test_bad_yaml_names_the_line(tmp_path: Path) -> None:
 def test_unknown_step(tmp_path: Path) -> None:
     msg = error("steps:\n  - wait: synced\n  - fly: {to: moon}\n", tmp_path)
     assert msg.endswith("step 2 (fly): unknown step kind 'fly' "
-                        "(known: apply, delete, annotate, wait, run, join, restart, reach)")
+                        "(known: apply, delete, annotate, wait, run, join, restart, reach, "
+                        "burst, snapshot, compare)")
 
 
 def test_unknown_substitution(tmp_path: Path) -> None:
@@ -126,7 +127,7 @@ def test_bad_cmd_quotes(tmp_path: Path) -> None:
 
 def test_join_needs_background(tmp_path: Path) -> None:
     msg = error("steps:\n  - join: load\n", tmp_path)
-    assert "step 1 (join): no earlier run step has background: 'load'" in msg
+    assert "step 1 (join): no earlier run or burst step has background: 'load'" in msg
 
 
 def test_background_and_join(tmp_path: Path) -> None:
