@@ -17,8 +17,10 @@ def test_one_line_per_object_and_problem_until_forgotten(caplog):
     with caplog.at_level(logging.WARNING, logger="test.objwarn"):
         assert w.warn("ns/a", "scheduler=xx", "bad scheduler service=%s", "ns/a")
         assert not w.warn("ns/a", "scheduler=xx", "bad scheduler service=%s", "ns/a")
-        # a different problem with the same object is news
+        # a different problem with the same object is news; both stay known
         assert w.warn("ns/a", "scheduler=yy", "bad scheduler service=%s", "ns/a")
+        assert not w.warn("ns/a", "scheduler=xx", "bad scheduler service=%s", "ns/a")
+        assert not w.warn("ns/a", "scheduler=yy", "bad scheduler service=%s", "ns/a")
         w.forget("ns/a")
         assert w.warn("ns/a", "scheduler=yy", "bad scheduler service=%s", "ns/a")
     assert [r.getMessage() for r in caplog.records] == ["bad scheduler service=ns/a"] * 3
