@@ -17,6 +17,7 @@ from kube_router_lab import netns as ns
 from kube_router_lab.agents import Agent
 from kube_router_lab.agents import AgentSpec
 from kube_router_lab.agents import agent_argv
+from kube_router_lab.agents import agent_executable
 from kube_router_lab.agents import installed_plugins
 from kube_router_lab.agents import signal_gobgpd
 from kube_router_lab.agents import unsynced_reason
@@ -313,7 +314,9 @@ class Lab:
     def run(self, where: str, argv: list[str], timeout: float = 30.0) -> tuple[int, str, str]:
         # LAB_WORKDIR lets a command read what the lab keeps there (NODE/agent.log,
         # peers/NAME/), e.g. to show that an agent's log never holds a peer's password.
-        env = {**os.environ, "LAB_WORKDIR": str(self.workdir)}
+        # LAB_KUBE_ROUTER_PY: the agents' own command, for `status` and the like.
+        env = {**os.environ, "LAB_WORKDIR": str(self.workdir),
+               "LAB_KUBE_ROUTER_PY": agent_executable()}
         return ns.run_in(self.netns(where), argv, timeout=timeout, env=env)
 
     def restart(self, target: str, node: str | None = None, signal: str = "TERM",

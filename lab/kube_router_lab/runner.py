@@ -23,6 +23,7 @@ from typing import Any
 from typing import Protocol
 
 from kube_router_lab.agents import tail
+from kube_router_lab.scenario import CLUSTER_SCOPED
 from kube_router_lab.scenario import AnnotateStep
 from kube_router_lab.scenario import ApplyStep
 from kube_router_lab.scenario import BurstStep
@@ -365,15 +366,26 @@ class Runner:
                     ahead = started + n / step.rate - time.monotonic()
                     if ahead > 0:
                         time.sleep(ahead)
-                self.lab.apply(step.docs(step.start + n))
+                docs = step.docs(step.start + n)
+                if step.delete:
+                    for d in docs:
+                        meta = d.get("metadata") or {}
+                        ns = meta.get("namespace")
+                        if ns is None and d["kind"] not in CLUSTER_SCOPED:
+                            ns = "default"
+                        self.lab.delete(d["kind"], ns, str(meta.get("name")))
+                else:
+                    self.lab.apply(docs)
                 done += 1
         except Exception as exc:
             runs.error = f"object {step.start + done}: {type(exc).__name__}: {exc}"
         took = time.monotonic() - started
         runs.rcs.append(0 if runs.error is None else 1)
-        runs.outputs.append(f"applied {done} of {step.count} in {took:.1f}s")
+        runs.outputs.append(f"{'deleted' if step.delete else 'applied'} {done} of "
+                            f"{step.count} in {took:.1f}s")
         runs.stderrs.append(runs.error or "")
-        self.say(f"  burst {step.index}: applied {done} of {step.count} in {took:.1f}s")
+        verb = "deleted" if step.delete else "applied"
+        self.say(f"  burst {step.index}: {verb} {done} of {step.count} in {took:.1f}s")
 
     def _snapshot(self, step: SnapshotStep, res: StepResult) -> None:
         argv = [sys.executable, "-m", "kube_router_lab.kstate", *(["--all"] * step.everything)]

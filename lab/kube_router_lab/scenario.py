@@ -184,11 +184,14 @@ class BurstStep(Step):
     start: int = 0
     rate: float = 0.0  # objects per second; 0: as fast as the API takes them
     background: str | None = None
+    delete: bool = False  # delete the objects the template names instead
+
 
     def describe(self) -> str:
         bg = f" in background {self.background!r}" if self.background else ""
         rate = f" at {self.rate:g}/s" if self.rate else ""
-        return f"burst of {self.count} x {self.kinds()}{rate}{bg}"
+        verb = "deleting" if self.delete else "of"
+        return f"burst {verb} {self.count} x {self.kinds()}{rate}{bg}"
 
     def kinds(self) -> str:
         return "+".join(re.findall(r"(?m)^kind:\s*(\S+)", self.template)) or "objects"
@@ -587,7 +590,8 @@ class _StepParser:
         body = raw["burst"]
         if not isinstance(body, Mapping):
             raise _StepError(f"expected {{count: N, template: YAML}}, got {body!r}")
-        self._keys(body, {"count", "start", "template", "rate", "background"}, "burst")
+        self._keys(body, {"count", "start", "template", "rate", "background", "delete"},
+                   "burst")
         count = self._number(body.get("count"), "count", minimum=1, integer=True)
         start = self._number(body.get("start", 0), "start", integer=True)
         rate = float(self._number(body.get("rate", 0), "rate"))
@@ -595,8 +599,11 @@ class _StepParser:
         if not isinstance(template, str) or BURST_VAR not in template:
             raise _StepError(f"template: expected YAML text holding {BURST_VAR} "
                              "(each object's number)")
+        delete = body.get("delete", False)
+        if not isinstance(delete, bool):
+            raise _StepError(f"delete: expected true or false, got {delete!r}")
         step = BurstStep(index, "burst", raw.get("title", ""), template=template, count=count,
-                         start=start, rate=rate)
+                         start=start, rate=rate, delete=delete)
         docs = [d for d in _yaml_in_step(template.replace(BURST_VAR, "0"), "template") if d]
         if not docs or not all(isinstance(d, Mapping) and isinstance(d.get("kind"), str)
                                and isinstance(d.get("metadata"), Mapping) for d in docs):

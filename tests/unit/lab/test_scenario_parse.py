@@ -202,3 +202,20 @@ def test_shipped_examples_parse() -> None:
     assert files, EXAMPLES
     for f in files:
         parse_scenario(f.read_text(), path=f)
+
+
+@pytest.mark.parametrize(("step", "why"), [
+    ("burst: {count: 2, template: 'kind: Service\\nmetadata: {name: s}'}",
+     "template: expected YAML text holding ${i}"),
+    ("burst: {count: 0, template: 'kind: Service\\nmetadata: {name: s-${i}}'}",
+     "count: expected a whole number >= 1"),
+    ('burst: {count: 2, template: "kind: Service\\nmetadata: {name: s, x: ${i}}"}',
+     "template: the names must hold ${i} to be distinct"),
+    ("compare: [a, b]", "no earlier snapshot step has as: 'a'"),
+    ("snapshot: {in: node-9, as: a}", "in: expected a node"),
+    ("restart: {target: gobgpd, in: node-0, cleanup: true}",
+     "cleanup: only an agent's restart can clean up"),
+])
+def test_new_steps_are_checked(tmp_path: Path, step: str, why: str) -> None:
+    msg = error(f"steps:\n  - {step}\n", tmp_path)
+    assert why in msg, msg
