@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from kube_router.linux.run import restore_text
 from kube_router.linux.run import run
 from kube_router.linux.run import run_sync
 
@@ -30,11 +31,11 @@ def swap_script(name: str, settype: str, members: Iterable[str], *, family: str 
 
 
 async def restore(lines: list[str]) -> None:
-    await run(["ipset", "restore"], "\n".join(lines) + "\n")
+    await run(["ipset", "restore"], restore_text(lines))
 
 
 def restore_sync(lines: list[str]) -> None:
-    run_sync(["ipset", "restore"], "\n".join(lines) + "\n")
+    run_sync(["ipset", "restore"], restore_text(lines))
 
 
 def names_sync() -> set[str]:

@@ -17,6 +17,7 @@ from functools import cache
 
 from kube_router.errors import TemporaryError
 from kube_router.linux.run import CommandError
+from kube_router.linux.run import restore_text
 from kube_router.linux.run import run
 from kube_router.linux.run import run_sync
 
@@ -94,7 +95,7 @@ def save_sync(table: str, family: int = 4) -> str:
 
 async def restore(table: str, lines: list[str], family: int = 4) -> None:
     """Commit ``lines`` (chain declarations and rules, no ``*table``/COMMIT) atomically."""
-    text = "\n".join([f"*{table}", *lines, "COMMIT", ""])
+    text = restore_text([f"*{table}", *lines, "COMMIT"])
     argv = [tool("iptables-restore", family), "-w", LOCK_WAIT, "--noflush"]
     try:
         await run(argv, text)
@@ -105,7 +106,7 @@ async def restore(table: str, lines: list[str], family: int = 4) -> None:
 
 
 def restore_sync(table: str, lines: list[str], family: int = 4) -> None:
-    text = "\n".join([f"*{table}", *lines, "COMMIT", ""])
+    text = restore_text([f"*{table}", *lines, "COMMIT"])
     argv = [tool("iptables-restore", family), "-w", LOCK_WAIT, "--noflush"]
     try:
         run_sync(argv, text)
