@@ -27,6 +27,8 @@ from pathlib import Path
 from kube_router_lab import netns as ns
 
 HEALTH_PORT = 20244
+#: Seconds a restart waits for the old agent to exit (and its cleanup to finish).
+RESTART_WAIT = 120.0
 LOG_TAIL_LINES = 15
 
 
@@ -81,6 +83,7 @@ class Agent:
         self._stop = threading.Event()
         self._hold_until = 0.0  # a requested restart keeps it down until then
         self._cleanup_next = False  # run --cleanup-config before the next start
+        self._gone = threading.Event()  # the signalled agent exited (and was cleaned up)
         self._requested = threading.Event()
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._supervise, name=f"agent-{spec.node}",
@@ -127,6 +130,7 @@ class Agent:
                 self._cleanup_next = False
                 self._cleanup()
                 delay = max(0.0, self._hold_until - time.monotonic())
+            self._gone.set()
             if self._stop.wait(delay):
                 return
             self.restarts += 1
@@ -144,6 +148,7 @@ class Agent:
         sig = _signal(signal)
         self._hold_until = time.monotonic() + (down or 0.0)
         self._cleanup_next = cleanup
+        self._gone.clear()
         self._requested.set()
         with self._lock:
             proc = self.proc
@@ -151,6 +156,11 @@ class Agent:
             proc.send_signal(sig)
         self.log(f"event=agent_restart node={self.spec.node} signal={signal} "
                  f"down={down or 0:g}")
+        # Return once the old agent is gone (and cleaned up): a `wait: synced` right after
+        # must hear from the new one, not from the one still shutting down.
+        if not self._gone.wait(RESTART_WAIT):
+            self.log(f"event=agent_restart_slow node={self.spec.node} "
+                     f"waited={RESTART_WAIT:g}s")
 
     def _cleanup(self) -> None:
         argv = [*self.spec.argv, "--cleanup-config"]
