@@ -140,12 +140,24 @@ def _applied(rv: str) -> bool:
                for c in doc["controllers"].values())
 
 
-def _wait_applied(store, proc: subprocess.Popen, timeout: float) -> float:
+def _say(msg: str) -> None:
+    print(f"bench.memory: {msg}", file=sys.stderr, flush=True)
+
+
+def _died(proc: subprocess.Popen, log_path: Path) -> SystemExit:
+    kernel = subprocess.run(["dmesg"], capture_output=True, text=True, check=False).stdout
+    text = log_path.read_text(errors="replace").splitlines()
+    return SystemExit(f"the agent exited rc={proc.returncode}\nagent log:\n"
+                      + "\n".join(text[-15:]) + "\nkernel:\n"
+                      + "\n".join(kernel.splitlines()[-15:]))
+
+
+def _wait_applied(store, proc: subprocess.Popen, timeout: float, log_path: Path) -> float:
     rv = store.resource_version()
     started = time.monotonic()
     while not _applied(rv):
         if proc.poll() is not None:
-            raise SystemExit(f"the agent exited rc={proc.returncode}")
+            raise _died(proc, log_path)
         if time.monotonic() - started > timeout:
             raise SystemExit(f"the agent did not apply rv {rv} in {timeout:g}s: {_readyz()}")
         time.sleep(0.5)
@@ -209,8 +221,12 @@ def run(args: argparse.Namespace) -> dict:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=logf,
                                 stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        sync_seconds = _wait_applied(store, proc, args.timeout)
+        _say(f"loaded {objects} objects in {load_seconds:.1f}s; agent pid={proc.pid} "
+             f"plugins={','.join(enable)}")
+        sync_seconds = _wait_applied(store, proc, args.timeout, log_path)
         rss_synced = _settled_rss(proc.pid)
+        _say(f"synced in {sync_seconds:.1f}s rss={_mib(rss_synced)} MiB "
+             f"peak={_mib(_status(proc.pid)['VmHWM'])} MiB")
 
         # Churn: each second, `rate` Services are replaced (a new name, so per-object state
         # comes and goes) with their slices, `rate` other slices change endpoints, `rate`
@@ -224,7 +240,7 @@ def run(args: argparse.Namespace) -> dict:
         changes = 0
         while time.monotonic() - t0 < churn_seconds:
             if proc.poll() is not None:
-                raise SystemExit(f"the agent exited rc={proc.returncode} during the churn")
+                raise _died(proc, log_path)
             for r in range(args.rate):
                 i = (tick * args.rate + r) % args.services
                 store.delete("Service", NS, f"svc-{i}-{svc_gen[i]}")
@@ -250,7 +266,9 @@ def run(args: argparse.Namespace) -> dict:
                 store.compact()  # keep the server's own history from filling the guest
             time.sleep(max(0.0, t0 + tick - time.monotonic()))
         churn_elapsed = time.monotonic() - t0
-        settle_seconds = _wait_applied(store, proc, args.timeout)
+        _say(f"churned {changes} changes in {time.monotonic() - t0:.1f}s "
+             f"rss={_mib(_status(proc.pid)['VmRSS'])} MiB")
+        settle_seconds = _wait_applied(store, proc, args.timeout, log_path)
         # one more full resync with nothing changing, as a quiet cluster would see
         time.sleep(args.sync_period)
         rss_after = _settled_rss(proc.pid)
@@ -305,8 +323,9 @@ def main() -> None:
                               text=True, check=False, cwd=os.getcwd())
     finally:
         subprocess.run(["ip", "netns", "del", ns], check=False)
+    sys.stderr.write(proc.stderr[-5000:])
     if proc.returncode:
-        raise SystemExit(f"bench failed rc={proc.returncode}\n{proc.stderr[-3000:]}")
+        raise SystemExit(f"bench failed rc={proc.returncode}")
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     for k in ("rss_synced_mib", "rss_peak_mib", "rss_after_churn_mib"):
         print(f"{k}={result[k]}", file=sys.stderr)

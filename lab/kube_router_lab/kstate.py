@@ -46,7 +46,9 @@ def ipvs() -> list[str]:
 
 def dummy_addresses() -> list[str]:
     out = _out(["ip", "-o", "addr", "show", "dev", DUMMY_IF])
-    return sorted(" ".join(line.split()[2:4]) for line in out.splitlines() if line)
+    addrs = (" ".join(line.split()[2:4]) for line in out.splitlines() if line)
+    # the kernel's own link-local address follows the link's random MAC: not agent state
+    return sorted(a for a in addrs if not a.startswith("inet6 fe80:"))
 
 
 def routes(everything: bool) -> list[str]:
@@ -67,6 +69,8 @@ def _save_tool() -> str:
 
 
 _COUNTERS = re.compile(r"\[\d+:\d+\]")
+#: The random seed of a set's hash: differs between two creations of the same set.
+_INITVAL = re.compile(r" initval 0x[0-9a-f]+")
 
 
 def iptables(everything: bool) -> list[str]:
@@ -96,7 +100,7 @@ def ipsets(everything: bool) -> list[str]:
         if len(parts) < 2 or parts[0] not in ("create", "add"):
             continue
         if everything or _has_prefix(parts[1], SET_PREFIXES):
-            out.append(line.strip())
+            out.append(_INITVAL.sub("", line.strip()))
     return sorted(out)
 
 
