@@ -9,7 +9,7 @@ PLUGINS := $(wildcard plugins/*)
 SYSTEM_PACKAGES := user-mode-linux kmod iproute2 ipvsadm ipset iptables conntrack \
 	gobgpd golang-github-osrg-gobgp-dev containernetworking-plugins bird2 curl socat util-linux
 
-.PHONY: all venv system test unit kernel lab reliability demo bench lint clean
+.PHONY: all venv system test unit kernel lab e2e reliability demo bench lint clean
 
 all: venv
 
@@ -41,12 +41,17 @@ kernel: venv
 lab: venv
 	$(PY) -m pytest tests/lab -m "not reliability"
 
+# The end-to-end suite on the lab (a few scenarios through the runner's backends); on a
+# machine with Docker and kind, `$(PY) -m pytest tests/e2e` runs it on a kind cluster.
+e2e: venv
+	$(PY) -m pytest tests/e2e --cluster lab
+
 # faults, bad input, foreign state and contention: one lab boot per scenario (~10 minutes);
 # exit status 5 (nothing selected) is not a failure
 reliability: venv
 	$(PY) -m pytest tests/lab -m reliability || [ $$? -eq 5 ]
 
-test: unit kernel lab reliability
+test: unit kernel lab e2e reliability
 
 demo: venv
 	$(KRP) lab run examples/seed-walkthrough.yaml --report out/seed-walkthrough.json
