@@ -46,3 +46,19 @@ def test_restore_text_refuses_a_line_break_smuggled_into_one_line():
         iptables.restore_sync("filter", [evil])
     with pytest.raises(UnsafeInput):
         ipset.restore_sync([f"add {evil}"])
+
+
+def test_a_lock_timeout_of_iptables_restore_is_a_retryable_error_saying_nothing_applied():
+    from kube_router.errors import TemporaryError
+    from kube_router.linux import iptables
+    from kube_router.linux.run import CommandError
+
+    legacy = CommandError(["iptables-legacy-restore"], 4,
+                          "Another app is currently holding the xtables lock. Stopped "
+                          "waiting after 5s.\n")
+    assert iptables._lock_busy(legacy)
+    other = CommandError(["iptables-legacy-restore"], 1, "line 3 failed\n")
+    assert not iptables._lock_busy(other)
+    busy = iptables.XtablesLockBusy("iptables-legacy-restore")
+    assert isinstance(busy, TemporaryError) and busy.delay == iptables.LOCK_RETRY
+    assert "applied nothing" in str(busy)
