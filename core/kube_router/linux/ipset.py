@@ -6,8 +6,15 @@ the new members go into a temporary set that is swapped with the live one, atomi
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import socket
+from collections.abc import Callable
 from collections.abc import Iterable
+from typing import Any
 
+from kube_router.linux.run import restore as run_restore
+from kube_router.linux.run import restore_sync as run_restore_sync
 from kube_router.linux.run import restore_text
 from kube_router.linux.run import run
 from kube_router.linux.run import run_sync
@@ -30,12 +37,13 @@ def swap_script(name: str, settype: str, members: Iterable[str], *, family: str 
     return lines
 
 
-async def restore(lines: list[str]) -> None:
-    await run(["ipset", "restore"], restore_text(lines))
+async def restore(lines: list[str], *, timeout: float | None = None) -> None:
+    argv = ["ipset", "restore"]
+    await run_restore(argv, restore_text(lines), timeout=timeout)
 
 
 def restore_sync(lines: list[str]) -> None:
-    run_sync(["ipset", "restore"], restore_text(lines))
+    run_restore_sync(["ipset", "restore"], restore_text(lines))
 
 
 def names_sync() -> set[str]:
@@ -47,3 +55,85 @@ def destroy_sync(name: str) -> bool:
     """Destroy a set; False when it did not exist or is still referenced."""
     rc, _, _ = run_sync(["ipset", "destroy", name], check=False)
     return rc == 0
+
+
+def swap_via(name: str, tmp: str, settype: str, members: Iterable[str], *,
+             family: str = "inet") -> list[str]:
+    """Like :func:`swap_script`, through a temporary set the caller names and keeps.
+
+    The temporary set must exist (``create tmp ... -exist``) with the same type and family;
+    it is flushed before and after, so one temporary set serves any number of swaps in a
+    batch. For names too long for a suffix (``inet6:`` plus 25 characters).
+    """
+    lines = [f"create {name} {settype} family {family} -exist", f"flush {tmp}"]
+    lines += [f"add {tmp} {m} -exist" for m in members]
+    lines += [f"swap {tmp} {name}", f"flush {tmp}"]
+    return lines
+
+
+async def save() -> str:
+    _, out, _ = await run(["ipset", "save"])
+    return out
+
+
+def save_sync() -> str:
+    _, out, _ = run_sync(["ipset", "save"])
+    return out
+
+
+def parse_save(text: str, wanted: Callable[[str], bool]) -> dict[str, tuple[str, set[str]]]:
+    """name -> (type, members) for the sets ``wanted`` accepts, from ``ipset save``.
+
+    A member keeps its options as saved (``10.1.0.0/16 nomatch``); ipset prints a host
+    prefix (/32, /128) of a hash:net member as the bare address.
+    """
+    sets: dict[str, tuple[str, set[str]]] = {}
+    for line in text.splitlines():
+        verb, _, rest = line.partition(" ")
+        name, _, tail = rest.partition(" ")
+        if verb == "create" and wanted(name):
+            sets[name] = (tail.split(" ", 1)[0], set())
+        elif verb == "add" and name in sets:
+            sets[name][1].add(tail.strip())
+    return sets
+
+
+class MemberSocket:
+    """Adds and deletes single members over netlink, without a process per change.
+
+    Starting ``ipset`` costs more than the change itself when only a few members move (a
+    pod came or went); a batch that creates, swaps or fills sets still goes through
+    :func:`restore`. The socket is opened on first use and kept; use it from one event loop.
+    """
+
+    def __init__(self) -> None:
+        self._sock: Any = None
+        self._loop: Any = None
+
+    async def change(self, name: str, member: str, *, add: bool) -> None:
+        """Add (or delete) ``member``, an address, of hash:ip set ``name``; a member
+        already there (or already gone) is no error."""
+        from pyroute2.ipset import AsyncIPSet  # kept out of start-up for users of restore
+
+        loop = asyncio.get_running_loop()
+        if self._sock is not None and self._loop is not loop:
+            self.close()  # made under another event loop (which may be gone): not usable
+        if self._sock is None:
+            sock = AsyncIPSet()
+            await sock.setup_endpoint()
+            self._sock, self._loop = sock, loop
+        family = socket.AF_INET6 if ":" in member else socket.AF_INET
+        try:
+            if add:
+                await self._sock.add(name, member, family=family, exclusive=False)
+            else:
+                await self._sock.delete(name, member, family=family, exclusive=False)
+        except Exception:
+            self.close()  # a fresh socket next time
+            raise
+
+    def close(self) -> None:
+        if self._sock is not None:
+            with contextlib.suppress(Exception):  # its loop may be closed already
+                self._sock.close()
+            self._sock = None

@@ -17,6 +17,8 @@ from functools import cache
 
 from kube_router.errors import TemporaryError
 from kube_router.linux.run import CommandError
+from kube_router.linux.run import restore as run_restore
+from kube_router.linux.run import restore_sync as run_restore_sync
 from kube_router.linux.run import restore_text
 from kube_router.linux.run import run
 from kube_router.linux.run import run_sync
@@ -93,12 +95,13 @@ def save_sync(table: str, family: int = 4) -> str:
     return out
 
 
-async def restore(table: str, lines: list[str], family: int = 4) -> None:
+async def restore(table: str, lines: list[str], family: int = 4, *,
+                  timeout: float | None = None) -> None:
     """Commit ``lines`` (chain declarations and rules, no ``*table``/COMMIT) atomically."""
     text = restore_text([f"*{table}", *lines, "COMMIT"])
     argv = [tool("iptables-restore", family), "-w", LOCK_WAIT, "--noflush"]
     try:
-        await run(argv, text)
+        await run_restore(argv, text, timeout=timeout)
     except CommandError as exc:
         if _lock_busy(exc):
             raise XtablesLockBusy(argv[0]) from exc
@@ -109,7 +112,7 @@ def restore_sync(table: str, lines: list[str], family: int = 4) -> None:
     text = restore_text([f"*{table}", *lines, "COMMIT"])
     argv = [tool("iptables-restore", family), "-w", LOCK_WAIT, "--noflush"]
     try:
-        run_sync(argv, text)
+        run_restore_sync(argv, text)
     except CommandError as exc:
         if _lock_busy(exc):
             raise XtablesLockBusy(argv[0]) from exc
