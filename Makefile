@@ -13,8 +13,8 @@ SYSTEM_PACKAGES := user-mode-linux kmod iproute2 ipvsadm ipset iptables conntrac
 # from the Go modules pinned in lab/controlplane/ into a cache outside the checkout.
 CONTROLPLANE_BUILD := lab/controlplane/build.sh
 
-.PHONY: all venv system test unit kernel lab lab-real controlplane e2e demo bench bench-peer \
-	kube-router-original lint clean
+.PHONY: all venv system test unit kernel lab lab-real controlplane e2e reliability demo \
+	bench bench-peer kube-router-original lint clean
 
 all: venv
 
@@ -44,7 +44,7 @@ kernel: venv
 	$(KRP) lab exec -- $(PY) -m pytest tests/kernel
 
 lab: venv
-	$(PY) -m pytest tests/lab -m "not real"
+	$(PY) -m pytest tests/lab -m "not real and not reliability"
 
 # The lab on the real control plane: the walkthrough and the scenarios that matter most.
 lab-real: venv controlplane
@@ -59,7 +59,12 @@ controlplane:
 e2e: venv
 	$(PY) -m pytest tests/e2e --cluster lab
 
-test: unit kernel lab e2e
+# faults, bad input, foreign state and contention: one lab boot per scenario (~10 minutes);
+# exit status 5 (nothing selected) is not a failure
+reliability: venv
+	$(PY) -m pytest tests/lab -m reliability || [ $$? -eq 5 ]
+
+test: unit kernel lab e2e reliability
 
 demo: venv
 	$(KRP) lab run examples/seed-walkthrough.yaml --report out/seed-walkthrough.json
@@ -69,6 +74,7 @@ bench: venv
 	$(KRP) lab exec --mem 3G -- $(PY) -m bench.proxy_ipvs --n 1000
 	$(KRP) lab exec -- $(PY) -m bench.routing_bgp --n 5000
 	$(KRP) lab exec --mem 3G -- $(PY) -m bench.firewall_ipset
+	$(KRP) lab exec --mem 3G -- $(PY) -m bench.memory
 
 # The original kube-router, built from its Go module into the user's cache (never into the
 # checkout): the lab can run it as a node's agent and bench.peer measures it beside ours.

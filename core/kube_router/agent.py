@@ -12,6 +12,7 @@ import asyncio
 import faulthandler
 import logging
 import signal
+import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 from typing import Any
@@ -178,28 +179,43 @@ class Agent:
     # -- health -----------------------------------------------------------------------------
 
     def readiness(self) -> dict[str, Any]:
-        controllers = {
-            c.name: {
+        """What /readyz serves: every controller and informer, ``ready``, and ``reasons``:
+        one line for each thing that keeps the agent from being ready.
+
+        Not ready is not unhealthy: while the API server is away the agent keeps the
+        kernel as it last computed it (/healthz stays 200), and says so here.
+        """
+        now = time.monotonic()
+        reasons: list[str] = []
+        informers = {}
+        for kind, i in self.informers.items():
+            synced = i.synced.is_set()
+            since = i.failing_since
+            informers[kind] = {
+                "resourceVersion": i.resource_version,
+                "synced": synced,
+                "objects": len(self._stores[kind]),
+                "relists": i.relists,
+                "lastError": i.last_error,
+                "failingSeconds": None if since is None else round(now - since, 1),
+            }
+            if since is not None:
+                reasons.append(f"informer {kind}: API server unreachable for "
+                               f"{now - since:.0f}s ({i.last_error})")
+            elif not synced:
+                reasons.append(f"informer {kind}: first list not complete")
+        controllers = {}
+        for c in self.controllers:
+            controllers[c.name] = {
                 "resourceVersion": c.applied_resource_version,
                 "resourceVersions": c.applied_resource_versions,
                 "lastSync": c.last_sync,
                 "lastError": c.last_error,
                 "synced": c.synced,
             }
-            for c in self.controllers
-        }
-        informers = {
-            kind: {
-                "resourceVersion": i.resource_version,
-                "synced": i.synced.is_set(),
-                "objects": len(self._stores[kind]),
-                "relists": i.relists,
-                "lastError": i.last_error,
-            }
-            for kind, i in self.informers.items()
-        }
-        ready = all(c["synced"] for c in controllers.values()) and all(
-            i["synced"] for i in informers.values()
-        )
-        return {"node": self.node_name, "ready": ready, "controllers": controllers,
-                "informers": informers}
+            if c.last_error:
+                reasons.append(f"controller {c.name}: last sync failed ({c.last_error})")
+            elif not c.synced:
+                reasons.append(f"controller {c.name}: first full sync not done")
+        return {"node": self.node_name, "ready": not reasons, "reasons": reasons,
+                "controllers": controllers, "informers": informers}

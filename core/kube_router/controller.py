@@ -22,6 +22,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from kube_router.errors import TemporaryError
+from kube_router.linux.memory import trim
 
 if TYPE_CHECKING:
     from kube_router.agent import Agent
@@ -163,6 +164,7 @@ class Controller:
         self.last_sync = time.time()
         if keys is None:
             self.synced = True
+            trim()  # what the full sync built and dropped goes back to the kernel
         if self.synced and not len(self.queue) and not self._retries_pending:
             self.applied_resource_version = version
             if versions is not None:

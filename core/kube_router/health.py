@@ -21,13 +21,20 @@ from prometheus_client import generate_latest
 log = logging.getLogger(__name__)
 
 
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A prober that gave up (its timeout passed while the agent was busy) closes the
+        # connection before the answer is written: one debug line, not a traceback.
+        log.debug("health client went away client=%s", client_address[0])
+
+
 class HealthServer:
     def __init__(self, addr: str, port: int, *, readiness: Callable[[], dict[str, Any]],
                  registry: CollectorRegistry, metrics_path: str = "/metrics") -> None:
         self._readiness = readiness
         self._registry = registry
         self._metrics_path = metrics_path
-        self._server = ThreadingHTTPServer((addr, port), self._handler())
+        self._server = _QuietServer((addr, port), self._handler())
         self._server.daemon_threads = True
         self._thread: threading.Thread | None = None
 

@@ -28,6 +28,8 @@ from typing import Any
 from kube_router_lab import netns as ns
 
 HEALTH_PORT = 20244
+#: Seconds a restart waits for the old agent to exit (and its cleanup to finish).
+RESTART_WAIT = 120.0
 LOG_TAIL_LINES = 15
 FAILURE_LOG_LINES = 40  # of each agent's log, shown when a step fails
 #: Seconds the agents get to write their stacks into their logs, and how much of that
@@ -89,6 +91,8 @@ class Agent:
         self.restarts = 0
         self._stop = threading.Event()
         self._hold_until = 0.0  # a requested restart keeps it down until then
+        self._cleanup_next = False  # run --cleanup-config before the next start
+        self._gone = threading.Event()  # the signalled agent exited (and was cleaned up)
         self._requested = threading.Event()
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._supervise, name=f"agent-{spec.node}",
@@ -131,6 +135,11 @@ class Agent:
                          f"restart_in={backoff:g}s log_tail=\n{tail(self.spec.log_path)}")
                 delay = backoff
                 backoff = min(self.max_backoff, backoff * 2)
+            if self._cleanup_next:
+                self._cleanup_next = False
+                self._cleanup()
+                delay = max(0.0, self._hold_until - time.monotonic())
+            self._gone.set()
             if self._stop.wait(delay):
                 return
             self.restarts += 1
@@ -141,10 +150,14 @@ class Agent:
                 if self._stop.wait(backoff):
                     return
 
-    def restart(self, signal: str = "TERM", down: float | None = None) -> None:
-        """Signal the agent; the supervisor starts it again after ``down`` seconds."""
+    def restart(self, signal: str = "TERM", down: float | None = None, *,
+                cleanup: bool = False) -> None:
+        """Signal the agent; the supervisor starts it again after ``down`` seconds, first
+        removing everything its plugins made (``--cleanup-config``) when ``cleanup``."""
         sig = _signal(signal)
         self._hold_until = time.monotonic() + (down or 0.0)
+        self._cleanup_next = cleanup
+        self._gone.clear()
         self._requested.set()
         with self._lock:
             proc = self.proc
@@ -152,6 +165,25 @@ class Agent:
             proc.send_signal(sig)
         self.log(f"event=agent_restart node={self.spec.node} signal={signal} "
                  f"down={down or 0:g}")
+        # Return once the old agent is gone (and cleaned up): a `wait: synced` right after
+        # must hear from the new one, not from the one still shutting down.
+        if not self._gone.wait(RESTART_WAIT):
+            self.log(f"event=agent_restart_slow node={self.spec.node} "
+                     f"waited={RESTART_WAIT:g}s")
+
+    def _cleanup(self) -> None:
+        argv = [*self.spec.argv, "--cleanup-config"]
+        with open(self.spec.log_path, "ab") as logf:
+            logf.write(f"--- lab: cleaning up at {time.strftime('%H:%M:%S')}\n".encode())
+            logf.flush()
+            try:
+                proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=logf,
+                                      stderr=subprocess.STDOUT, check=False, timeout=300,
+                                      env={**os.environ, **dict(self.spec.env)})
+                rc: int | str = proc.returncode
+            except (OSError, subprocess.TimeoutExpired) as exc:
+                rc = f"error {exc}"
+        self.log(f"event=agent_cleanup node={self.spec.node} rc={rc}")
 
     def dump_stacks(self) -> bool:
         """Ask the agent to write its threads' stacks into its log (SIGUSR1)."""

@@ -23,6 +23,7 @@ from kube_router_lab.agents import STACK_DUMP_WAIT
 from kube_router_lab.agents import Agent
 from kube_router_lab.agents import AgentSpec
 from kube_router_lab.agents import agent_argv
+from kube_router_lab.agents import agent_executable
 from kube_router_lab.agents import installed_plugins
 from kube_router_lab.agents import signal_gobgpd
 from kube_router_lab.agents import tail
@@ -413,13 +414,17 @@ class Lab:
     def run(self, where: str, argv: list[str], timeout: float = 30.0) -> tuple[int, str, str]:
         # LAB_WORKDIR lets a command read what the lab keeps there (NODE/agent.log,
         # peers/NAME/), e.g. to show that an agent's log never holds a peer's password.
-        env = {**os.environ, "LAB_WORKDIR": str(self.workdir)}
+        # LAB_KUBE_ROUTER_PY: the agents' own command, for `status` and the like.
+        env = {**os.environ, "LAB_WORKDIR": str(self.workdir),
+               "LAB_KUBE_ROUTER_PY": agent_executable()}
         return ns.run_in(self.netns(where), argv, timeout=timeout, env=env)
 
     def restart(self, target: str, node: str | None = None, signal: str = "TERM",
-                down: float | None = None) -> None:
+                down: float | None = None, cleanup: bool = False) -> None:
         if target == "apiserver" and self.control is not None:
             raise LabError("restarting the real API server is not supported yet")
+        if cleanup and target != "agent":
+            raise LabError("only an agent's restart can clean up")
         if target == "apiserver":
             if self.server is None:
                 raise LabError("the API server is not running")
@@ -436,7 +441,7 @@ class Lab:
             for n in nodes:
                 if n not in self.agents:
                     raise LabError(f"no agent runs on {n}")
-                self.agents[n].restart(signal, down)
+                self.agents[n].restart(signal, down, cleanup=cleanup)
         elif target == "gobgpd":
             for n in nodes:
                 pids = signal_gobgpd(self.topology.host(n).netns, signal)

@@ -7,6 +7,7 @@ it did, shows what the commands printed, and ends with PASS or FAIL and the reas
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import os
 import re
@@ -23,15 +24,20 @@ from typing import Any
 
 from kube_router_lab.backend import Backend
 from kube_router_lab.backend import execute
+from kube_router_lab.scenario import CLUSTER_SCOPED
 from kube_router_lab.scenario import AnnotateStep
 from kube_router_lab.scenario import ApplyStep
+from kube_router_lab.scenario import BurstStep
+from kube_router_lab.scenario import CompareStep
 from kube_router_lab.scenario import DeleteStep
+from kube_router_lab.scenario import Expect
 from kube_router_lab.scenario import JoinStep
 from kube_router_lab.scenario import ReachStep
 from kube_router_lab.scenario import RestartStep
 from kube_router_lab.scenario import RunStep
 from kube_router_lab.scenario import Scenario
 from kube_router_lab.scenario import ScenarioError
+from kube_router_lab.scenario import SnapshotStep
 from kube_router_lab.scenario import WaitStep
 from kube_router_lab.scenario import expand
 from kube_router_lab.scenario import load_scenario
@@ -93,6 +99,7 @@ class Runner:
         self.out = out or _print
         self.results: list[StepResult] = []
         self.backgrounds: dict[str, _Runs] = {}
+        self.snapshots: dict[str, str] = {}
         self._lock = threading.Lock()  # background runs print too
 
     def say(self, line: str) -> None:
@@ -297,7 +304,76 @@ class Runner:
         self._judge(runs, res)
 
     def _restart(self, step: RestartStep, res: StepResult) -> None:
-        self.lab.restart(step.target, node=step.node, signal=step.signal, down=step.down)
+        extra = {"cleanup": True} if step.cleanup else {}
+        self.lab.restart(step.target, node=step.node, signal=step.signal, down=step.down,
+                         **extra)
+
+    def _burst(self, step: BurstStep, res: StepResult) -> None:
+        # judged like a run step that succeeds once: a join reports it the same way
+        runs = _Runs(RunStep(step.index, "burst", expect=Expect(rc=0)))
+        if step.background:
+            runs.thread = threading.Thread(target=self._apply_burst, args=(step, runs),
+                                           name=f"lab-background-{step.background}",
+                                           daemon=True)
+            self.backgrounds[step.background] = runs
+            runs.thread.start()
+            self.say(f"  started in the background as {step.background!r}")
+            return
+        self._apply_burst(step, runs)
+        self._judge(runs, res)
+
+    def _apply_burst(self, step: BurstStep, runs: _Runs) -> None:
+        started = time.monotonic()
+        done = 0
+        try:
+            for n in range(step.count):
+                if step.rate:
+                    ahead = started + n / step.rate - time.monotonic()
+                    if ahead > 0:
+                        time.sleep(ahead)
+                docs = step.docs(step.start + n)
+                if step.delete:
+                    for d in docs:
+                        meta = d.get("metadata") or {}
+                        ns = meta.get("namespace")
+                        if ns is None and d["kind"] not in CLUSTER_SCOPED:
+                            ns = "default"
+                        self.lab.delete(d["kind"], ns, str(meta.get("name")))
+                else:
+                    self.lab.apply(docs)
+                done += 1
+        except Exception as exc:
+            runs.error = f"object {step.start + done}: {type(exc).__name__}: {exc}"
+        took = time.monotonic() - started
+        runs.rcs.append(0 if runs.error is None else 1)
+        runs.outputs.append(f"{'deleted' if step.delete else 'applied'} {done} of "
+                            f"{step.count} in {took:.1f}s")
+        runs.stderrs.append(runs.error or "")
+        verb = "deleted" if step.delete else "applied"
+        self.say(f"  burst {step.index}: {verb} {done} of {step.count} in {took:.1f}s")
+
+    def _snapshot(self, step: SnapshotStep, res: StepResult) -> None:
+        argv = [sys.executable, "-m", "kube_router_lab.kstate", *(["--all"] * step.everything)]
+        rc, out, err = self.lab.run(step.where, argv, timeout=120)
+        if rc:
+            raise StepFailed(f"kstate exit status {rc}: {err.strip()[-500:]}")
+        self.snapshots[step.name] = out
+        self.say("  " + ", ".join(line.strip("[]").replace("] ", "=")
+                                  for line in out.splitlines() if line.startswith("[")))
+
+    def _compare(self, step: CompareStep, res: StepResult) -> None:
+        a, b = self.snapshots.get(step.first), self.snapshots.get(step.second)
+        if a is None or b is None:
+            raise StepFailed("a snapshot to compare was not taken (its step failed)")
+        if a == b:
+            self.say(f"  identical ({len(a.splitlines())} lines)")
+            return
+        diff = list(difflib.unified_diff(a.splitlines(), b.splitlines(), step.first,
+                                         step.second, lineterm="", n=1))
+        for line in diff[:60]:
+            self.say(f"    {line}")
+        changed = sum(1 for ln in diff if ln[:1] in "+-" and ln[:3] not in ("+++", "---"))
+        raise StepFailed(f"snapshots differ in {changed} lines")
 
     def _reach(self, step: ReachStep, res: StepResult) -> None:
         matrix = [[int(bool(self.lab.reach(src, dst, timeout=step.timeout)))

@@ -29,7 +29,8 @@ class ScenarioError(ValueError):
     """The scenario file is invalid; ``str()`` is the one-line message for the user."""
 
 
-STEP_KINDS = ("apply", "delete", "annotate", "wait", "run", "join", "restart", "reach")
+STEP_KINDS = ("apply", "delete", "annotate", "wait", "run", "join", "restart", "reach",
+              "burst", "snapshot", "compare")
 RESTART_TARGETS = ("agent", "gobgpd", "apiserver")
 SIGNALS = ("TERM", "KILL", "INT", "HUP")
 CLUSTER_SCOPED = ("Namespace", "Node")
@@ -162,11 +163,62 @@ class RestartStep(Step):
     node: str | None = None
     signal: str = "TERM"
     down: float | None = None
+    cleanup: bool = False  # agent only: run its --cleanup-config while it is down
 
     def describe(self) -> str:
         where = f" in {self.node}" if self.node else ""
         down = f", down {self.down:g}s" if self.down is not None else ""
-        return f"restart {self.target}{where} (SIG{self.signal}{down})"
+        clean = ", cleaned up" if self.cleanup else ""
+        return f"restart {self.target}{where} (SIG{self.signal}{down}{clean})"
+
+
+BURST_VAR = "${i}"
+
+
+@dataclass
+class BurstStep(Step):
+    """``count`` copies of ``template`` (``${i}`` the copy's number) applied in a row."""
+
+    template: str = ""
+    count: int = 1
+    start: int = 0
+    rate: float = 0.0  # objects per second; 0: as fast as the API takes them
+    background: str | None = None
+    delete: bool = False  # delete the objects the template names instead
+
+
+    def describe(self) -> str:
+        bg = f" in background {self.background!r}" if self.background else ""
+        rate = f" at {self.rate:g}/s" if self.rate else ""
+        verb = "deleting" if self.delete else "of"
+        return f"burst {verb} {self.count} x {self.kinds()}{rate}{bg}"
+
+    def kinds(self) -> str:
+        return "+".join(re.findall(r"(?m)^kind:\s*(\S+)", self.template)) or "objects"
+
+    def docs(self, i: int) -> list[dict]:
+        text = self.template.replace(BURST_VAR, str(i))
+        return [d for d in yaml.safe_load_all(text) if d is not None]
+
+
+@dataclass
+class SnapshotStep(Step):
+    where: str = ""
+    name: str = ""
+    everything: bool = False
+
+    def describe(self) -> str:
+        scope = "all" if self.everything else "the agents'"
+        return f"snapshot of {scope} kernel state in {self.where} as {self.name!r}"
+
+
+@dataclass
+class CompareStep(Step):
+    first: str = ""
+    second: str = ""
+
+    def describe(self) -> str:
+        return f"compare snapshots {self.first!r} and {self.second!r}"
 
 
 @dataclass
@@ -286,6 +338,7 @@ class _StepParser:
         self.spec = spec
         self.backgrounds: set[str] = set()
         self.joined: set[str] = set()
+        self.snapshots: set[str] = set()
 
     def parse(self, index: int, raw: Any) -> Step:
         kind = "?"
@@ -474,15 +527,9 @@ class _StepParser:
         if expect.distinct is not None and expect.distinct > times:
             raise _StepError(f"expect.distinct {expect.distinct} but only {times} runs")
         until = self._number(body.get("until", 0), "until")
-        background = body.get("background")
-        if background is not None and until:
+        if body.get("background") is not None and until:
             raise _StepError("until and background cannot be combined")
-        if background is not None:
-            if not isinstance(background, str) or not background:
-                raise _StepError(f"background: expected a name, got {background!r}")
-            if background in self.backgrounds:
-                raise _StepError(f"background {background!r} is already used")
-            self.backgrounds.add(background)
+        background = self._background(body.get("background"))
         return RunStep(index, "run", raw.get("title", ""), where=where, argv=argv, times=times,
                        interval=float(interval), timeout=float(timeout), background=background,
                        until=float(until), expect=expect)
@@ -491,7 +538,7 @@ class _StepParser:
         self._keys(raw, {"join", "title"}, "a join step")
         name = raw["join"]
         if name not in self.backgrounds:
-            raise _StepError(f"no earlier run step has background: {name!r}")
+            raise _StepError(f"no earlier run or burst step has background: {name!r}")
         if name in self.joined:
             raise _StepError(f"background {name!r} is already joined")
         self.joined.add(name)
@@ -502,7 +549,7 @@ class _StepParser:
         body = raw["restart"]
         if not isinstance(body, Mapping):
             raise _StepError(f"expected {{target: agent|gobgpd|apiserver, in: NODE}}, got {body!r}")
-        self._keys(body, {"target", "in", "signal", "down"}, "restart")
+        self._keys(body, {"target", "in", "signal", "down", "cleanup"}, "restart")
         target = body.get("target")
         if target not in RESTART_TARGETS:
             raise _StepError(f"target: expected one of {', '.join(RESTART_TARGETS)}, "
@@ -520,8 +567,85 @@ class _StepParser:
         down = body.get("down")
         if down is not None:
             down = float(self._number(down, "down"))
+        cleanup = body.get("cleanup", False)
+        if not isinstance(cleanup, bool):
+            raise _StepError(f"cleanup: expected true or false, got {cleanup!r}")
+        if cleanup and target != "agent":
+            raise _StepError("cleanup: only an agent's restart can clean up")
         return RestartStep(index, "restart", raw.get("title", ""), target=target, node=node,
-                           signal=sig, down=down)
+                           signal=sig, down=down, cleanup=cleanup)
+
+    def _background(self, value: Any) -> str | None:
+        if value is None:
+            return None
+        if not isinstance(value, str) or not value:
+            raise _StepError(f"background: expected a name, got {value!r}")
+        if value in self.backgrounds:
+            raise _StepError(f"background {value!r} is already used")
+        self.backgrounds.add(value)
+        return value
+
+    def _burst(self, index: int, raw: Mapping[str, Any]) -> Step:
+        self._keys(raw, {"burst", "title"}, "a burst step")
+        body = raw["burst"]
+        if not isinstance(body, Mapping):
+            raise _StepError(f"expected {{count: N, template: YAML}}, got {body!r}")
+        self._keys(body, {"count", "start", "template", "rate", "background", "delete"},
+                   "burst")
+        count = self._number(body.get("count"), "count", minimum=1, integer=True)
+        start = self._number(body.get("start", 0), "start", integer=True)
+        rate = float(self._number(body.get("rate", 0), "rate"))
+        template = body.get("template")
+        if not isinstance(template, str) or BURST_VAR not in template:
+            raise _StepError(f"template: expected YAML text holding {BURST_VAR} "
+                             "(each object's number)")
+        delete = body.get("delete", False)
+        if not isinstance(delete, bool):
+            raise _StepError(f"delete: expected true or false, got {delete!r}")
+        step = BurstStep(index, "burst", raw.get("title", ""), template=template, count=count,
+                         start=start, rate=rate, delete=delete)
+        docs = [d for d in _yaml_in_step(template.replace(BURST_VAR, "0"), "template") if d]
+        if not docs or not all(isinstance(d, Mapping) and isinstance(d.get("kind"), str)
+                               and isinstance(d.get("metadata"), Mapping) for d in docs):
+            raise _StepError("template: every object needs kind and metadata")
+        names = [str((d.get("metadata") or {}).get("name", "")) for d in
+                 _yaml_in_step(template.replace(BURST_VAR, "1"), "template") if d]
+        if names == [str(d["metadata"].get("name", "")) for d in docs]:
+            raise _StepError(f"template: the names must hold {BURST_VAR} to be distinct")
+        step.background = self._background(body.get("background"))
+        return step
+
+    def _snapshot(self, index: int, raw: Mapping[str, Any]) -> Step:
+        self._keys(raw, {"snapshot", "title"}, "a snapshot step")
+        body = raw["snapshot"]
+        if not isinstance(body, Mapping):
+            raise _StepError(f"expected {{in: NODE, as: NAME}}, got {body!r}")
+        self._keys(body, {"in", "as", "all"}, "snapshot")
+        where = body.get("in")
+        if where not in self.spec.node_names():
+            raise _StepError(f"in: expected a node ({', '.join(self.spec.node_names())}), "
+                             f"got {where!r}")
+        name = body.get("as")
+        if not isinstance(name, str) or not name:
+            raise _StepError(f"as: expected a name for the snapshot, got {name!r}")
+        everything = body.get("all", False)
+        if not isinstance(everything, bool):
+            raise _StepError(f"all: expected true or false, got {everything!r}")
+        self.snapshots.add(name)
+        return SnapshotStep(index, "snapshot", raw.get("title", ""), where=where, name=name,
+                            everything=everything)
+
+    def _compare(self, index: int, raw: Mapping[str, Any]) -> Step:
+        self._keys(raw, {"compare", "title"}, "a compare step")
+        body = raw["compare"]
+        if (not isinstance(body, list) or len(body) != 2
+                or not all(isinstance(n, str) for n in body)):
+            raise _StepError(f"expected [SNAPSHOT, SNAPSHOT], got {body!r}")
+        for name in body:
+            if name not in self.snapshots:
+                raise _StepError(f"no earlier snapshot step has as: {name!r}")
+        return CompareStep(index, "compare", raw.get("title", ""), first=body[0],
+                           second=body[1])
 
     def _reach(self, index: int, raw: Mapping[str, Any]) -> Step:
         self._keys(raw, {"reach", "expect", "title"}, "a reach step")

@@ -1,5 +1,7 @@
 """Every scenario under tests/lab/scenarios/ and examples/, one test each, through
-``kube-router-py lab run`` exactly as a user runs it."""
+``kube-router-py lab run`` exactly as a user runs it; and the reliability tier, the
+scenarios under tests/lab/reliability/ (faults, bad input, foreign state, contention),
+marked ``reliability``: ``make reliability`` runs them, ``make lab`` leaves them out."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 SCENARIOS = sorted([*(ROOT / "tests" / "lab" / "scenarios").glob("*.yaml"),
                     *(ROOT / "examples").glob("*.yaml")])
+RELIABILITY = sorted((ROOT / "tests" / "lab" / "reliability").glob("*.yaml"))
 
 
 @pytest.mark.lab
@@ -26,3 +29,10 @@ def test_scenario(lab, path: Path, tmp_path: Path) -> None:
     assert res.returncode == 0 and data["passed"], (
         f"{path.name}: " + "; ".join(f"step {s['index']} ({s['kind']}): {s.get('reason')}"
                                      for s in failed) + f"\n{transcript[-30000:]}")
+
+
+@pytest.mark.lab
+@pytest.mark.reliability
+@pytest.mark.parametrize("path", RELIABILITY, ids=[p.name for p in RELIABILITY])
+def test_reliability(lab, path: Path, tmp_path: Path) -> None:
+    test_scenario(lab, path, tmp_path)

@@ -56,7 +56,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 BACKOFF_MIN = 0.2
-BACKOFF_MAX = 30.0
+#: Kept short so a change made when an API server comes back reaches the node within a
+#: few seconds, however long it was away; the jitter spreads a cluster's reconnects.
+BACKOFF_MAX = 3.0
+#: While failures go on, one warning per kind this often (the first one at once).
+FAILURE_LOG_INTERVAL = 30.0
 #: The range of watch timeouts asked of the server when none is set (client-go's).
 WATCH_TIMEOUT_RANGE = (300.0, 600.0)
 #: The pause before a relist after 410 is drawn up to this (then doubles while it repeats).
@@ -228,6 +232,10 @@ class Informer:
         self.synced = asyncio.Event()
         self.relists = 0
         self.last_error: str | None = None
+        #: time.monotonic() of the first failure of the current outage (None: healthy).
+        self.failing_since: float | None = None
+        self._failures_unlogged = 0
+        self._last_failure_log = 0.0
 
         self._stopping = threading.Event()
         self._backoff = BACKOFF_MIN
@@ -300,23 +308,41 @@ class Informer:
         log.debug("informer stopped kind=%s", self.kind.name)
 
     def _failed(self, exc: Exception) -> None:
-        """Record a failure, log one line, wait out the backoff."""
+        """Record a failure, log it (at most once per FAILURE_LOG_INTERVAL while an outage
+        lasts), wait out the backoff."""
         reason = f"{type(exc).__name__}: {exc}".replace("\n", " ")
         self.last_error = reason
+        now = time.monotonic()
+        if self.failing_since is None:
+            self.failing_since = now
         delay = jittered(self._backoff)
         told = exc.retry_after if isinstance(exc, _ApiStatusError) else None
         if told is not None:  # the server said when (429 Too Many Requests, 503)
             delay = max(delay, told)
-        log.warning(
-            "list/watch failed kind=%s rv=%s retry_in=%.1fs reason=%s",
-            self.kind.name, self._received_rv or "-", delay, reason,
-        )
+        if self._failures_unlogged == 0 or now - self._last_failure_log >= FAILURE_LOG_INTERVAL:
+            log.warning(
+                "list/watch failed kind=%s rv=%s retry_in=%.1fs failing_for=%.0fs "
+                "failures=%d reason=%s", self.kind.name, self._received_rv or "-", delay,
+                now - self.failing_since, self._failures_unlogged + 1, reason,
+            )
+            self._last_failure_log = now
+            self._failures_unlogged = 0
+        self._failures_unlogged += 1
         self._stopping.wait(delay)
         self._backoff = min(self._backoff * 2, BACKOFF_MAX)
 
+    def _reachable(self) -> None:
+        """The server answered a request: the outage (if any) is over."""
+        if self.failing_since is not None:
+            log.info("list/watch recovered kind=%s after=%.1fs", self.kind.name,
+                     time.monotonic() - self.failing_since)
+        self.last_error = None
+        self.failing_since = None
+        self._failures_unlogged = 0
+
     def _healthy(self) -> None:
         """The server answered properly: forget the last error and the backoff."""
-        self.last_error = None
+        self._reachable()
         self._backoff = BACKOFF_MIN
 
     def _request(self, query: dict[str, str], read_timeout: float) -> urllib3.BaseHTTPResponse:
@@ -529,6 +555,9 @@ class Informer:
         }
         started = time.monotonic()
         resp = self._request(query, timeout + 30.0)
+        # Open again: not failing any more. The backoff is reset only once the stream
+        # delivers, so a server that accepts and hangs up at once is not hammered.
+        self._reachable()
         delivered = False
         try:
             for line in self._lines(resp):

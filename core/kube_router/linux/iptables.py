@@ -15,15 +15,38 @@ import os
 import shutil
 from functools import cache
 
+from kube_router.errors import TemporaryError
 from kube_router.linux.run import CommandError
 from kube_router.linux.run import restore as run_restore
 from kube_router.linux.run import restore_sync as run_restore_sync
+from kube_router.linux.run import restore_text
 from kube_router.linux.run import run
 from kube_router.linux.run import run_sync
 
 ENV = "KUBE_ROUTER_IPTABLES"
 #: Seconds to wait for the xtables lock held by another writer (kube-proxy, firewalld...).
+#: Short enough that a sync is not stuck behind a writer that keeps it; the controller
+#: retries soon after.
 LOCK_WAIT = "5"
+#: Seconds before a sync that found the lock taken is tried again.
+LOCK_RETRY = 1.0
+
+
+class XtablesLockBusy(TemporaryError):
+    """Another program held the xtables lock for all of LOCK_WAIT: nothing was applied
+    (iptables-restore takes the lock before it changes anything, and commits a table at
+    once); the sync is retried."""
+
+    def __init__(self, tool: str) -> None:
+        super().__init__(f"xtables lock held by another program for {LOCK_WAIT}s; {tool} "
+                         "applied nothing, retrying", delay=LOCK_RETRY)
+
+
+def _lock_busy(exc: CommandError) -> bool:
+    # legacy: "Another app is currently holding the xtables lock. Stopped waiting after
+    # 5s."; nft: "Stopped waiting ..." too (exit status 4, RESOURCE_PROBLEM)
+    text = exc.stderr.lower()
+    return exc.rc == 4 and ("xtables lock" in text or "stopped waiting" in text)
 
 
 def _count_rules(tool: str) -> int:
@@ -75,15 +98,25 @@ def save_sync(table: str, family: int = 4) -> str:
 async def restore(table: str, lines: list[str], family: int = 4, *,
                   timeout: float | None = None) -> None:
     """Commit ``lines`` (chain declarations and rules, no ``*table``/COMMIT) atomically."""
-    text = "\n".join([f"*{table}", *lines, "COMMIT", ""])
+    text = restore_text([f"*{table}", *lines, "COMMIT"])
     argv = [tool("iptables-restore", family), "-w", LOCK_WAIT, "--noflush"]
-    await run_restore(argv, text, timeout=timeout)
+    try:
+        await run_restore(argv, text, timeout=timeout)
+    except CommandError as exc:
+        if _lock_busy(exc):
+            raise XtablesLockBusy(argv[0]) from exc
+        raise
 
 
 def restore_sync(table: str, lines: list[str], family: int = 4) -> None:
-    text = "\n".join([f"*{table}", *lines, "COMMIT", ""])
+    text = restore_text([f"*{table}", *lines, "COMMIT"])
     argv = [tool("iptables-restore", family), "-w", LOCK_WAIT, "--noflush"]
-    run_restore_sync(argv, text)
+    try:
+        run_restore_sync(argv, text)
+    except CommandError as exc:
+        if _lock_busy(exc):
+            raise XtablesLockBusy(argv[0]) from exc
+        raise
 
 
 def chains(saved: str) -> set[str]:

@@ -36,6 +36,32 @@ def one_malloc_arena() -> bool:
     return ok
 
 
+_trim = None
+
+
+def trim() -> bool:
+    """Give the C heap's free pages back to the kernel (glibc ``malloc_trim(0)``).
+
+    A full sync builds large tables and drops them; glibc keeps the freed memory mapped
+    for reuse, so without a trim the resident set after a burst of churn stays near its
+    peak. False where that is not glibc.
+    """
+    global _trim
+    if _trim is None:
+        name = ctypes.util.find_library("c")
+        try:
+            fn = ctypes.CDLL(name).malloc_trim if name else None
+        except (OSError, AttributeError):  # not glibc
+            fn = None
+        if fn is not None:
+            fn.argtypes = (ctypes.c_size_t,)
+        _trim = fn or False
+    if not _trim:
+        return False
+    _trim(0)
+    return True
+
+
 class ReceiveBuffer:
     """One buffer for the replies to netlink dumps, mapped once and reused.
 

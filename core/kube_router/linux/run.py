@@ -8,6 +8,23 @@ import subprocess
 from collections.abc import Sequence
 
 
+class UnsafeInput(ValueError):
+    """Text for a restore-style tool would hold a line break or NUL inside one line: a
+    value taken from an object could add commands of its own. Nothing is run."""
+
+
+def restore_text(lines: list[str]) -> str:
+    """``lines`` joined for ``iptables-restore`` or ``ipset restore`` standard input.
+
+    Every line must be one line: names, comments and addresses in them may come from API
+    objects, and a line break smuggled in one would be read as another command.
+    """
+    for line in lines:
+        if "\n" in line or "\r" in line or "\0" in line:
+            raise UnsafeInput(f"refusing a restore line with a line break or NUL: {line[:200]!r}")
+    return "\n".join(lines) + "\n"
+
+
 class CommandError(RuntimeError):
     """A tool exited non-zero; the message carries its argv, status and stderr."""
 

@@ -81,7 +81,6 @@ class ProxyController(Controller):
         self.timeouts = ipvs_timeouts(cfg)
         self._vip_users: dict[str, int] = {}  # VIP -> how many Services bind it
         self._modules_loaded: set[str] = set()
-        self._bad_scheduler: set[tuple[str, str]] = set()
         self._scheduler_hooked = True  # until the first full sync looks
         self._reaper: asyncio.Task[None] | None = None
         self.last_result = SyncResult()
@@ -168,10 +167,9 @@ class ProxyController(Controller):
         if chosen is None:
             return DEFAULT
         if chosen.name not in KNOWN_SCHEDULERS:
-            if (svc.key, chosen.name) not in self._bad_scheduler:
-                self._bad_scheduler.add((svc.key, chosen.name))
-                log.warning("unknown ipvs scheduler service=%s scheduler=%s using=rr",
-                            svc.key, chosen.name)
+            dz.warnings.warn(svc.key, f"scheduler {chosen.name}",
+                             "unknown ipvs scheduler service=%s scheduler=%s using=rr",
+                             svc.key, chosen.name)
             return DEFAULT
         return chosen
 
@@ -218,6 +216,8 @@ class ProxyController(Controller):
                 await self._check_kernel()
             await self._refresh_node_ips()
             self._refresh_scheduler_hook()
+            # what was said about Services now gone is forgotten: bounded by what exists
+            dz.warnings.forget_missing(self.services.__contains__)
             todo: Iterable[tuple[str, object]] = self.services.items()
         else:
             todo = [(str(k), self.services.get(str(k))) for k in keys]
@@ -229,8 +229,10 @@ class ProxyController(Controller):
             try:
                 states[name] = self._state(name, svc)
             except Exception as exc:  # one bad object must not stop the others
-                log.warning("skipping service service=%s error=%s", name, exc)
+                dz.warnings.warn(name, f"error {exc}", "skipping service service=%s error=%s",
+                                 name, exc)
                 states[name] = self.svc_states.get(name, dz.ServiceState())
+        dz.warnings.flush()
         desired = {vs.key: vs for st in states.values() for vs in st.servers}
         for sched in {v.attrs.scheduler for v in desired.values()}:
             await self._load_module(sched)

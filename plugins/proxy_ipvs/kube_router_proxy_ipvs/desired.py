@@ -22,6 +22,7 @@ from typing import NamedTuple
 from kube_router.kube.records import EndpointSlice
 from kube_router.kube.records import Service
 from kube_router.kube.records import ServicePort
+from kube_router.objwarn import ObjectWarnings
 from kube_router_proxy_ipvs import ipvs_netlink as nl
 from kube_router_proxy_ipvs.scheduler import DEFAULT as _DEFAULT
 from kube_router_proxy_ipvs.scheduler import IPVSScheduler
@@ -233,8 +234,9 @@ def _protocol(svc: Service, port: ServicePort) -> int | None:
     """The IPVS protocol number of a Service port; None (and a warning) if IPVS has none."""
     proto = nl.PROTOCOLS.get(port.protocol)
     if proto is None:
-        log.warning("unsupported protocol service=%s port=%s protocol=%s",
-                    svc.key, port.port, port.protocol)
+        warnings.warn(svc.key, f"protocol {port.port}/{port.protocol}",
+                      "unsupported protocol service=%s port=%s protocol=%s",
+                      svc.key, port.port, port.protocol)
     return proto
 
 
@@ -359,13 +361,12 @@ def local_ready_endpoints(slices: Iterable[EndpointSlice], node_name: str) -> in
     return len(seen)
 
 
-_warned: set[tuple[str, str]] = set()
+#: Every sync looks at a Service again: each problem is reported once, never in a flood.
+warnings = ObjectWarnings(log)
 
 
 def _warn_once(svc: Service, what: str) -> None:
-    if (svc.key, what) not in _warned:
-        _warned.add((svc.key, what))
-        log.warning("ignoring address service=%s reason=%s", svc.key, what)
+    warnings.warn(svc.key, what, "ignoring address service=%s reason=%s", svc.key, what)
 
 
 def _external_addresses(svc: Service, settings: Settings) -> list[str]:

@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from kube_router.kube.records import Node
+from kube_router.objwarn import ObjectWarnings
 from kube_router_routing_bgp.gobgpd import PeerConfig
 
 log = logging.getLogger(__name__)
@@ -26,14 +27,12 @@ ANN_RR_CLIENT = "kube-router.io/rr.client"
 
 DEFAULT_ASN = 64512
 
-_warned: set[tuple[str, str]] = set()
+# A Node is re-read on every sync; say what is wrong with it once, not every time.
+_warnings = ObjectWarnings(log)
 
 
 def _warn_once(node: str, what: str, msg: str) -> None:
-    # A Node is re-read on every sync; say what is wrong with it once, not every time.
-    if (node, msg) not in _warned:
-        _warned.add((node, msg))
-        log.warning("%s node=%s %s", what, node, msg)
+    _warnings.warn(node, f"{what} {msg}", "%s node=%s %s", what, node, msg)
 
 
 def node_ip(node: Node) -> str:

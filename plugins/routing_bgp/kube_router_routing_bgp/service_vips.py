@@ -17,8 +17,11 @@ from collections.abc import Iterable
 
 from kube_router.kube.records import EndpointSlice
 from kube_router.kube.records import Service
+from kube_router.objwarn import ObjectWarnings
 
 log = logging.getLogger(__name__)
+# each bad annotation once per Service, not at every sync
+_warnings = ObjectWarnings(log)
 
 ANN_CLUSTER = "kube-router.io/service.advertise.clusterip"
 ANN_EXTERNAL = "kube-router.io/service.advertise.externalip"
@@ -46,8 +49,9 @@ def _flag(svc: Service, annotation: str, default: bool) -> bool:
         return True
     if v in _FALSE:
         return False
-    log.warning("invalid annotation ignored service=%s annotation=%s value=%r", svc.key,
-                annotation, value)
+    _warnings.warn(svc.key, f"{annotation}={value}",
+                   "invalid annotation ignored service=%s annotation=%s value=%r", svc.key,
+                   annotation, value)
     return default
 
 

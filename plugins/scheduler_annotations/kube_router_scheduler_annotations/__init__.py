@@ -16,6 +16,7 @@ import logging
 
 from kube_router import hookimpl
 from kube_router.kube.records import Service
+from kube_router.objwarn import ObjectWarnings
 from kube_router_proxy_ipvs.scheduler import FLAG_BITS
 from kube_router_proxy_ipvs.scheduler import KNOWN_SCHEDULERS
 from kube_router_proxy_ipvs.scheduler import IPVSScheduler
@@ -27,16 +28,14 @@ SCHEDFLAGS = "kube-router.io/service.schedflags"
 FLAG_SCHEDULERS = frozenset({"sh", "mh"})
 
 log = logging.getLogger(__name__)
-_warned: set[tuple[str, str, str]] = set()
+# Syncs repeat; one line per bad value is enough for an operator to act on.
+_warnings = ObjectWarnings(log)
 
 
 def _warn_once(service: Service, what: str, value: str, why: str) -> None:
-    # Syncs repeat; one line per bad value is enough for an operator to act on.
-    key = (service.key, what, value)
-    if key not in _warned:
-        _warned.add(key)
-        log.warning("ignoring annotation service=%s annotation=%s value=%r reason=%s",
-                    service.key, what, value, why)
+    _warnings.warn(service.key, f"{what}={value}",
+                   "ignoring annotation service=%s annotation=%s value=%r reason=%s",
+                   service.key, what, value, why)
 
 
 def choose(service: Service) -> IPVSScheduler | None:

@@ -3,6 +3,7 @@ connection machinery: lists, live watches, cut streams, 410 Gone and restarts.""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import gc
 import logging
@@ -12,10 +13,13 @@ from collections.abc import Callable
 from collections.abc import Iterator
 from pathlib import Path
 
+import pluggy
 import pytest
 
+from kube_router.agent import Agent
 from kube_router.bus import Event
 from kube_router.bus import EventType
+from kube_router.kube import informer as informer_mod
 from kube_router.kube.client import load_client
 from kube_router.kube.informer import Informer
 from kube_router.kube.kinds import KINDS
@@ -227,6 +231,57 @@ def test_api_server_restart_reconnects_with_backoff_and_clears_error(
     # down allows only a handful of attempts.
     assert len(failures) <= 7
     assert "retry_in=0.1s" in failures[0] or "retry_in=0.2s" in failures[0]
+
+
+
+def test_a_long_outage_is_followed_within_seconds_and_logged_sparingly(
+        lab: Harness, caplog: pytest.LogCaptureFixture) -> None:
+    """However long the server was away, the retry interval stays short: a change made
+    as it comes back reaches the store within a few seconds."""
+    async def main() -> float:
+        inf, _ = lab.informer()
+        await asyncio.wait_for(inf.synced.wait(), TIMEOUT)
+        await asyncio.to_thread(lab.server.stop)
+        await until(lambda: inf.failing_since is not None, "a recorded failure")
+        await asyncio.sleep(8.0)  # the backoff would reach 25 s doubling without a cap
+        assert inf.last_error is not None
+        await asyncio.to_thread(lab.server.start)
+        lab.store.create(svc("back", "10.1.2.9"))
+        t0 = time.monotonic()
+        await until(lambda: "default/back" in inf.store, "a change made on return")
+        took = time.monotonic() - t0
+        await until(lambda: inf.failing_since is None, "the outage to end")
+        return took
+
+    with caplog.at_level(logging.WARNING, logger="kube_router.kube.informer"):
+        took = asyncio.run(asyncio.wait_for(main(), 60))
+    assert took <= informer_mod.BACKOFF_MAX + 1.5, took
+    failures = [r for r in caplog.records if "list/watch failed" in r.getMessage()]
+    # eight seconds of failures, every three at most: one line, not a line per attempt
+    assert len(failures) == 1, [r.getMessage() for r in failures]
+
+
+def test_readyz_says_why_while_the_api_server_is_away(lab: Harness) -> None:
+    async def main() -> None:
+        agent = Agent(argparse.Namespace(hostname_override="node-x"),
+                      pluggy.PluginManager("kube_router"), [])
+        inf, _ = lab.informer()
+        agent.informers["Service"] = inf
+        agent._stores["Service"] = inf.store
+        await asyncio.wait_for(inf.synced.wait(), TIMEOUT)
+        state = agent.readiness()
+        assert state["ready"] and state["reasons"] == []
+        await asyncio.to_thread(lab.server.stop)
+        await until(lambda: inf.failing_since is not None, "a recorded failure")
+        state = agent.readiness()
+        assert not state["ready"]
+        assert len(state["reasons"]) == 1
+        assert state["reasons"][0].startswith("informer Service: API server unreachable for ")
+        assert state["informers"]["Service"]["failingSeconds"] is not None
+        await asyncio.to_thread(lab.server.start)
+        await until(lambda: agent.readiness()["ready"], "ready again")
+
+    run(main)
 
 
 def test_undecodable_object_is_skipped_with_a_warning(

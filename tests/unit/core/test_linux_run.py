@@ -26,3 +26,39 @@ def test_a_hung_tool_is_killed_at_its_time_limit() -> None:
     with pytest.raises(CommandError, match=r"killed after 0\.3 s"):
         run_sync(["sleep", "30"], timeout=0.3)
     assert time.monotonic() - started < 10
+
+
+def test_restore_text_refuses_a_line_break_smuggled_into_one_line():
+    import pytest
+
+    from kube_router.linux import ipset
+    from kube_router.linux import iptables
+    from kube_router.linux.run import UnsafeInput
+    from kube_router.linux.run import restore_text
+
+    assert restore_text(["*nat", "-A X -j RETURN", "COMMIT"]) == "*nat\n-A X -j RETURN\nCOMMIT\n"
+    evil = '-A X -m comment --comment "ns/a\n-A INPUT -j ACCEPT" -j RETURN'
+    for bad in (evil, "add s 10.0.0.1\r", "add s 10.0.0.1\0"):
+        with pytest.raises(UnsafeInput):
+            restore_text([bad])
+    # the tools are never started with such input
+    with pytest.raises(UnsafeInput):
+        iptables.restore_sync("filter", [evil])
+    with pytest.raises(UnsafeInput):
+        ipset.restore_sync([f"add {evil}"])
+
+
+def test_a_lock_timeout_of_iptables_restore_is_a_retryable_error_saying_nothing_applied():
+    from kube_router.errors import TemporaryError
+    from kube_router.linux import iptables
+    from kube_router.linux.run import CommandError
+
+    legacy = CommandError(["iptables-legacy-restore"], 4,
+                          "Another app is currently holding the xtables lock. Stopped "
+                          "waiting after 5s.\n")
+    assert iptables._lock_busy(legacy)
+    other = CommandError(["iptables-legacy-restore"], 1, "line 3 failed\n")
+    assert not iptables._lock_busy(other)
+    busy = iptables.XtablesLockBusy("iptables-legacy-restore")
+    assert isinstance(busy, TemporaryError) and busy.delay == iptables.LOCK_RETRY
+    assert "applied nothing" in str(busy)

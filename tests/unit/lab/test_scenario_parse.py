@@ -75,7 +75,8 @@ def test_bad_yaml_names_the_line(tmp_path: Path) -> None:
 def test_unknown_step(tmp_path: Path) -> None:
     msg = error("steps:\n  - wait: synced\n  - fly: {to: moon}\n", tmp_path)
     assert msg.endswith("step 2 (fly): unknown step kind 'fly' "
-                        "(known: apply, delete, annotate, wait, run, join, restart, reach)")
+                        "(known: apply, delete, annotate, wait, run, join, restart, reach, "
+                        "burst, snapshot, compare)")
 
 
 def test_unknown_substitution(tmp_path: Path) -> None:
@@ -126,7 +127,7 @@ def test_bad_cmd_quotes(tmp_path: Path) -> None:
 
 def test_join_needs_background(tmp_path: Path) -> None:
     msg = error("steps:\n  - join: load\n", tmp_path)
-    assert "step 1 (join): no earlier run step has background: 'load'" in msg
+    assert "step 1 (join): no earlier run or burst step has background: 'load'" in msg
 
 
 def test_background_and_join(tmp_path: Path) -> None:
@@ -201,3 +202,20 @@ def test_shipped_examples_parse() -> None:
     assert files, EXAMPLES
     for f in files:
         parse_scenario(f.read_text(), path=f)
+
+
+@pytest.mark.parametrize(("step", "why"), [
+    ("burst: {count: 2, template: 'kind: Service\\nmetadata: {name: s}'}",
+     "template: expected YAML text holding ${i}"),
+    ("burst: {count: 0, template: 'kind: Service\\nmetadata: {name: s-${i}}'}",
+     "count: expected a whole number >= 1"),
+    ('burst: {count: 2, template: "kind: Service\\nmetadata: {name: s, x: ${i}}"}',
+     "template: the names must hold ${i} to be distinct"),
+    ("compare: [a, b]", "no earlier snapshot step has as: 'a'"),
+    ("snapshot: {in: node-9, as: a}", "in: expected a node"),
+    ("restart: {target: gobgpd, in: node-0, cleanup: true}",
+     "cleanup: only an agent's restart can clean up"),
+])
+def test_new_steps_are_checked(tmp_path: Path, step: str, why: str) -> None:
+    msg = error(f"steps:\n  - {step}\n", tmp_path)
+    assert why in msg, msg

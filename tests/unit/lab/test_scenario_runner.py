@@ -4,6 +4,7 @@ failure, background runs, the report's shape."""
 from __future__ import annotations
 
 import json
+import sys
 import threading
 from pathlib import Path
 from types import SimpleNamespace
@@ -67,8 +68,8 @@ class FakeLab:
         rc = 1 if argv[0] == "false" else 0
         return rc, out + "\n", "boom\n" if rc else ""
 
-    def restart(self, target, node=None, signal="TERM", down=None) -> None:
-        self.calls.append(("restart", target, node, signal, down))
+    def restart(self, target, node=None, signal="TERM", down=None, **extra) -> None:
+        self.calls.append(("restart", target, node, signal, down, *extra.items()))
 
     def reach(self, src, target, timeout=1.0) -> bool:
         return (src, target) in self.reachable
@@ -304,3 +305,43 @@ def test_until_with_background_is_rejected(tmp_path: Path) -> None:
 
     with pytest.raises(ScenarioError, match="until and background"):
         scenario(tmp_path, '  - run: {in: node-0, cmd: "true", until: 5, background: b}\n')
+
+
+def test_a_background_burst_applies_numbered_copies_and_joins_like_a_run(tmp_path: Path) -> None:
+    report, lab, text = run(tmp_path, """
+  - burst:
+      count: 3
+      start: 7
+      background: b
+      template: |
+        kind: Service
+        metadata: {name: s-${i}, namespace: default}
+  - restart: {target: agent, in: node-1, signal: KILL, cleanup: true}
+  - join: b
+  - burst: {count: 2, delete: true, template: "kind: Node\\nmetadata: {name: n-${i}}\\n"}
+""")
+    assert report["passed"] is True, text
+    applied = [c for c in lab.calls if c[0] == "apply"]
+    assert applied == [("apply", ["s-7"]), ("apply", ["s-8"]), ("apply", ["s-9"])]
+    assert ("restart", "agent", "node-1", "KILL", None, ("cleanup", True)) in lab.calls
+    assert lab.calls[-2:] == [("delete", "Node", None, "n-0"), ("delete", "Node", None, "n-1")]
+    assert report["steps"][2]["outputs"][0].startswith("applied 3 of 3 in ")
+
+
+def test_snapshots_compare_equal_or_fail_with_the_difference(tmp_path: Path) -> None:
+    lab = FakeLab()
+    snap = f"{sys.executable} -m kube_router_lab.kstate"
+    lab.outputs[snap] = ["[ipvs] 1\n  -A -t 10.1.0.1:443 -s rr",
+                         "[ipvs] 1\n  -A -t 10.1.0.1:443 -s rr",
+                         "[ipvs] 1\n  -A -t 10.1.0.1:443 -s lc"]
+    report, lab, text = run(tmp_path, """
+  - snapshot: {in: node-1, as: a}
+  - snapshot: {in: node-1, as: b}
+  - compare: [a, b]
+  - snapshot: {in: node-1, as: c}
+  - compare: [a, c]
+""", lab, keep_going=True)
+    steps = report["steps"]
+    assert [s["passed"] for s in steps] == [True, True, True, True, False], text
+    assert steps[4]["reason"] == "snapshots differ in 2 lines"
+    assert "+  -A -t 10.1.0.1:443 -s lc" in text

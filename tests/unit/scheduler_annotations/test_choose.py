@@ -6,7 +6,7 @@ from kube_router.kube.records import decode_service
 from kube_router_proxy_ipvs.scheduler import IPVSScheduler
 from kube_router_scheduler_annotations import SCHEDFLAGS
 from kube_router_scheduler_annotations import SCHEDULER
-from kube_router_scheduler_annotations import _warned
+from kube_router_scheduler_annotations import _warnings
 from kube_router_scheduler_annotations import choose
 
 
@@ -19,7 +19,7 @@ def svc(annotations, name="myip"):
 
 @pytest.fixture(autouse=True)
 def _forget_warnings():
-    _warned.clear()
+    _warnings.clear()
 
 
 @pytest.mark.parametrize("name", ["lc", "rr", "sh", "dh", "mh", "wrr", "wlc", "lblc", "lblcr",

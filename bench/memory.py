@@ -1,0 +1,336 @@
+"""S6, memory: the agent's resident set at scale and after a long churn; run as root inside
+the lab guest.
+
+    kube-router-py lab exec --mem 3G -- .venv/bin/python -m bench.memory
+
+A real ``kube-router-py run`` process (every installed agent plugin of proxy, router and
+firewall) in a network namespace of its own, against the lab's embedded API server on
+loopback holding 10,000 Services x 10 endpoints, 5,000 Pods over 50 Nodes (and 1,000
+NetworkPolicies when the firewall plugin is installed). Its RSS is read from /proc:
+- ``rss_synced_mib``: once every controller has applied the API's state (and the heap has
+  settled);
+- ``rss_peak_mib``: the high-water mark (VmHWM) over the whole run;
+- ``rss_after_churn_mib``: after a churn phase that replaces Services, endpoints, Pods (and
+  policies) at a steady rate for as long as ``--resyncs`` full resyncs take at the
+  ``--sync-period`` given to the agent, then lets it apply the last of them.
+Goals: peak <= 250 MiB, after churn within 5% of synced. The last line printed is one JSON
+object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from importlib.metadata import entry_points
+from pathlib import Path
+
+ENDPOINTS = 10
+NODES = 50
+NODE_IP = "192.168.200.1"
+HEALTH_PORT = 20299
+NS = "bench"
+PEAK_GOAL_MIB = 250.0
+CHURN_GOAL = 0.05
+
+
+def _svc_ip(i: int) -> str:
+    return f"10.{96 + i // 65536}.{(i // 256) % 256}.{i % 256}"
+
+
+def _ep_ip(i: int, j: int, gen: int = 0) -> str:
+    n = (i * ENDPOINTS + j + gen * 7) % (1 << 21)
+    return f"10.{128 + n // 65536}.{(n // 256) % 256}.{n % 256}"
+
+
+def _node(k: int) -> dict:
+    ip = NODE_IP if k == 0 else f"192.168.201.{k}"
+    return {"apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": f"node-{k}", "labels": {"kubernetes.io/hostname": f"node-{k}"}},
+            "spec": {"podCIDR": f"10.244.{k}.0/24", "podCIDRs": [f"10.244.{k}.0/24"]},
+            "status": {"addresses": [{"type": "InternalIP", "address": ip}]}}
+
+
+def _service(i: int, gen: int = 0) -> dict:
+    return {"apiVersion": "v1", "kind": "Service",
+            "metadata": {"namespace": NS, "name": f"svc-{i}-{gen}",
+                         "labels": {"app": f"app-{i % 500}"}},
+            "spec": {"clusterIP": _svc_ip(i), "clusterIPs": [_svc_ip(i)], "type": "ClusterIP",
+                     "selector": {"app": f"app-{i % 500}"},
+                     "ports": [{"name": "http", "protocol": "TCP", "port": 80,
+                                "targetPort": 8080}]}}
+
+
+def _slice(i: int, svc_gen: int = 0, gen: int = 0) -> dict:
+    name = f"svc-{i}-{svc_gen}"
+    return {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"namespace": NS, "name": f"{name}-abc",
+                         "labels": {"kubernetes.io/service-name": name}},
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": [_ep_ip(i, j, gen)], "conditions": {"ready": True},
+                           "nodeName": f"node-{1 + (i + j) % (NODES - 1)}"}
+                          for j in range(ENDPOINTS)],
+            "ports": [{"name": "http", "protocol": "TCP", "port": 8080}]}
+
+
+def _pod(p: int, gen: int = 0) -> dict:
+    k = p % NODES
+    n = p + gen * 5000
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"namespace": NS, "name": f"pod-{p}-{gen}",
+                         "labels": {"app": f"app-{p % 500}", "tier": f"t{p % 7}"}},
+            "spec": {"nodeName": f"node-{k}",
+                     "containers": [{"name": "c", "image": "whats-my-ip",
+                                     "ports": [{"containerPort": 8080, "name": "http"}]}]},
+            "status": {"phase": "Running", "podIP": f"10.244.{k}.{2 + (n // NODES) % 250}",
+                       "podIPs": [{"ip": f"10.244.{k}.{2 + (n // NODES) % 250}"}]}}
+
+
+def _policy(q: int, gen: int = 0) -> dict:
+    return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": {"namespace": NS, "name": f"pol-{q}-{gen}"},
+            "spec": {"podSelector": {"matchLabels": {"app": f"app-{q % 500}"}},
+                     "policyTypes": ["Ingress"],
+                     "ingress": [{"from": [{"podSelector": {"matchLabels":
+                                                             {"tier": f"t{q % 7}"}}}],
+                                  "ports": [{"protocol": "TCP", "port": 8080}]}]}}
+
+
+# -- the agent and its numbers ------------------------------------------------------------
+
+
+def _status(pid: int) -> dict[str, int]:
+    """VmRSS and VmHWM of ``pid``, in KiB."""
+    out = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            out[key] = int(value.split()[0])
+    return out
+
+
+def _mib(kib: int) -> float:
+    return round(kib / 1024, 1)
+
+
+def _readyz() -> dict | None:
+    conn = http.client.HTTPConnection("127.0.0.1", HEALTH_PORT, timeout=5)
+    try:
+        conn.request("GET", "/readyz")
+        return json.loads(conn.getresponse().read())
+    except (OSError, ValueError):
+        return None
+    finally:
+        conn.close()
+
+
+def _applied(rv: str) -> bool:
+    doc = _readyz()
+    if not doc or not doc.get("controllers"):
+        return False
+    want = int(rv)
+    return all(int(c.get("resourceVersion") or 0) >= want and c.get("synced")
+               for c in doc["controllers"].values())
+
+
+def _say(msg: str) -> None:
+    print(f"bench.memory: {msg}", file=sys.stderr, flush=True)
+
+
+def _died(proc: subprocess.Popen, log_path: Path) -> SystemExit:
+    kernel = subprocess.run(["dmesg"], capture_output=True, text=True, check=False).stdout
+    text = log_path.read_text(errors="replace").splitlines()
+    return SystemExit(f"the agent exited rc={proc.returncode}\nagent log:\n"
+                      + "\n".join(text[-15:]) + "\nkernel:\n"
+                      + "\n".join(kernel.splitlines()[-15:]))
+
+
+def _wait_applied(store, proc: subprocess.Popen, timeout: float, log_path: Path) -> float:
+    rv = store.resource_version()
+    started = time.monotonic()
+    while not _applied(rv):
+        if proc.poll() is not None:
+            raise _died(proc, log_path)
+        if time.monotonic() - started > timeout:
+            raise SystemExit(f"the agent did not apply rv {rv} in {timeout:g}s: {_readyz()}")
+        time.sleep(0.5)
+    return time.monotonic() - started
+
+
+def _settled_rss(pid: int, seconds: float = 10.0) -> int:
+    """The lowest RSS over a few seconds of quiet: what stays, not a sync's transient."""
+    low = None
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        rss = _status(pid)["VmRSS"]
+        low = rss if low is None else min(low, rss)
+        time.sleep(0.5)
+    assert low is not None
+    return low
+
+
+def run(args: argparse.Namespace) -> dict:
+    from kube_router_lab.apiserver import ApiServer
+    from kube_router_lab.apiserver import ApiStore
+
+    for argv in (["ip", "link", "set", "lo", "up"],
+                 ["ip", "link", "add", "bench-node", "type", "dummy"],
+                 ["ip", "addr", "add", f"{NODE_IP}/16", "dev", "bench-node"],
+                 ["ip", "link", "set", "bench-node", "up"]):
+        subprocess.run(argv, check=True)
+    installed = {ep.name for ep in entry_points(group="kube_router.plugins")}
+    enable = [p for p in ("proxy", "router", "firewall") if p in installed]
+    policies = args.policies if "firewall" in enable else 0
+
+    store = ApiStore()
+    started = time.monotonic()
+    for k in range(NODES):
+        store.create(_node(k))
+    for i in range(args.services):
+        store.create(_service(i))
+        store.create(_slice(i))
+    for p in range(args.pods):
+        store.create(_pod(p))
+    for q in range(policies):
+        store.create(_policy(q))
+    store.compact()  # the history of the load is not what a cluster's server holds
+    load_seconds = time.monotonic() - started
+    objects = NODES + 2 * args.services + args.pods + policies
+    server = ApiServer(store, "127.0.0.1", 0, bookmark_interval=5.0)
+    server.start()
+    work = Path(tempfile.mkdtemp(prefix="bench-memory-"))
+    kubeconfig = server.write_kubeconfig(work / "kubeconfig")
+    period = f"{args.sync_period:g}s"
+    argv = [str(Path(sys.executable).parent / "kube-router-py"), "run",
+            "--enable", ",".join(enable), "--hostname-override", "node-0",
+            "--kubeconfig", str(kubeconfig), "--health-port", str(HEALTH_PORT),
+            "--service-cluster-ip-range", "10.96.0.0/12",
+            "--ipvs-sync-period", period, "--routes-sync-period", period,
+            "--cni-conf-dir", str(work / "net.d"), "--cni-ipam-data-dir", str(work / "ipam")]
+    if "firewall" in enable:
+        argv += ["--iptables-sync-period", period]
+    log_path = work / "agent.log"
+    with open(log_path, "wb") as logf:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=logf,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        _say(f"loaded {objects} objects in {load_seconds:.1f}s; agent pid={proc.pid} "
+             f"plugins={','.join(enable)}")
+        sync_seconds = _wait_applied(store, proc, args.timeout, log_path)
+        rss_synced = _settled_rss(proc.pid)
+        _say(f"synced in {sync_seconds:.1f}s rss={_mib(rss_synced)} MiB "
+             f"peak={_mib(_status(proc.pid)['VmHWM'])} MiB")
+
+        # Churn: each second, `rate` Services are replaced (a new name, so per-object state
+        # comes and goes) with their slices, `rate` other slices change endpoints, `rate`
+        # Pods and rate/10 policies are replaced.
+        churn_seconds = args.resyncs * args.sync_period + args.sync_period
+        t0 = time.monotonic()
+        tick = 0
+        svc_gen = [0] * args.services
+        pod_gen = [0] * args.pods
+        pol_gen = [0] * max(1, policies)
+        changes = 0
+        while time.monotonic() - t0 < churn_seconds:
+            if proc.poll() is not None:
+                raise _died(proc, log_path)
+            for r in range(args.rate):
+                i = (tick * args.rate + r) % args.services
+                store.delete("Service", NS, f"svc-{i}-{svc_gen[i]}")
+                store.delete("EndpointSlice", NS, f"svc-{i}-{svc_gen[i]}-abc")
+                svc_gen[i] += 1
+                store.create(_service(i, svc_gen[i]))
+                store.create(_slice(i, svc_gen[i]))
+                j = (i + args.services // 2) % args.services
+                store.update(_slice(j, svc_gen[j], tick + 1))
+                p = (tick * args.rate + r) % args.pods
+                store.delete("Pod", NS, f"pod-{p}-{pod_gen[p]}")
+                pod_gen[p] += 1
+                store.create(_pod(p, pod_gen[p]))
+                changes += 6
+            for r in range(args.rate // 10 if policies else 0):
+                q = (tick * (args.rate // 10) + r) % policies
+                store.delete("NetworkPolicy", NS, f"pol-{q}-{pol_gen[q]}")
+                pol_gen[q] += 1
+                store.create(_policy(q, pol_gen[q]))
+                changes += 2
+            tick += 1
+            if tick % 20 == 0:
+                store.compact()  # keep the server's own history from filling the guest
+            time.sleep(max(0.0, t0 + tick - time.monotonic()))
+        churn_elapsed = time.monotonic() - t0
+        _say(f"churned {changes} changes in {time.monotonic() - t0:.1f}s "
+             f"rss={_mib(_status(proc.pid)['VmRSS'])} MiB")
+        settle_seconds = _wait_applied(store, proc, args.timeout, log_path)
+        # one more full resync with nothing changing, as a quiet cluster would see
+        time.sleep(args.sync_period)
+        rss_after = _settled_rss(proc.pid)
+        status = _status(proc.pid)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        server.stop()
+    text = log_path.read_text(errors="replace")
+    full_syncs = len(re.findall(r"proxy sync full=True", text))
+    tracebacks = text.count("Traceback")
+    return {
+        "plugins": enable, "services": args.services, "endpoints_per_service": ENDPOINTS,
+        "pods": args.pods, "policies": policies, "nodes": NODES, "objects": objects,
+        "load_seconds": round(load_seconds, 1), "sync_seconds": round(sync_seconds, 1),
+        "churn_seconds": round(churn_elapsed, 1), "churn_changes": changes,
+        "settle_seconds": round(settle_seconds, 1), "sync_period_seconds": args.sync_period,
+        "proxy_full_syncs": full_syncs, "agent_tracebacks": tracebacks,
+        "rss_synced_mib": _mib(rss_synced), "rss_peak_mib": _mib(status["VmHWM"]),
+        "rss_after_churn_mib": _mib(rss_after),
+        "churn_growth": round(rss_after / rss_synced - 1, 4),
+        "peak_goal_met": _mib(status["VmHWM"]) <= PEAK_GOAL_MIB,
+        "churn_goal_met": abs(rss_after / rss_synced - 1) <= CHURN_GOAL,
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--services", type=int, default=10_000)
+    p.add_argument("--pods", type=int, default=5_000)
+    p.add_argument("--policies", type=int, default=1_000, help="(with the firewall plugin)")
+    p.add_argument("--sync-period", type=float, default=5.0,
+                   help="the agent's full resync period, seconds")
+    p.add_argument("--resyncs", type=int, default=20, help="full resyncs the churn lasts")
+    p.add_argument("--rate", type=int, default=20, help="objects of each kind replaced a second")
+    p.add_argument("--timeout", type=float, default=600.0)
+    p.add_argument("--phase", choices=["run"], help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.phase == "run":
+        print(json.dumps(run(args)))
+        return
+    # a namespace of its own: the agent's IPVS table, links and routes go with it
+    ns = f"bench-mem-{uuid.uuid4().hex[:6]}"
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    try:
+        proc = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-m", "bench.memory",
+                               "--phase", "run", *sys.argv[1:]], capture_output=True,
+                              text=True, check=False, cwd=os.getcwd())
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], check=False)
+    sys.stderr.write(proc.stderr[-5000:])
+    if proc.returncode:
+        raise SystemExit(f"bench failed rc={proc.returncode}")
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    for k in ("rss_synced_mib", "rss_peak_mib", "rss_after_churn_mib"):
+        print(f"{k}={result[k]}", file=sys.stderr)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
