@@ -41,7 +41,7 @@ kernel: venv
 lab: venv
 	$(PY) -m pytest tests/lab
 
-test: unit kernel lab
+test: lint unit kernel lab
 
 demo: venv
 	$(KRP) lab run examples/seed-walkthrough.yaml --report out/seed-walkthrough.json
@@ -51,8 +51,10 @@ bench: venv
 	$(KRP) lab exec --mem 3G -- $(PY) -m bench.proxy_ipvs --n 1000
 	$(KRP) lab exec -- $(PY) -m bench.routing_bgp --n 5000
 
+# Style, then the layers between core, plugins and lab (contracts in pyproject.toml).
 lint: venv
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 
 clean:
 	rm -rf $(VENV) out

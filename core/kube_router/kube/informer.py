@@ -34,8 +34,8 @@ from urllib.parse import urlencode
 import orjson
 import urllib3
 
-from kube_router.bus import Event
-from kube_router.bus import EventType
+from kube_router.kube.events import Event
+from kube_router.kube.events import EventType
 from kube_router.kube.kinds import Kind
 from kube_router.kube.records import Record
 from kube_router.kube.store import Store
@@ -142,7 +142,7 @@ def _status_message(body: bytes) -> str:
 class Informer:
     """Keep ``store`` equal to the API server's objects of ``kind``.
 
-    ``publish`` receives an :class:`~kube_router.bus.Event` for every change, on ``loop``.
+    ``publish`` receives an :class:`~kube_router.kube.events.Event` for every change, on ``loop``.
     """
 
     def __init__(

@@ -23,8 +23,8 @@ from kube_router.kube.records import EndpointSlice
 from kube_router.kube.records import Service
 from kube_router.kube.records import ServicePort
 from kube_router_proxy_ipvs import ipvs_netlink as nl
-from kube_router_proxy_ipvs.scheduler import DEFAULT as _DEFAULT
-from kube_router_proxy_ipvs.scheduler import IPVSScheduler
+from kube_router_proxy_ipvs.api import DEFAULT as _DEFAULT
+from kube_router_proxy_ipvs.api import IPVSScheduler
 
 log = logging.getLogger(__name__)
 

@@ -37,7 +37,7 @@ from kube_router_routing_bgp.route_sync import RouteInstaller
 
 if TYPE_CHECKING:
     from kube_router.agent import Agent
-    from kube_router.bus import Event
+    from kube_router.kube.events import Event
 
 log = logging.getLogger(__name__)
 

@@ -155,7 +155,7 @@ class Gobgpd:
             raise GobgpError(f"cannot start {self.binary}: {exc}") from exc
         self.starts += 1
         log.info("gobgpd started pid=%s api=%s", self.proc.pid, self.api_host)
-        self._open_channel()
+        self.connect()
         deadline = time.monotonic() + timeout
         while True:
             if not self.running():
@@ -182,7 +182,9 @@ class Gobgpd:
             except grpc.aio.AioRpcError:
                 return False
 
-    def _open_channel(self) -> None:
+    def connect(self) -> None:
+        """Open the API channel: to the gobgpd this object started, or to one already
+        running at ``api_host``."""
         self._channel = grpc.aio.insecure_channel(
             self.api_host, options=[("grpc.max_receive_message_length", 64 << 20)])
         self.stub = self._api.grpc.GobgpApiStub(self._channel)

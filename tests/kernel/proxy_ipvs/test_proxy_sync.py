@@ -10,9 +10,9 @@ from types import SimpleNamespace
 import pytest
 
 from kube_router import hookimpl
+from kube_router_proxy_ipvs.api import IPVSScheduler
 from kube_router_proxy_ipvs.controller import ProxyController
 from kube_router_proxy_ipvs.firewall import ServiceFirewall
-from kube_router_proxy_ipvs.scheduler import IPVSScheduler
 
 pytestmark = pytest.mark.kernel
 

@@ -1,7 +1,7 @@
 """A cluster-wide default IPVS scheduler, for Services whose annotations choose none."""
 
 from kube_router import hookimpl
-from kube_router_proxy_ipvs.scheduler import IPVSScheduler
+from kube_router_proxy_ipvs.api import IPVSScheduler
 
 
 @hookimpl
