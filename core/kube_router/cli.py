@@ -197,15 +197,14 @@ def cmd_run(config: argparse.Namespace) -> int:
 
 def run_cleanups(config: argparse.Namespace) -> int:
     """Every installed plugin's cleanup, each isolated from the others' failures."""
-    pm: pluggy.PluginManager = config.pluginmanager
     failed = 0
-    for impl in reversed(pm.hook.kube_router_cleanup.get_hookimpls()):
+    for name, call in plugins.one_by_one(config.pluginmanager, "kube_router_cleanup"):
         try:
-            impl.function(config=config)
-            log.info("cleanup done plugin=%s", impl.plugin_name)
+            call(config=config)
+            log.info("cleanup done plugin=%s", name)
         except Exception:
             failed += 1
-            log.exception("cleanup failed plugin=%s", impl.plugin_name)
+            log.exception("cleanup failed plugin=%s", name)
     return 1 if failed else 0
 
 
@@ -236,13 +235,13 @@ def cmd_status(config: argparse.Namespace) -> int:
         print(f"kube-router-py: {exc}", file=sys.stderr)
         return 2
     sections = [agent_section(config)]
-    pm: pluggy.PluginManager = config.pluginmanager
-    disabled = [p for n, p in pm.list_name_plugin() if n not in config.enabled]
-    for impl in reversed(pm.subset_hook_caller("kube_router_status", disabled).get_hookimpls()):
+    for name, call in plugins.one_by_one(config.pluginmanager, "kube_router_status",
+                                         among=config.enabled):
         try:
-            sections.extend(impl.function(config=config) or ())
+            for answer in call(config=config):
+                sections.extend(answer or ())
         except Exception as exc:
-            sections.append(StatusSection(impl.plugin_name, [], note=f"error: {exc}"))
+            sections.append(StatusSection(name, [], note=f"error: {exc}"))
     print("\n\n".join(s.render() for s in sections))
     return 0
 

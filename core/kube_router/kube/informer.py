@@ -293,7 +293,7 @@ class Informer:
         if resp is None:
             return
         try:
-            resp.shutdown()  # type: ignore[attr-defined]
+            resp.shutdown()
         except (AttributeError, ValueError, RuntimeError, OSError):
             resp.close()
 
@@ -465,7 +465,7 @@ class Informer:
     def _lines(resp: urllib3.BaseHTTPResponse) -> Iterator[bytes]:
         chunks: Iterator[bytes]
         if getattr(resp, "chunked", False):
-            chunks = resp.read_chunked()  # type: ignore[attr-defined]
+            chunks = resp.read_chunked()
         else:
             chunks = iter(lambda: resp.read1(65536), b"")
         rest = b""

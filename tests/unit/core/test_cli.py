@@ -1,3 +1,4 @@
+import argparse
 import os
 import subprocess
 import sys
@@ -6,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from kube_router import cli
+from kube_router import hookimpl
 
 
 def test_plugins_lists_every_installed_plugin_with_its_distribution(capsys):
@@ -135,3 +137,27 @@ def test_a_missing_kubeconfig_is_one_clear_line(capsys, tmp_path):
                      "--hostname-override", "n1", "--health-port", "0"]) == 1
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and str(missing) in err
+
+
+def test_each_plugins_cleanup_runs_through_pluggy_whatever_the_others_do(monkeypatch):
+    monkeypatch.setenv(cli.plugins.DISABLE_AUTOLOAD_ENV, "1")
+    done = []
+
+    class Fails:
+        @hookimpl
+        def kube_router_cleanup(self, config):
+            raise RuntimeError("boom")
+
+    class Works:
+        @hookimpl
+        def kube_router_cleanup(self, config):
+            done.append(config.node)
+
+    pm = cli.plugins.new_manager()
+    cli.plugins.register(pm, "works", Works())
+    cli.plugins.register(pm, "fails", Fails())
+    config = argparse.Namespace(pluginmanager=pm, node="n1")
+    assert cli.run_cleanups(config) == 1
+    assert done == ["n1"]
+    assert [name for name, _ in cli.plugins.one_by_one(pm, "kube_router_cleanup",
+                                                       among={"works"})] == ["works"]
