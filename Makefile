@@ -6,6 +6,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 KRP := $(VENV)/bin/kube-router-py
 PLUGINS := $(wildcard plugins/*)
+PLUGIN_PACKAGES := $(notdir $(patsubst %/__init__.py,%,$(wildcard plugins/*/kube_router_*/__init__.py)))
+empty :=
+MYPYPATH := $(subst $(empty) $(empty),:,core lab $(PLUGINS))
 SYSTEM_PACKAGES := user-mode-linux kmod iproute2 ipvsadm ipset iptables conntrack \
 	gobgpd golang-github-osrg-gobgp-dev containernetworking-plugins bird2 curl socat util-linux
 
@@ -51,10 +54,13 @@ bench: venv
 	$(KRP) lab exec --mem 3G -- $(PY) -m bench.proxy_ipvs --n 1000
 	$(KRP) lab exec -- $(PY) -m bench.routing_bgp --n 5000
 
-# Style, then the layers between core, plugins and lab (contracts in pyproject.toml).
+# Style, the layers between core, plugins and lab (contracts in pyproject.toml), then
+# types: strict for the core, mypy's defaults for the lab and every plugin.
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
+	MYPYPATH=$(MYPYPATH) $(VENV)/bin/mypy --strict -p kube_router
+	MYPYPATH=$(MYPYPATH) $(VENV)/bin/mypy -p kube_router_lab $(addprefix -p ,$(PLUGIN_PACKAGES))
 
 clean:
 	rm -rf $(VENV) out

@@ -121,9 +121,10 @@ class Allocator:
             self._drop(owner)
 
     def _drop(self, owner: str) -> None:
-        for table in (self._ips, self._ports):
-            for k in [k for k, o in table.items() if o == owner]:
-                del table[k]
+        for ip in [k for k, o in self._ips.items() if o == owner]:
+            del self._ips[ip]
+        for port in [k for k, o in self._ports.items() if o == owner]:
+            del self._ports[port]
 
     def _free_ip(self, owner: str) -> str:
         for addr in self.net.hosts():

@@ -404,7 +404,9 @@ def run_scenario_file(path: Path, *, report: Path | None = None, keep_going: boo
            f"{spec.cluster_cidr}, services {spec.service_cidr}, underlay {spec.underlay}"
            + (f", peers {', '.join(p.name for p in spec.peers)}" if spec.peers else ""))
     if lab_factory is None:
-        from kube_router_lab.cluster import Lab as lab_factory
+        from kube_router_lab.cluster import Lab
+
+        lab_factory = Lab
     result: dict[str, Any]
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="lab-") as work:

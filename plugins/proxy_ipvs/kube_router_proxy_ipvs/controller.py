@@ -242,7 +242,7 @@ class ProxyController(Controller):
             users = Counter(chain.from_iterable(map(_VIPS, states.values())))
             self._vip_users = users
             vips_add: AbstractSet[str] = users.keys()
-            vips_remove = self.dummy.addrs.keys() - vips_add
+            vips_remove: AbstractSet[str] = self.dummy.addrs.keys() - vips_add
             self.svc_health = {n: st.health_check for n, st in states.items()
                                if st.health_check}
             # the states themselves become the record (no copy): only those with servers
@@ -252,7 +252,7 @@ class ProxyController(Controller):
         else:
             remove = set()
             vips_add = set()
-            vips_remove: set[str] = set()
+            vips_remove = set()
             for name, st in states.items():
                 old = self.svc_states.pop(name, None)
                 old_vips: tuple[str, ...] = ()

@@ -65,7 +65,7 @@ CONVERGE_GRACE = 20.0
 
 class RouterController(Controller):
     name = "router"
-    kinds = ("Node",)
+    kinds: tuple[str, ...] = ("Node",)
 
     def __init__(self, agent: Agent) -> None:
         super().__init__(agent)
@@ -147,7 +147,9 @@ class RouterController(Controller):
         # Import policy as the original: no default route, no service addresses.
         if net.prefixlen == 0:
             return True
-        return any(net.version == r.version and net.subnet_of(r) for r in self._reject_nets)
+        # (a subnet: at least as long, and starting inside; `in` is False across families)
+        return any(net.prefixlen >= r.prefixlen and net.network_address in r
+                   for r in self._reject_nets)
 
     # -- sync --------------------------------------------------------------------
 

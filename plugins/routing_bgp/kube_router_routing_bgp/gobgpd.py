@@ -18,6 +18,7 @@ from collections.abc import Callable
 from collections.abc import Iterable
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 from google.protobuf.any_pb2 import Any as AnyMsg
@@ -115,7 +116,7 @@ class Gobgpd:
         self.proc: asyncio.subprocess.Process | None = None
         self._channel: grpc.aio.Channel | None = None
         self._api = gobgp_api.load()
-        self.stub = None
+        self.stub: Any = None  # the generated GobgpApiStub, once connected
         self.starts = 0
 
     @property
@@ -192,7 +193,7 @@ class Gobgpd:
     async def _close_channel(self) -> None:
         if self._channel is not None:
             with contextlib.suppress(Exception):
-                await self._channel.close()
+                await self._channel.close(grace=None)
         self._channel = None
         self.stub = None
 
@@ -218,7 +219,7 @@ class Gobgpd:
 
     # -- global --------------------------------------------------------------------
 
-    async def _call(self, method: str, request: object, timeout: float = 10.0) -> object:
+    async def _call(self, method: str, request: Any, timeout: float = 10.0) -> Any:
         if self.stub is None:
             raise GobgpError("gobgpd is not running")
         try:
@@ -246,7 +247,7 @@ class Gobgpd:
 
     # -- peers ---------------------------------------------------------------------
 
-    def _peer_msg(self, p: PeerConfig) -> object:
+    def _peer_msg(self, p: PeerConfig) -> Any:
         pb = self.pb
         peer = pb.Peer(conf=pb.PeerConf(neighbor_address=p.address, peer_asn=p.asn,
                                         auth_password=p.password))
@@ -291,7 +292,7 @@ class Gobgpd:
 
     # -- paths ---------------------------------------------------------------------
 
-    def path_msg(self, prefix: str, next_hop: str, *, withdraw: bool = False) -> object:
+    def path_msg(self, prefix: str, next_hop: str, *, withdraw: bool = False) -> Any:
         """A GoBGP Path for an IPv4/IPv6 unicast prefix. Raises ValueError on a bad prefix
         (gobgpd would accept it and advertise 0.0.0.0/len)."""
         pb, attr = self.pb, self.attr
@@ -327,8 +328,8 @@ class Gobgpd:
         """Send many (prefix, next hop) paths through AddPathStream, ``batch`` per message.
         Invalid ones are skipped with a warning. Returns how many were sent."""
         pb = self.pb
-        msgs: list[object] = []
-        chunk: list[object] = []
+        msgs: list[Any] = []
+        chunk: list[Any] = []
         for prefix, nh in paths:
             try:
                 chunk.append(self.path_msg(prefix, nh, withdraw=withdraw))
@@ -407,7 +408,7 @@ class Gobgpd:
         finally:
             call.cancel()
 
-    def learned(self, path: object) -> LearnedPath | None:
+    def learned(self, path: Any) -> LearnedPath | None:
         """Decode a Path's prefix and next hop; None for families we do not route."""
         attr = self.attr
         nlri = attr.IPAddressPrefix()
@@ -433,7 +434,7 @@ class Gobgpd:
                            neighbor=neighbor)
 
 
-def peer_status(peer: object) -> PeerStatus:
+def peer_status(peer: Any) -> PeerStatus:
     st = peer.state
     uptime = None
     if st.session_state == 6 and peer.timers.state.uptime.seconds:
