@@ -6,6 +6,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 KRP := $(VENV)/bin/kube-router-py
 PLUGINS := $(wildcard plugins/*)
+PLUGIN_PACKAGES := $(notdir $(patsubst %/__init__.py,%,$(wildcard plugins/*/kube_router_*/__init__.py)))
+empty :=
+MYPYPATH := $(subst $(empty) $(empty),:,core lab $(PLUGINS))
 SYSTEM_PACKAGES := user-mode-linux kmod iproute2 ipvsadm ipset iptables conntrack \
 	gobgpd golang-github-osrg-gobgp-dev containernetworking-plugins bird2 curl socat util-linux \
 	openssl
@@ -64,7 +67,7 @@ e2e: venv
 reliability: venv
 	$(PY) -m pytest tests/lab -m reliability || [ $$? -eq 5 ]
 
-test: unit kernel lab e2e reliability
+test: lint unit kernel lab e2e reliability
 
 demo: venv
 	$(KRP) lab run examples/seed-walkthrough.yaml --report out/seed-walkthrough.json
@@ -85,8 +88,13 @@ kube-router-original:
 bench-peer: venv kube-router-original
 	$(KRP) lab exec --mem 3G -- $(PY) -m bench.peer --n 1000
 
+# Style, the layers between core, plugins and lab (contracts in pyproject.toml), then
+# types: strict for the core, mypy's defaults for the lab and every plugin.
 lint: venv
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
+	MYPYPATH=$(MYPYPATH) $(VENV)/bin/mypy --strict -p kube_router
+	MYPYPATH=$(MYPYPATH) $(VENV)/bin/mypy -p kube_router_lab $(addprefix -p ,$(PLUGIN_PACKAGES))
 
 clean:
 	rm -rf $(VENV) out

@@ -49,8 +49,8 @@ import uuid
 
 from kube_router import plugins
 from kube_router.agent import Agent
-from kube_router.bus import Event
-from kube_router.bus import EventType
+from kube_router.kube.events import Event
+from kube_router.kube.events import EventType
 from kube_router.kube.records import decode_endpointslice
 from kube_router.kube.records import decode_node
 from kube_router.kube.records import decode_service
@@ -58,11 +58,11 @@ from kube_router.linux.memory import one_malloc_arena
 from kube_router_proxy_ipvs import ipvs_netlink as nl
 from kube_router_proxy_ipvs import plugin
 from kube_router_proxy_ipvs import settings
+from kube_router_proxy_ipvs.api import DEFAULT
 from kube_router_proxy_ipvs.controller import ProxyController
 from kube_router_proxy_ipvs.desired import Settings
 from kube_router_proxy_ipvs.desired import service_state
 from kube_router_proxy_ipvs.dummy_if import DummyInterface
-from kube_router_proxy_ipvs.scheduler import DEFAULT
 
 ENDPOINTS = 10
 

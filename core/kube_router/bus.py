@@ -16,30 +16,13 @@ task.
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass
 
-from kube_router.kube.records import Record
+from kube_router.kube.events import Event
 
 log = logging.getLogger(__name__)
-
-
-class EventType(enum.Enum):
-    ADDED = "ADDED"
-    MODIFIED = "MODIFIED"
-    DELETED = "DELETED"
-
-
-@dataclass(frozen=True, slots=True)
-class Event:
-    kind: str
-    type: EventType
-    key: str  # "namespace/name", or "name" for cluster-scoped kinds
-    new: Record | None  # None for DELETED
-    old: Record | None  # None for ADDED
 
 
 Subscriber = Callable[[Event], None]

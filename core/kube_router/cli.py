@@ -27,11 +27,12 @@ log = logging.getLogger("kube_router")
 
 #: kube-router's own switches, and the plugin each one stands for.
 RUN_ALIASES = {"run_service_proxy": "proxy", "run_router": "router", "run_firewall": "firewall"}
-COMMANDS = ("run", "plugins", "status")
 
 
-def _agent_options(pm: pluggy.PluginManager) -> argparse.ArgumentParser:
-    """Flags shared by ``run`` and ``status``: the core's and every installed plugin's."""
+def _agent_options(pm: pluggy.PluginManager, *, defaults: bool = True) -> argparse.ArgumentParser:
+    """Flags shared by ``run`` and ``status``: the core's and every installed plugin's, each
+    plugin's in its own group. Without ``defaults``, a flag left out sets nothing (so a
+    subcommand does not undo what was given before it)."""
     p = argparse.ArgumentParser(add_help=False)
     g = p.add_argument_group("core")
     g.add_argument("--enable", type=lambda s: [n.strip() for n in s.split(",") if n.strip()],
@@ -56,19 +57,32 @@ def _agent_options(pm: pluggy.PluginManager) -> argparse.ArgumentParser:
     g.add_argument("-v", "--v", dest="verbose", action="count", default=0,
                    help="more logging; repeat for more")
     pm.hook.kube_router_add_options(parser=p)
+    if not defaults:
+        # Not set_defaults(): a parser-level SUPPRESS default lands in the namespace as text.
+        for action in p._actions:
+            action.default = argparse.SUPPRESS
     return p
 
 
-def build_parser(pm: pluggy.PluginManager) -> argparse.ArgumentParser:
-    opts = _agent_options(pm)
-    parser = argparse.ArgumentParser(
-        prog="kube-router-py",
-        description="Kubernetes networking agent: service proxy, pod routing, firewall.",
-    )
-    parser.add_argument("--version", action="version", version=f"kube-router-py {__version__}")
+def _add_disable_plugin(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--disable-plugin", action="append", default=[], metavar="NAME",
                         help="do not load this installed plugin at all")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+
+def build_parser(pm: pluggy.PluginManager) -> argparse.ArgumentParser:
+    """The agent's flags at the top, as ``run`` is the default command; the commands after."""
+    parser = argparse.ArgumentParser(
+        prog="kube-router-py", parents=[_agent_options(pm)],
+        usage="%(prog)s [FLAG ...] [COMMAND [ARG ...]]",
+        description="Kubernetes networking agent: service proxy, pod routing, firewall. "
+                    "Without a command, runs the agent with the flags below.",
+    )
+    parser.add_argument("--version", action="version", version=f"kube-router-py {__version__}")
+    _add_disable_plugin(parser)
+    parser.set_defaults(func=cmd_run)
+    sub = parser.add_subparsers(title="commands", dest="command", metavar="COMMAND",
+                                prog=parser.prog)
+    opts = _agent_options(pm, defaults=False)
     sub.add_parser("run", parents=[opts], help="run the agent (the default command)",
                    description="Run the agent on this node.").set_defaults(func=cmd_run)
     sub.add_parser("plugins", help="list the installed plugins").set_defaults(func=cmd_plugins)
@@ -77,26 +91,6 @@ def build_parser(pm: pluggy.PluginManager) -> argparse.ArgumentParser:
                    ).set_defaults(func=cmd_status)
     pm.hook.kube_router_add_commands(subparsers=sub)
     return parser
-
-
-def _with_default_command(argv: list[str], known: Sequence[str]) -> list[str]:
-    """``kube-router-py --enable x`` means ``kube-router-py run --enable x``."""
-    i = 0
-    while i < len(argv) and argv[i].startswith("--disable-plugin"):
-        i += 1 if "=" in argv[i] else 2
-    if i < len(argv) and (argv[i] in known or argv[i] in ("-h", "--help", "--version")):
-        return argv
-    return [*argv[:i], "run", *argv[i:]]
-
-
-def _blocked(argv: list[str]) -> list[str]:
-    names = []
-    for i, arg in enumerate(argv):
-        if arg == "--disable-plugin" and i + 1 < len(argv):
-            names.append(argv[i + 1])
-        elif arg.startswith("--disable-plugin="):
-            names.append(arg.split("=", 1)[1])
-    return names
 
 
 def setup_logging(verbose: int) -> None:
@@ -111,17 +105,16 @@ def setup_logging(verbose: int) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    # Which plugins to keep out must be known before loading them, hence a first pass.
+    first = argparse.ArgumentParser(add_help=False)
+    _add_disable_plugin(first)
     pm = plugins.new_manager()
-    for name in _blocked(argv):
-        pm.set_blocked(name)
     try:
-        installed = plugins.load(pm)
+        installed = plugins.load(pm, blocked=first.parse_known_args(argv)[0].disable_plugin)
     except PluginLoadError as exc:
         print(f"kube-router-py: {exc}", file=sys.stderr)
         return 2
-    parser = build_parser(pm)
-    known = [*COMMANDS, *parser._subparsers._group_actions[0].choices]  # type: ignore[union-attr]
-    config = parser.parse_args(_with_default_command(argv, known))
+    config = build_parser(pm).parse_args(argv)
     config.pluginmanager = pm
     config.installed = installed
     return int(config.func(config) or 0)
@@ -204,15 +197,14 @@ def cmd_run(config: argparse.Namespace) -> int:
 
 def run_cleanups(config: argparse.Namespace) -> int:
     """Every installed plugin's cleanup, each isolated from the others' failures."""
-    pm: pluggy.PluginManager = config.pluginmanager
     failed = 0
-    for impl in reversed(pm.hook.kube_router_cleanup.get_hookimpls()):
+    for name, call in plugins.one_by_one(config.pluginmanager, "kube_router_cleanup"):
         try:
-            impl.function(config=config)
-            log.info("cleanup done plugin=%s", impl.plugin_name)
+            call(config=config)
+            log.info("cleanup done plugin=%s", name)
         except Exception:
             failed += 1
-            log.exception("cleanup failed plugin=%s", impl.plugin_name)
+            log.exception("cleanup failed plugin=%s", name)
     return 1 if failed else 0
 
 
@@ -243,13 +235,13 @@ def cmd_status(config: argparse.Namespace) -> int:
         print(f"kube-router-py: {exc}", file=sys.stderr)
         return 2
     sections = [agent_section(config)]
-    pm: pluggy.PluginManager = config.pluginmanager
-    disabled = [p for n, p in pm.list_name_plugin() if n not in config.enabled]
-    for impl in reversed(pm.subset_hook_caller("kube_router_status", disabled).get_hookimpls()):
+    for name, call in plugins.one_by_one(config.pluginmanager, "kube_router_status",
+                                         among=config.enabled):
         try:
-            sections.extend(impl.function(config=config) or ())
+            for answer in call(config=config):
+                sections.extend(answer or ())
         except Exception as exc:
-            sections.append(StatusSection(impl.plugin_name, [], note=f"error: {exc}"))
+            sections.append(StatusSection(name, [], note=f"error: {exc}"))
     print("\n\n".join(s.render() for s in sections))
     return 0
 

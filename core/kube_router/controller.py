@@ -20,15 +20,41 @@ import time
 from collections.abc import Hashable
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
+from typing import Any
+from typing import Protocol
 
 from kube_router.errors import TemporaryError
 from kube_router.linux.memory import trim
 
 if TYPE_CHECKING:
-    from kube_router.agent import Agent
-    from kube_router.bus import Event
+    import argparse
+
+    from kube_router.kube.events import Event
+    from kube_router.kube.store import Store
+    from kube_router.metrics import Metrics
 
 log = logging.getLogger(__name__)
+
+
+class AgentContext(Protocol):
+    """What a controller may use of the agent that runs it (:class:`kube_router.agent.Agent`
+    is one), so that controllers depend on this and not on the agent's module."""
+
+    config: argparse.Namespace
+    node_name: str
+    metrics: Metrics
+    #: Other plugins' hooks, the enabled ones only (``agent.hook.kube_router_...(...)``).
+    hook: Any
+
+    def store(self, kind: str) -> Store: ...
+
+    async def wait_synced(self, kinds: Iterable[str]) -> None: ...
+
+    async def bus_caught_up(self, controller: Controller) -> None: ...
+
+    def resource_version(self, kinds: Iterable[str]) -> str: ...
+
+    def resource_versions(self, kinds: Iterable[str]) -> dict[str, str]: ...
 
 
 class WorkQueue:
@@ -77,7 +103,7 @@ class Controller:
     #: How often an idle controller catches its reported version up with its informers'.
     idle_interval: float = 0.5
 
-    def __init__(self, agent: Agent) -> None:
+    def __init__(self, agent: AgentContext) -> None:
         self.agent = agent
         self.queue = WorkQueue()
         self.applied_resource_version = ""

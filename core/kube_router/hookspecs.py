@@ -54,7 +54,9 @@ def kube_router_add_options(parser: argparse.ArgumentParser) -> None:
 
 
 @hookspec
-def kube_router_add_commands(subparsers: argparse._SubParsersAction) -> None:
+def kube_router_add_commands(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
+) -> None:
     """Add a subcommand to ``kube-router-py``.
 
     Called for every installed plugin before parsing. The subcommand's parser should call

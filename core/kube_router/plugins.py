@@ -1,18 +1,27 @@
 """Plugin discovery: the ``kube_router.plugins`` entry-point group, and enabling by name.
 
-Every installed plugin is registered (so its flags and subcommands exist); only enabled
-ones get the running hooks (controllers, configure, status). A plugin that fails to import
-stops start-up with its name, rather than silently running without it.
+stevedore loads the group's modules by name (a blocked one is never imported) and pluggy
+registers each. Every installed plugin is registered (so its flags and subcommands exist);
+only enabled ones get the running hooks (controllers, configure, status). A plugin that
+fails to import stops start-up with its name, rather than silently running without it.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Collection
+from collections.abc import Iterable
+from collections.abc import Iterator
 from dataclasses import dataclass
+from importlib.metadata import EntryPoint
 from importlib.metadata import entry_points
 from types import ModuleType
+from typing import Any
+from typing import NoReturn
 
 import pluggy
+from pluggy import HookCaller
+from stevedore import NamedExtensionManager
 
 from kube_router import ENTRY_POINT_GROUP
 from kube_router import PROJECT
@@ -41,26 +50,33 @@ def new_manager() -> pluggy.PluginManager:
     return pm
 
 
-def load(pm: pluggy.PluginManager) -> dict[str, PluginInfo]:
-    """Register every plugin of the entry-point group; return their descriptions by name."""
-    found: dict[str, PluginInfo] = {}
+def load(pm: pluggy.PluginManager, blocked: Iterable[str] = ()) -> dict[str, PluginInfo]:
+    """Register every plugin of the entry-point group but the blocked ones; return their
+    descriptions by name."""
+    for name in blocked:
+        pm.set_blocked(name)
     if os.environ.get(DISABLE_AUTOLOAD_ENV):
-        return found
-    for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
-        if pm.get_plugin(ep.name) is not None or pm.is_blocked(ep.name):
-            continue
-        try:
-            plugin = ep.load()
-        except Exception as exc:
-            raise PluginLoadError(
-                f"plugin {ep.name!r} ({ep.value}) failed to import: {type(exc).__name__}: {exc}"
-            ) from exc
-        pm.register(plugin, name=ep.name)
-        dist = ep.dist
-        found[ep.name] = describe(pm, ep.name, plugin, dist.name if dist else "?",
-                                  dist.version if dist else "?")
+        return {}
+    # The metadata names each plugin's distribution; stevedore's entry points do not.
+    dists = {ep.name: ep.dist for ep in entry_points(group=ENTRY_POINT_GROUP)}
+    wanted = sorted(n for n in dists if not pm.is_blocked(n) and pm.get_plugin(n) is None)
+    manager: NamedExtensionManager[Any] = NamedExtensionManager(
+        ENTRY_POINT_GROUP, names=wanted, name_order=True,
+        on_load_failure_callback=_import_failed, on_missing_entrypoints_callback=None)
+    found: dict[str, PluginInfo] = {}
+    for ext in manager:
+        pm.register(ext.plugin, name=ext.name)
+        dist = dists[ext.name]
+        found[ext.name] = describe(pm, ext.name, ext.plugin, dist.name if dist else "?",
+                                   dist.version if dist else "?")
     pm.check_pending()
     return found
+
+
+def _import_failed(manager: object, ep: EntryPoint, exc: BaseException) -> NoReturn:
+    raise PluginLoadError(
+        f"plugin {ep.name!r} ({ep.value}) failed to import: {type(exc).__name__}: {exc}"
+    ) from exc
 
 
 def register(pm: pluggy.PluginManager, name: str, plugin: object) -> PluginInfo:
@@ -68,6 +84,17 @@ def register(pm: pluggy.PluginManager, name: str, plugin: object) -> PluginInfo:
     pm.register(plugin, name=name)
     pm.check_pending()
     return describe(pm, name, plugin, "(registered)", "")
+
+
+def one_by_one(pm: pluggy.PluginManager, hook: str, among: Collection[str] | None = None
+               ) -> Iterator[tuple[str, HookCaller]]:
+    """A caller of ``hook`` for each plugin implementing it (of ``among``, if given), in
+    pluggy's call order: one plugin's failure cannot keep the others from being called."""
+    everyone = pm.list_name_plugin()
+    for impl in reversed(getattr(pm.hook, hook).get_hookimpls()):
+        if among is None or impl.plugin_name in among:
+            others = [p for n, p in everyone if n != impl.plugin_name]
+            yield impl.plugin_name, pm.subset_hook_caller(hook, others)
 
 
 #: Hooks that only shape the command line; a plugin with nothing else is a command.

@@ -147,7 +147,7 @@ class Lab:
         self.control.start()
         self.store = self.control.store
         self.kubeconfig = self.control.kubeconfig
-        self.heartbeats = NodeHeartbeats(self.store, [(h.name, h.ip)
+        self.heartbeats = NodeHeartbeats(self.control.store, [(h.name, h.ip)
                                                       for h in self.topology.nodes], log=self.log)
         cidrs = self.heartbeats.register(timeout=180.0)
         self.heartbeats.start()
@@ -325,7 +325,7 @@ class Lab:
     def delete(self, kind: str, namespace: str | None, name: str) -> None:
         if kind == "Pod" and self.control is not None:
             # The API server marks it terminating; its kubelet ends it after the grace.
-            self.store.delete("Pod", namespace or "default", name, grace=self.grace)
+            self.control.store.delete("Pod", namespace or "default", name, grace=self.grace)
             return
         if kind == "Pod":
             if self.store.get("Pod", namespace or "default", name) is None:
@@ -364,10 +364,11 @@ class Lab:
     def _settle_real(self, deadline: float) -> bool:
         from kube_router_lab.realcp.gate import not_settled
 
+        assert self.control is not None
         reason: str | None = "not checked"
         while time.monotonic() < deadline:
             if all(k.idle() for k in self.kubelets.values()):
-                reason = not_settled(self.store, set(self.kubelets))
+                reason = not_settled(self.control.store, set(self.kubelets))
                 if reason is None:
                     return True
             time.sleep(0.2)

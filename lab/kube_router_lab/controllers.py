@@ -123,9 +123,10 @@ class Allocator:
             self._drop(owner)
 
     def _drop(self, owner: str) -> None:
-        for table in (self._ips, self._ports):
-            for k in [k for k, o in table.items() if o == owner]:
-                del table[k]
+        for ip in [k for k, o in self._ips.items() if o == owner]:
+            del self._ips[ip]
+        for port in [k for k, o in self._ports.items() if o == owner]:
+            del self._ports[port]
 
     def _free_ip(self, owner: str) -> str:
         for addr in self.net.hosts():
@@ -388,7 +389,7 @@ def plan_deployment(deploy: Mapping[str, Any], pods: Iterable[Mapping[str, Any]]
     ceiling = replicas
     if older and limits is None:
         delete += [meta(p)["name"] for p in older]
-    elif older:
+    elif older and limits is not None:
         surge, unavailable = limits
         ready_new = sum(1 for pods_on in mine.values() for p in pods_on if pod_ready(p))
         # not ready ones first: they serve nobody

@@ -182,10 +182,13 @@ def run(
             init = work / "init"
             init.write_text(_init_script(sys.executable, job))
             init.chmod(0o755)
+            assert kernel_path is not None  # found above, before any work
             cmd = [kernel_path, f"mem={mem}", "rootfstype=hostfs", "rootflags=/", "ro",
                    "quiet", f"init={init}", "con=null", "con0=fd:0,fd:1"]
         else:
             unshare = shutil.which("unshare", path=_sbin_path())
+            if unshare is None:
+                raise GuestError("unshare not found: install the Debian package util-linux")
             cmd = [unshare, "--net", "--mount", "--propagation", "private", "--",
                    sys.executable, "-m", "kube_router_lab.inside", "init", str(job)]
         return _supervise(cmd, kind, nonce, out_dir, timeout, out, err, work)

@@ -133,7 +133,8 @@ class KindCluster:
         from kubernetes import dynamic
 
         self.api = kconfig.new_client_from_config(config_file=self.kubeconfig)
-        self.core = client.CoreV1Api(self.api)
+        # Any: the models type every field Optional, and the API fills what is read here
+        self.core: Any = client.CoreV1Api(self.api)
         self.dyn = dynamic.DynamicClient(self.api)
         nodes = self.api.sanitize_for_serialization(self.core.list_node().items)
         self.nodes = node_names_by_cidr(self.spec, nodes)

@@ -256,7 +256,11 @@ class Kubelet:
             self._queue.put(("sync", key))
 
     def _later(self, action: str, key: str, delay: float) -> None:
-        t = threading.Timer(delay, lambda: self._stopping or self._queue.put((action, key)))
+        def fire() -> None:
+            if not self._stopping:
+                self._queue.put((action, key))
+
+        t = threading.Timer(delay, fire)
         t.daemon = True
         t.start()
 

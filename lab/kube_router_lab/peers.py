@@ -11,6 +11,7 @@ otherwise), ``gobgp global rib`` (gobgpd's API on 127.0.0.1:50051 in the namespa
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import shutil
 import signal
@@ -154,16 +155,18 @@ def _start_gobgp(peer: Peer, node_ips: list[str], cluster_asn: int) -> None:
     gobgpd = shutil.which("gobgpd")
     if not gobgpd:
         raise PeerError("gobgpd is not installed")
+    if importlib.util.find_spec("kube_router_routing_bgp") is None:
+        raise PeerError("a gobgp peer needs the router plugin installed (its route mirror)")
     conf = peer.workdir / "gobgpd.toml"
     conf.write_text(gobgp_config(ip=peer.ip, asn=peer.spec.asn, node_ips=node_ips,
                                  cluster_asn=cluster_asn, password=peer.spec.password))
     conf.chmod(0o600)  # it may hold a password
     peer._spawn([gobgpd, "-f", str(conf), "-t", "toml", f"--api-hosts={GOBGP_API}",
                  "--pprof-disable", "--log-plain"], "gobgpd.out")
-    # gobgpd cannot write the kernel table by itself (that takes zebra): a small installer
-    # in the same namespace watches its best paths and writes them as routes.
-    peer._spawn([sys.executable, "-m", "kube_router_lab.peers", "--install-routes",
-                 GOBGP_API], "routes.out")
+    # gobgpd cannot write the kernel table by itself (that takes zebra): the router plugin's
+    # route mirror, a process in the same namespace, writes its best paths as routes.
+    peer._spawn([sys.executable, "-m", "kube_router_routing_bgp.mirror_routes", GOBGP_API],
+                "routes.out")
 
 
 def start_peer(peer: PeerSpec, *, netns: str, ip: str, node_ips: list[str], cluster_asn: int,
@@ -185,37 +188,3 @@ def start_peer(peer: PeerSpec, *, netns: str, ip: str, node_ips: list[str], clus
         p.stop()
         raise
     return p
-
-
-def _install_routes(api: str) -> int:
-    """Mirror a gobgpd's best paths into this namespace's kernel table (protocol 17)."""
-    import asyncio
-
-    from kube_router_routing_bgp.gobgpd import Gobgpd
-    from kube_router_routing_bgp.kernel_routes import RouteTable
-    from kube_router_routing_bgp.route_sync import RouteInstaller
-
-    async def main() -> None:
-        client = Gobgpd(api_host=api)
-        client._open_channel()
-        installer = RouteInstaller(RouteTable())
-        await installer.load()
-        task = asyncio.create_task(installer.run())
-        while True:
-            try:
-                async for batch in client.watch_best():
-                    installer.update(batch)
-            except Exception as exc:
-                print(f"event=watch_failed error={exc}", flush=True)
-            await asyncio.sleep(1)
-        await task
-
-    asyncio.run(main())
-    return 0
-
-
-if __name__ == "__main__":
-    if len(sys.argv) == 3 and sys.argv[1] == "--install-routes":
-        sys.exit(_install_routes(sys.argv[2]))
-    print("usage: python -m kube_router_lab.peers --install-routes HOST:PORT", file=sys.stderr)
-    sys.exit(2)

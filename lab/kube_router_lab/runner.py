@@ -457,7 +457,9 @@ def run_scenario_file(path: Path, *, report: Path | None = None, keep_going: boo
            f"{spec.cluster_cidr}, services {spec.service_cidr}, underlay {spec.underlay}"
            + (f", peers {', '.join(p.name for p in spec.peers)}" if spec.peers else ""))
     if lab_factory is None:
-        from kube_router_lab.cluster import Lab as lab_factory
+        from kube_router_lab.cluster import Lab
+
+        lab_factory = Lab
     with tempfile.TemporaryDirectory(prefix="lab-") as work:
         lab = lab_factory(spec, workdir=Path(work), log=lambda m: _print(f"  lab: {m}"))
         result = execute(lab, Runner(scenario, lab, keep_going=keep_going).run,

@@ -242,7 +242,7 @@ class Scenario:
 
 def _obj_name(doc: Mapping[str, Any]) -> str:
     meta = doc.get("metadata") or {}
-    return f"{doc.get('kind')} {_ref(meta.get('namespace'), meta.get('name'))}"
+    return f"{doc.get('kind')} {_ref(meta.get('namespace'), meta.get('name') or '')}"
 
 
 def _ref(namespace: str | None, name: str) -> str:

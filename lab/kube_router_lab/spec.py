@@ -150,7 +150,7 @@ def parse_cluster(raw: Mapping[str, Any] | None) -> ClusterSpec:
         if software not in ("bird", "gobgp"):
             raise SpecError(f"cluster.peers[{i}].software: {software!r} is not bird or gobgp")
         try:
-            asn = int(p.get("asn"))
+            asn = int(p.get("asn", ""))
         except (TypeError, ValueError):
             raise SpecError(f"cluster.peers[{i}].asn: {p.get('asn')!r} is not a number") from None
         password = p.get("password") or ""
@@ -210,7 +210,7 @@ def _parse_underlays(raw: Mapping[str, Any], cidrs: dict[str, str],
         return ()
     if not isinstance(value, list) or not value:
         raise SpecError(f"cluster.underlays: expected a list of CIDRs, got {value!r}")
-    nets = []
+    nets: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
     for j, v in enumerate(value):
         try:
             net = ipaddress.ip_network(v)

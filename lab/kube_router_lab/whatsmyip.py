@@ -163,7 +163,8 @@ class WhatsMyIp:
         if isinstance(data, _Conn):
             self._read_conn(s, data)
             return
-        _, pod = data  # type: ignore[misc]
+        assert isinstance(data, tuple)  # ("listen", pod), as _register made it
+        pod: _Pod = data[1]
         if s.type == socket.SOCK_DGRAM:
             try:
                 _, addr = s.recvfrom(65535)

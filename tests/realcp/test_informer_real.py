@@ -9,9 +9,9 @@ from collections.abc import Callable
 
 import pytest
 
-from kube_router.bus import Event
-from kube_router.bus import EventType
 from kube_router.kube.client import load_client
+from kube_router.kube.events import Event
+from kube_router.kube.events import EventType
 from kube_router.kube.informer import Informer
 from kube_router.kube.kinds import KINDS
 from kube_router.kube.store import Store

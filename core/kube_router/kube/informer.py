@@ -42,8 +42,8 @@ from urllib.parse import urlencode
 import orjson
 import urllib3
 
-from kube_router.bus import Event
-from kube_router.bus import EventType
+from kube_router.kube.events import Event
+from kube_router.kube.events import EventType
 from kube_router.kube.kinds import Kind
 from kube_router.kube.records import Record
 from kube_router.kube.store import Store
@@ -203,7 +203,7 @@ def _status_message(body: bytes) -> str:
 class Informer:
     """Keep ``store`` equal to the API server's objects of ``kind``.
 
-    ``publish`` receives an :class:`~kube_router.bus.Event` for every change, on ``loop``.
+    ``publish`` receives an :class:`~kube_router.kube.events.Event` for every change, on ``loop``.
     """
 
     def __init__(
@@ -390,7 +390,7 @@ class Informer:
         if resp is None:
             return
         try:
-            resp.shutdown()  # type: ignore[attr-defined]
+            resp.shutdown()
         except (AttributeError, ValueError, RuntimeError, OSError):
             resp.close()
 
@@ -578,7 +578,7 @@ class Informer:
     def _lines(resp: urllib3.BaseHTTPResponse) -> Iterator[bytes]:
         chunks: Iterator[bytes]
         if getattr(resp, "chunked", False):
-            chunks = resp.read_chunked()  # type: ignore[attr-defined]
+            chunks = resp.read_chunked()
         else:
             chunks = iter(lambda: resp.read1(65536), b"")
         rest = b""

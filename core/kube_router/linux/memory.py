@@ -7,6 +7,8 @@ import ctypes.util
 import logging
 import mmap
 import socket
+from collections.abc import Callable
+from typing import Literal
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +38,8 @@ def one_malloc_arena() -> bool:
     return ok
 
 
-_trim = None
+#: glibc's malloc_trim once looked up; False where the C library has none.
+_trim: Callable[[int], int] | Literal[False] | None = None
 
 
 def trim() -> bool:
@@ -55,8 +58,8 @@ def trim() -> bool:
             fn = None
         if fn is not None:
             fn.argtypes = (ctypes.c_size_t,)
-        _trim = fn or False
-    if not _trim:
+        _trim = fn if fn is not None else False
+    if _trim is False:
         return False
     _trim(0)
     return True

@@ -17,7 +17,9 @@ _KEY_RE = re.compile(r"^\s*(!?)\s*([^\s!=()]+)\s*$")
 
 def _split(selector: str) -> list[str]:
     """Split on commas outside parentheses ("a in (x,y),b" is two requirements)."""
-    parts, depth, cur = [], 0, []
+    parts: list[str] = []
+    cur: list[str] = []
+    depth = 0
     for ch in selector:
         if ch == "(":
             depth += 1

@@ -255,6 +255,8 @@ def _route(parts: list[str]) -> tuple[Resource, str | None, str | None, str | No
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: _HTTPServer
+    _out: list[bytes]  # a watch's chunks not yet written
+    _out_size: int
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("request client=%s " + format, self.client_address[0], *args)
@@ -346,7 +348,7 @@ class _Handler(BaseHTTPRequestHandler):
                 self._watch(res, namespace, params)
             else:
                 self._list(res, namespace, params)
-        elif method == "GET":
+        elif method == "GET" and name is not None:
             obj = store.get(res.kind, namespace, name)
             if obj is None:
                 raise ApiError(404, "NotFound", f'{res.plural} "{name}" not found')
@@ -509,7 +511,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
         self.close_connection = True  # the stream ends the connection's useful life
-        self._out: list[bytes] = []
+        self._out = []
         self._out_size = 0
         now = time.monotonic()
         deadline = now + timeout

@@ -7,6 +7,8 @@ without copying; each keeps its serialized bytes so a list of 50,000 Pods is a j
 from __future__ import annotations
 
 import bisect
+import builtins
+import functools
 import itertools
 import logging
 import re
@@ -142,7 +144,8 @@ class ApiStore:
         entries, rv = self.snapshot(kind, namespace)
         return [orjson.loads(e.raw) for e in entries], str(rv)
 
-    def snapshot(self, kind: str, namespace: str | None = None) -> tuple[list[Entry], int]:
+    def snapshot(self, kind: str, namespace: str | None = None
+                 ) -> tuple[builtins.list[Entry], int]:
         """The committed entries of a kind and the resourceVersion they are current at."""
         self._resource(kind)
         with self._lock:
@@ -153,7 +156,7 @@ class ApiStore:
 
     def page(self, kind: str, namespace: str | None, after: tuple[str, str] | None,
              limit: int, pred: Callable[[dict[str, Any]], bool] | None
-             ) -> tuple[list[Entry], tuple[str, str] | None]:
+             ) -> tuple[builtins.list[Entry], tuple[str, str] | None]:
         """Up to ``limit`` matching entries in key order (namespace, name) after ``after``,
         and the key to continue from (None when this page is the last)."""
         self._resource(kind)
@@ -166,7 +169,7 @@ class ApiStore:
                 i = bisect.bisect_right(keys, after)
             else:
                 i = bisect.bisect_left(keys, (namespace, "")) if namespace else 0
-            out: list[Entry] = []
+            out: builtins.list[Entry] = []
             while i < len(keys) and (namespace is None or keys[i][0] == namespace):
                 entry = objects[keys[i]]
                 i += 1
@@ -185,7 +188,7 @@ class ApiStore:
                 raise self._expired(rv)
 
     def events_after(self, rv: int, timeout: float | None, kind: str | None = None
-                     ) -> tuple[list[Event], int]:
+                     ) -> tuple[builtins.list[Event], int]:
         """Events committed after ``rv``, waiting up to ``timeout`` s for one to happen (of
         ``kind`` when given; the events returned are of every kind); returns them and the
         resourceVersion they bring the caller to.
@@ -268,7 +271,8 @@ class ApiStore:
 
         return self._modify(res, meta.get("namespace"), meta.get("name"), keep_all_but_status)
 
-    def patch(self, kind: str, namespace: str | None, name: str, patch: dict | list,
+    def patch(self, kind: str, namespace: str | None, name: str,
+              patch: dict[str, Any] | builtins.list[Any],
               patch_type: str = "merge", *, subresource: str | None = None) -> dict[str, Any]:
         """Patch with "merge", "strategic" or "json"; ``subresource="status"`` keeps all
         but the patched object's status."""
@@ -297,7 +301,7 @@ class ApiStore:
             try:
                 last = self._applied.get(akey, {})
                 diff = merge_diff(last, new)
-                out = self._modify(res, namespace, name, lambda old, d=diff: merge_patch(old, d))
+                out = self._modify(res, namespace, name, functools.partial(_patched, diff))
             except ApiError as err:
                 if err.code != 404:
                     raise
@@ -511,3 +515,7 @@ class ApiStore:
                                           meta.get("name"), event.type)
             finally:
                 self._local.dispatching = False
+
+
+def _patched(diff: Any, old: Any) -> Any:
+    return merge_patch(old, diff)

@@ -97,7 +97,7 @@ def not_settled(store: RemoteStore, nodes: set[str]) -> str | None:
                     and all(((p.get("metadata") or {}).get("labels") or {}).get(k) == v
                             for k, v in selector.items())
                     and _ready(p)}
-        have_ips = set()
+        have_ips: set[str] = set()
         for s in slices:
             sm = s.get("metadata") or {}
             if sm.get("namespace") != ns_ or \

@@ -9,6 +9,7 @@ import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import urllib3
 
@@ -68,8 +69,9 @@ def wait_until(check: Callable[[], bool], what: str, proc: Process, timeout: flo
 
 
 def http_ok(url: str, **tls: str) -> Callable[[], bool]:
+    options: dict[str, Any] = dict(tls)
     pool = urllib3.PoolManager(retries=False, timeout=urllib3.Timeout(connect=2.0, read=5.0),
-                               **tls)
+                               **options)
 
     def check() -> bool:
         return pool.request("GET", url).status == 200

@@ -10,6 +10,7 @@ each kind, which the lab's convergence gate compares with the agents'.
 
 from __future__ import annotations
 
+import builtins
 import logging
 import threading
 import time
@@ -159,7 +160,8 @@ class RemoteStore:
         return self.request("PUT", self.path(obj["kind"], _ns(obj), obj["metadata"]["name"],
                                              "status"), obj)
 
-    def patch(self, kind: str, namespace: str | None, name: str, patch: dict | list,
+    def patch(self, kind: str, namespace: str | None, name: str,
+              patch: dict[str, Any] | builtins.list[Any],
               content_type: str = "application/merge-patch+json") -> dict[str, Any]:
         # A patch of status alone goes to the status subresource, as a kubelet sends it
         # (the main resource ignores status changes).

@@ -15,6 +15,8 @@ import logging
 import time
 from collections.abc import Hashable
 from typing import TYPE_CHECKING
+from typing import Any
+from typing import cast
 
 from kube_router.controller import Controller
 from kube_router.kube.kinds import NAMESPACE
@@ -41,7 +43,7 @@ from kube_router_firewall_ipset.settings import Settings
 
 if TYPE_CHECKING:
     from kube_router.agent import Agent
-    from kube_router.bus import Event
+    from kube_router.kube.events import Event
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +125,17 @@ class FirewallController(Controller):
         self.renders[(family, policy.key)] = r
         return r
 
+    def _selection_rows(self) -> dict[str, dict[str, Any]]:
+        """Per local pod: its addresses, its chain and the policies selecting it."""
+        rows = {}
+        for key, pod in sorted(self.local.items()):
+            ingress, egress = self._selecting(pod)
+            rows[key] = {"ips": list(pod.pod_ips),
+                         "chain": nm.pod_chain(pod.meta.namespace, pod.meta.name),
+                         "ingress": sorted(p.key for p in ingress),
+                         "egress": sorted(p.key for p in egress)}
+        return rows
+
     def _selecting(self, pod: Pod) -> tuple[list[Policy], list[Policy]]:
         ingress, egress = [], []
         for p in self.by_namespace.get(pod.meta.namespace, {}).values():
@@ -144,7 +157,7 @@ class FirewallController(Controller):
             egress, key=lambda p: p.key)] if egress else None
         return render.pod_chain(addrs[0], family, inc, egc)
 
-    def _is_local(self, pod: Pod | None) -> bool:
+    def _is_local(self, pod: object) -> bool:
         return (isinstance(pod, Pod) and pod.node_name == self.agent.node_name
                 and eligible(pod))
 
@@ -215,7 +228,7 @@ class FirewallController(Controller):
         for f in self.settings.families:
             self.touched[f] = None
         for key, pod in self.agent.store(POD).items():
-            if self._is_local(pod):  # type: ignore[arg-type]
+            if self._is_local(pod):
                 self._refresh_local(key)
         self.seen = {k: p for k, p in self.agent.store(POD).items()}  # type: ignore[misc]
 
@@ -310,7 +323,9 @@ class FirewallController(Controller):
     async def sync(self, keys: frozenset[Hashable] | None) -> None:
         started = time.monotonic()
         self.cluster.begin()
-        kinds = {k[0] for k in keys} if keys is not None else set()
+        # Keys are (kind, ns/name) pairs: see keys_for.
+        pairs = sorted(cast("frozenset[tuple[str, str]]", keys or frozenset()))
+        kinds = {kind for kind, _ in pairs}
         if keys is None or NAMESPACE in kinds or NODE in kinds:
             if keys is None and self.full_syncs:
                 for plane in self.planes.values():
@@ -318,10 +333,10 @@ class FirewallController(Controller):
             self._full()
             self.full_syncs += 1
         else:
-            for kind, key in sorted(keys):  # type: ignore[misc]
+            for kind, key in pairs:
                 if kind == NETWORKPOLICY:
                     self._policy_changed(key)
-            for kind, key in sorted(keys):  # type: ignore[misc]
+            for kind, key in pairs:
                 if kind == POD:
                     self._pod_changed(key)
         computed = time.monotonic()
@@ -340,7 +355,7 @@ class FirewallController(Controller):
                          w.sets, w.sets_destroyed, computed - started, w.ipset_seconds,
                          w.iptables_seconds)
         if self._selection_changed:  # what `status` shows: not for a remote pod's change
-            status.write_selection(self)
+            status.write_selection(self.agent.node_name, self._selection_rows())
             self._selection_changed = False
         m = self.metrics
         if m is not None:
@@ -353,9 +368,9 @@ class FirewallController(Controller):
                     m.restore_time[f].observe(w.iptables_seconds)
                 if w.ipset_seconds:
                     m.ipset_restore_time[f].observe(w.ipset_seconds)
-            plane = next(iter(self.planes.values()), None)
-            if plane is not None:
-                m.chains.set(sum(c.startswith(nm.POLICY_PREFIX) for c in plane.chains))
+            first = next(iter(self.planes.values()), None)
+            if first is not None:
+                m.chains.set(sum(c.startswith(nm.POLICY_PREFIX) for c in first.chains))
                 m.ipsets.set(sum(len(p.sets) for p in self.planes.values()))
 
 

@@ -12,14 +12,11 @@ import json
 import os
 import socket
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 from kube_router.linux import iptables
 from kube_router.status import StatusSection
 from kube_router_firewall_ipset import naming as nm
-
-if TYPE_CHECKING:
-    from kube_router_firewall_ipset.controller import FirewallController
 
 STATE_DIR = Path("/run/kube-router-py")
 
@@ -28,17 +25,11 @@ def state_file(node: str) -> Path:
     return STATE_DIR / f"firewall-{node}.json"
 
 
-def write_selection(ctl: FirewallController) -> None:
-    rows = {}
-    for key, pod in sorted(ctl.local.items()):
-        ingress, egress = ctl._selecting(pod)
-        rows[key] = {"ips": list(pod.pod_ips),
-                     "chain": nm.pod_chain(pod.meta.namespace, pod.meta.name),
-                     "ingress": sorted(p.key for p in ingress),
-                     "egress": sorted(p.key for p in egress)}
+def write_selection(node: str, rows: dict[str, dict[str, Any]]) -> None:
+    """Record, per local pod, the policies selecting it, for `status` outside the agent."""
     try:
         STATE_DIR.mkdir(parents=True, exist_ok=True)
-        path = state_file(ctl.agent.node_name)
+        path = state_file(node)
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(rows, sort_keys=True))
         tmp.replace(path)

@@ -28,21 +28,21 @@ from kube_router.linux.run import CommandError
 from kube_router.linux.run import run
 from kube_router_proxy_ipvs import desired as dz
 from kube_router_proxy_ipvs import ipvs_netlink as nl
+from kube_router_proxy_ipvs.api import DEFAULT
+from kube_router_proxy_ipvs.api import KNOWN_SCHEDULERS
+from kube_router_proxy_ipvs.api import IPVSScheduler
 from kube_router_proxy_ipvs.dummy_if import DummyInterface
 from kube_router_proxy_ipvs.dummy_if import local_addresses
 from kube_router_proxy_ipvs.healthcheck import HealthCheckServers
 from kube_router_proxy_ipvs.ipvs_manager import IPVSManager
 from kube_router_proxy_ipvs.ipvs_manager import SyncResult
-from kube_router_proxy_ipvs.scheduler import DEFAULT
-from kube_router_proxy_ipvs.scheduler import KNOWN_SCHEDULERS
-from kube_router_proxy_ipvs.scheduler import IPVSScheduler
 from kube_router_proxy_ipvs.settings import ipvs_timeouts
 from kube_router_proxy_ipvs.settings import settings_from_config
 from kube_router_proxy_ipvs.status import write_names
 
 if TYPE_CHECKING:
     from kube_router.agent import Agent
-    from kube_router.bus import Event
+    from kube_router.kube.events import Event
     from kube_router_proxy_ipvs.service_netfilter import ServiceNetfilter
 
 log = logging.getLogger(__name__)
@@ -244,7 +244,7 @@ class ProxyController(Controller):
             users = Counter(chain.from_iterable(map(_VIPS, states.values())))
             self._vip_users = users
             vips_add: AbstractSet[str] = users.keys()
-            vips_remove = self.dummy.addrs.keys() - vips_add
+            vips_remove: AbstractSet[str] = self.dummy.addrs.keys() - vips_add
             self.svc_health = {n: st.health_check for n, st in states.items()
                                if st.health_check}
             # the states themselves become the record (no copy): only those with servers
@@ -254,7 +254,7 @@ class ProxyController(Controller):
         else:
             remove = set()
             vips_add = set()
-            vips_remove: set[str] = set()
+            vips_remove = set()
             for name, st in states.items():
                 old = self.svc_states.pop(name, None)
                 old_vips: tuple[str, ...] = ()
@@ -295,7 +295,9 @@ class ProxyController(Controller):
         t_ipvs = time.monotonic()
         await self.dummy.update(set(), vips_remove)
         if self.netfilter is not None:
-            await self.netfilter.sync(self, full=keys is None)
+            node = self.nodes.get(self.agent.node_name)
+            pod_cidrs = list(node.pod_cidrs) if isinstance(node, Node) else []
+            await self.netfilter.sync(self.svc_states.values(), pod_cidrs, full=keys is None)
         await self._flush_udp(result.udp_removed)
         if self.svc_health or self.health.ports:
             await self.health.update({port: (name, count) for name, (port, count)

@@ -24,8 +24,8 @@ from kube_router.kube.records import Service
 from kube_router.kube.records import ServicePort
 from kube_router.objwarn import ObjectWarnings
 from kube_router_proxy_ipvs import ipvs_netlink as nl
-from kube_router_proxy_ipvs.scheduler import DEFAULT as _DEFAULT
-from kube_router_proxy_ipvs.scheduler import IPVSScheduler
+from kube_router_proxy_ipvs.api import DEFAULT as _DEFAULT
+from kube_router_proxy_ipvs.api import IPVSScheduler
 
 log = logging.getLogger(__name__)
 
@@ -295,7 +295,8 @@ def service_state(
                 local_eps, local_ips = all_eps, set()
             # (addresses, virtual port, real servers, with hairpin, bound as a VIP), of
             # both families: each address below is taken only in this loop's family
-            targets = []
+            targets: list[tuple[Sequence[str], int, Mapping[tuple[str, int], int], bool,
+                                bool]] = []
             # ClusterIP; with internalTrafficPolicy Local and no local endpoint, nothing.
             # (the policy is tested first: an empty test of the real servers costs a call)
             eps = local_eps if int_local else all_eps

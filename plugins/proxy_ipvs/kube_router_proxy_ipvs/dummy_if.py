@@ -178,7 +178,7 @@ class DummyInterface:
             return  # IPv4 routes were replaced in place; nothing more to do
         routed6 = {a for op, a in batch.ops()
                    if op == rtnl.SET_ROUTE and ":" in a and (op, a) not in failed}
-        if routed6:
+        if routed6 and self.index is not None:
             new = {a for op, a in batch.ops() if op == rtnl.ADD_ADDRESS}
             await asyncio.to_thread(rtnl.drop_kernel_routes6, self.index, routed6, new)
 

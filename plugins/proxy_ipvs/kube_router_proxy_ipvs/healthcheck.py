@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 from dataclasses import dataclass
@@ -47,7 +48,7 @@ class HealthCheckServers:
             entry = _Port(service, count)
             try:
                 entry.server = await asyncio.start_server(
-                    lambda r, w, p=port: self._serve(p, r, w), host=self.host, port=port,
+                    functools.partial(self._serve, port), host=self.host, port=port,
                     reuse_address=True)
             except OSError as exc:
                 if (port, service) not in self._failed:  # retried every sync: say it once

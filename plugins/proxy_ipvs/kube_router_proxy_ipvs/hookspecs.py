@@ -9,7 +9,7 @@ from kube_router import hookspec
 
 if TYPE_CHECKING:
     from kube_router.kube.records import Service
-    from kube_router_proxy_ipvs.scheduler import IPVSScheduler
+    from kube_router_proxy_ipvs.api import IPVSScheduler
 
 
 @hookspec(firstresult=True)
@@ -23,7 +23,7 @@ def kube_router_ipvs_scheduler(
 
     :param service: the Service record being synced.
     :param config: the agent's parsed flags.
-    :return: an :class:`~kube_router_proxy_ipvs.scheduler.IPVSScheduler`, or None to leave
+    :return: an :class:`~kube_router_proxy_ipvs.api.IPVSScheduler`, or None to leave
         the choice to another plugin (round robin when nobody chooses). An unknown scheduler
         name is reported once per Service and replaced by ``rr``.
     """

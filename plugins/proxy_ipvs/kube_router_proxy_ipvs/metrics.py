@@ -76,4 +76,4 @@ class IPVSCollector:
 
 
 def register_metrics(registry: CollectorRegistry, controller: ProxyController) -> None:
-    registry.register(IPVSCollector(controller))  # type: ignore[arg-type]
+    registry.register(IPVSCollector(controller))

@@ -20,9 +20,10 @@ import argparse
 import asyncio
 import logging
 import socket
+from collections.abc import Collection
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from kube_router.kube.records import Node
 from kube_router.linux import ipset
 from kube_router.linux import iptables
 from kube_router.linux import sysctl
@@ -32,7 +33,7 @@ from kube_router_proxy_ipvs.dummy_if import DUMMY_IF
 from kube_router_proxy_ipvs.dummy_if import local_addresses
 
 if TYPE_CHECKING:
-    from kube_router_proxy_ipvs.controller import ProxyController
+    from kube_router_proxy_ipvs.desired import ServiceState
 
 log = logging.getLogger(__name__)
 
@@ -102,19 +103,16 @@ class ServiceNetfilter:
 
     # -- desired content ----------------------------------------------------------------
 
-    def _pod_cidrs(self, ctrl: ProxyController) -> list[str]:
-        node = ctrl.nodes.get(ctrl.agent.node_name)
-        return list(node.pod_cidrs) if isinstance(node, Node) else []
-
-    def _nat_rules(self, ctrl: ProxyController, family: int) -> dict[str, list[str]]:
+    def _nat_rules(self, states: Collection[ServiceState], pod_cidrs: Sequence[str],
+                   family: int) -> dict[str, list[str]]:
         plen = 128 if family == 6 else 32
-        hairpin = sorted({h for st in ctrl.svc_states.values() for h in st.hairpin
+        hairpin = sorted({h for st in states for h in st.hairpin
                           if (":" in h[0]) == (family == 6)})
         hp = [f"-s {ep}/{plen} -d {ep}/{plen} -m ipvs --vaddr {vip} --vport {port} "
               f"-j SNAT --to-source {vip}" for vip, _proto, port, ep in hairpin]
         # written as iptables-save prints it, so a restart compares equal and writes nothing
         masq = "-m ipvs --vdir ORIGINAL --vmethod MASQ"
-        cidrs = [c for c in self._pod_cidrs(ctrl) if (":" in c) == (family == 6)]
+        cidrs = [c for c in pod_cidrs if (":" in c) == (family == 6)]
         if self.masquerade_all or not cidrs:
             snat = [f"{masq} -j MASQUERADE"]
         else:
@@ -139,9 +137,10 @@ class ServiceNetfilter:
                 f"-m set --match-set {prt} dst,dst -j ACCEPT",
                 f"-m set ! --match-set {local} dst -j REJECT --reject-with {reject}"]
 
-    def _set_members(self, ctrl: ProxyController, family: int) -> dict[str, set[str]]:
+    def _set_members(self, states: Collection[ServiceState], family: int
+                     ) -> dict[str, set[str]]:
         v6 = family == 6
-        keys = [vs.key for st in ctrl.svc_states.values() for vs in st.servers
+        keys = [vs.key for st in states for vs in st.servers
                 if (vs.key.af == socket.AF_INET6) == v6]
         svip = {k.addr for k in keys}
         prt = {f"{k.addr},{nl.PROTOCOL_NAMES[k.protocol].lower()}:{k.port}" for k in keys}
@@ -151,19 +150,22 @@ class ServiceNetfilter:
 
     # -- applying -----------------------------------------------------------------------
 
-    async def sync(self, ctrl: ProxyController, *, full: bool) -> None:
+    async def sync(self, states: Collection[ServiceState], pod_cidrs: Sequence[str], *,
+                   full: bool) -> None:
+        """Bring chains and sets in line with the Services' states on this node, whose pods
+        have ``pod_cidrs``."""
         if full or not self.local_ips:
             self.local_ips = set(await local_addresses(exclude_names=(DUMMY_IF,)))
         for family in self.families:
-            await self._sync_sets(ctrl, family)
-            await self._sync_chains(ctrl, family, full)
+            await self._sync_sets(states, family)
+            await self._sync_chains(states, pod_cidrs, family, full)
 
-    async def _sync_sets(self, ctrl: ProxyController, family: int) -> None:
+    async def _sync_sets(self, states: Collection[ServiceState], family: int) -> None:
         fam = "inet6" if family == 6 else "inet"
         types = {set_name(SVIP, family): "hash:ip", set_name(SVIP_PRT, family): "hash:ip,port",
                  set_name(LOCAL_IPS, family): "hash:ip"}
         lines: list[str] = []
-        for name, members in self._set_members(ctrl, family).items():
+        for name, members in self._set_members(states, family).items():
             if self._sets.get(name) == members:
                 continue
             lines += ipset.swap_script(name, types[name], sorted(members), family=fam,
@@ -177,8 +179,9 @@ class ServiceNetfilter:
                     self._sets.pop(name, None)  # retry whole next time
                 raise
 
-    async def _sync_chains(self, ctrl: ProxyController, family: int, full: bool) -> None:
-        wanted = {("nat", c): r for c, r in self._nat_rules(ctrl, family).items()}
+    async def _sync_chains(self, states: Collection[ServiceState], pod_cidrs: Sequence[str],
+                           family: int, full: bool) -> None:
+        wanted = {("nat", c): r for c, r in self._nat_rules(states, pod_cidrs, family).items()}
         wanted[("filter", SERVICES_CHAIN)] = self._guard_rules(family)
         jumps = jump_rules()
         for table in ("nat", "filter"):

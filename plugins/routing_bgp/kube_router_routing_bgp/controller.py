@@ -37,7 +37,7 @@ from kube_router_routing_bgp.route_sync import RouteInstaller
 
 if TYPE_CHECKING:
     from kube_router.agent import Agent
-    from kube_router.bus import Event
+    from kube_router.kube.events import Event
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ ADVERTISING_KINDS = ("Node", "Service", "EndpointSlice")
 
 class RouterController(Controller):
     name = "router"
-    kinds = ("Node",)
+    kinds: tuple[str, ...] = ("Node",)
 
     def __init__(self, agent: Agent) -> None:
         super().__init__(agent)
@@ -151,7 +151,9 @@ class RouterController(Controller):
         # Import policy as the original: no default route, no service addresses.
         if net.prefixlen == 0:
             return True
-        return any(net.version == r.version and net.subnet_of(r) for r in self._reject_nets)
+        # (a subnet: at least as long, and starting inside; `in` is False across families)
+        return any(net.prefixlen >= r.prefixlen and net.network_address in r
+                   for r in self._reject_nets)
 
     # -- sync --------------------------------------------------------------------
 

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from collections.abc import Iterable
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 from google.protobuf.any_pb2 import Any as AnyMsg
@@ -115,7 +116,7 @@ class Gobgpd:
         self.proc: asyncio.subprocess.Process | None = None
         self._channel: grpc.aio.Channel | None = None
         self._api = gobgp_api.load()
-        self.stub = None
+        self.stub: Any = None  # the generated GobgpApiStub, once connected
         self.starts = 0
 
     @property
@@ -155,7 +156,7 @@ class Gobgpd:
             raise GobgpError(f"cannot start {self.binary}: {exc}") from exc
         self.starts += 1
         log.info("gobgpd started pid=%s api=%s", self.proc.pid, self.api_host)
-        self._open_channel()
+        self.connect()
         deadline = time.monotonic() + timeout
         while True:
             if not self.running():
@@ -182,7 +183,9 @@ class Gobgpd:
             except grpc.aio.AioRpcError:
                 return False
 
-    def _open_channel(self) -> None:
+    def connect(self) -> None:
+        """Open the API channel: to the gobgpd this object started, or to one already
+        running at ``api_host``."""
         self._channel = grpc.aio.insecure_channel(
             self.api_host, options=[("grpc.max_receive_message_length", 64 << 20)])
         self.stub = self._api.grpc.GobgpApiStub(self._channel)
@@ -190,7 +193,7 @@ class Gobgpd:
     async def _close_channel(self) -> None:
         if self._channel is not None:
             with contextlib.suppress(Exception):
-                await self._channel.close()
+                await self._channel.close(grace=None)
         self._channel = None
         self.stub = None
 
@@ -216,7 +219,7 @@ class Gobgpd:
 
     # -- global --------------------------------------------------------------------
 
-    async def _call(self, method: str, request: object, timeout: float = 10.0) -> object:
+    async def _call(self, method: str, request: Any, timeout: float = 10.0) -> Any:
         if self.stub is None:
             raise GobgpError("gobgpd is not running")
         try:
@@ -244,7 +247,7 @@ class Gobgpd:
 
     # -- peers ---------------------------------------------------------------------
 
-    def _peer_msg(self, p: PeerConfig) -> object:
+    def _peer_msg(self, p: PeerConfig) -> Any:
         pb = self.pb
         peer = pb.Peer(conf=pb.PeerConf(neighbor_address=p.address, peer_asn=p.asn,
                                         auth_password=p.password))
@@ -289,7 +292,7 @@ class Gobgpd:
 
     # -- paths ---------------------------------------------------------------------
 
-    def path_msg(self, prefix: str, next_hop: str, *, withdraw: bool = False) -> object:
+    def path_msg(self, prefix: str, next_hop: str, *, withdraw: bool = False) -> Any:
         """A GoBGP Path for an IPv4/IPv6 unicast prefix. Raises ValueError on a bad prefix
         (gobgpd would accept it and advertise 0.0.0.0/len)."""
         pb, attr = self.pb, self.attr
@@ -325,8 +328,8 @@ class Gobgpd:
         """Send many (prefix, next hop) paths through AddPathStream, ``batch`` per message.
         Invalid ones are skipped with a warning. Returns how many were sent."""
         pb = self.pb
-        msgs: list[object] = []
-        chunk: list[object] = []
+        msgs: list[Any] = []
+        chunk: list[Any] = []
         for prefix, nh in paths:
             try:
                 chunk.append(self.path_msg(prefix, nh, withdraw=withdraw))
@@ -405,7 +408,7 @@ class Gobgpd:
         finally:
             call.cancel()
 
-    def learned(self, path: object) -> LearnedPath | None:
+    def learned(self, path: Any) -> LearnedPath | None:
         """Decode a Path's prefix and next hop; None for families we do not route."""
         attr = self.attr
         nlri = attr.IPAddressPrefix()
@@ -431,7 +434,7 @@ class Gobgpd:
                            neighbor=neighbor)
 
 
-def peer_status(peer: object) -> PeerStatus:
+def peer_status(peer: Any) -> PeerStatus:
     st = peer.state
     uptime = None
     if st.session_state == 6 and peer.timers.state.uptime.seconds:

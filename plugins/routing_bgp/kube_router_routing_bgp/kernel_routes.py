@@ -162,7 +162,8 @@ def _parse_route(data: bytes, start: int, end: int) -> Route | None:
             src = payload
         off += (alen + 3) & ~3
     if family == socket.AF_INET:
-        net = ipaddress.IPv4Network((dst or bytes(4), dst_len))
+        net: ipaddress.IPv4Network | ipaddress.IPv6Network = ipaddress.IPv4Network(
+            (dst or bytes(4), dst_len))
         gw_s = str(ipaddress.IPv4Address(gw)) if gw else ""
         src_s = str(ipaddress.IPv4Address(src)) if src else ""
     else:

@@ -15,6 +15,7 @@ import ipaddress
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from kube_router_routing_bgp.gobgpd import Gobgpd
 
@@ -63,7 +64,7 @@ class PolicyManager:
                                           "defaultroutedefinedset")}
         pod = _v4(inputs.pod_cidrs)
         vips = _v4(inputs.service_vips)
-        sets: list[object] = []
+        sets: list[Any] = []
 
         def prefix_set(name: str, prefixes: list[str]) -> None:
             if prefixes:
@@ -90,7 +91,7 @@ class PolicyManager:
         present = {s.name for s in sets}
 
         def stmt(name: str, prefixes: str, neighbors: str | None, action: int,
-                 nexthop_self: bool = False) -> object | None:
+                 nexthop_self: bool = False) -> Any:
             if prefixes not in present or (neighbors is not None and neighbors not in present):
                 return None  # an empty set would match nothing anyway
             cond = pb.Conditions(prefix_set=pb.MatchSet(type=pb.MatchSet.ANY, name=prefixes))

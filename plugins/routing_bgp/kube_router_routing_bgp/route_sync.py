@@ -13,12 +13,16 @@ import logging
 import time
 from collections.abc import Callable
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from kube_router_routing_bgp.gobgpd import LearnedPath
 from kube_router_routing_bgp.kernel_routes import PROTO_BGP
 from kube_router_routing_bgp.kernel_routes import RT_TABLE_MAIN
 from kube_router_routing_bgp.kernel_routes import Route
 from kube_router_routing_bgp.kernel_routes import RouteTable
+
+if TYPE_CHECKING:
+    from kube_router_routing_bgp.metrics import RouterMetrics
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +38,7 @@ HELD_AFTER_RECONNECT = 10.0
 class RouteInstaller:
     """Keeps the main table's protocol-17 routes equal to the learned best paths."""
 
-    def __init__(self, table: RouteTable, *, metrics: object | None = None) -> None:
+    def __init__(self, table: RouteTable, *, metrics: RouterMetrics | None = None) -> None:
         self.table = table
         self.metrics = metrics
         self.desired: dict[str, Route] = {}

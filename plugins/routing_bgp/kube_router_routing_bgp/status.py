@@ -20,7 +20,7 @@ async def peers_section(config: argparse.Namespace) -> StatusSection:
         section.note = "gobgpd's admin API is off (--gobgp-admin-port 0)"
         return section
     client = Gobgpd(api_host=f"{config.gobgp_admin_address}:{config.gobgp_admin_port}")
-    client._open_channel()
+    client.connect()
     try:
         peers = await client.list_peers()
     except GobgpError as exc:

@@ -17,9 +17,9 @@ import logging
 from kube_router import hookimpl
 from kube_router.kube.records import Service
 from kube_router.objwarn import ObjectWarnings
-from kube_router_proxy_ipvs.scheduler import FLAG_BITS
-from kube_router_proxy_ipvs.scheduler import KNOWN_SCHEDULERS
-from kube_router_proxy_ipvs.scheduler import IPVSScheduler
+from kube_router_proxy_ipvs.api import FLAG_BITS
+from kube_router_proxy_ipvs.api import KNOWN_SCHEDULERS
+from kube_router_proxy_ipvs.api import IPVSScheduler
 
 SCHEDULER = "kube-router.io/service.scheduler"
 SCHEDFLAGS = "kube-router.io/service.schedflags"

@@ -10,8 +10,8 @@ from types import SimpleNamespace
 import pytest
 
 from kube_router import hookimpl
+from kube_router_proxy_ipvs.api import IPVSScheduler
 from kube_router_proxy_ipvs.controller import ProxyController
-from kube_router_proxy_ipvs.scheduler import IPVSScheduler
 from kube_router_proxy_ipvs.service_netfilter import ServiceNetfilter
 
 pytestmark = pytest.mark.kernel

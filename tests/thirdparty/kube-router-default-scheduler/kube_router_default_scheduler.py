@@ -1,13 +1,14 @@
 """A cluster-wide default IPVS scheduler, for Services whose annotations choose none."""
 
 from kube_router import hookimpl
-from kube_router_proxy_ipvs.scheduler import IPVSScheduler
+from kube_router_proxy_ipvs.api import IPVSScheduler
 
 
 @hookimpl
 def kube_router_add_options(parser):
-    parser.add_argument("--default-ipvs-scheduler", metavar="NAME",
-                        help="scheduler for Services that do not choose one")
+    group = parser.add_argument_group("default-scheduler")
+    group.add_argument("--default-ipvs-scheduler", metavar="NAME",
+                       help="scheduler for Services that do not choose one")
 
 
 # trylast: a Service's own annotation (another plugin's answer) wins over this default.

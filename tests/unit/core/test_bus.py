@@ -1,8 +1,8 @@
 import asyncio
 
 from kube_router.bus import Bus
-from kube_router.bus import Event
-from kube_router.bus import EventType
+from kube_router.kube.events import Event
+from kube_router.kube.events import EventType
 
 
 def _event(key: str, kind: str = "Service") -> Event:

@@ -3,11 +3,11 @@ import types
 
 import pytest
 
-from kube_router.bus import Event
-from kube_router.bus import EventType
 from kube_router.controller import Controller
 from kube_router.controller import WorkQueue
 from kube_router.errors import TemporaryError
+from kube_router.kube.events import Event
+from kube_router.kube.events import EventType
 from kube_router.metrics import Metrics
 
 

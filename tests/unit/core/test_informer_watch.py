@@ -17,10 +17,10 @@ import pluggy
 import pytest
 
 from kube_router.agent import Agent
-from kube_router.bus import Event
-from kube_router.bus import EventType
 from kube_router.kube import informer as informer_mod
 from kube_router.kube.client import load_client
+from kube_router.kube.events import Event
+from kube_router.kube.events import EventType
 from kube_router.kube.informer import Informer
 from kube_router.kube.kinds import KINDS
 from kube_router.kube.store import Store

@@ -10,11 +10,11 @@ import pytest
 from kube_router.kube.records import decode_endpointslice
 from kube_router.kube.records import decode_service
 from kube_router_proxy_ipvs import ipvs_netlink as nl
+from kube_router_proxy_ipvs.api import DEFAULT
+from kube_router_proxy_ipvs.api import IPVSScheduler
 from kube_router_proxy_ipvs.desired import Settings
 from kube_router_proxy_ipvs.desired import owns
 from kube_router_proxy_ipvs.desired import service_state
-from kube_router_proxy_ipvs.scheduler import DEFAULT
-from kube_router_proxy_ipvs.scheduler import IPVSScheduler
 
 NODE_IP = "192.168.10.100"
 S = Settings(node_name="node-0", service_cidrs=(ipaddress.ip_network("10.96.0.0/16"),),

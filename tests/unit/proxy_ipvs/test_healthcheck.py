@@ -13,10 +13,10 @@ import pytest
 from kube_router.kube.records import decode_endpointslice
 from kube_router.kube.records import decode_service
 from kube_router_proxy_ipvs import settings
+from kube_router_proxy_ipvs.api import DEFAULT
 from kube_router_proxy_ipvs.desired import Settings
 from kube_router_proxy_ipvs.desired import service_state
 from kube_router_proxy_ipvs.healthcheck import HealthCheckServers
-from kube_router_proxy_ipvs.scheduler import DEFAULT
 
 S = Settings(node_name="node-0", service_cidrs=(ipaddress.ip_network("10.96.0.0/16"),))
 

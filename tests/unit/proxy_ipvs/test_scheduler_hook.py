@@ -11,8 +11,8 @@ from kube_router.agent import Agent
 from kube_router.kube.records import decode_service
 from kube_router_proxy_ipvs import plugin
 from kube_router_proxy_ipvs import settings
+from kube_router_proxy_ipvs.api import IPVSScheduler
 from kube_router_proxy_ipvs.controller import ProxyController
-from kube_router_proxy_ipvs.scheduler import IPVSScheduler
 
 
 class Picker:

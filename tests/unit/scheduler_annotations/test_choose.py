@@ -3,7 +3,7 @@ import logging
 import pytest
 
 from kube_router.kube.records import decode_service
-from kube_router_proxy_ipvs.scheduler import IPVSScheduler
+from kube_router_proxy_ipvs.api import IPVSScheduler
 from kube_router_scheduler_annotations import SCHEDFLAGS
 from kube_router_scheduler_annotations import SCHEDULER
 from kube_router_scheduler_annotations import _warnings

@@ -6,7 +6,7 @@ import argparse
 from kube_router import plugins
 from kube_router.agent import EnabledHooks
 from kube_router.kube.records import decode_service
-from kube_router_proxy_ipvs.scheduler import IPVSScheduler
+from kube_router_proxy_ipvs.api import IPVSScheduler
 
 
 def _hook(enabled):

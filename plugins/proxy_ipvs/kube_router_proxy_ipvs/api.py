@@ -1,4 +1,6 @@
-"""The IPVS scheduler a virtual service uses, as other plugins choose it through a hook."""
+"""The proxy's public API for other plugins: the IPVS scheduler a virtual service uses, as
+they choose it through the ``kube_router_ipvs_scheduler`` hook. Other plugins import this
+module only, never the proxy's internals."""
 
 from __future__ import annotations
 
