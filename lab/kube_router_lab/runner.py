@@ -15,6 +15,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from dataclasses import field
 from pathlib import Path
@@ -41,6 +42,8 @@ FAILURE_LOG_LINES = 40  # of each agent's log, printed when a step fails
 #: is shown.
 STACK_DUMP_WAIT = 1.0
 STACK_DUMP_BYTES = 16384
+#: Probes of one reach step in flight at once.
+REACH_PARALLEL = 32
 
 
 class LabLike(Protocol):
@@ -335,8 +338,15 @@ class Runner:
         self.lab.restart(step.target, node=step.node, signal=step.signal, down=step.down)
 
     def _reach(self, step: ReachStep, res: StepResult) -> None:
-        matrix = [[int(bool(self.lab.reach(src, dst, timeout=step.timeout)))
-                   for dst in step.targets] for src in step.sources]
+        # The probes go out together: a truth table of 100 cells where most are
+        # refused or dropped would otherwise wait out a timeout per cell.
+        cells = [(src, dst) for src in step.sources for dst in step.targets]
+        with ThreadPoolExecutor(max_workers=min(REACH_PARALLEL, len(cells))) as pool:
+            got = list(pool.map(lambda c: int(bool(self.lab.reach(c[0], c[1],
+                                                                   timeout=step.timeout))),
+                                cells))
+        n = len(step.targets)
+        matrix = [got[i:i + n] for i in range(0, len(got), n)]
         res.matrix = matrix
         for line in format_matrix(step.sources, step.targets, matrix, step.expect):
             self.say(f"  {line}")
