@@ -203,7 +203,7 @@ def _agent(n: int) -> tuple[Agent, float]:
 async def _sync_and_events(n: int, changes: int) -> dict:
     agent, decode_seconds = _agent(n)
     sl_store = agent.store("EndpointSlice")
-    ctl = ProxyController(agent, firewall=None)
+    ctl = ProxyController(agent, netfilter=None)
     await ctl.start()
     started = time.perf_counter()
     await ctl.sync(None)
@@ -278,7 +278,7 @@ def phase_sync(n: int, changes: int, estimation: bool = True) -> dict:
 
 
 async def _cold_sync(n: int) -> None:
-    ctl = ProxyController(_agent(n)[0], firewall=None)
+    ctl = ProxyController(_agent(n)[0], netfilter=None)
     await ctl.start()
     await ctl.sync(None)
     assert not ctl.last_result.failures and not ctl.dummy.last_failures
@@ -289,7 +289,7 @@ async def _restart(n: int) -> dict:
     """A new agent over the kernel state a previous one left: the time to read that state
     (IPVS with every real server, the link's addresses and routes) and the first full
     sync, which must find nothing to send."""
-    ctl = ProxyController(_agent(n)[0], firewall=None)
+    ctl = ProxyController(_agent(n)[0], netfilter=None)
     started = time.perf_counter()
     await ctl.start()
     loaded = time.perf_counter()

@@ -6,8 +6,11 @@ the new members go into a temporary set that is swapped with the live one, atomi
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from collections.abc import Iterable
 
+from kube_router.linux.run import restore as run_restore
+from kube_router.linux.run import restore_sync as run_restore_sync
 from kube_router.linux.run import run
 from kube_router.linux.run import run_sync
 
@@ -30,11 +33,11 @@ def swap_script(name: str, settype: str, members: Iterable[str], *, family: str 
 
 
 async def restore(lines: list[str]) -> None:
-    await run(["ipset", "restore"], "\n".join(lines) + "\n")
+    await run_restore(["ipset", "restore"], "\n".join(lines) + "\n")
 
 
 def restore_sync(lines: list[str]) -> None:
-    run_sync(["ipset", "restore"], "\n".join(lines) + "\n")
+    run_restore_sync(["ipset", "restore"], "\n".join(lines) + "\n")
 
 
 def names_sync() -> set[str]:
@@ -46,3 +49,44 @@ def destroy_sync(name: str) -> bool:
     """Destroy a set; False when it did not exist or is still referenced."""
     rc, _, _ = run_sync(["ipset", "destroy", name], check=False)
     return rc == 0
+
+
+def swap_via(name: str, tmp: str, settype: str, members: Iterable[str], *,
+             family: str = "inet") -> list[str]:
+    """Like :func:`swap_script`, through a temporary set the caller names and keeps.
+
+    The temporary set must exist (``create tmp ... -exist``) with the same type and family;
+    it is flushed before and after, so one temporary set serves any number of swaps in a
+    batch. For names too long for a suffix (``inet6:`` plus 25 characters).
+    """
+    lines = [f"create {name} {settype} family {family} -exist", f"flush {tmp}"]
+    lines += [f"add {tmp} {m} -exist" for m in members]
+    lines += [f"swap {tmp} {name}", f"flush {tmp}"]
+    return lines
+
+
+async def save() -> str:
+    _, out, _ = await run(["ipset", "save"])
+    return out
+
+
+def save_sync() -> str:
+    _, out, _ = run_sync(["ipset", "save"])
+    return out
+
+
+def parse_save(text: str, wanted: Callable[[str], bool]) -> dict[str, tuple[str, set[str]]]:
+    """name -> (type, members) for the sets ``wanted`` accepts, from ``ipset save``.
+
+    A member keeps its options as saved (``10.1.0.0/16 nomatch``); ipset prints a host
+    prefix (/32, /128) of a hash:net member as the bare address.
+    """
+    sets: dict[str, tuple[str, set[str]]] = {}
+    for line in text.splitlines():
+        verb, _, rest = line.partition(" ")
+        name, _, tail = rest.partition(" ")
+        if verb == "create" and wanted(name):
+            sets[name] = (tail.split(" ", 1)[0], set())
+        elif verb == "add" and name in sets:
+            sets[name][1].add(tail.strip())
+    return sets

@@ -16,6 +16,8 @@ import shutil
 from functools import cache
 
 from kube_router.linux.run import CommandError
+from kube_router.linux.run import restore as run_restore
+from kube_router.linux.run import restore_sync as run_restore_sync
 from kube_router.linux.run import run
 from kube_router.linux.run import run_sync
 
@@ -73,12 +75,12 @@ def save_sync(table: str, family: int = 4) -> str:
 async def restore(table: str, lines: list[str], family: int = 4) -> None:
     """Commit ``lines`` (chain declarations and rules, no ``*table``/COMMIT) atomically."""
     text = "\n".join([f"*{table}", *lines, "COMMIT", ""])
-    await run([tool("iptables-restore", family), "-w", LOCK_WAIT, "--noflush"], text)
+    await run_restore([tool("iptables-restore", family), "-w", LOCK_WAIT, "--noflush"], text)
 
 
 def restore_sync(table: str, lines: list[str], family: int = 4) -> None:
     text = "\n".join([f"*{table}", *lines, "COMMIT", ""])
-    run_sync([tool("iptables-restore", family), "-w", LOCK_WAIT, "--noflush"], text)
+    run_restore_sync([tool("iptables-restore", family), "-w", LOCK_WAIT, "--noflush"], text)
 
 
 def chains(saved: str) -> set[str]:

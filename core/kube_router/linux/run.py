@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import subprocess
 from collections.abc import Sequence
 
@@ -15,6 +16,38 @@ class CommandError(RuntimeError):
         self.argv = list(argv)
         self.rc = rc
         self.stderr = stderr
+
+
+class RestoreError(CommandError):
+    """A restore batch was refused; ``lines`` are the input lines the tool named (with
+    their numbers), so the log shows what was wrong, not only that something was."""
+
+    def __init__(self, err: CommandError, text: str) -> None:
+        numbers = [int(n) for n in re.findall(r"[Ll]ine:? (\d+)", err.stderr)]
+        src = text.splitlines()
+        self.lines = [f"{n}: {src[n - 1]}" for n in dict.fromkeys(numbers)
+                      if 0 < n <= len(src)]
+        super().__init__(err.argv, err.rc, err.stderr)
+        self.args = (f"{self.args[0]} failing_lines={self.lines}",)
+
+
+async def restore(argv: Sequence[str], text: str) -> None:
+    """Feed a batch to a ``*-restore`` tool; a refusal raises :class:`RestoreError`."""
+    try:
+        await run(argv, text)
+    except CommandError as exc:
+        if exc.rc == -9:
+            raise
+        raise RestoreError(exc, text) from None
+
+
+def restore_sync(argv: Sequence[str], text: str) -> None:
+    try:
+        run_sync(argv, text)
+    except CommandError as exc:
+        if exc.rc == -9:
+            raise
+        raise RestoreError(exc, text) from None
 
 
 #: Seconds a tool may run. They finish in well under a second; one that hangs must not

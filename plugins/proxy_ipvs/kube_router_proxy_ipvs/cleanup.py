@@ -2,7 +2,7 @@
 
 IPVS services are deleted only when they are in the proxy's ranges (and not in
 --excluded-cidrs) or on kube-dummy-if; other tools' services stay. Then the chains, jumps
-and sets of :mod:`firewall`, and the dummy link itself.
+and sets of :mod:`service_netfilter`, and the dummy link itself.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from kube_router_proxy_ipvs import ipvs_netlink as nl
 from kube_router_proxy_ipvs.dummy_if import DummyInterface
 from kube_router_proxy_ipvs.dummy_if import delete_link
 from kube_router_proxy_ipvs.dummy_if import local_addresses
-from kube_router_proxy_ipvs.firewall import cleanup_firewall
+from kube_router_proxy_ipvs.service_netfilter import cleanup_netfilter
 from kube_router_proxy_ipvs.settings import settings_from_config
 from kube_router_proxy_ipvs.status import NAMES_FILE
 
@@ -55,7 +55,7 @@ async def cleanup(config: argparse.Namespace) -> None:
     node_ips = await local_addresses()
     deleted = await asyncio.to_thread(_delete_services, settings, node_ips, dummy_addrs)
     # Both families whatever the flags say now: the node may have run with the other one.
-    await cleanup_firewall([4, 6])
+    await cleanup_netfilter([4, 6])
     try:
         removed = await delete_link()
     except Exception as exc:

@@ -43,7 +43,7 @@ from kube_router_proxy_ipvs.status import write_names
 if TYPE_CHECKING:
     from kube_router.agent import Agent
     from kube_router.bus import Event
-    from kube_router_proxy_ipvs.firewall import ServiceFirewall
+    from kube_router_proxy_ipvs.service_netfilter import ServiceNetfilter
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ class ProxyController(Controller):
     name = "proxy"
     kinds = ("Service", "EndpointSlice", "Node")
 
-    def __init__(self, agent: Agent, firewall: ServiceFirewall | None = None) -> None:
+    def __init__(self, agent: Agent, netfilter: ServiceNetfilter | None = None) -> None:
         super().__init__(agent)
         cfg = agent.config
         self.resync_period = float(getattr(cfg, "ipvs_sync_period", 300.0))
@@ -72,7 +72,7 @@ class ProxyController(Controller):
             cfg, "ipvs_graceful_termination", False)),
             graceful_period=float(getattr(cfg, "ipvs_graceful_period", 30.0)))
         self.dummy = DummyInterface()
-        self.firewall = firewall
+        self.netfilter = netfilter
         # What each Service put in the kernel (those with any virtual server), so a partial
         # sync knows what to take away.
         self.svc_states: dict[str, dz.ServiceState] = {}
@@ -118,8 +118,8 @@ class ProxyController(Controller):
                 log.warning("cannot set ipvs timeouts tcp=%d tcpfin=%d udp=%d error=%s",
                             tcp, fin, udp, exc)
         await self.dummy.load()
-        if self.firewall is not None:
-            await self.firewall.start()
+        if self.netfilter is not None:
+            await self.netfilter.start()
         log.info("proxy state loaded ipvs_services=%d owned=%d vips=%d",
                  len(self.ipvs.actual), len(self.ipvs.owned_keys()), len(self.dummy.addrs))
         if self.ipvs.graceful:
@@ -292,8 +292,8 @@ class ProxyController(Controller):
         result = await self.ipvs.apply(desired, remove)
         t_ipvs = time.monotonic()
         await self.dummy.update(set(), vips_remove)
-        if self.firewall is not None:
-            await self.firewall.sync(self, full=keys is None)
+        if self.netfilter is not None:
+            await self.netfilter.sync(self, full=keys is None)
         await self._flush_udp(result.udp_removed)
         if self.svc_health or self.health.ports:
             await self.health.update({port: (name, count) for name, (port, count)

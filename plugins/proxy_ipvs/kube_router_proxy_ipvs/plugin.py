@@ -34,10 +34,10 @@ def kube_router_add_options(parser: argparse.ArgumentParser) -> None:
 @hookimpl
 def kube_router_controllers(agent: Agent) -> list[Controller]:
     from kube_router_proxy_ipvs.controller import ProxyController
-    from kube_router_proxy_ipvs.firewall import ServiceFirewall
     from kube_router_proxy_ipvs.metrics import register_metrics
+    from kube_router_proxy_ipvs.service_netfilter import ServiceNetfilter
 
-    controller = ProxyController(agent, ServiceFirewall(agent.config))
+    controller = ProxyController(agent, ServiceNetfilter(agent.config))
     register_metrics(agent.metrics.registry, controller)
     return [controller]
 

@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import pytest
 
 from kube_router_proxy_ipvs.controller import ProxyController
-from kube_router_proxy_ipvs.firewall import ServiceFirewall
+from kube_router_proxy_ipvs.service_netfilter import ServiceNetfilter
 
 pytestmark = pytest.mark.kernel
 
@@ -88,7 +88,7 @@ async def controller(k8s: SimpleNamespace, ports: list[tuple[str, str, int]],
                      target: list[tuple[str, str, int]], ips: list[str],
                      *args: str) -> ProxyController:
     agent = k8s.make_agent(*args)
-    ctl = ProxyController(agent, ServiceFirewall(agent.config))
+    ctl = ProxyController(agent, ServiceNetfilter(agent.config))
     k8s.put(agent, k8s.node())
     k8s.put(agent, k8s.service("drain", VIP, ports))
     k8s.put(agent, k8s.endpointslice("drain", ips, target))

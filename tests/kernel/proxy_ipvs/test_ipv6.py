@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import pytest
 
 from kube_router_proxy_ipvs.controller import ProxyController
-from kube_router_proxy_ipvs.firewall import ServiceFirewall
+from kube_router_proxy_ipvs.service_netfilter import ServiceNetfilter
 
 pytestmark = pytest.mark.kernel
 
@@ -100,7 +100,7 @@ def test_dual_stack_service(pod: None, k8s: SimpleNamespace, sh: Callable[..., s
     agent = k8s.make_agent("--enable-ipv6", "--service-cluster-ip-range", "fd00:96::/112")
 
     async def main() -> None:
-        ctl = ProxyController(agent, ServiceFirewall(agent.config))
+        ctl = ProxyController(agent, ServiceNetfilter(agent.config))
         k8s.put(agent, node_dual(k8s))
         k8s.put(agent, dual_service(k8s))
         k8s.put(agent, k8s.endpointslice("dual", [POD4], [("echo", "TCP", 8080)]))
@@ -122,7 +122,7 @@ def test_dual_stack_service(pod: None, k8s: SimpleNamespace, sh: Callable[..., s
         await ctl.sync(None)
         assert ctl.last_result.ops == 0
         # nor a restarted controller, which reads our route back
-        ctl2 = ProxyController(agent, ServiceFirewall(agent.config))
+        ctl2 = ProxyController(agent, ServiceNetfilter(agent.config))
         await ctl2.start()
         assert ctl2.dummy.addrs == {VIP4: k8s.NODE_IP, VIP6: NODE_IP6}
         await ctl2.sync(None)

@@ -11,8 +11,8 @@ import pytest
 
 from kube_router import hookimpl
 from kube_router_proxy_ipvs.controller import ProxyController
-from kube_router_proxy_ipvs.firewall import ServiceFirewall
 from kube_router_proxy_ipvs.scheduler import IPVSScheduler
+from kube_router_proxy_ipvs.service_netfilter import ServiceNetfilter
 
 pytestmark = pytest.mark.kernel
 
@@ -79,7 +79,7 @@ class World:
     async def controller(self, *args: str) -> ProxyController:
         k = self.k8s
         agent = k.make_agent("--excluded-cidrs", "10.96.200.0/24", *args)
-        ctl = ProxyController(agent, ServiceFirewall(agent.config))
+        ctl = ProxyController(agent, ServiceNetfilter(agent.config))
         k.put(agent, k.node())
         k.put(agent, k.service("web", "10.96.0.10", [("http", "TCP", 80)], type="NodePort"))
         k.put(agent, k.endpointslice("web", ["10.2.0.5", "10.2.0.6"], [("http", "TCP", 8080)]))
@@ -125,7 +125,7 @@ def test_full_sync_then_second_sync_is_empty(world: World) -> None:
                                         "10.96.0.53": world.NODE_IP}
         await ctl2.sync(None)
         assert ctl2.last_result.ops == 0
-        assert ctl2.firewall is not None and ctl2.firewall.writes == 0
+        assert ctl2.netfilter is not None and ctl2.netfilter.writes == 0
         world.foreign_intact()
         nat = world.sh(["iptables-legacy-save", "-t", "nat"])
         assert "-A KUBE-ROUTER-IPVS-SNAT ! -s 10.2.0.0/24 -m ipvs --vdir ORIGINAL " \

@@ -71,7 +71,7 @@ def jump_rules() -> dict[tuple[str, str], str]:
     }
 
 
-class ServiceFirewall:
+class ServiceNetfilter:
     def __init__(self, config: argparse.Namespace) -> None:
         self.masquerade_all = bool(getattr(config, "masquerade_all", False))
         self.permit_all = bool(getattr(config, "ipvs_permit_all", True))
@@ -212,7 +212,7 @@ class ServiceFirewall:
                     self._chains[(family, table, chain)] = rules
 
 
-async def cleanup_firewall(families: list[int]) -> None:
+async def cleanup_netfilter(families: list[int]) -> None:
     """Remove our jumps, chains and sets (and nothing else)."""
     jumps = jump_rules()
     for family in families:

@@ -1,0 +1,1 @@
+"""NetworkPolicy enforcement with iptables and ipset: the ``firewall`` plugin."""

@@ -1,0 +1,116 @@
+"""Which pods a set holds: selectors evaluated against the Pod and Namespace stores."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+from collections.abc import Mapping
+
+from kube_router.kube.records import Namespace
+from kube_router.kube.records import Pod
+from kube_router.kube.store import Store
+from kube_router_firewall_ipset.render import NamedPorts
+from kube_router_firewall_ipset.render import NamedPortSet
+from kube_router_firewall_ipset.render import NetSet
+from kube_router_firewall_ipset.render import PodSet
+from kube_router_firewall_ipset.render import SetSpec
+
+_NO_LABELS: Mapping[str, str] = {}
+#: hash:net refuses a /0; two halves cover the same addresses.
+_HALVES = {4: ("0.0.0.0/1", "128.0.0.0/1"), 6: ("::/1", "8000::/1")}
+
+
+def eligible(pod: Pod) -> bool:
+    """A pod the firewall knows: it has an address, is not on the host's network, and runs."""
+    return bool(pod.pod_ips) and not pod.host_network and pod.phase not in ("Succeeded",
+                                                                              "Failed")
+
+
+def ips(pod: Pod, family: int) -> list[str]:
+    return [ip for ip in pod.pod_ips if (":" in ip) == (family == 6)]
+
+
+def net_member(cidr: str) -> str:
+    """As ipset saves a hash:net member: a host prefix is printed as the bare address."""
+    net = ipaddress.ip_network(cidr, strict=False)
+    return str(net.network_address) if net.prefixlen == net.max_prefixlen else str(net)
+
+
+def net_members(spec: NetSet) -> frozenset[str]:
+    net = ipaddress.ip_network(spec.cidr)
+    base = _HALVES[net.version] if net.prefixlen == 0 else (spec.cidr,)
+    return frozenset([*(net_member(c) for c in base),
+                      *(f"{net_member(e)} nomatch" for e in spec.excepts)])
+
+
+class Cluster:
+    """The pods and namespaces as the informers hold them, with a per-namespace index."""
+
+    def __init__(self, pods: Store, namespaces: Store) -> None:
+        self.pods = pods
+        self.namespaces = namespaces
+        pods.add_index("namespace", lambda rec: (rec.meta.namespace,))
+
+    def ns_labels(self, namespace: str) -> Mapping[str, str]:
+        ns = self.namespaces.get(namespace)
+        return ns.meta.labels if isinstance(ns, Namespace) else _NO_LABELS
+
+    def pods_in(self, namespace: str) -> list[Pod]:
+        return self.pods.by_index("namespace", namespace)  # type: ignore[return-value]
+
+    def in_podset(self, spec: PodSet, pod: Pod) -> bool:
+        ns = pod.meta.namespace
+        for peer in spec.peers:
+            if peer.namespaces is None:
+                if ns != spec.namespace:
+                    continue
+            elif not peer.namespaces.matches(self.ns_labels(ns)):
+                continue
+            if peer.pods.matches(pod.meta.labels):
+                return True
+        return False
+
+    def candidates(self, spec: PodSet) -> Iterable[Pod]:
+        names: set[str] = set()
+        for peer in spec.peers:
+            if peer.namespaces is None:
+                names.add(spec.namespace)
+            elif peer.namespaces.everything:
+                return (p for p in self.pods if isinstance(p, Pod))
+            else:
+                names.update(n.meta.name for n in self.namespaces
+                             if peer.namespaces.matches(n.meta.labels))
+        return (p for n in names for p in self.pods_in(n))
+
+    def podset_pods(self, spec: PodSet) -> list[Pod]:
+        return [p for p in self.candidates(spec) if eligible(p) and self.in_podset(spec, p)]
+
+    def named_ports(self, population: PodSet) -> NamedPorts:
+        out: NamedPorts = {}
+        for pod in self.podset_pods(population):
+            for cp in pod.ports:
+                if cp.name:
+                    out.setdefault((cp.name, cp.protocol), set()).add(cp.port)
+        return out
+
+    def holds(self, spec: SetSpec, pod: Pod) -> bool:
+        """Whether the set of ``spec`` holds this pod's addresses."""
+        if isinstance(spec, PodSet):
+            return eligible(pod) and self.in_podset(spec, pod)
+        if isinstance(spec, NamedPortSet):
+            return (eligible(pod) and self.in_podset(spec.population, pod)
+                    and has_port(pod, spec))
+        return False
+
+    def members(self, spec: SetSpec, family: int) -> frozenset[str]:
+        if isinstance(spec, NetSet):
+            return net_members(spec)
+        if isinstance(spec, PodSet):
+            return frozenset(ip for p in self.podset_pods(spec) for ip in ips(p, family))
+        return frozenset(ip for p in self.podset_pods(spec.population) if has_port(p, spec)
+                         for ip in ips(p, family))
+
+
+def has_port(pod: Pod, spec: NamedPortSet) -> bool:
+    return any(cp.name == spec.name and cp.protocol == spec.protocol and cp.port == spec.number
+               for cp in pod.ports)
