@@ -50,6 +50,7 @@ bench: venv
 	$(PY) -m bench.decode
 	$(KRP) lab exec --mem 3G -- $(PY) -m bench.proxy_ipvs --n 1000
 	$(KRP) lab exec -- $(PY) -m bench.routing_bgp --n 5000
+	$(KRP) lab exec --mem 3G -- $(PY) -m bench.firewall_ipset
 
 lint: venv
 	$(VENV)/bin/ruff check .

@@ -6,8 +6,10 @@ the new members go into a temporary set that is swapped with the live one, atomi
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable
 from collections.abc import Iterable
+from typing import Any
 
 from kube_router.linux.run import restore as run_restore
 from kube_router.linux.run import restore_sync as run_restore_sync
@@ -32,8 +34,8 @@ def swap_script(name: str, settype: str, members: Iterable[str], *, family: str 
     return lines
 
 
-async def restore(lines: list[str]) -> None:
-    await run_restore(["ipset", "restore"], "\n".join(lines) + "\n")
+async def restore(lines: list[str], *, timeout: float | None = None) -> None:
+    await run_restore(["ipset", "restore"], "\n".join(lines) + "\n", timeout=timeout)
 
 
 def restore_sync(lines: list[str]) -> None:
@@ -90,3 +92,39 @@ def parse_save(text: str, wanted: Callable[[str], bool]) -> dict[str, tuple[str,
         elif verb == "add" and name in sets:
             sets[name][1].add(tail.strip())
     return sets
+
+
+class MemberSocket:
+    """Adds and deletes single members over netlink, without a process per change.
+
+    Starting ``ipset`` costs more than the change itself when only a few members move (a
+    pod came or went); a batch that creates, swaps or fills sets still goes through
+    :func:`restore`. The socket is opened on first use and kept; use it from one event loop.
+    """
+
+    def __init__(self) -> None:
+        self._sock: Any = None
+
+    async def change(self, name: str, member: str, *, add: bool) -> None:
+        """Add (or delete) ``member``, an address, of hash:ip set ``name``; a member
+        already there (or already gone) is no error."""
+        from pyroute2.ipset import AsyncIPSet  # kept out of start-up for users of restore
+
+        if self._sock is None:
+            sock = AsyncIPSet()
+            await sock.setup_endpoint()
+            self._sock = sock
+        family = socket.AF_INET6 if ":" in member else socket.AF_INET
+        try:
+            if add:
+                await self._sock.add(name, member, family=family, exclusive=False)
+            else:
+                await self._sock.delete(name, member, family=family, exclusive=False)
+        except Exception:
+            self.close()  # a fresh socket next time
+            raise
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None

@@ -72,10 +72,12 @@ def save_sync(table: str, family: int = 4) -> str:
     return out
 
 
-async def restore(table: str, lines: list[str], family: int = 4) -> None:
+async def restore(table: str, lines: list[str], family: int = 4, *,
+                  timeout: float | None = None) -> None:
     """Commit ``lines`` (chain declarations and rules, no ``*table``/COMMIT) atomically."""
     text = "\n".join([f"*{table}", *lines, "COMMIT", ""])
-    await run_restore([tool("iptables-restore", family), "-w", LOCK_WAIT, "--noflush"], text)
+    await run_restore([tool("iptables-restore", family), "-w", LOCK_WAIT, "--noflush"], text,
+                      timeout=timeout)
 
 
 def restore_sync(table: str, lines: list[str], family: int = 4) -> None:

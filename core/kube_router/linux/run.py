@@ -31,19 +31,22 @@ class RestoreError(CommandError):
         self.args = (f"{self.args[0]} failing_lines={self.lines}",)
 
 
-async def restore(argv: Sequence[str], text: str) -> None:
-    """Feed a batch to a ``*-restore`` tool; a refusal raises :class:`RestoreError`."""
+async def restore(argv: Sequence[str], text: str, *, timeout: float | None = None) -> None:
+    """Feed a batch to a ``*-restore`` tool; a refusal raises :class:`RestoreError`.
+
+    ``timeout`` defaults to :data:`TIMEOUT`, which a batch of hundreds of thousands of
+    lines may need more than (a first sync at scale)."""
     try:
-        await run(argv, text)
+        await run(argv, text, timeout=timeout or TIMEOUT)
     except CommandError as exc:
         if exc.rc == -9:
             raise
         raise RestoreError(exc, text) from None
 
 
-def restore_sync(argv: Sequence[str], text: str) -> None:
+def restore_sync(argv: Sequence[str], text: str, *, timeout: float | None = None) -> None:
     try:
-        run_sync(argv, text)
+        run_sync(argv, text, timeout=timeout or TIMEOUT)
     except CommandError as exc:
         if exc.rc == -9:
             raise

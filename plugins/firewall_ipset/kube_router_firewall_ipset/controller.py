@@ -57,6 +57,7 @@ class FirewallController(Controller):
         self.cluster = Cluster(agent.store(POD), agent.store(NAMESPACE))
         self.planes = {f: Dataplane(f) for f in settings.families}
         self.policies: dict[str, Policy] = {}
+        self.by_namespace: dict[str, dict[str, Policy]] = {}
         self._bad: dict[str, str] = {}  # policy key -> resourceVersion warned about
         self.renders: dict[tuple[int, str], PolicyRender] = {}
         # desired state per family
@@ -69,6 +70,12 @@ class FirewallController(Controller):
         self.seen: dict[str, Pod] = {}  # the pod records the sets were last computed from
         self.last: dict[int, Written] = {}
         self.full_syncs = 0
+        self._selection_changed = True
+        # sets changed since the last apply, per family (None: any may have)
+        self.touched: dict[int, set[str] | None] = {f: None for f in settings.families}
+        self._local_version = 0
+        self._top: dict[int, tuple[object, dict[str, tuple[str, ...]]]] = {}
+        self._named: set[str] = set()  # keys of policies with named ports
         self.metrics: FirewallMetrics | None = None
 
     # -- events ---------------------------------------------------------------------------
@@ -81,10 +88,13 @@ class FirewallController(Controller):
     # -- compiling ------------------------------------------------------------------------
 
     def _compile(self, key: str) -> None:
+        self._selection_changed = True
         rec = self.agent.store(NETWORKPOLICY).get(key)
         for f in self.settings.families:
             self.renders.pop((f, key), None)
         self.policies.pop(key, None)
+        self._named.discard(key)
+        self.by_namespace.get(key.partition("/")[0], {}).pop(key, None)
         if not isinstance(rec, NetworkPolicy):
             return
         try:
@@ -96,6 +106,9 @@ class FirewallController(Controller):
             return
         self._bad.pop(key, None)
         self.policies[key] = policy
+        if _has_named(policy):
+            self._named.add(key)
+        self.by_namespace.setdefault(policy.namespace, {})[key] = policy
         for f in self.settings.families:
             self._render(policy, f)
 
@@ -110,8 +123,8 @@ class FirewallController(Controller):
 
     def _selecting(self, pod: Pod) -> tuple[list[Policy], list[Policy]]:
         ingress, egress = [], []
-        for p in self.policies.values():
-            if p.namespace == pod.meta.namespace and p.pods.matches(pod.meta.labels):
+        for p in self.by_namespace.get(pod.meta.namespace, {}).values():
+            if p.pods.matches(pod.meta.labels):
                 if p.ingress is not None:
                     ingress.append(p)
                 if p.egress is not None:
@@ -134,6 +147,8 @@ class FirewallController(Controller):
                 and eligible(pod))
 
     def _refresh_local(self, key: str) -> None:
+        self._selection_changed = True
+        self._local_version += 1
         pod = self.agent.store(POD).get(key)
         if self._is_local(pod):
             assert isinstance(pod, Pod)
@@ -169,14 +184,24 @@ class FirewallController(Controller):
             if spec not in cache:
                 cache[spec] = self.cluster.members(spec, family)
             members[name] = (render.settype(spec), cache[spec])
-        for name in [n for n in members if n not in specs]:
+            self._touch(family, name)
+        keep = nm.local_pods(family)  # kept by desired(), not by a policy
+        for name in [n for n in members if n not in specs and n != keep]:
             del members[name]
+            self._touch(family, name)
+
+    def _touch(self, family: int, name: str) -> None:
+        touched = self.touched[family]
+        if touched is not None:
+            touched.add(name)
 
     # -- syncing --------------------------------------------------------------------------
 
     def _full(self) -> None:
         self.renders.clear()
         self.policies.clear()
+        self._named.clear()
+        self.by_namespace.clear()
         for key, _ in self.agent.store(NETWORKPOLICY).items():
             self._compile(key)
         self._rebuild_specs()
@@ -184,6 +209,9 @@ class FirewallController(Controller):
             self._recompute_sets(f)
             self.pod_chains[f] = {}
         self.local.clear()
+        self._local_version += 1
+        for f in self.settings.families:
+            self.touched[f] = None
         for key, pod in self.agent.store(POD).items():
             if self._is_local(pod):  # type: ignore[arg-type]
                 self._refresh_local(key)
@@ -224,13 +252,13 @@ class FirewallController(Controller):
                 updated = (cur - old_ips if was else cur) | (new_ips if now else frozenset())
                 if updated != cur:
                     members[name] = (stype, frozenset(updated))
+                    self._touch(f, name)
         # named ports resolve through pods: re-render the policies whose population
         # may hold this pod (its chains gain or lose a number)
         if (old is not None and old.ports) or (isinstance(new, Pod) and new.ports):
             touched = False
-            for pkey, policy in self.policies.items():
-                if not _has_named(policy):
-                    continue
+            for pkey in self._named:
+                policy = self.policies[pkey]
                 for f in self.settings.families:
                     r = self.renders[(f, pkey)]
                     if any((old is not None and self.cluster.in_podset(pop, old))
@@ -254,23 +282,32 @@ class FirewallController(Controller):
             if f == family:
                 chains.update(r.chains)
         chains.update(self.pod_chains[family])
-        local = []
-        for pod in self.local.values():
-            a = ips(pod, family)
-            if a:
-                local.append((a[0], nm.pod_chain(pod.meta.namespace, pod.meta.name)))
         node = self.agent.store(NODE).get(self.agent.node_name)
         cidrs = [c for c in (node.pod_cidrs if isinstance(node, Node) else ())
                  if (":" in c) == (family == 6)]
-        chains.update(render.top_chains(
-            local, family,
-            service_cidrs=[c for c in self.settings.service_cidrs
-                           if (":" in c) == (family == 6)],
-            nodeport_range=self.settings.nodeport_range, pod_cidrs=cidrs))
+        version = (self._local_version, tuple(cidrs))
+        cached = self._top.get(family)
+        if cached is None or cached[0] != version:
+            local = []
+            for pod in self.local.values():
+                a = ips(pod, family)
+                if a:
+                    local.append((a[0], nm.pod_chain(pod.meta.namespace, pod.meta.name)))
+            top = render.top_chains(
+                local, family,
+                service_cidrs=[c for c in self.settings.service_cidrs
+                               if (":" in c) == (family == 6)],
+                nodeport_range=self.settings.nodeport_range, pod_cidrs=cidrs)
+            self.members[family][nm.local_pods(family)] = (
+                "hash:ip", frozenset(ip for ip, _ in local))
+            self._touch(family, nm.local_pods(family))
+            cached = self._top[family] = (version, top)
+        chains.update(cached[1])
         return chains, self.members[family]
 
     async def sync(self, keys: frozenset[Hashable] | None) -> None:
         started = time.monotonic()
+        self.cluster.begin()
         kinds = {k[0] for k in keys} if keys is not None else set()
         if keys is None or NAMESPACE in kinds or NODE in kinds:
             if keys is None and self.full_syncs:
@@ -288,14 +325,21 @@ class FirewallController(Controller):
         computed = time.monotonic()
         for f, plane in self.planes.items():
             chains, sets = self.desired(f)
-            self.last[f] = w = await plane.apply(chains, sets)
+            touched, self.touched[f] = self.touched[f], set()
+            try:
+                self.last[f] = w = await plane.apply(chains, sets, touched)
+            except Exception:
+                self.touched[f] = None
+                raise
             if not w.empty:
                 log.info("firewall synced family=ipv%d full=%s chains=%d chains_deleted=%d "
                          "sets=%d sets_destroyed=%d compute_s=%.3f ipset_s=%.3f "
                          "iptables_s=%.3f", f, keys is None, w.chains, w.chains_deleted,
                          w.sets, w.sets_destroyed, computed - started, w.ipset_seconds,
                          w.iptables_seconds)
-        status.write_selection(self)
+        if self._selection_changed:  # what `status` shows: not for a remote pod's change
+            status.write_selection(self)
+            self._selection_changed = False
         m = self.metrics
         if m is not None:
             m.sync_time.observe(time.monotonic() - started)

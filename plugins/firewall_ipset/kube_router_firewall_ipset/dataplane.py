@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import ChainMap
+from collections.abc import Collection
+from collections.abc import Iterable
 from collections.abc import Mapping
 from dataclasses import dataclass
 from dataclasses import field
@@ -22,6 +25,16 @@ from kube_router_firewall_ipset import naming as nm
 from kube_router_firewall_ipset.render import builtin_jump
 
 log = logging.getLogger(__name__)
+
+#: Above this many addresses moving, one ``ipset restore`` beats a netlink call each.
+MAX_NETLINK_MOVES = 256
+
+#: (set, address, add or delete)
+Move = tuple[str, str, bool]
+def _timeout(lines: int) -> float:
+    """Seconds a batch may take: the tools' default, and more for a very large one."""
+    return max(30.0, lines / 2000)
+
 
 Chains = Mapping[str, tuple[str, ...]]
 #: name -> (type, members)
@@ -52,6 +65,7 @@ class Dataplane:
     sets: dict[str, tuple[str, frozenset[str]]] = field(default_factory=dict)
     jumps: bool = False  # our jumps sit in INPUT/FORWARD/OUTPUT
     known: bool = False  # chains and sets above are the kernel's
+    members: ipset.MemberSocket = field(default_factory=ipset.MemberSocket)
 
     @property
     def inet(self) -> str:
@@ -80,10 +94,17 @@ class Dataplane:
         self.known = True
         return time.monotonic() - started
 
-    def _set_lines(self, sets: Sets, written: Written) -> list[str]:
+    def _set_lines(self, sets: Sets, written: Written,
+                   names: Iterable[str]) -> tuple[list[str], list[Move]]:
+        """``ipset restore`` lines, or (when only a few addresses move) netlink changes."""
         lines: list[str] = []
+        moves: list[Move] = []
         tmps: set[str] = set()
-        for name, (stype, members) in sets.items():
+        for name in names:
+            want = sets.get(name)
+            if want is None:
+                continue
+            stype, members = want
             have = self.sets.get(name)
             if have is not None and (have[1] is members or have == (stype, members)):
                 continue
@@ -96,8 +117,8 @@ class Dataplane:
                 continue
             gone, new = have[1] - members, members - have[1]
             if len(gone) + len(new) <= len(members):
-                lines += [f"del {name} {m} -exist" for m in sorted(gone)]
-                lines += [f"add {name} {m} -exist" for m in sorted(new)]
+                moves += [(name, m, False) for m in sorted(gone)]
+                moves += [(name, m, True) for m in sorted(new)]
                 continue
             tmp = (nm.V6_PREFIX if self.family == 6 else "") + nm.tmp_set(stype, self.family)
             if tmp not in tmps:
@@ -105,7 +126,21 @@ class Dataplane:
                 lines.append(f"create {tmp} {stype} family {self.inet} -exist")
             lines += ipset.swap_via(name, tmp, stype, sorted(members), family=self.inet)
         lines += [f"destroy {t}" for t in sorted(tmps)]
-        return lines
+        if lines or len(moves) > MAX_NETLINK_MOVES or any(
+                " " in m for _, m, _ in moves):  # hash:net options go through restore
+            lines = [f"{'add' if add else 'del'} {n} {m} -exist" for n, m, add in moves] + lines
+            moves = []
+        return lines, moves
+
+    async def _write_sets(self, lines: list[str], moves: list[Move]) -> None:
+        try:
+            if lines:
+                await ipset.restore(lines, timeout=_timeout(len(lines)))
+            for name, member, add in moves:
+                await self.members.change(name, member, add=add)
+        except Exception:
+            self.known = False
+            raise
 
     def _chain_lines(self, chains: Chains, written: Written) -> tuple[list[str], list[str]]:
         changed = [c for c, rules in chains.items()
@@ -120,22 +155,34 @@ class Dataplane:
         lines += [f"-X {c}" for c in stale]
         return lines, changed
 
-    async def apply(self, chains: Chains, sets: Sets) -> Written:
-        """Make the kernel hold exactly ``chains`` and ``sets`` (ours only)."""
+    async def apply(self, chains: Chains, sets: Sets,
+                    touched: Collection[str] | None = None) -> Written:
+        """Make the kernel hold exactly ``chains`` and ``sets`` (ours only).
+
+        ``touched`` names the only sets that may differ from the last apply (None: any);
+        the caller keeps that promise, so an event costs what it changed, not the total.
+        """
         written = Written()
         if not self.known:
             written.save_seconds = await self.read()
-        set_lines = self._set_lines(sets, written)
-        if set_lines:
+            touched = None
+        names = list(sets) if touched is None else [n for n in touched if n in sets]
+        # The local-pods set admits a pod's address past the tail: it may gain an address
+        # only once that pod's chain is written, so additions wait for the chains.
+        late = nm.local_pods(self.family)
+        early: dict[str, tuple[str, frozenset[str]]] = {}
+        if late in sets:
+            have = self.sets.get(late)
+            early[late] = (sets[late][0], have[1] & sets[late][1]) if have else (
+                sets[late][0], frozenset())
+        view = ChainMap(early, sets)  # type: ignore[arg-type]
+        set_lines, moves = self._set_lines(view, written, names)
+        if set_lines or moves:
             started = time.monotonic()
-            try:
-                await ipset.restore(set_lines)
-            except Exception:
-                self.known = False
-                raise
+            await self._write_sets(set_lines, moves)
             written.ipset_seconds = time.monotonic() - started
-            for name, value in sets.items():
-                self.sets[name] = value
+            for name in names:
+                self.sets[name] = view[name]
         lines, changed = self._chain_lines(chains, written)
         if self.jumps and not changed and not written.chains_deleted:
             lines = []
@@ -144,7 +191,8 @@ class Dataplane:
             if not self.jumps:
                 await self._drop_old_jumps()
             try:
-                await iptables.restore("filter", lines, self.family)
+                await iptables.restore("filter", lines, self.family,
+                                       timeout=_timeout(len(lines)))
             except Exception:
                 self.known = False
                 raise
@@ -154,17 +202,29 @@ class Dataplane:
             for c in [c for c in self.chains if c not in chains]:
                 del self.chains[c]
             self.jumps = True
-        stale = [n for n in self.sets if n not in sets]
+        if late in sets and self.sets.get(late) != sets[late]:
+            started = time.monotonic()
+            await self._write_sets(*self._set_lines(sets, written, [late]))
+            written.ipset_seconds += time.monotonic() - started
+            self.sets[late] = sets[late]
+        stale = [n for n in (self.sets if touched is None else touched)
+                 if n not in sets and n in self.sets]
         if stale:
             started = time.monotonic()
-            for name in stale:
-                try:
-                    await ipset.restore([f"destroy {name}"])
-                except Exception as exc:  # still used by a rule that is not ours
-                    log.warning("cannot destroy ipset name=%s error=%s", name, exc)
-                    continue
+            try:  # one batch; a set still used by a rule not ours fails it: then one by one
+                await ipset.restore([f"destroy {n}" for n in stale])
+                gone = stale
+            except Exception:
+                gone = []
+                for name in stale:
+                    try:
+                        await ipset.restore([f"destroy {name}"])
+                        gone.append(name)
+                    except Exception as exc:
+                        log.warning("cannot destroy ipset name=%s error=%s", name, exc)
+            for name in gone:
                 del self.sets[name]
-                written.sets_destroyed += 1
+            written.sets_destroyed += len(gone)
             written.ipset_seconds += time.monotonic() - started
         return written
 

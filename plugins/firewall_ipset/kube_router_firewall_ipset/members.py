@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable
 from collections.abc import Mapping
 
 from kube_router.kube.records import Namespace
@@ -14,6 +13,7 @@ from kube_router_firewall_ipset.render import NamedPortSet
 from kube_router_firewall_ipset.render import NetSet
 from kube_router_firewall_ipset.render import PodSet
 from kube_router_firewall_ipset.render import SetSpec
+from kube_router_firewall_ipset.selectors import Selector
 
 _NO_LABELS: Mapping[str, str] = {}
 #: hash:net refuses a /0; two halves cover the same addresses.
@@ -50,6 +50,28 @@ class Cluster:
         self.pods = pods
         self.namespaces = namespaces
         pods.add_index("namespace", lambda rec: (rec.meta.namespace,))
+        self._namespaces_of: dict[Selector, list[str]] = {}
+        self._pods_of: dict[tuple[str, Selector], list[Pod]] = {}
+
+    def begin(self) -> None:
+        """Forget the selections remembered since the last call: the stores have moved.
+        Within one sync, policies sharing a selector share its evaluation."""
+        self._namespaces_of.clear()
+        self._pods_of.clear()
+
+    def namespaces_of(self, sel: Selector) -> list[str]:
+        found = self._namespaces_of.get(sel)
+        if found is None:
+            found = self._namespaces_of[sel] = [
+                n.meta.name for n in self.namespaces if sel.matches(n.meta.labels)]
+        return found
+
+    def pods_of(self, namespace: str, sel: Selector) -> list[Pod]:
+        found = self._pods_of.get((namespace, sel))
+        if found is None:
+            found = self._pods_of[(namespace, sel)] = [
+                p for p in self.pods_in(namespace) if eligible(p) and sel.matches(p.meta.labels)]
+        return found
 
     def ns_labels(self, namespace: str) -> Mapping[str, str]:
         ns = self.namespaces.get(namespace)
@@ -70,20 +92,21 @@ class Cluster:
                 return True
         return False
 
-    def candidates(self, spec: PodSet) -> Iterable[Pod]:
-        names: set[str] = set()
-        for peer in spec.peers:
-            if peer.namespaces is None:
-                names.add(spec.namespace)
-            elif peer.namespaces.everything:
-                return (p for p in self.pods if isinstance(p, Pod))
-            else:
-                names.update(n.meta.name for n in self.namespaces
-                             if peer.namespaces.matches(n.meta.labels))
-        return (p for n in names for p in self.pods_in(n))
-
     def podset_pods(self, spec: PodSet) -> list[Pod]:
-        return [p for p in self.candidates(spec) if eligible(p) and self.in_podset(spec, p)]
+        if len(spec.peers) == 1:
+            peer = spec.peers[0]
+            names = ([spec.namespace] if peer.namespaces is None
+                     else self.namespaces_of(peer.namespaces))
+            if len(names) == 1:
+                return self.pods_of(names[0], peer.pods)
+        found: dict[str, Pod] = {}
+        for peer in spec.peers:
+            names = ([spec.namespace] if peer.namespaces is None
+                     else self.namespaces_of(peer.namespaces))
+            for n in names:
+                for p in self.pods_of(n, peer.pods):
+                    found[p.meta.key] = p
+        return list(found.values())
 
     def named_ports(self, population: PodSet) -> NamedPorts:
         out: NamedPorts = {}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from functools import lru_cache
 
 FORWARD = "KUBE-ROUTER-FORWARD"
 INPUT = "KUBE-ROUTER-INPUT"
@@ -21,6 +22,9 @@ POLICY_PREFIX = "KUBE-NWPLCY-"
 SRC_PREFIX = "KUBE-SRC-"
 DST_PREFIX = "KUBE-DST-"
 V6_PREFIX = "inet6:"
+#: The local pods whose chains are written: any other address of the node's pod CIDR
+#: (a pod the firewall has not seen yet) is rejected.
+LOCAL_PODS = "kube-router-local-pods"
 #: Temporary sets used while swapping, one per (type, family); ours alone.
 TMP_PREFIX = "KUBE-FWTMP-"
 
@@ -30,6 +34,7 @@ MARK_PASSED = "0x20000"
 COMMENT = "kube-router netpol"
 
 
+@lru_cache(maxsize=1 << 16)
 def _h(text: str) -> str:
     return base64.b32encode(hashlib.sha256(text.encode()).digest()).decode()[:16]
 
@@ -58,4 +63,8 @@ def owned_chain(name: str) -> bool:
 
 def owned_set(name: str) -> bool:
     bare = name.removeprefix(V6_PREFIX)
-    return bare.startswith((SRC_PREFIX, DST_PREFIX, TMP_PREFIX))
+    return bare == LOCAL_PODS or bare.startswith((SRC_PREFIX, DST_PREFIX, TMP_PREFIX))
+
+
+def local_pods(family: int) -> str:
+    return V6_PREFIX + LOCAL_PODS if family == 6 else LOCAL_PODS

@@ -22,6 +22,7 @@ from kube_router_firewall_ipset.model import Policy
 from kube_router_firewall_ipset.model import Port
 from kube_router_firewall_ipset.model import Rule
 from kube_router_firewall_ipset.selectors import EVERYTHING
+from kube_router_firewall_ipset.selectors import Selector
 
 ALLOW = f"-j MARK --set-xmark {nm.MARK_ALLOWED}/{nm.MARK_ALLOWED}"
 CLEAR = f"-j MARK --set-xmark 0x0/{nm.MARK_ALLOWED}"
@@ -52,6 +53,14 @@ class PodSet:
     peers: tuple[PodPeer, ...]
 
 
+def pod_set(namespace: str, peers: tuple[PodPeer, ...]) -> PodSet:
+    """A PodSet; peers that all name their namespaces do not depend on the policy's, so
+    policies of different namespaces with the same peers share one (and its members)."""
+    if all(p.namespaces is not None for p in peers):
+        namespace = ""
+    return PodSet(namespace, peers)
+
+
 @dataclass(frozen=True, slots=True)
 class NetSet:
     """An ipBlock: the CIDR, its exceptions as ``nomatch`` entries (hash:net)."""
@@ -71,6 +80,29 @@ class NamedPortSet:
 
 
 SetSpec = PodSet | NetSet | NamedPortSet
+
+
+def _sel_text(sel: Selector | None) -> str:
+    if sel is None:
+        return "~"
+    return ";".join(f"{r.key} {r.operator} {','.join(sorted(r.values))}"
+                    for r in sel.requirements)
+
+
+def spec_text(spec: SetSpec) -> str:
+    """What a set holds, spelled out: its name is a hash of this, so policies whose peers
+    select the same pods share one set (and one copy of its members)."""
+    if isinstance(spec, NetSet):
+        return f"net {spec.cidr} except {','.join(spec.excepts)}"
+    if isinstance(spec, NamedPortSet):
+        return (f"named {spec.name} {spec.protocol} {spec.number} of "
+                f"{spec_text(spec.population)}")
+    return f"pods {spec.namespace} " + " | ".join(
+        f"ns({_sel_text(p.namespaces)}) pods({_sel_text(p.pods)})" for p in spec.peers)
+
+
+def spec_set_name(prefix: str, family: int, spec: SetSpec) -> str:
+    return nm.set_name(prefix, family, spec_text(spec))
 
 
 def settype(spec: SetSpec) -> str:
@@ -101,8 +133,8 @@ def named_population(policy: Policy, direction: str, rule: Rule) -> PodSet:
         return target_set(policy)
     pods = tuple(p for p in rule.peers if isinstance(p, PodPeer))
     if pods and len(pods) == len(rule.peers):
-        return PodSet(policy.namespace, pods)
-    return PodSet(policy.namespace, (PodPeer(EVERYTHING, EVERYTHING),))
+        return pod_set(policy.namespace, pods)
+    return pod_set(policy.namespace, (PodPeer(EVERYTHING, EVERYTHING),))
 
 
 PortMatch = tuple[str, str, str]  # (-p part, named-port set match, port match)
@@ -120,9 +152,9 @@ def _port_matches(port: Port, direction: str, policy: Policy, index: int, family
     out = []
     population = named_population(policy, direction, rule)
     for number in sorted((named or {}).get((port.port, port.protocol), ())):
-        name = nm.set_name(nm.DST_PREFIX, family, policy.namespace, policy.name, direction,
-                           index, "namedport", port.port, port.protocol, number)
-        sets[name] = NamedPortSet(population, port.port, port.protocol, number)
+        spec = NamedPortSet(population, port.port, port.protocol, number)
+        name = spec_set_name(nm.DST_PREFIX, family, spec)
+        sets[name] = spec
         out.append((f"-p {proto}", f"-m set --match-set {name} dst",
                     f"-m {proto} --dport {number}"))
     return out
@@ -138,15 +170,15 @@ def _peer_matches(rule: Rule, direction: str, policy: Policy, index: int, family
     out = []
     pods = tuple(p for p in rule.peers if isinstance(p, PodPeer))
     if pods:
-        name = nm.set_name(prefix, family, policy.namespace, policy.name, direction, index,
-                           "pods")
-        sets[name] = PodSet(policy.namespace, pods)
+        spec: SetSpec = pod_set(policy.namespace, pods)
+        name = spec_set_name(prefix, family, spec)
+        sets[name] = spec
         out.append(f"-m set --match-set {name} {side}")
-    for j, peer in enumerate(rule.peers):
+    for peer in rule.peers:
         if isinstance(peer, BlockPeer) and peer.family == family:
-            name = nm.set_name(prefix, family, policy.namespace, policy.name, direction,
-                               index, "ipblock", j)
-            sets[name] = NetSet(peer.cidr, peer.excepts)
+            spec = NetSet(peer.cidr, peer.excepts)
+            name = spec_set_name(prefix, family, spec)
+            sets[name] = spec
             out.append(f"-m set --match-set {name} {side}")
     return out or None
 
@@ -231,10 +263,14 @@ def top_chains(local: Iterable[tuple[str, str]], family: int, *, service_cidrs: 
     head = [f"-d {c} -j RETURN" for c in service_cidrs]
     head += [f"-p {p} -m addrtype --dst-type LOCAL -m multiport --dports {lo}:{hi} -j RETURN"
              for p in ("tcp", "udp", "sctp")]
-    tail = [f"{IS_PASSED} -j ACCEPT", f"{ESTABLISHED} -j RETURN",
-            "-m addrtype --src-type LOCAL -j RETURN"]
+    # Replies and the node's own traffic first; then any address of the pod CIDR that is
+    # not a local pod with a chain (one not seen yet) is refused, whatever the other end.
+    tail = ["-m addrtype --src-type LOCAL -j RETURN", f"{ESTABLISHED} -j RETURN"]
+    known = nm.local_pods(family)
     for c in pod_cidrs:
-        tail += [f"-s {c} {reject(family)}", f"-d {c} {reject(family)}"]
+        tail += [f"-s {c} -m set ! --match-set {known} src {reject(family)}",
+                 f"-d {c} -m set ! --match-set {known} dst {reject(family)}"]
+    tail.append(f"{IS_PASSED} -j ACCEPT")
     to_tail = f"-j {nm.TAIL}"
     return {
         nm.INPUT: (*head, *egress_only, to_tail),  # pods to the node: their egress
