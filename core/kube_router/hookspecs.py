@@ -77,6 +77,19 @@ def kube_router_configure(config: argparse.Namespace) -> None:
     """
 
 
+@hookspec
+def kube_router_api_reads() -> list[str] | None:
+    """Name every API kind this plugin's controllers may read, with any flags.
+
+    Called for every installed plugin, without an agent or an API server: deployment
+    manifests and their tests build the agent's ClusterRole (get, list, watch) from it. A
+    plugin that runs controllers must implement it; the names are those of
+    :data:`kube_router.kube.kinds.KINDS`, a superset of every controller's ``kinds``.
+
+    :return: kind names, e.g. ``["Service", "EndpointSlice", "Node"]``.
+    """
+
+
 # -------------------------------------------------------------------------
 # Running: called for enabled plugins only
 # -------------------------------------------------------------------------

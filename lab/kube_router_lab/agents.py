@@ -28,6 +28,11 @@ from kube_router_lab import netns as ns
 
 HEALTH_PORT = 20244
 LOG_TAIL_LINES = 15
+FAILURE_LOG_LINES = 40  # of each agent's log, shown when a step fails
+#: Seconds the agents get to write their stacks into their logs, and how much of that
+#: is shown.
+STACK_DUMP_WAIT = 1.0
+STACK_DUMP_BYTES = 16384
 
 
 def installed_plugins() -> set[str]:
@@ -232,28 +237,6 @@ def _signal(name: str) -> signals.Signals:
         return signals.Signals[name if name.startswith("SIG") else "SIG" + name]
     except KeyError:
         raise ValueError(f"unknown signal {name!r}") from None
-
-
-def unsynced_reason(doc: dict | str, resource_version: str) -> str | None:
-    """Why an agent has not applied ``resource_version`` (None: it has)."""
-    if isinstance(doc, str):
-        return doc
-    want = int(resource_version)
-    controllers = doc.get("controllers") or {}
-    if not controllers:
-        return "no controllers reported"
-    behind = []
-    for name, c in sorted(controllers.items()):
-        try:
-            have = int((c or {}).get("resourceVersion") or 0)
-        except (TypeError, ValueError):
-            have = 0
-        if have < want:
-            err = (c or {}).get("lastError")
-            behind.append(f"{name} at {have}" + (f" ({err})" if err else ""))
-    if behind:
-        return f"behind {want}: " + ", ".join(behind)
-    return None
 
 
 def signal_gobgpd(netns: str, signal: str = "TERM") -> list[int]:

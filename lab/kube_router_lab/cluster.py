@@ -5,6 +5,7 @@ external peers and one agent per node, behind one object a scenario drives.
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import time
 from collections.abc import Callable
@@ -13,15 +14,20 @@ from pathlib import Path
 from typing import Any
 
 from kube_router_lab import netns as ns
+from kube_router_lab.agents import FAILURE_LOG_LINES
+from kube_router_lab.agents import STACK_DUMP_BYTES
+from kube_router_lab.agents import STACK_DUMP_WAIT
 from kube_router_lab.agents import Agent
 from kube_router_lab.agents import AgentSpec
 from kube_router_lab.agents import agent_argv
 from kube_router_lab.agents import installed_plugins
 from kube_router_lab.agents import signal_gobgpd
-from kube_router_lab.agents import unsynced_reason
+from kube_router_lab.agents import tail
 from kube_router_lab.apiserver import ApiError
 from kube_router_lab.apiserver import ApiServer
 from kube_router_lab.apiserver import ApiStore
+from kube_router_lab.backend import substitute
+from kube_router_lab.backend import unsynced_reason
 from kube_router_lab.controllers import ClusterControllers
 from kube_router_lab.controllers import kubernetes_service
 from kube_router_lab.controllers import node_object
@@ -38,8 +44,6 @@ from kube_router_lab.whatsmyip import proto_socket
 
 API_PORT = 6443
 CLUSTER_ASN = 64512
-#: Seconds a deleted pod keeps serving, marked terminating, before it goes.
-DEFAULT_GRACE = 2.0
 
 
 class LabError(RuntimeError):
@@ -48,15 +52,16 @@ class LabError(RuntimeError):
 
 class Lab:
     def __init__(self, spec: ClusterSpec, *, workdir: Path,
-                 log: Callable[[str], None] = print, grace: float = DEFAULT_GRACE) -> None:
+                 log: Callable[[str], None] = print, grace: float | None = None) -> None:
         self.spec = spec
         self.workdir = Path(workdir)
         self.log = log
-        self.grace = grace
+        # seconds a deleted pod may take to end (the scenario's pod-termination.grace)
+        self.grace = spec.termination.grace if grace is None else grace
         self.topology = Topology(spec, log=log)
         self.store = ApiStore()
         self.server: ApiServer | None = None
-        self.controllers = ClusterControllers(self.store, spec, log=log, grace=grace)
+        self.controllers = ClusterControllers(self.store, spec, log=log, grace=self.grace)
         self.servers = WhatsMyIp(log=log)
         self.kubelets: dict[str, Kubelet] = {}
         self.agents: dict[str, Agent] = {}
@@ -97,7 +102,8 @@ class Lab:
             for i, h in enumerate(self.topology.nodes):
                 self.kubelets[h.name] = Kubelet(
                     node=h.name, node_netns=h.netns, node_ip=h.ip, store=self.store,
-                    servers=self.servers, conf_dir=self._node_conf(h.name, i), log=self.log)
+                    servers=self.servers, conf_dir=self._node_conf(h.name, i), log=self.log,
+                    termination=self.spec.termination)
             for k in self.kubelets.values():
                 k.start()
             self._start_peers()
@@ -284,32 +290,7 @@ class Lab:
         return self.topology.host(where).netns
 
     def substitute(self, key: str) -> str:
-        kind, _, ref = key.partition(":")
-        if kind == "node":
-            return self.topology.host(ref).ip
-        if kind == "pod":
-            namespace, _, name = ref.partition("/")
-            pod = self.store.get("Pod", namespace, name)
-            ip = ((pod or {}).get("status") or {}).get("podIP")
-            if not ip:
-                raise KeyError(f"pod {ref} has no IP")
-            return ip
-        if kind in ("svc", "nodeport"):
-            svc_ref, _, port = ref.partition(":") if kind == "nodeport" else (ref, "", "")
-            namespace, _, name = svc_ref.partition("/")
-            svc = self.store.get("Service", namespace, name)
-            if svc is None:
-                raise KeyError(f"service {svc_ref} does not exist")
-            spec = svc.get("spec") or {}
-            if kind == "svc":
-                if spec.get("clusterIP") in (None, "", "None"):
-                    raise KeyError(f"service {svc_ref} has no cluster IP")
-                return spec["clusterIP"]
-            for p in spec.get("ports") or []:
-                if str(p.get("port")) == port and p.get("nodePort"):
-                    return str(p["nodePort"])
-            raise KeyError(f"service {svc_ref} has no node port for port {port!r}")
-        raise KeyError(f"unknown substitution {key!r} (svc:, nodeport:, pod:, node:)")
+        return substitute(key, self.store.get, lambda node: self.topology.host(node).ip)
 
     def run(self, where: str, argv: list[str], timeout: float = 30.0) -> tuple[int, str, str]:
         # LAB_WORKDIR lets a command read what the lab keeps there (NODE/agent.log,
@@ -408,6 +389,37 @@ def _split_proto(target: str) -> tuple[str, str, str]:
         if target.endswith(suffix):
             return target[: -len(suffix)], "/", suffix[1:]
     return target, "", ""
+
+    # -- when a step fails -------------------------------------------------------------
+
+    def diagnostics(self, say: Callable[[str], None]) -> None:
+        """Show the last lines of every agent's log, then each running agent's threads.
+
+        The guest and its files go when the run ends: what the agents said is only kept
+        if it is in the transcript. A stuck agent shows where it is stuck.
+        """
+        ends: dict[str, int] = {}
+        for name, agent in self.agents.items():
+            path = agent.spec.log_path
+            text = tail(path, FAILURE_LOG_LINES)
+            if text:
+                say(f"  last lines of {name}'s agent log:")
+                for line in text.splitlines():
+                    say(f"    {line}")
+            with contextlib.suppress(OSError):
+                ends[name] = path.stat().st_size
+        dumped = [name for name, agent in self.agents.items()
+                  if name in ends and agent.dump_stacks()]
+        if dumped:
+            time.sleep(STACK_DUMP_WAIT)
+        for name in dumped:
+            with contextlib.suppress(OSError), open(self.agents[name].spec.log_path,
+                                                    "rb") as f:
+                f.seek(ends[name])
+                stacks = f.read(STACK_DUMP_BYTES).decode(errors="replace")
+                say(f"  {name}'s agent threads:")
+                for line in stacks.splitlines():
+                    say(f"    {line}")
 
 
 def _describe(doc: Any) -> str:

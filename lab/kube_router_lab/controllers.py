@@ -305,6 +305,30 @@ def owned_by(pod: Mapping[str, Any], owner: Mapping[str, Any]) -> bool:
     return False
 
 
+def _scaled(value: Any, replicas: int, *, round_up: bool) -> int:
+    """A rolling update's maxSurge or maxUnavailable: a number, or a percentage of the
+    replicas (surge rounded up, unavailability down, as Kubernetes rounds them)."""
+    if isinstance(value, str) and value.endswith("%") and value[:-1].isdigit():
+        share = int(value[:-1]) * replicas
+        return -(-share // 100) if round_up else share // 100
+    if isinstance(value, int) and value >= 0:
+        return value
+    raise ValueError(f"{value!r} is not a number or a percentage")
+
+
+def rolling_limits(spec: Mapping[str, Any], replicas: int) -> tuple[int, int] | None:
+    """(maxSurge, maxUnavailable) of a RollingUpdate Deployment; None for Recreate."""
+    strategy = spec.get("strategy") or {}
+    if strategy.get("type") == "Recreate":
+        return None
+    rolling = strategy.get("rollingUpdate") or {}
+    surge = _scaled(rolling.get("maxSurge", "25%"), replicas, round_up=True)
+    unavailable = _scaled(rolling.get("maxUnavailable", "25%"), replicas, round_up=False)
+    if surge == 0 and unavailable == 0:
+        unavailable = 1  # the API refuses both zero; never stall the rollout
+    return surge, unavailable
+
+
 def plan_deployment(deploy: Mapping[str, Any], pods: Iterable[Mapping[str, Any]],
                     node_names: list[str], *, rng: random.Random | None = None,
                     ) -> tuple[list[Obj], list[str]]:
@@ -312,7 +336,10 @@ def plan_deployment(deploy: Mapping[str, Any], pods: Iterable[Mapping[str, Any]]
 
     ``pods`` are all the Pods of the Deployment's namespace. New pods go to the nodes with
     the fewest pods of this Deployment (then the fewest pods overall); scaling down takes
-    pods from the nodes with the most. A changed template replaces every older pod.
+    pods from the nodes with the most. A changed template rolls out as a Deployment's
+    RollingUpdate does: at most maxSurge pods above the replicas, and an older pod goes
+    only while at least replicas - maxUnavailable pods stay ready (each call is one step;
+    the next comes with the pods' next change). Strategy Recreate replaces them all at once.
     """
     m = meta(deploy)
     name, namespace = m["name"], m.get("namespace") or "default"
@@ -320,11 +347,16 @@ def plan_deployment(deploy: Mapping[str, Any], pods: Iterable[Mapping[str, Any]]
     replicas = spec.get("replicas", 1)
     if not isinstance(replicas, int) or replicas < 0:
         raise ValueError(f"deployment {namespace}/{name}: spec.replicas {replicas!r} is invalid")
+    try:
+        limits = rolling_limits(spec, replicas)
+    except ValueError as exc:
+        raise ValueError(f"deployment {namespace}/{name}: spec.strategy: {exc}") from None
     template = spec.get("template") or {}
     h = template_hash(template)
     pods = list(pods)
     everyone: dict[str, int] = {n: 0 for n in node_names}
     mine: dict[str, list[Mapping[str, Any]]] = {n: [] for n in node_names}
+    older: list[Mapping[str, Any]] = []  # of an earlier template
     delete: list[str] = []
     names = {meta(p)["name"] for p in pods}
     for p in pods:
@@ -333,14 +365,30 @@ def plan_deployment(deploy: Mapping[str, Any], pods: Iterable[Mapping[str, Any]]
             everyone[node] += 1
         if not owned_by(p, deploy) or is_terminating(p):
             continue
-        if (meta(p).get("labels") or {}).get(TEMPLATE_HASH_LABEL) != h or node not in mine:
+        if node not in mine:
             delete.append(meta(p)["name"])
+        elif (meta(p).get("labels") or {}).get(TEMPLATE_HASH_LABEL) != h:
+            older.append(p)
         else:
             mine[node].append(p)
     current = sum(len(v) for v in mine.values())
+    ceiling = replicas
+    if older and limits is None:
+        delete += [meta(p)["name"] for p in older]
+    elif older:
+        surge, unavailable = limits
+        ready_new = sum(1 for pods_on in mine.values() for p in pods_on if pod_ready(p))
+        # not ready ones first: they serve nobody
+        older.sort(key=lambda p: (pod_ready(p), meta(p).get("creationTimestamp") or ""))
+        spare = sum(1 for p in older if pod_ready(p)) + ready_new - (replicas - unavailable)
+        while older and (not pod_ready(older[0]) or spare > 0):
+            victim = older.pop(0)
+            spare -= pod_ready(victim)
+            delete.append(meta(victim)["name"])
+        ceiling = min(replicas, replicas + surge - len(older))
     order = {n: i for i, n in enumerate(node_names)}
     create: list[Obj] = []
-    while current < replicas and node_names:
+    while current < ceiling and node_names:
         node = min(node_names, key=lambda n: (len(mine[n]), everyone[n], order[n]))
         while True:
             pod_name = f"{name}-{h}-{random_suffix(5, rng)}"
@@ -499,12 +547,13 @@ class ClusterControllers:
     """
 
     def __init__(self, store: Any, spec: ClusterSpec, *, log: Callable[[str], None] = print,
-                 grace: float = 2.0, nodes_with_kubelet: Callable[[], set[str]] | None = None,
-                 ) -> None:
+                 grace: float | None = None,
+                 nodes_with_kubelet: Callable[[], set[str]] | None = None) -> None:
         self.store = store
         self.spec = spec
         self.log = log
-        self.grace = grace
+        # for pods that do not set terminationGracePeriodSeconds
+        self.grace = spec.termination.grace if grace is None else grace
         self.allocator = Allocator(spec.service_cidr)
         self._kubelet_nodes = nodes_with_kubelet or (lambda: set(spec.node_names()))
         self._events: queue.Queue[tuple[str, str, Obj] | None] = queue.Queue()
@@ -632,15 +681,19 @@ class ClusterControllers:
 
     def delete_pod(self, ns: str, name: str) -> None:
         """Graceful deletion: a pod on a node with a kubelet is marked terminating and the
-        kubelet finishes it after the grace period; any other pod goes at once."""
+        kubelet ends it within its grace period (its terminationGracePeriodSeconds, else the
+        lab's); any other pod goes at once."""
         pod = self.store.get("Pod", ns, name)
         if pod is None or is_terminating(pod):
             return
         node = (pod.get("spec") or {}).get("nodeName")
-        if node in self._kubelet_nodes() and self.grace > 0:
+        grace = (pod.get("spec") or {}).get("terminationGracePeriodSeconds")
+        if not isinstance(grace, int) or isinstance(grace, bool) or grace < 0:
+            grace = self.grace
+        if node in self._kubelet_nodes() and grace > 0:
             self.store.patch("Pod", ns, name, {"metadata": {
                 "deletionTimestamp": now_rfc3339(),
-                "deletionGracePeriodSeconds": max(1, round(self.grace))}})
+                "deletionGracePeriodSeconds": max(1, round(grace))}})
             self.log(f"event=pod_terminating object={ns}/{name} node={node}")
         else:
             self.store.delete("Pod", ns, name)

@@ -3,9 +3,14 @@
 For each Pod with ``spec.nodeName`` set to its node it makes a network namespace, calls the
 real CNI plugins named by the config in the node's CNI conf dir (the router plugin writes
 ``10-kuberouter.conflist`` there; without the router the lab writes its own bridge config),
-starts the pod's whats-my-ip ports and reports podIP, Running and Ready. A Pod marked
-terminating keeps answering for its grace period, then loses its servers and is deleted;
-when it is gone, CNI DEL and the namespace go too.
+starts the pod's whats-my-ip ports and reports podIP, Running and Ready.
+
+A Pod marked for deletion ends as a kubelet ends one: its preStop (a container's
+``lifecycle.preStop.sleep``, else the lab's pre-stop delay) runs first while the server
+still answers, then the server gets SIGTERM, keeps answering for the lab's
+serve-after-term seconds (by default until the grace period ends), and exits, finishing the
+requests it accepted; the pod is reported not ready and its object deleted. The grace period
+caps it all, as SIGKILL would. When the object is gone, CNI DEL and the namespace go too.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from kube_router_lab import netns as ns
+from kube_router_lab.spec import PodTermination
 from kube_router_lab.whatsmyip import PROTOCOLS
 from kube_router_lab.whatsmyip import WhatsMyIp
 
@@ -136,6 +142,26 @@ def cni_call(command: str, conf: dict, *, container_id: str, netns_name: str,
     return result if command == "ADD" else None
 
 
+def pre_stop_seconds(pod: dict, default: float) -> float:
+    """The longest ``lifecycle.preStop.sleep.seconds`` of the pod's containers (they run
+    side by side); ``default`` when none has one."""
+    found = [h["sleep"]["seconds"] for c in (pod.get("spec") or {}).get("containers") or []
+             if isinstance(h := ((c.get("lifecycle") or {}).get("preStop") or {}), dict)
+             and isinstance(h.get("sleep"), dict)
+             and isinstance(h["sleep"].get("seconds"), int | float)
+             and not isinstance(h["sleep"]["seconds"], bool)]
+    return float(max(found)) if found else default
+
+
+def termination_plan(pod: dict, termination: PodTermination) -> tuple[float, float]:
+    """(seconds to SIGTERM, seconds to the server's exit) after the deletion, both within
+    the pod's deletion grace period."""
+    grace = float((pod.get("metadata") or {}).get("deletionGracePeriodSeconds") or 0)
+    term = min(pre_stop_seconds(pod, termination.pre_stop), grace)
+    linger = termination.serve_after_term
+    return term, grace if linger is None else min(term + linger, grace)
+
+
 def pod_netns_name(namespace: str, name: str) -> str:
     return f"pod-{namespace}-{name}"
 
@@ -166,7 +192,7 @@ class _Wired:
 class Kubelet:
     def __init__(self, *, node: str, node_netns: str, node_ip: str, store: Any,
                  servers: WhatsMyIp, conf_dir: Path, log: Callable[[str], None] = print,
-                 retry: float = 0.5) -> None:
+                 retry: float = 0.5, termination: PodTermination | None = None) -> None:
         self.node = node
         self.node_netns = node_netns
         self.node_ip = node_ip
@@ -175,6 +201,7 @@ class Kubelet:
         self.conf_dir = conf_dir
         self.log = log
         self.retry = retry
+        self.termination = termination or PodTermination()
         self._wired: dict[str, _Wired] = {}
         self._finishing: set[str] = set()
         self._queue: queue.Queue[tuple[str, str] | None] = queue.Queue()
@@ -253,10 +280,13 @@ class Kubelet:
                     self._queue.put(None)
                     break
                 batch.add(nxt)
-            for action, key in sorted(batch):
+            # a SIGTERM due with the exit goes first
+            for action, key in sorted(batch, key=lambda a: (a[0] == "finish", a)):
                 try:
                     if action == "finish":
                         self._finish(key)
+                    elif action == "sigterm":
+                        self.log(f"event=pod_sigterm node={self.node} pod={key}")
                     else:
                         self._sync(key)
                 except Exception as exc:  # one pod must not stop the node's kubelet
@@ -283,16 +313,34 @@ class Kubelet:
         if meta.get("deletionTimestamp"):
             if key not in self._finishing:
                 self._finishing.add(key)
-                grace = meta.get("deletionGracePeriodSeconds") or 0
-                # Still serving through the grace period, as a real pod drains.
-                self._later("finish", key, float(grace) if wired else 0.0)
+                if wired is None:  # nothing runs: it goes at once
+                    self._later("finish", key, 0.0)
+                    return
+                term, end = termination_plan(pod, self.termination)
+                self.log(f"event=pod_stopping node={self.node} pod={key} "
+                         f"sigterm_in={term:g}s exit_in={end:g}s")
+                self._later("sigterm", key, term)
+                self._later("finish", key, end)
             return
         if wired is None:
             self._setup(pod)
 
     def _finish(self, key: str) -> None:
+        """The server exits: it stops listening, the pod turns not ready (no longer
+        serving), and its object goes."""
         namespace, name = key.split("/", 1)
-        self.servers.remove_pod(key)
+        self.servers.remove_pod(key, drain=True)
+        pod = self.store.get("Pod", namespace, name)
+        if pod is not None and key in self._wired:
+            stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            conditions = [{**c, "status": "False", "lastTransitionTime": stamp}
+                          if c.get("type") in ("Ready", "ContainersReady") else c
+                          for c in (pod.get("status") or {}).get("conditions") or []]
+            try:
+                self.store.patch("Pod", namespace, name, {"status": {"conditions": conditions}})
+            except Exception as exc:
+                if getattr(exc, "code", 0) != 404:
+                    raise
         try:
             self.store.delete("Pod", namespace, name)
         except Exception as exc:

@@ -101,10 +101,16 @@ def cmd_run(config: argparse.Namespace) -> int:
             return 2
         if config.report:
             if guest_report.exists():
-                shutil.copyfile(guest_report, config.report)
+                deliver_report(guest_report, Path(config.report))
                 print(f"report: {config.report}", flush=True)
             else:
                 print(f"kube-router-py lab: no report came back from the guest; "
                       f"{config.report} not written", file=sys.stderr)
                 return rc or 1
     return rc
+
+
+def deliver_report(src: Path, dest: Path) -> None:
+    """Copy the guest's report to ``dest``, making its folders (``out/`` on a fresh clone)."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src, dest)

@@ -6,7 +6,6 @@ it did, shows what the commands printed, and ends with PASS or FAIL and the reas
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
 import shlex
@@ -20,9 +19,9 @@ from dataclasses import dataclass
 from dataclasses import field
 from pathlib import Path
 from typing import Any
-from typing import Protocol
 
-from kube_router_lab.agents import tail
+from kube_router_lab.backend import Backend
+from kube_router_lab.backend import execute
 from kube_router_lab.scenario import AnnotateStep
 from kube_router_lab.scenario import ApplyStep
 from kube_router_lab.scenario import DeleteStep
@@ -37,11 +36,6 @@ from kube_router_lab.scenario import expand
 from kube_router_lab.scenario import load_scenario
 
 POLL = 0.25  # seconds between readiness polls while waiting for the agents
-FAILURE_LOG_LINES = 40  # of each agent's log, printed when a step fails
-#: Seconds the agents get to write their stacks into their logs, and how much of that
-#: is shown.
-STACK_DUMP_WAIT = 1.0
-STACK_DUMP_BYTES = 16384
 #: Probes of one reach step in flight at once.
 REACH_PARALLEL = 16
 #: Further tries, each with more time, of a cell that stayed silent where an answer is
@@ -49,20 +43,8 @@ REACH_PARALLEL = 16
 REACH_RETRIES = 2
 
 
-class LabLike(Protocol):
-    """The part of :class:`kube_router_lab.cluster.Lab` the runner uses."""
-
-    def apply(self, docs: list[dict]) -> None: ...
-    def delete(self, kind: str, namespace: str | None, name: str) -> None: ...
-    def annotate(self, kind: str, namespace: str | None, name: str,
-                 changes: dict[str, str | None]) -> None: ...
-    def resource_version(self) -> str: ...
-    def unsynced(self, resource_version: str) -> dict[str, str]: ...
-    def substitute(self, key: str) -> str: ...
-    def run(self, where: str, argv: list[str], timeout: float = 30.0) -> tuple[int, str, str]: ...
-    def restart(self, target: str, node: str | None = None, signal: str = "TERM",
-                down: float | None = None) -> None: ...
-    def reach(self, src: str, target: str, timeout: float = 1.0) -> bool: ...
+#: The runner's name for what it drives: any :class:`Backend` (the lab, a kind cluster).
+LabLike = Backend
 
 
 class StepFailed(Exception):
@@ -149,7 +131,7 @@ class Runner:
             detail = f" {res.reason}" if res.reason else ""
             self.say(f"  {verdict} step {step.index} ({step.kind}, {res.seconds:.1f}s){detail}")
             if not res.passed:
-                self._show_agent_logs()
+                self._show_diagnostics()
                 if not self.keep_going:
                     skipped = total - step.index
                     if skipped:
@@ -166,32 +148,11 @@ class Runner:
         return {"scenario": self.scenario.name, "passed": passed, "seconds": round(seconds, 3),
                 "steps": [r.to_json() for r in self.results]}
 
-    def _show_agent_logs(self) -> None:
-        # The guest and its files go when the run ends: what the agents said is only
-        # kept if it is in the transcript. Then each running agent is asked for its
-        # threads' stacks, so that one that is stuck shows where.
-        agents = getattr(self.lab, "agents", {})
-        ends: dict[str, int] = {}
-        for name, agent in agents.items():
-            path = agent.spec.log_path
-            text = tail(path, FAILURE_LOG_LINES)
-            if text:
-                self.say(f"  last lines of {name}'s agent log:")
-                for line in text.splitlines():
-                    self.say(f"    {line}")
-            with contextlib.suppress(OSError):
-                ends[name] = path.stat().st_size
-        dumped = [name for name, agent in agents.items()
-                  if name in ends and agent.dump_stacks()]
-        if dumped:
-            time.sleep(STACK_DUMP_WAIT)
-        for name in dumped:
-            with contextlib.suppress(OSError), open(agents[name].spec.log_path, "rb") as f:
-                f.seek(ends[name])
-                stacks = f.read(STACK_DUMP_BYTES).decode(errors="replace")
-                self.say(f"  {name}'s agent threads:")
-                for line in stacks.splitlines():
-                    self.say(f"    {line}")
+    def _show_diagnostics(self) -> None:
+        # whatever the backend can show of its agents (their logs, their threads' stacks)
+        diagnostics = getattr(self.lab, "diagnostics", None)
+        if diagnostics is not None:
+            diagnostics(self.say)
 
     def _finish_backgrounds(self) -> None:
         for name, runs in self.backgrounds.items():
@@ -212,13 +173,15 @@ class Runner:
         self.lab.annotate(step.obj_kind, step.namespace, step.name, dict(step.changes))
 
     def _wait(self, step: WaitStep, res: StepResult) -> None:
-        deadline = time.monotonic() + step.timeout
+        # a backend may need longer than the lab to show an idle informer caught up
+        timeout = max(step.timeout, getattr(self.lab, "min_wait", 0.0))
+        deadline = time.monotonic() + timeout
         # "the API's current state" includes what the lab's own controllers make of the
         # last change (Deployment -> Pods -> EndpointSlices): let them finish first
         settle = getattr(self.lab, "settle", None)
-        if settle is not None and not settle(step.timeout):
+        if settle is not None and not settle(timeout):
             raise StepFailed(f"the lab's controllers and kubelets did not settle in "
-                             f"{step.timeout:g}s (pods not running?)")
+                             f"{timeout:g}s (pods not running?)")
         rv = self.lab.resource_version()
         while True:
             pending = self.lab.unsynced(rv)
@@ -228,7 +191,7 @@ class Runner:
             if time.monotonic() >= deadline:
                 why = "; ".join(f"{node}: {reason}" for node, reason in sorted(pending.items()))
                 raise StepFailed(f"not synced to resourceVersion {rv} after "
-                                 f"{step.timeout:g}s: {why}")
+                                 f"{timeout:g}s: {why}")
             time.sleep(POLL)
 
     def _resolve(self, key: str) -> str:
@@ -438,28 +401,10 @@ def run_scenario_file(path: Path, *, report: Path | None = None, keep_going: boo
            + (f", peers {', '.join(p.name for p in spec.peers)}" if spec.peers else ""))
     if lab_factory is None:
         from kube_router_lab.cluster import Lab as lab_factory
-    result: dict[str, Any]
-    started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="lab-") as work:
         lab = lab_factory(spec, workdir=Path(work), log=lambda m: _print(f"  lab: {m}"))
-        try:
-            _print("\nbringing the lab up")
-            t0 = time.monotonic()
-            lab.up()
-            _print(f"lab up in {time.monotonic() - t0:.1f}s")
-            result = Runner(scenario, lab, keep_going=keep_going).run()
-            result["seconds"] = round(time.monotonic() - started, 3)  # the lab's start too
-        except Exception as exc:
-            msg = f"lab failed: {type(exc).__name__}: {exc}"
-            _print(f"\nFAILED: {scenario.name}: {msg}")
-            result = {"scenario": scenario.name, "passed": False,
-                      "seconds": round(time.monotonic() - started, 3), "steps": [],
-                      "error": msg}
-        finally:
-            try:
-                lab.down()
-            except Exception as exc:
-                _print(f"lab: teardown failed: {type(exc).__name__}: {exc}")
+        result = execute(lab, Runner(scenario, lab, keep_going=keep_going).run,
+                         name=scenario.name, say=_print, what="lab")
     if report is not None:
         report.parent.mkdir(parents=True, exist_ok=True)
         report.write_text(json.dumps(result, indent=1) + "\n")

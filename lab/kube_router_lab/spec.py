@@ -32,6 +32,19 @@ class PeerSpec:
 
 
 @dataclass(frozen=True)
+class PodTermination:
+    """How the lab's kubelet ends a deleted pod (``cluster.pod-termination``)."""
+
+    # seconds from the deletion to the pod's end, unless the pod sets
+    # terminationGracePeriodSeconds
+    grace: float = 2.0
+    # seconds of preStop before SIGTERM, unless a container sets lifecycle.preStop.sleep
+    pre_stop: float = 0.0
+    # seconds the server keeps answering after SIGTERM; None: until the grace period ends
+    serve_after_term: float | None = None
+
+
+@dataclass(frozen=True)
 class ClusterSpec:
     nodes: int = 3
     enable: tuple[str, ...] = DEFAULT_ENABLE
@@ -43,6 +56,7 @@ class ClusterSpec:
     underlays: tuple[str, ...] = ()
     agent_args: tuple[str, ...] = ()
     peers: tuple[PeerSpec, ...] = field(default_factory=tuple)
+    termination: PodTermination = PodTermination()
 
     # -- derived addresses ------------------------------------------------------------
 
@@ -90,7 +104,7 @@ class ClusterSpec:
 def parse_cluster(raw: Mapping[str, Any] | None) -> ClusterSpec:
     raw = dict(raw or {})
     known = {"nodes", "enable", "cluster-cidr", "service-cidr", "underlay", "underlays",
-             "agent-args", "peers"}
+             "agent-args", "peers", "pod-termination"}
     unknown = sorted(set(raw) - known)
     if unknown:
         raise SpecError(f"cluster: unknown key {unknown[0]!r}")
@@ -142,7 +156,31 @@ def parse_cluster(raw: Mapping[str, Any] | None) -> ClusterSpec:
         underlays=underlays,
         agent_args=tuple(args),
         peers=tuple(peers),
+        termination=_parse_termination(raw.get("pod-termination")),
     )
+
+
+def _parse_termination(value: Any) -> PodTermination:
+    """``pod-termination: {grace: S, pre-stop: S, serve-after-term: S}``, all optional."""
+    if value is None:
+        return PodTermination()
+    if not isinstance(value, Mapping):
+        raise SpecError("cluster.pod-termination: expected a mapping of grace, pre-stop and "
+                        f"serve-after-term (seconds), got {value!r}")
+    names = {"grace": "grace", "pre-stop": "pre_stop", "serve-after-term": "serve_after_term"}
+    unknown = sorted(str(k) for k in value if k not in names)
+    if unknown:
+        raise SpecError(f"cluster.pod-termination: unknown key {unknown[0]!r}")
+    seconds = {}
+    for key, attr in names.items():
+        v = value.get(key)
+        if v is None:
+            continue
+        if isinstance(v, bool) or not isinstance(v, int | float) or not 0 <= v <= 600:
+            raise SpecError(f"cluster.pod-termination.{key}: expected seconds from 0 to 600, "
+                            f"got {v!r}")
+        seconds[attr] = float(v)
+    return PodTermination(**seconds)
 
 
 def _parse_underlays(raw: Mapping[str, Any], cidrs: dict[str, str],

@@ -117,9 +117,11 @@ class WhatsMyIp:
         self.remove_pod(key)
         self._call(lambda: self._register(key, pod))
 
-    def remove_pod(self, key: str) -> None:
-        """Stop answering for ``key``; open connections are closed."""
-        self._call(lambda: self._close_pod(key))
+    def remove_pod(self, key: str, *, drain: bool = False) -> None:
+        """Stop answering for ``key``: its listeners close, and its open connections too,
+        unless ``drain`` leaves them to answer the request they carry (a server that exits
+        gracefully finishes what it accepted)."""
+        self._call(lambda: self._close_pod(key, drain))
 
     def serving(self, key: str) -> bool:
         return key in self._pods
@@ -152,11 +154,11 @@ class WhatsMyIp:
         for s in pod.listeners:
             self._sel.register(s, selectors.EVENT_READ, ("listen", pod))
 
-    def _close_pod(self, key: str) -> None:
+    def _close_pod(self, key: str, drain: bool = False) -> None:
         pod = self._pods.pop(key, None)
         if pod is None:
             return
-        for s in pod.listeners + list(pod.conns):
+        for s in pod.listeners if drain else pod.listeners + list(pod.conns):
             with contextlib.suppress(KeyError, ValueError):
                 self._sel.unregister(s)
             s.close()

@@ -176,20 +176,27 @@ class EndpointSlice:
     address_type: str  # IPv4, IPv6 or FQDN
     endpoints: tuple[Endpoint, ...]
     ports: tuple[EndpointPort, ...]
-    # The addresses that may take traffic (ready, or serving while terminating), each
-    # once, in order: worked out once per version of the slice rather than at every sync
-    # that reads it, as a proxy does thousands of times in a full sync.
-    serving_addresses: tuple[str, ...] = field(init=False)
+    # What a proxy reads of the endpoints, worked out once per version of the slice rather
+    # than at every sync that reads it (a full sync reads thousands): the addresses of the
+    # ready endpoints, and of those serving while terminating (the fallback when a Service
+    # has no ready endpoint, KEP-1669); each address once, in order, and in one list only.
+    ready_addresses: tuple[str, ...] = field(init=False)
+    terminating_addresses: tuple[str, ...] = field(init=False)
 
     def __post_init__(self) -> None:
-        found: list[str] = []
+        ready: list[str] = []
+        fallback: list[str] = []
         for ep in self.endpoints:
-            if ep.ready or (ep.serving and ep.terminating):
-                found += ep.addresses
-        unique = tuple(found)
-        if len(set(unique)) != len(unique):
-            unique = tuple(dict.fromkeys(unique))
-        self.serving_addresses = unique
+            if ep.ready:
+                ready += ep.addresses
+            elif ep.serving and ep.terminating:
+                fallback += ep.addresses
+        self.ready_addresses = _each_once(ready)
+        if fallback:
+            taken = set(self.ready_addresses)
+            self.terminating_addresses = _each_once([a for a in fallback if a not in taken])
+        else:
+            self.terminating_addresses = ()
 
     @property
     def key(self) -> str:
@@ -198,6 +205,13 @@ class EndpointSlice:
     @property
     def service_key(self) -> str:
         return f"{self.meta.namespace}/{self.service_name}" if self.service_name else ""
+
+
+def _each_once(addrs: list[str]) -> tuple[str, ...]:
+    unique = tuple(addrs)
+    if len(set(unique)) != len(unique):
+        unique = tuple(dict.fromkeys(unique))
+    return unique
 
 
 def decode_endpointslice(obj: Mapping[str, Any]) -> EndpointSlice:

@@ -149,10 +149,15 @@ def _endpoints(
     port: ServicePort, slices: Iterable[EndpointSlice], family: int, node_name: str,
     local_only: bool,
 ) -> Mapping[tuple[str, int], int]:
-    """Real servers of one Service port: ready endpoints, else serving-terminating ones
-    (IPv6 addresses in their canonical form, as IPVS reports them)."""
+    """Real servers of one Service port in one scope (the cluster, or this node for a Local
+    traffic policy), chosen as kube-proxy does (KEP-1669): new connections go to the ready
+    endpoints; only when the scope has none, to those serving while terminating. Beside
+    ready ones, a serving-terminating endpoint stays at weight 0, so the connections it
+    holds go on until it stops serving (deleting a real server cuts them). An endpoint not
+    serving is never one. IPv6 addresses in their canonical form, as IPVS reports them."""
     want = "IPv6" if family == socket.AF_INET6 else "IPv4"
     groups: list[tuple[int, Sequence[str]]] = []
+    draining: list[tuple[int, Sequence[str]]] = []  # serving-terminating, by target port
     for sl in slices:
         if sl.address_type != want:
             continue
@@ -164,13 +169,28 @@ def _endpoints(
                 break
         if target is None:
             continue
-        ips: Sequence[str] = sl.serving_addresses
+        ips: Sequence[str] = sl.ready_addresses
+        term: Sequence[str] = sl.terminating_addresses
         if local_only:
-            ips = [a for ep in sl.endpoints if ep.node_name == node_name
-                   and (ep.ready or (ep.serving and ep.terminating)) for a in ep.addresses]
+            mine = [ep for ep in sl.endpoints if ep.node_name == node_name]
+            ips = [a for ep in mine if ep.ready for a in ep.addresses]
+            term = [a for ep in mine if not ep.ready and ep.serving and ep.terminating
+                    for a in ep.addresses]
         if want == "IPv6":
             ips = [str(ipaddress.ip_address(ip)) for ip in ips]
+            term = [str(ipaddress.ip_address(ip)) for ip in term]
         groups.append((target, ips))
+        if term:
+            draining.append((target, term))
+    if draining:  # rare: only while pods of this Service shut down
+        if not any(ips for _, ips in groups):
+            groups = draining  # nothing ready in the scope: the terminating ones serve
+        else:
+            dests = {(ip, t): 1 for t, ips in groups for ip in ips}
+            for t, ips in draining:
+                for ip in ips:
+                    dests.setdefault((ip, t), 0)
+            return dests
     if len(groups) == 1:  # the usual case: one slice per family
         target, ips = groups[0]
         if type(ips) is tuple:  # the slice's own: already each once

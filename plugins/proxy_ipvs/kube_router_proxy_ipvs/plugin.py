@@ -43,6 +43,25 @@ def kube_router_controllers(agent: Agent) -> list[Controller]:
 
 
 @hookimpl
+def kube_router_add_commands(subparsers: argparse._SubParsersAction) -> None:
+    from kube_router_proxy_ipvs.kube_proxy_cleanup import cmd_cleanup_kube_proxy
+
+    subparsers.add_parser(
+        "cleanup-kube-proxy", help="remove kube-proxy's leftovers from this node",
+        description="Remove kube-proxy's iptables chains (and the jumps to them), its "
+                    "ipsets, the IPVS services on kube-ipvs0 and that link; nothing else. "
+                    "Run it on every node after deleting kube-proxy's DaemonSet, before the "
+                    "agent starts.").set_defaults(func=cmd_cleanup_kube_proxy)
+
+
+@hookimpl
+def kube_router_api_reads() -> list[str]:
+    from kube_router_proxy_ipvs.controller import ProxyController
+
+    return list(ProxyController.kinds)
+
+
+@hookimpl
 def kube_router_cleanup(config: argparse.Namespace) -> None:
     from kube_router_proxy_ipvs.cleanup import cleanup
 

@@ -63,6 +63,10 @@ def service_cidrs(cfg: argparse.Namespace) -> list[str]:
 CONVERGE_GRACE = 20.0
 
 
+#: What the router reads when it advertises service VIPs; without that, Nodes only.
+ADVERTISING_KINDS = ("Node", "Service", "EndpointSlice")
+
+
 class RouterController(Controller):
     name = "router"
     kinds = ("Node",)
@@ -74,7 +78,7 @@ class RouterController(Controller):
         self.resync_period = cfg.routes_sync_period
         self.advertise_services = service_vips.enabled(cfg)
         if self.advertise_services:
-            self.kinds = ("Node", "Service", "EndpointSlice")
+            self.kinds = ADVERTISING_KINDS
         # Only with the TCP admin API off does gobgpd need a private socket directory.
         runtime_dir = "" if cfg.gobgp_admin_port else tempfile.mkdtemp(prefix="kube-router-bgp-")
         self.gobgpd = Gobgpd(

@@ -110,6 +110,13 @@ def kube_router_controllers(agent: Agent) -> list[Controller]:
 
 
 @kube_router.hookimpl
+def kube_router_api_reads() -> list[str]:
+    from kube_router_routing_bgp.controller import ADVERTISING_KINDS
+
+    return list(ADVERTISING_KINDS)
+
+
+@kube_router.hookimpl
 def kube_router_cleanup(config: argparse.Namespace) -> None:
     from kube_router_routing_bgp.cleanup import cleanup
 

@@ -1,4 +1,5 @@
-"""Removed endpoints in the kernel: graceful drain at weight 0, and the UDP conntrack flush."""
+"""Removed and terminating endpoints in the kernel: graceful drain at weight 0, the
+UDP conntrack flush, and the choice of endpoints while pods terminate."""
 
 from __future__ import annotations
 
@@ -274,6 +275,116 @@ def test_udp_removal_flushes_only_that_endpoints_conntrack(
         # only the removed endpoint's flows went; the other pod's clients keep theirs
         assert udp_flows(sh) == {pods[1]: 4}
         for s in socks:
+            s.close()
+        await ctl.stop()
+
+    asyncio.run(main())
+
+
+# -- endpoints that terminate (KEP-1669) -------------------------------------------------------
+
+
+def terminating(svc: str, ready: list[str], ending: list[str], target: list[tuple[str, str, int]],
+                k8s: SimpleNamespace, *, serving: bool = True) -> dict:
+    """An EndpointSlice with ``ready`` endpoints and ``ending`` ones marked as a deleted
+    pod's are: not ready, terminating, serving while its server still answers."""
+    sl = k8s.endpointslice(svc, ready + ending, target)
+    for ep in sl["endpoints"]:
+        if ep["addresses"][0] in ending:
+            ep["conditions"] = {"ready": False, "serving": serving, "terminating": True}
+    return sl
+
+
+def test_terminating_endpoint_holds_its_connections_at_weight_0(
+        pods: list[str], k8s: SimpleNamespace, ipvs_rules: Callable[[], list[str]]) -> None:
+    """A pod being deleted beside a ready one: no new connection, but the one it holds goes
+    on until the pod is gone; then it is deleted (without the graceful flag) at once."""
+    async def main() -> None:
+        ctl = await controller(k8s, TCP, TCP_TARGET, pods)
+        held = Conn()
+        ending = held.pod
+        ready = pods[1] if ending == pods[0] else pods[0]
+        k8s.put(ctl.agent, terminating("drain", [ready], [ending], TCP_TARGET, k8s))
+        await ctl.sync(frozenset({"default/drain"}))
+        assert dest_lines(ipvs_rules()) == {ending: "0", ready: "1"}
+        held.roundtrip("while terminating")
+        for _ in range(6):
+            c = Conn()
+            assert c.pod == ready
+            c.close()
+        held.roundtrip("still held")
+        # the reaper of graceful termination has nothing to do with it: it is desired
+        assert not ctl.ipvs.draining
+        # its server stops serving: not a real server any more
+        k8s.put(ctl.agent, terminating("drain", [ready], [ending], TCP_TARGET, k8s,
+                                       serving=False))
+        await ctl.sync(frozenset({"default/drain"}))
+        assert dest_lines(ipvs_rules()) == {ready: "1"}
+        held.close()
+        await ctl.stop()
+
+    asyncio.run(main())
+
+
+def test_terminating_endpoints_take_new_connections_when_none_is_ready(
+        pods: list[str], k8s: SimpleNamespace, ipvs_rules: Callable[[], list[str]]) -> None:
+    async def main() -> None:
+        ctl = await controller(k8s, TCP, TCP_TARGET, pods)
+        k8s.put(ctl.agent, terminating("drain", [], pods, TCP_TARGET, k8s))
+        await ctl.sync(frozenset({"default/drain"}))
+        assert dest_lines(ipvs_rules()) == {pods[0]: "1", pods[1]: "1"}
+        got = set()
+        for _ in range(4):
+            c = Conn()
+            got.add(c.pod)
+            c.close()
+        assert got == set(pods)
+        # one turns ready (a replacement): the terminating one drops to weight 0
+        k8s.put(ctl.agent, terminating("drain", [pods[1]], [pods[0]], TCP_TARGET, k8s))
+        await ctl.sync(frozenset({"default/drain"}))
+        assert dest_lines(ipvs_rules()) == {pods[0]: "0", pods[1]: "1"}
+        await ctl.stop()
+
+    asyncio.run(main())
+
+
+def test_udp_client_of_a_terminating_endpoint_moves_on_when_it_is_gone(
+        pods: list[str], k8s: SimpleNamespace, sh: Callable[..., str],
+        ipvs_rules: Callable[[], list[str]]) -> None:
+    """A UDP client's flow stays with a terminating endpoint while it serves (weight 0 keeps
+    the flow); once the endpoint is gone its conntrack entries are flushed, so the same
+    client socket's next datagram reaches the ready endpoint instead of a dead one."""
+    async def main() -> None:
+        ctl = await controller(k8s, UDP, UDP_TARGET, pods)
+        clients: dict[str, socket.socket] = {}
+        while len(clients) < 2:  # one client flow on each pod
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.settimeout(5)
+            s.sendto(b"q", (VIP, 53))
+            who = s.recv(64).decode()
+            if who in clients:
+                s.close()
+            else:
+                clients[who] = s
+        ending, ready = pods
+        k8s.put(ctl.agent, terminating("drain", [ready], [ending], UDP_TARGET, k8s))
+        await ctl.sync(frozenset({"default/drain"}))
+        assert dest_lines(ipvs_rules(), "-u") == {ending: "0", ready: "1"}
+        clients[ending].sendto(b"q", (VIP, 53))
+        assert clients[ending].recv(64).decode() == ending  # its flow goes on
+        fresh = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        fresh.settimeout(5)
+        fresh.sendto(b"q", (VIP, 53))
+        assert fresh.recv(64).decode() == ready  # a new flow: the ready one
+        fresh.close()
+        # the pod is gone: the endpoint leaves the slice, its flows are forgotten
+        k8s.put(ctl.agent, k8s.endpointslice("drain", [ready], UDP_TARGET))
+        await ctl.sync(frozenset({"default/drain"}))
+        assert dest_lines(ipvs_rules(), "-u") == {ready: "1"}
+        assert ending not in udp_flows(sh)
+        clients[ending].sendto(b"q", (VIP, 53))
+        assert clients[ending].recv(64).decode() == ready
+        for s in clients.values():
             s.close()
         await ctl.stop()
 

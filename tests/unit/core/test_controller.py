@@ -43,12 +43,13 @@ class Recording(Controller):
         super().__init__(agent)
         self.calls = []
         self.fail_times = fail_times
+        self.temporary_delay = 0.01
 
     async def sync(self, keys):
         self.calls.append(keys)
         if self.fail_times:
             self.fail_times -= 1
-            raise TemporaryError("kernel busy", delay=0.01)
+            raise TemporaryError("kernel busy", delay=self.temporary_delay)
 
 
 def _ev(key):
@@ -162,13 +163,16 @@ def test_a_version_is_not_claimed_while_a_failed_sync_waits_for_its_retry():
         agent.informers["Service"].synced.set()
         c = Recording(agent)
         c.idle_interval = 0.01
+        # The retry waits long enough that idle passes of the loop surely run meanwhile,
+        # however slowly this machine schedules the test.
+        c.temporary_delay = 0.5
         task = asyncio.create_task(c.run())
         await _until(lambda: c.synced)
         c.fail_times = 1
         agent.informers["Service"].resource_version = "90"
         c.on_event(_ev("default/myip"))
         await _until(lambda: c.last_error is not None)
-        await asyncio.sleep(0.002)  # the retry is 10 ms away
+        await asyncio.sleep(0.05)  # several idle intervals, well before the retry
         claimed_meanwhile = c.applied_resource_version
         await _until(lambda: c.applied_resource_version == "90")
         task.cancel()

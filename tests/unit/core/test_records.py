@@ -141,8 +141,9 @@ def test_endpointslice_condition_defaults() -> None:
         False, True, True)
 
 
-def test_endpointslice_serving_addresses() -> None:
-    """Ready, or serving while terminating; each address once, in the slice's order."""
+def test_endpointslice_ready_and_terminating_addresses() -> None:
+    """Ready ones; apart, those serving while terminating; not serving in neither. Each
+    address once, in the slice's order, and a ready address never among the fallbacks."""
     es = records.decode_endpointslice(_slice([
         {"addresses": ["10.2.0.9"]},
         {"addresses": ["10.2.0.5"], "conditions": {"ready": False}},
@@ -151,9 +152,16 @@ def test_endpointslice_serving_addresses() -> None:
         {"addresses": ["10.2.0.8"],
          "conditions": {"ready": False, "serving": False, "terminating": True}},
         {"addresses": ["10.2.0.9"], "conditions": {"ready": True}},  # listed twice
+        {"addresses": ["10.2.0.6"], "conditions": {"ready": False, "terminating": True}},
+        {"addresses": ["10.2.0.4"],  # serving missing: it follows ready (false)
+         "conditions": {"ready": False, "terminating": True}},
+        {"addresses": ["10.2.0.9"],  # ready in another entry: ready wins
+         "conditions": {"ready": False, "serving": True, "terminating": True}},
     ]))
-    assert es.serving_addresses == ("10.2.0.9", "10.2.0.6", "10.2.0.7")
-    assert records.decode_endpointslice(_slice([])).serving_addresses == ()
+    assert es.ready_addresses == ("10.2.0.9",)
+    assert es.terminating_addresses == ("10.2.0.6", "10.2.0.7")
+    empty = records.decode_endpointslice(_slice([]))
+    assert empty.ready_addresses == () and empty.terminating_addresses == ()
 
 
 def test_endpointslice_service_ports_and_target_ref() -> None:

@@ -78,12 +78,62 @@ def test_terminating_and_foreign_pods_are_not_counted() -> None:
     assert create[0]["spec"]["nodeName"] == "node-0"  # node-1 and node-2 hold a pod each
 
 
-def test_template_change_replaces_pods() -> None:
+def ready(pods: list[dict]) -> list[dict]:
+    for p in pods:
+        p["status"] = {"phase": "Running", "podIP": "10.2.0.9",
+                       "conditions": [{"type": "Ready", "status": "True"}]}
+    return pods
+
+
+def step(deploy: dict, pods: list[dict], stamp: int) -> tuple[list[dict], list[dict], list[str]]:
+    """One reconcile: pods created (made ready) and deleted (gone at once)."""
+    create, delete = plan_deployment(deploy, pods, NODES)
+    pods = [p for p in pods if p["metadata"]["name"] not in delete]
+    return pods + ready(materialise(create, stamp)), create, delete
+
+
+def test_template_change_rolls_out_within_surge_and_unavailability() -> None:
+    """replicas 4, maxSurge 25% (1), maxUnavailable 25% (1): at every step at least 3 pods
+    are ready and at most 5 not terminating, until the 4 are of the new template."""
+    pods = ready(materialise(plan_deployment(deployment(4, image="a"), [], NODES)[0]))
+    new = deployment(4, image="b")
+    h = template_hash(new["spec"]["template"])
+    for i in range(1, 10):
+        before = pods
+        pods, create, delete = step(new, pods, i)
+        ready_left = sum(1 for p in before if p["metadata"]["name"] not in delete)
+        assert ready_left >= 3, f"step {i}: only {ready_left} ready pods left"
+        assert len(pods) <= 5, f"step {i}: above maxSurge"
+        if not create and not delete:
+            break
+    assert len(pods) == 4 and all(p["metadata"]["labels"]["pod-template-hash"] == h
+                                  for p in pods)
+    assert all(p["spec"]["containers"][0]["image"] == "b" for p in pods)
+
+
+def test_template_change_waits_for_new_pods_to_be_ready() -> None:
+    pods = ready(materialise(plan_deployment(deployment(1, image="a"), [], NODES)[0]))
+    new = deployment(1, image="b")
+    create, delete = plan_deployment(new, pods, NODES)
+    assert len(create) == 1 and delete == []  # maxUnavailable rounds down to 0 of 1
+    pods += materialise(create, 1)  # created, not yet ready
+    assert plan_deployment(new, pods, NODES) == ([], [])
+    ready(pods[1:])
+    assert plan_deployment(new, pods, NODES) == ([], [pods[0]["metadata"]["name"]])
+
+
+def test_recreate_and_not_ready_old_pods_go_at_once() -> None:
     pods = materialise(plan_deployment(deployment(2, image="a"), [], NODES)[0])
-    create, delete = plan_deployment(deployment(2, image="b"), pods, NODES)
-    assert sorted(delete) == sorted(p["metadata"]["name"] for p in pods)
-    assert len(create) == 2
-    assert all(p["spec"]["containers"][0]["image"] == "b" for p in create)
+    new = deployment(2, image="b")
+    create, delete = plan_deployment(new, pods, NODES)  # none ready: nothing to keep
+    assert sorted(delete) == sorted(p["metadata"]["name"] for p in pods) and len(create) == 2
+    ready(pods)
+    new["spec"]["strategy"] = {"type": "Recreate"}
+    create, delete = plan_deployment(new, pods, NODES)
+    assert sorted(delete) == sorted(p["metadata"]["name"] for p in pods) and len(create) == 2
+    new["spec"]["strategy"] = {"rollingUpdate": {"maxSurge": "x"}}
+    with pytest.raises(ValueError, match="strategy"):
+        plan_deployment(new, pods, NODES)
 
 
 def test_invalid_replicas() -> None:

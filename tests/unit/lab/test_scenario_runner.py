@@ -10,6 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from kube_router_lab.cluster import Lab
 from kube_router_lab.runner import Runner
 from kube_router_lab.runner import run_scenario_file
 from kube_router_lab.scenario import load_scenario
@@ -141,6 +142,8 @@ def test_failed_step_shows_each_agents_last_log_lines(tmp_path: Path) -> None:
 
     lab.agents = {"node-0": SimpleNamespace(spec=SimpleNamespace(log_path=log_path),
                                             dump_stacks=dump_stacks)}
+    # the lab backend's own diagnostics, on this lab's agents
+    lab.diagnostics = lambda say: Lab.diagnostics(lab, say)
     _, _, passing = run(tmp_path, '  - run: {in: host, cmd: "echo a"}\n', lab)
     assert "agent log" not in passing and "Thread" not in passing
     _, _, text = run(tmp_path, '  - run: {in: host, cmd: "false"}\n', lab)

@@ -56,18 +56,143 @@ def by_key(st):
 
 SLICE = eps(("10.2.0.5", "node-0", True, True, False),
             ("10.2.1.5", "node-1", True, True, False),
-            ("10.2.1.6", "node-1", False, True, True),   # terminating but serving: kept
-            ("10.2.1.7", "node-1", False, False, True))  # gone
+            ("10.2.1.6", "node-1", False, True, True),   # terminating, still serving
+            ("10.2.1.7", "node-1", False, False, True))  # no longer serving
 
 
-def test_cluster_ip_with_ready_and_serving_terminating_endpoints():
-    st = service_state(svc(), [SLICE], S, DEFAULT, [NODE_IP])
-    assert set(by_key(st)) == {key("10.96.0.10", 80)}
-    vs = by_key(st)[key("10.96.0.10", 80)]
-    assert dict(vs.dests) == {("10.2.0.5", 8080): 1, ("10.2.1.5", 8080): 1,
-                              ("10.2.1.6", 8080): 1}
-    assert vs.attrs == nl.ServiceAttrs("rr", 0, 0)
-    assert st.vips == ("10.96.0.10",)
+# -- which endpoints take new connections (KEP-1669, as kube-proxy) -------------------------
+
+LB = Settings(**{**S.__dict__, "lb_ranges": (ipaddress.ip_network("198.51.100.0/24"),)})
+
+
+def every_kind(**spec):
+    """A Service with a cluster IP, a NodePort, an external IP and a load-balancer IP."""
+    s = svc(type="LoadBalancer", externalIPs=["203.0.113.7"], **spec)
+    s.load_balancer_ips = ("198.51.100.9",)
+    return s
+
+
+ALL_KEYS = [key("10.96.0.10", 80), key(NODE_IP, 30080), key("203.0.113.7", 80),
+            key("198.51.100.9", 80)]
+
+
+def weights(st, k):
+    return dict(by_key(st)[k].dests)
+
+
+def test_new_connections_go_to_ready_endpoints_only():
+    """Ready endpoints at weight 1; one serving while terminating stays at weight 0 (what
+    it holds goes on, nothing new comes); one no longer serving is not there at all. The
+    same for the cluster IP, the NodePort, external and load-balancer IPs."""
+    st = service_state(every_kind(), [SLICE], LB, DEFAULT, [NODE_IP])
+    assert sorted(by_key(st)) == sorted(ALL_KEYS)
+    for k in ALL_KEYS:
+        assert weights(st, k) == {("10.2.0.5", 8080): 1, ("10.2.1.5", 8080): 1,
+                                  ("10.2.1.6", 8080): 0}, k
+
+
+def test_serving_terminating_endpoints_serve_when_none_is_ready():
+    draining = eps(("10.2.1.6", "node-1", False, True, True),
+                   ("10.2.1.7", "node-1", False, False, True),
+                   ("10.2.1.8", "node-1", False, False, False))  # starting, not ready
+    st = service_state(every_kind(), [draining], LB, DEFAULT, [NODE_IP])
+    for k in ALL_KEYS:
+        assert weights(st, k) == {("10.2.1.6", 8080): 1}, k
+
+
+def test_no_serving_endpoint_no_real_server():
+    gone = eps(("10.2.1.7", "node-1", False, False, True),
+               ("10.2.1.8", "node-1", False, False, False))
+    st = service_state(every_kind(), [gone], LB, DEFAULT, [NODE_IP])
+    for k in ALL_KEYS:
+        assert weights(st, k) == {}, k
+
+
+def test_missing_conditions_follow_the_api_defaults():
+    """No ready means ready; no serving follows ready."""
+    sl = decode_endpointslice({
+        "metadata": {"namespace": "default", "name": "web-a",
+                     "labels": {"kubernetes.io/service-name": "web"}},
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": ["10.2.0.5"]},
+                      {"addresses": ["10.2.0.6"], "conditions": {"terminating": True}},
+                      {"addresses": ["10.2.0.7"],
+                       "conditions": {"ready": False, "terminating": True}},
+                      {"addresses": ["10.2.0.8"],
+                       "conditions": {"serving": True, "terminating": True}}],
+        "ports": [{"name": "http", "protocol": "TCP", "port": 8080}],
+    })
+    st = service_state(svc(), [sl], S, DEFAULT, [])
+    # 10.2.0.6 and .8 have no ready condition: ready (kube-proxy reads ready alone)
+    assert weights(st, key("10.96.0.10", 80)) == {("10.2.0.5", 8080): 1,
+                                                  ("10.2.0.6", 8080): 1,
+                                                  ("10.2.0.8", 8080): 1}
+    only = decode_endpointslice({**{"metadata": {"namespace": "default", "name": "web-a"},
+                                   "addressType": "IPv4"},
+                                 "endpoints": [{"addresses": ["10.2.0.7"], "conditions": {
+                                     "ready": False, "terminating": True}}],
+                                 "ports": [{"name": "http", "protocol": "TCP", "port": 8080}]})
+    assert weights(service_state(svc(), [only], S, DEFAULT, []), key("10.96.0.10", 80)) == {}
+
+
+def test_local_policies_fall_back_within_this_node():
+    """With a Local policy the scope is this node: its serving-terminating endpoints take
+    new connections when it has no ready one, even while other nodes have some; the
+    Cluster scopes of the same Service keep to the ready ones."""
+    sl = eps(("10.2.0.5", "node-0", True, True, False),
+             ("10.2.1.6", "node-1", False, True, True),
+             ("10.2.1.7", "node-1", False, False, True))
+    on1 = Settings(**{**LB.__dict__, "node_name": "node-1"})
+    st = service_state(every_kind(externalTrafficPolicy="Local"), [sl], on1, DEFAULT,
+                       [NODE_IP])
+    assert weights(st, key("10.96.0.10", 80)) == {("10.2.0.5", 8080): 1,
+                                                  ("10.2.1.6", 8080): 0}
+    for k in ALL_KEYS[1:]:
+        assert weights(st, k) == {("10.2.1.6", 8080): 1}, k
+    # node-0 has a ready one: the other node's terminating endpoint is not in its scope
+    st = service_state(every_kind(externalTrafficPolicy="Local"), [sl], LB, DEFAULT,
+                       [NODE_IP])
+    for k in ALL_KEYS[1:]:
+        assert weights(st, k) == {("10.2.0.5", 8080): 1}, k
+    # internalTrafficPolicy Local: the cluster IP's scope is the node, the rest the cluster
+    st = service_state(every_kind(internalTrafficPolicy="Local"), [sl], on1, DEFAULT,
+                       [NODE_IP])
+    assert weights(st, key("10.96.0.10", 80)) == {("10.2.1.6", 8080): 1}
+    for k in ALL_KEYS[1:]:
+        assert weights(st, k) == {("10.2.0.5", 8080): 1, ("10.2.1.6", 8080): 0}, k
+    # a node with neither: no virtual server for the Local scopes
+    on2 = Settings(**{**LB.__dict__, "node_name": "node-2"})
+    st = service_state(every_kind(externalTrafficPolicy="Local",
+                                  internalTrafficPolicy="Local"), [sl], on2, DEFAULT, [NODE_IP])
+    assert st.servers == ()
+
+
+def test_the_scope_spans_every_slice_of_the_family():
+    """A ready endpoint in one slice keeps another slice's terminating ones at weight 0;
+    with none ready anywhere, the terminating ones of every slice serve."""
+    ready = eps(("10.2.0.5", "node-0", True, True, False), name="web-a")
+    term = eps(("10.2.1.6", "node-1", False, True, True), name="web-b", port=9090)
+    term2 = eps(("10.2.2.6", "node-2", False, True, True), name="web-c")
+    st = service_state(svc(), [ready, term], S, DEFAULT, [])
+    assert weights(st, key("10.96.0.10", 80)) == {("10.2.0.5", 8080): 1,
+                                                  ("10.2.1.6", 9090): 0}
+    st = service_state(svc(), [term, term2], S, DEFAULT, [])
+    assert weights(st, key("10.96.0.10", 80)) == {("10.2.1.6", 9090): 1,
+                                                  ("10.2.2.6", 8080): 1}
+
+
+def test_ipv6_terminating_addresses_in_canonical_form():
+    v6 = Settings(**{**S.__dict__, "ipv4": False, "ipv6": True,
+                     "service_cidrs": (ipaddress.ip_network("fd00:96::/112"),)})
+    sl = decode_endpointslice({
+        "metadata": {"namespace": "default", "name": "web-6"}, "addressType": "IPv6",
+        "endpoints": [{"addresses": ["fd00:2:0:0::5"]},
+                      {"addresses": ["fd00:2:0:0::6"],
+                       "conditions": {"ready": False, "serving": True, "terminating": True}}],
+        "ports": [{"name": "http", "protocol": "TCP", "port": 8080}]})
+    s = svc(clusterIP="fd00:96::10", clusterIPs=["fd00:96::10"])
+    vs = service_state(s, [sl], v6, DEFAULT, []).servers[0]
+    assert dict(vs.dests) == {("fd00:2::5", 8080): 1, ("fd00:2::6", 8080): 0}
 
 
 def test_nodeport_and_session_affinity_and_scheduler_flags():
@@ -85,7 +210,9 @@ def test_external_traffic_policy_local():
     st = service_state(s, [SLICE], S, DEFAULT, [NODE_IP])
     assert dict(by_key(st)[key(NODE_IP, 30080)].dests) == {("10.2.0.5", 8080): 1}
     assert dict(by_key(st)[key("203.0.113.7", 80)].dests) == {("10.2.0.5", 8080): 1}
-    assert len(by_key(st)[key("10.96.0.10", 80)].dests) == 3  # cluster IP keeps all
+    # the cluster IP keeps every node's (the terminating one at weight 0)
+    assert dict(by_key(st)[key("10.96.0.10", 80)].dests) == {
+        ("10.2.0.5", 8080): 1, ("10.2.1.5", 8080): 1, ("10.2.1.6", 8080): 0}
     # no local endpoint: no NodePort entry at all on this node
     other = Settings(**{**S.__dict__, "node_name": "node-9"})
     st = service_state(s, [SLICE], other, DEFAULT, [NODE_IP])
@@ -197,14 +324,15 @@ _PLAIN_CASES = {
 
 
 @pytest.mark.parametrize("case", sorted(_PLAIN_CASES))
-@pytest.mark.parametrize("slices", ["one", "two", "none"])
+@pytest.mark.parametrize("slices", ["one", "two", "none", "draining"])
 def test_the_common_service_s_short_path_gives_the_general_result(case: str,
                                                                  slices: str) -> None:
     """A plain ClusterIP Service takes a shorter path; a scheduler equal to the default but
     not the same object takes the general one: both must agree, servers in order."""
     s = svc(**_PLAIN_CASES[case])
     sl = {"one": [SLICE], "none": [],
-          "two": [SLICE, eps(("10.2.2.9", "node-2", True, True, False), name="web-b")]}[slices]
+          "two": [SLICE, eps(("10.2.2.9", "node-2", True, True, False), name="web-b")],
+          "draining": [eps(("10.2.2.9", "node-2", False, True, True), name="web-b")]}[slices]
     short = service_state(s, sl, S, DEFAULT, [NODE_IP])
     general = service_state(s, sl, S, IPVSScheduler(), [NODE_IP])
     assert short == general
