@@ -382,14 +382,6 @@ class Lab:
                            f"named {port_s!r}")
         return addr, number, proto
 
-
-def _split_proto(target: str) -> tuple[str, str, str]:
-    """``x/a:80/udp`` -> (``x/a:80``, ``/``, ``udp``); no protocol suffix -> TCP."""
-    for suffix in ("/udp", "/tcp", "/sctp"):
-        if target.endswith(suffix):
-            return target[: -len(suffix)], "/", suffix[1:]
-    return target, "", ""
-
     # -- when a step fails -------------------------------------------------------------
 
     def diagnostics(self, say: Callable[[str], None]) -> None:
@@ -420,6 +412,14 @@ def _split_proto(target: str) -> tuple[str, str, str]:
                 say(f"  {name}'s agent threads:")
                 for line in stacks.splitlines():
                     say(f"    {line}")
+
+
+def _split_proto(target: str) -> tuple[str, str, str]:
+    """``x/a:80/udp`` -> (``x/a:80``, ``/``, ``udp``); no protocol suffix -> TCP."""
+    for suffix in ("/udp", "/tcp", "/sctp"):
+        if target.endswith(suffix):
+            return target[: -len(suffix)], "/", suffix[1:]
+    return target, "", ""
 
 
 def _describe(doc: Any) -> str:
