@@ -6,6 +6,8 @@ the new members go into a temporary set that is swapped with the live one, atomi
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import socket
 from collections.abc import Callable
 from collections.abc import Iterable
@@ -35,7 +37,8 @@ def swap_script(name: str, settype: str, members: Iterable[str], *, family: str 
 
 
 async def restore(lines: list[str], *, timeout: float | None = None) -> None:
-    await run_restore(["ipset", "restore"], "\n".join(lines) + "\n", timeout=timeout)
+    argv = ["ipset", "restore"]
+    await run_restore(argv, "\n".join(lines) + "\n", timeout=timeout)
 
 
 def restore_sync(lines: list[str]) -> None:
@@ -104,16 +107,20 @@ class MemberSocket:
 
     def __init__(self) -> None:
         self._sock: Any = None
+        self._loop: Any = None
 
     async def change(self, name: str, member: str, *, add: bool) -> None:
         """Add (or delete) ``member``, an address, of hash:ip set ``name``; a member
         already there (or already gone) is no error."""
         from pyroute2.ipset import AsyncIPSet  # kept out of start-up for users of restore
 
+        loop = asyncio.get_running_loop()
+        if self._sock is not None and self._loop is not loop:
+            self.close()  # made under another event loop (which may be gone): not usable
         if self._sock is None:
             sock = AsyncIPSet()
             await sock.setup_endpoint()
-            self._sock = sock
+            self._sock, self._loop = sock, loop
         family = socket.AF_INET6 if ":" in member else socket.AF_INET
         try:
             if add:
@@ -126,5 +133,6 @@ class MemberSocket:
 
     def close(self) -> None:
         if self._sock is not None:
-            self._sock.close()
+            with contextlib.suppress(Exception):  # its loop may be closed already
+                self._sock.close()
             self._sock = None

@@ -76,13 +76,14 @@ async def restore(table: str, lines: list[str], family: int = 4, *,
                   timeout: float | None = None) -> None:
     """Commit ``lines`` (chain declarations and rules, no ``*table``/COMMIT) atomically."""
     text = "\n".join([f"*{table}", *lines, "COMMIT", ""])
-    await run_restore([tool("iptables-restore", family), "-w", LOCK_WAIT, "--noflush"], text,
-                      timeout=timeout)
+    argv = [tool("iptables-restore", family), "-w", LOCK_WAIT, "--noflush"]
+    await run_restore(argv, text, timeout=timeout)
 
 
 def restore_sync(table: str, lines: list[str], family: int = 4) -> None:
     text = "\n".join([f"*{table}", *lines, "COMMIT", ""])
-    run_restore_sync([tool("iptables-restore", family), "-w", LOCK_WAIT, "--noflush"], text)
+    argv = [tool("iptables-restore", family), "-w", LOCK_WAIT, "--noflush"]
+    run_restore_sync(argv, text)
 
 
 def chains(saved: str) -> set[str]:

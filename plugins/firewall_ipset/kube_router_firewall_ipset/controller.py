@@ -83,6 +83,8 @@ class FirewallController(Controller):
     def keys_for(self, event: Event) -> tuple[Hashable, ...]:
         if event.kind == NODE and event.key != self.agent.node_name:
             return ()
+        if event.old is not None and event.old == event.new:
+            return ()  # nothing a record holds changed (records leave out the rest)
         return ((event.kind, event.key),)
 
     # -- compiling ------------------------------------------------------------------------

@@ -36,6 +36,13 @@ def kube_router_controllers(agent: Agent) -> list[Controller]:
 
 
 @hookimpl
+def kube_router_api_reads() -> list[str]:
+    from kube_router_firewall_ipset.controller import FirewallController
+
+    return list(FirewallController.kinds)
+
+
+@hookimpl
 def kube_router_cleanup(config: argparse.Namespace) -> None:
     from kube_router_firewall_ipset.cleanup import cleanup_sync
 
