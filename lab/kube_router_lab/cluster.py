@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import os
-import socket
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -36,6 +35,7 @@ from kube_router_lab.backend import unsynced_reason
 from kube_router_lab.controllers import ClusterControllers
 from kube_router_lab.controllers import kubernetes_service
 from kube_router_lab.controllers import node_object
+from kube_router_lab.controllers import resolve_target_port
 from kube_router_lab.kubelet import LAB_CONF
 from kube_router_lab.kubelet import Kubelet
 from kube_router_lab.kubelet import bridge_conflist
@@ -45,6 +45,7 @@ from kube_router_lab.realcp.gate import unsynced_reason as real_unsynced_reason
 from kube_router_lab.spec import ClusterSpec
 from kube_router_lab.topology import Topology
 from kube_router_lab.whatsmyip import WhatsMyIp
+from kube_router_lab.whatsmyip import proto_socket
 
 API_PORT = 6443
 #: What the report names the embedded server: the version it answers /version with.
@@ -454,15 +455,15 @@ class Lab:
             raise LabError(f"unknown restart target {target!r} (agent, gobgpd, apiserver)")
 
     def reach(self, src: str, target: str, timeout: float = 1.0) -> bool:
-        """One TCP HTTP GET or UDP datagram from pod ``src`` to ``target``; True when
-        whats-my-ip (or anything) answers."""
+        """One TCP or SCTP connection carrying an HTTP GET, or one UDP datagram, from pod
+        (or node) ``src`` to ``target``; True when whats-my-ip (or anything) answers."""
         where = self.netns(src)
-        addr, port, udp = self._target(target)
-        s = ns.socket_in(where, socket.AF_INET, socket.SOCK_DGRAM if udp else socket.SOCK_STREAM)
+        addr, port, proto = self._target(target)
+        s = proto_socket(where, proto)  # made in the source namespace
         try:
             s.settimeout(timeout)
             deadline = time.monotonic() + timeout
-            if udp:
+            if proto == "UDP":
                 s.sendto(b"ping\n", (addr, port))
                 data, _ = s.recvfrom(4096)
                 return bool(data)
@@ -484,15 +485,29 @@ class Lab:
         finally:
             s.close()
 
-    def _target(self, target: str) -> tuple[str, int, bool]:
-        udp = target.endswith("/udp")
-        body = target.removesuffix("/udp").removesuffix("/tcp")
+    def _target(self, target: str) -> tuple[str, int, str]:
+        """(address, port, protocol) of ``NS/POD:PORT[/proto]`` or ``svc:NS/NAME:PORT[/proto]``;
+        a pod's PORT may be the name one of its containerPorts declares."""
+        body, _, suffix = _split_proto(target)
+        proto = suffix.upper() if suffix else "TCP"
         ref, _, port_s = body.rpartition(":")
-        if not port_s.isdigit() or not ref:
-            raise KeyError(f"reach target {target!r}: expected NS/POD:PORT[/udp] or "
-                           "svc:NS/NAME:PORT[/udp]")
-        addr = self.substitute(ref) if ref.startswith("svc:") else self.substitute(f"pod:{ref}")
-        return addr, int(port_s), udp
+        if not ref or not port_s:
+            raise KeyError(f"reach target {target!r}: expected NS/POD:PORT[/udp|/sctp] or "
+                           "svc:NS/NAME:PORT[/udp|/sctp]")
+        if ref.startswith("svc:"):
+            if not port_s.isdigit():
+                raise KeyError(f"reach target {target!r}: a Service's port is a number")
+            return self.substitute(ref), int(port_s), proto
+        addr = self.substitute(f"pod:{ref}")
+        if port_s.isdigit():
+            return addr, int(port_s), proto
+        namespace, _, name = ref.partition("/")
+        number = resolve_target_port(self.store.get("Pod", namespace, name) or {}, port_s,
+                                     proto)
+        if number is None:
+            raise KeyError(f"reach target {target!r}: pod {ref} declares no {proto} port "
+                           f"named {port_s!r}")
+        return addr, number, proto
 
     # -- when a step fails -------------------------------------------------------------
 
@@ -524,6 +539,14 @@ class Lab:
                 say(f"  {name}'s agent threads:")
                 for line in stacks.splitlines():
                     say(f"    {line}")
+
+
+def _split_proto(target: str) -> tuple[str, str, str]:
+    """``x/a:80/udp`` -> (``x/a:80``, ``/``, ``udp``); no protocol suffix -> TCP."""
+    for suffix in ("/udp", "/tcp", "/sctp"):
+        if target.endswith(suffix):
+            return target[: -len(suffix)], "/", suffix[1:]
+    return target, "", ""
 
 
 def _describe(doc: Any) -> str:

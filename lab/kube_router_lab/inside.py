@@ -27,7 +27,7 @@ OUT_MOUNT = Path("/run/out")
 MODULES_EXACT = [
     "ip_vs", "ip_vs_rr", "ip_vs_wrr", "ip_vs_lc", "ip_vs_wlc", "ip_vs_sh", "ip_vs_dh",
     "ip_vs_mh", "ip_vs_sed", "ip_vs_nq", "ip_vs_lblc", "ip_vs_lblcr", "ip_vs_fo", "ip_vs_ovf",
-    "veth", "bridge", "br_netfilter", "ipip", "nf_conntrack", "nf_nat",
+    "veth", "bridge", "br_netfilter", "ipip", "nf_conntrack", "nf_nat", "sctp",
     "ip_tables", "iptable_filter", "iptable_nat", "iptable_mangle", "iptable_raw",
     "ip6_tables", "ip6table_filter", "ip6table_nat", "ip6table_mangle", "ip6table_raw",
 ]

@@ -28,6 +28,7 @@ from typing import Any
 
 from kube_router_lab import netns as ns
 from kube_router_lab.spec import PodTermination
+from kube_router_lab.whatsmyip import PROTOCOLS
 from kube_router_lab.whatsmyip import WhatsMyIp
 
 #: Where distributions install the CNI plugins (Debian: /usr/lib/cni).
@@ -166,13 +167,16 @@ def pod_netns_name(namespace: str, name: str) -> str:
 
 
 def container_ports(pod: dict) -> list[tuple[int, str]]:
+    """(number, protocol) of every declared containerPort: TCP, UDP or SCTP. A port's
+    ``name`` only matters to those who resolve it (Services, NetworkPolicies)."""
     ports = []
     for c in (pod.get("spec") or {}).get("containers") or []:
         for p in c.get("ports") or []:
             port, proto = p.get("containerPort"), str(p.get("protocol", "TCP")).upper()
-            if isinstance(port, int) and 0 < port < 65536 and proto in ("TCP", "UDP"):
+            if isinstance(port, int) and 0 < port < 65536 and proto in PROTOCOLS:
                 ports.append((port, proto))
     return sorted(set(ports))
+
 
 
 @dataclass

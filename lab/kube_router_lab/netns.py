@@ -64,10 +64,10 @@ def entered(netns: str | None) -> Iterator[None]:
 
 
 def socket_in(netns: str | None, family: int = socket.AF_INET,
-              type: int = socket.SOCK_STREAM) -> socket.socket:
+              type: int = socket.SOCK_STREAM, proto: int = 0) -> socket.socket:
     """A socket created inside ``netns``; it keeps working there from any thread."""
     with entered(netns):
-        return socket.socket(family, type)
+        return socket.socket(family, type, proto)
 
 
 def popen_in(netns: str | None, argv: Sequence[str], *, env: Mapping[str, str] | None = None,

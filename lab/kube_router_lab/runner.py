@@ -17,6 +17,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from dataclasses import field
 from pathlib import Path
@@ -43,6 +44,11 @@ from kube_router_lab.scenario import expand
 from kube_router_lab.scenario import load_scenario
 
 POLL = 0.25  # seconds between readiness polls while waiting for the agents
+#: Probes of one reach step in flight at once.
+REACH_PARALLEL = 16
+#: Further tries, each with more time, of a cell that stayed silent where an answer is
+#: expected.
+REACH_RETRIES = 2
 
 
 #: The runner's name for what it drives: any :class:`Backend` (the lab, a kind cluster).
@@ -376,8 +382,35 @@ class Runner:
         raise StepFailed(f"snapshots differ in {changed} lines")
 
     def _reach(self, step: ReachStep, res: StepResult) -> None:
-        matrix = [[int(bool(self.lab.reach(src, dst, timeout=step.timeout)))
-                   for dst in step.targets] for src in step.sources]
+        # The probes go out together: a truth table of 100 cells where most are
+        # refused or dropped would otherwise wait out a timeout per cell.
+        cells = [(src, dst) for src in step.sources for dst in step.targets]
+        want = [v for row in step.expect for v in row]
+        with ThreadPoolExecutor(max_workers=min(REACH_PARALLEL, len(cells))) as pool:
+            got = list(pool.map(lambda c: int(bool(self.lab.reach(c[0], c[1],
+                                                                   timeout=step.timeout))),
+                                cells))
+            # An answer is proof, a silence is not: a loaded machine can let a probe
+            # time out. Only cells that stayed silent where an answer is expected are
+            # tried again, with more time; a cell that answered where none is expected
+            # fails at once.
+            for attempt in range(1, REACH_RETRIES + 1):
+                again = [i for i, (g, w) in enumerate(zip(got, want, strict=True))
+                         if g == 0 and w == 1]
+                if not again:
+                    break
+                timeout = step.timeout * (attempt + 1)
+                answers = list(pool.map(lambda i, t=timeout: int(bool(self.lab.reach(
+                    *cells[i], timeout=t))), again))
+                late = [cells[i] for i, a in zip(again, answers, strict=True) if a]
+                for i, a in zip(again, answers, strict=True):
+                    got[i] = a
+                if late:
+                    self.say(f"  {len(late)} of {len(again)} silent cells answered on try "
+                             f"{attempt + 1} ({timeout:g} s): "
+                             + ", ".join(f"{s} -> {d}" for s, d in late[:8]))
+        n = len(step.targets)
+        matrix = [got[i:i + n] for i in range(0, len(got), n)]
         res.matrix = matrix
         for line in format_matrix(step.sources, step.targets, matrix, step.expect):
             self.say(f"  {line}")

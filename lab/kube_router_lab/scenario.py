@@ -44,7 +44,12 @@ SUBST_KINDS = {
     "pod": (re.compile(rf"^{_NSNAME}$"), "NAMESPACE/NAME"),
     "node": (re.compile(r"^[^/\s:{}]+$"), "NAME"),
 }
-REACH_TARGET_RE = re.compile(rf"^(svc:)?{_NSNAME}:\d{{1,5}}(/(udp|tcp))?$")
+#: ``NS/POD:PORT`` (PORT a number or one of the pod's containerPort names) or
+#: ``svc:NS/NAME:PORT``, each optionally ``/tcp``, ``/udp`` or ``/sctp``
+REACH_TARGET_RE = re.compile(
+    rf"^(svc:{_NSNAME}:\d{{1,5}}|{_NSNAME}:(\d{{1,5}}|[a-z0-9]([a-z0-9-]{{0,13}}[a-z0-9])?))"
+    r"(/(udp|tcp|sctp))?$")
+REACH_TARGET_FORM = "NAMESPACE/POD:PORT[/udp|/sctp] or svc:NAMESPACE/NAME:PORT[/udp|/sctp]"
 POD_RE = re.compile(rf"^{_NSNAME}$")
 
 
@@ -659,17 +664,15 @@ class _StepParser:
         if isinstance(targets, str):
             targets = [targets]
         if not isinstance(sources, list) or not sources:
-            raise _StepError("from: expected a list of NAMESPACE/POD")
+            raise _StepError("from: expected a list of NAMESPACE/POD (or node names)")
         if not isinstance(targets, list) or not targets:
-            raise _StepError("to: expected a list of NAMESPACE/POD:PORT[/udp] or "
-                             "svc:NAMESPACE/NAME:PORT[/udp]")
+            raise _StepError(f"to: expected a list of {REACH_TARGET_FORM}")
         for s in sources:
-            if not isinstance(s, str) or not POD_RE.match(s):
-                raise _StepError(f"from: {s!r} is not NAMESPACE/POD")
+            if not isinstance(s, str) or not (POD_RE.match(s) or s in self.spec.node_names()):
+                raise _StepError(f"from: {s!r} is not NAMESPACE/POD or a node")
         for t in targets:
             if not isinstance(t, str) or not REACH_TARGET_RE.match(t):
-                raise _StepError(f"to: {t!r} is not NAMESPACE/POD:PORT[/udp] or "
-                                 f"svc:NAMESPACE/NAME:PORT[/udp]")
+                raise _StepError(f"to: {t!r} is not {REACH_TARGET_FORM}")
         if "expect" in body and "expect" in raw:
             raise _StepError("expect given twice (inside reach and beside it)")
         matrix = parse_matrix(body.get("expect", raw.get("expect")), len(sources), len(targets))

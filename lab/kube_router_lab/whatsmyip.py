@@ -2,14 +2,15 @@
 
 Each pod port is a listening socket created inside the pod's network namespace; one thread
 multiplexes them all with a selector, because a process (or even a thread) per pod port
-would cost seconds of start-up in the guest. TCP: any HTTP request gets
-``HOSTNAME:<pod name> IP:<pod ip>`` back, then the connection closes; UDP: any datagram
-gets the same line back.
+would cost seconds of start-up in the guest. TCP and SCTP (one-to-one style, a stream
+socket): any HTTP request gets ``HOSTNAME:<pod name> IP:<pod ip>`` back, then the
+connection closes; UDP: any datagram gets the same line back.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import selectors
 import socket
@@ -23,6 +24,21 @@ from kube_router_lab.netns import socket_in
 
 _HTTP_METHODS = (b"GET ", b"HEAD ", b"POST ", b"PUT ", b"DELETE ", b"OPTIONS ", b"PATCH ")
 _MAX_REQUEST = 16384
+PROTOCOLS = ("TCP", "UDP", "SCTP")
+#: What socket() says on a kernel built without SCTP.
+_NO_PROTOCOL = (errno.EPROTONOSUPPORT, errno.ESOCKTNOSUPPORT, errno.EAFNOSUPPORT)
+
+
+def proto_socket(netns: str | None, proto: str) -> socket.socket:
+    """A fresh socket for ``proto`` (TCP, UDP or SCTP, one-to-one style) inside ``netns``."""
+    proto = proto.upper()
+    if proto == "UDP":
+        return socket_in(netns, socket.AF_INET, socket.SOCK_DGRAM)
+    if proto == "SCTP":
+        return socket_in(netns, socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_SCTP)
+    if proto == "TCP":
+        return socket_in(netns, socket.AF_INET, socket.SOCK_STREAM)
+    raise ValueError(f"unknown protocol {proto!r} (known: {', '.join(PROTOCOLS)})")
 
 
 def answer_line(pod_name: str, pod_ip: str) -> str:
@@ -71,16 +87,23 @@ class WhatsMyIp:
 
     def add_pod(self, key: str, netns: str | None, pod_name: str, pod_ip: str,
                 ports: Iterable[tuple[int, str]]) -> None:
-        """Listen on ``ports`` ((number, "TCP"|"UDP")) inside ``netns`` for pod ``key``.
+        """Listen on ``ports`` ((number, "TCP"|"UDP"|"SCTP")) inside ``netns`` for pod ``key``.
 
         The sockets are made and bound here, in the caller's thread, so a port that cannot
-        be bound is reported to the caller at once; the loop only starts watching them."""
+        be bound is reported to the caller at once; the loop only starts watching them.
+        A kernel without SCTP serves the pod's other ports and says which it skipped."""
         pod = _Pod(answer_line(pod_name, pod_ip).encode())
         try:
             for port, proto in ports:
                 udp = proto.upper() == "UDP"
-                s = socket_in(netns, socket.AF_INET,
-                              socket.SOCK_DGRAM if udp else socket.SOCK_STREAM)
+                try:
+                    s = proto_socket(netns, proto)
+                except OSError as exc:
+                    if proto.upper() != "SCTP" or exc.errno not in _NO_PROTOCOL:
+                        raise
+                    self.log(f"event=whatsmyip_port_skipped pod={key} port={port}/SCTP "
+                             f"error={exc.strerror or exc}")
+                    continue
                 pod.listeners.append(s)
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 s.bind(("0.0.0.0", port))

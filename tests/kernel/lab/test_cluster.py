@@ -116,6 +116,53 @@ def test_whatsmyip_answers_tcp_and_udp_with_the_line(lab: Lab) -> None:
             s.close()
 
 
+def _proto_pod(name: str, node: str, web: int) -> dict:
+    other = 81 if web == 80 else 80
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": "proto", "labels": {"app": "proto"}},
+            "spec": {"nodeName": node, "containers": [{"name": "c", "image": "whats-my-ip",
+                                                       "ports": [
+                {"containerPort": web, "name": "web"},
+                {"containerPort": other, "name": "web-alt"},
+                {"containerPort": 80, "protocol": "UDP"},
+                {"containerPort": web, "protocol": "SCTP", "name": "sig"}]}]}}
+
+
+def test_sctp_and_named_ports(lab: Lab) -> None:
+    """SCTP is served and probed like TCP; a target's port name resolves per pod, so one
+    name may be 80 on one pod and 81 on the other."""
+    lab.apply([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "proto"}},
+               _proto_pod("a", "node-0", 80), _proto_pod("b", "node-1", 81)])
+    assert lab.settle(60), "pods did not come up"
+    try:
+        got = {(src, dst): lab.reach(src, dst, timeout=1.0)
+               for src in ("proto/a", "proto/b", "node-2")
+               for dst in ("proto/a:80/sctp", "proto/b:81/sctp", "proto/a:81/sctp",
+                           "proto/b:80/sctp", "proto/a:web", "proto/b:web", "proto/b:sig/sctp",
+                           "proto/b:web-alt", "proto/a:80/udp")}
+        want_closed = {"proto/a:81/sctp", "proto/b:80/sctp"}
+        assert {k: v for k, v in got.items() if v != (k[1] not in want_closed)} == {}
+        assert lab._target("proto/b:web") == (lab.substitute("pod:proto/b"), 81, "TCP")
+        assert lab._target("proto/a:sig/sctp")[1:] == (80, "SCTP")
+        with pytest.raises(KeyError, match="declares no UDP port named 'web'"):
+            lab._target("proto/a:web/udp")
+        # the line comes back over SCTP as over TCP
+        s = ns.socket_in("node-2", socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_SCTP)
+        try:
+            s.settimeout(3)
+            ip = lab.substitute("pod:proto/b")
+            s.connect((ip, 81))
+            s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+            data = b""
+            while chunk := s.recv(4096):
+                data += chunk
+            assert data.decode().endswith(f"HOSTNAME:b IP:{ip}\n")
+        finally:
+            s.close()
+    finally:
+        lab.delete("Namespace", None, "proto")
+
+
 def test_services_kubernetes_and_slices(lab: Lab) -> None:
     k = lab.store.get("Service", "default", "kubernetes")
     assert k["spec"]["clusterIP"] == lab.spec.kubernetes_service_ip() == "10.1.0.1"

@@ -219,3 +219,24 @@ def test_shipped_examples_parse() -> None:
 def test_new_steps_are_checked(tmp_path: Path, step: str, why: str) -> None:
     msg = error(f"steps:\n  - {step}\n", tmp_path)
     assert why in msg, msg
+
+
+def test_reach_takes_sctp_port_names_and_nodes(tmp_path: Path) -> None:
+    sc = parse("cluster: {nodes: 2}\nsteps:\n  - reach:\n"
+               "      from: [x/a, node-1]\n"
+               "      to: [x/a:80/sctp, x/b:web, x/b:dns/udp, x/c:81/tcp, svc:x/s:80/sctp]\n"
+               "    expect: ['1 1 1 1 1', '0 0 0 0 0']\n", tmp_path)
+    reach = sc.steps[0]
+    assert isinstance(reach, ReachStep)
+    assert reach.sources == ["x/a", "node-1"]
+    assert reach.targets[1] == "x/b:web"
+
+
+def test_reach_rejects_bad_targets_and_sources(tmp_path: Path) -> None:
+    msg = error("cluster: {nodes: 2}\nsteps:\n  - reach: {from: [node-5], to: [x/a:80], "
+                "expect: '1'}\n", tmp_path)
+    assert "step 1 (reach): from: 'node-5' is not NAMESPACE/POD or a node" in msg
+    for bad in ("x/a:80/icmp", "svc:x/s:web", "x/a:Web", "x/a:-web", "x/a:a-very-long-port-name"):
+        msg = error(f"steps:\n  - reach: {{from: [x/a], to: ['{bad}'], expect: '1'}}\n",
+                    tmp_path)
+        assert f"to: {bad!r} is not NAMESPACE/POD:PORT[/udp|/sctp]" in msg

@@ -345,3 +345,40 @@ def test_snapshots_compare_equal_or_fail_with_the_difference(tmp_path: Path) -> 
     assert [s["passed"] for s in steps] == [True, True, True, True, False], text
     assert steps[4]["reason"] == "snapshots differ in 2 lines"
     assert "+  -A -t 10.1.0.1:443 -s lc" in text
+
+
+def test_reach_tries_silent_cells_again_but_never_doubts_an_answer(tmp_path: Path) -> None:
+    lab = FakeLab()
+    calls: list[tuple[str, str, float]] = []
+    slow = {("x/a", "x/b:80")}  # answers only when given more than a second
+
+    def reach(src, target, timeout=1.0) -> bool:
+        with lab.lock:
+            calls.append((src, target, timeout))
+        return (src, target) in lab.reachable or ((src, target) in slow and timeout > 1)
+
+    lab.reach = reach  # type: ignore[method-assign]
+    lab.reachable = {("x/a", "x/a:80"), ("x/b", "x/a:80")}
+    report, _, text = run(tmp_path, "  - reach: {from: [x/a, x/b], to: [x/a:80, x/b:80], "
+                                    "expect: ['1 1', '0 0']}\n", lab)
+    assert report["steps"][0]["matrix"] == [[1, 1], [1, 0]]
+    assert "1 of 1 silent cells answered on try 2 (2 s): x/a -> x/b:80" in text
+    # the cell that answered where silence was expected is not tried again
+    assert sorted(calls) == sorted([("x/a", "x/a:80", 1.0), ("x/a", "x/b:80", 1.0),
+                                    ("x/b", "x/a:80", 1.0), ("x/b", "x/b:80", 1.0),
+                                    ("x/a", "x/b:80", 2.0)])
+    assert report["steps"][0]["passed"] is False  # x/b -> x/a:80 answered
+
+
+def test_reach_gives_up_after_the_retries(tmp_path: Path) -> None:
+    lab = FakeLab()
+    seen: list[float] = []
+
+    def reach(src, target, timeout=1.0) -> bool:
+        seen.append(timeout)
+        return False
+
+    lab.reach = reach  # type: ignore[method-assign]
+    report, _, _ = run(tmp_path, "  - reach: {from: [x/a], to: [x/b:80], expect: '1'}\n", lab)
+    assert seen == [1.0, 2.0, 3.0]
+    assert report["steps"][0]["matrix"] == [[0]]
