@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import re
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
@@ -32,3 +33,25 @@ def boolean(value: str) -> bool:
     if v in _FALSE:
         return False
     raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+
+
+def cidr_list(value: str) -> list[str]:
+    """A comma-separated CIDR list, checked here so a typo stops start-up with a clear line."""
+    out = []
+    for part in (p.strip() for p in value.split(",")):
+        if not part:
+            continue
+        try:
+            ipaddress.ip_network(part, strict=False)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid CIDR {part!r}") from None
+        out.append(part)
+    return out
+
+
+def port_range(value: str) -> tuple[int, int]:
+    """"LOW-HIGH" (or "LOW:HIGH"), as --service-node-port-range takes it."""
+    m = re.fullmatch(r"\s*(\d+)\s*[-:]\s*(\d+)\s*", value)
+    if not m or int(m.group(1)) > int(m.group(2)):
+        raise argparse.ArgumentTypeError(f"invalid port range {value!r} (e.g. 30000-32767)")
+    return int(m.group(1)), int(m.group(2))

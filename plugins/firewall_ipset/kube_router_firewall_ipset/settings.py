@@ -9,33 +9,16 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
-import re
 from dataclasses import dataclass
 
 from kube_router.flags import boolean
+from kube_router.flags import cidr_list
 from kube_router.flags import duration
+from kube_router.flags import port_range
 
 DEFAULT_SERVICE_CIDR = "10.96.0.0/12"
 
 
-def cidr_list(value: str) -> list[str]:
-    out = []
-    for part in (p.strip() for p in value.split(",")):
-        if not part:
-            continue
-        try:
-            ipaddress.ip_network(part, strict=False)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"invalid CIDR {part!r}") from None
-        out.append(part)
-    return out
-
-
-def port_range(value: str) -> tuple[int, int]:
-    m = re.fullmatch(r"\s*(\d+)\s*[-:]\s*(\d+)\s*", value)
-    if not m or int(m.group(1)) > int(m.group(2)):
-        raise argparse.ArgumentTypeError(f"invalid port range {value!r} (e.g. 30000-32767)")
-    return int(m.group(1)), int(m.group(2))
 
 
 def add_options(parser: argparse.ArgumentParser) -> None:

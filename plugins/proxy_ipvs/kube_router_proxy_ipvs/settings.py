@@ -5,36 +5,17 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import logging
-import re
 
 from kube_router.flags import boolean
+from kube_router.flags import cidr_list
 from kube_router.flags import duration
+from kube_router.flags import port_range
 from kube_router_proxy_ipvs.desired import Network
 from kube_router_proxy_ipvs.desired import Settings
 
 log = logging.getLogger(__name__)
 
 
-def cidr_list(value: str) -> list[str]:
-    """A comma-separated CIDR list, checked here so a typo stops start-up with a clear line."""
-    out = []
-    for part in value.split(","):
-        part = part.strip()
-        if not part:
-            continue
-        try:
-            ipaddress.ip_network(part, strict=False)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"invalid CIDR {part!r}") from None
-        out.append(part)
-    return out
-
-
-def port_range(value: str) -> tuple[int, int]:
-    m = re.fullmatch(r"\s*(\d+)\s*[-:]\s*(\d+)\s*", value)
-    if not m or int(m.group(1)) > int(m.group(2)):
-        raise argparse.ArgumentTypeError(f"invalid port range {value!r} (e.g. 30000-32767)")
-    return int(m.group(1)), int(m.group(2))
 
 
 def _flatten(values: list | None) -> list[str]:
