@@ -64,7 +64,8 @@ class RealControlPlane:
         kubeconfig(self.kubeconfig, server=self.url, ca=self.pki.ca.cert, client=admin,
                    user="kube-router-lab")
         self.store = RemoteStore(self.url, ca=str(self.pki.ca.cert), cert=str(admin.cert),
-                                 key=str(admin.key), watch_kinds=WATCHED)
+                                 key=str(admin.key), watch_kinds=WATCHED,
+                                 pod_grace=self.spec.termination.grace)
         self._controller_manager()
         self._scheduler()
         self.store.start()

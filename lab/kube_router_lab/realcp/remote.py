@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import builtins
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -31,6 +32,25 @@ FIELD_MANAGER = "kube-router-lab"
 #: How long an apply waits for a new namespace's default service account.
 SA_WAIT = 15.0
 Callback = Callable[[str, str, dict[str, Any]], None]
+
+
+def with_pod_grace(obj: dict[str, Any], grace: float) -> dict[str, Any]:
+    """``obj`` with the lab's grace period in each pod spec that sets none (a Pod's, a
+    workload's template). The API server would default it to 30 s, and a pod a controller
+    deletes (a scale-down, garbage collection) would then linger 30 s where the embedded
+    server's lab ends it after ``cluster.pod-termination.grace``."""
+    spec = obj.get("spec")
+    if not isinstance(spec, dict):
+        return obj
+    in_template = obj.get("kind") != "Pod"
+    raw = spec.get("template") if in_template else None
+    template: dict[str, Any] = raw if isinstance(raw, dict) else {}
+    pod_spec = template.get("spec") if in_template else spec
+    if not isinstance(pod_spec, dict) or "terminationGracePeriodSeconds" in pod_spec:
+        return obj
+    pod_spec = {**pod_spec, "terminationGracePeriodSeconds": max(0, math.ceil(grace))}
+    spec = {**spec, "template": {**template, "spec": pod_spec}} if in_template else pod_spec
+    return {**obj, "spec": spec}
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,8 +97,10 @@ class RemoteStore:
     """The real API server, seen through the embedded store's methods."""
 
     def __init__(self, server: str, *, ca: str, cert: str, key: str,
-                 watch_kinds: tuple[str, ...] = ()) -> None:
+                 watch_kinds: tuple[str, ...] = (), pod_grace: float | None = None) -> None:
         self.server = server.rstrip("/")
+        #: The grace period ``apply`` gives pod specs that set none (None: the server's).
+        self.pod_grace = pod_grace
         self.http = urllib3.PoolManager(
             num_pools=4, maxsize=16, ca_certs=ca, cert_file=cert, key_file=key,
             cert_reqs="CERT_REQUIRED", retries=False,
@@ -174,6 +196,8 @@ class RemoteStore:
         """Server-side apply, as ``kubectl apply --server-side --force-conflicts``: fields
         this manager set before and the manifest no longer has are removed."""
         obj = dict(obj)
+        if self.pod_grace is not None:
+            obj = with_pod_grace(obj, self.pod_grace)
         meta = dict(obj.get("metadata") or {})
         meta.pop("resourceVersion", None)
         k = kind_of(str(obj.get("kind")))

@@ -16,6 +16,7 @@ from kube_router_lab.realcp.gate import unsynced_reason
 from kube_router_lab.realcp.gate import want_versions
 from kube_router_lab.realcp.pki import Pki
 from kube_router_lab.realcp.remote import RemoteStore
+from kube_router_lab.realcp.remote import with_pod_grace
 from kube_router_lab.spec import SpecError
 from kube_router_lab.spec import parse_cluster
 
@@ -25,6 +26,21 @@ def test_control_plane_key() -> None:
     assert parse_cluster({"control-plane": "real"}).control_plane == "real"
     with pytest.raises(SpecError, match="control-plane"):
         parse_cluster({"control-plane": "kind"})
+
+
+def test_pod_specs_get_the_labs_grace_unless_they_set_one() -> None:
+    pod = {"kind": "Pod", "metadata": {"name": "p"}, "spec": {"containers": []}}
+    assert with_pod_grace(pod, 2.0)["spec"]["terminationGracePeriodSeconds"] == 2
+    assert "terminationGracePeriodSeconds" not in pod["spec"]  # the caller's is left alone
+    deploy = {"kind": "Deployment", "spec": {"replicas": 2,
+                                             "template": {"spec": {"containers": []}}}}
+    out = with_pod_grace(deploy, 0.5)
+    assert out["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 1
+    assert out["spec"]["replicas"] == 2
+    own = {"kind": "Pod", "spec": {"terminationGracePeriodSeconds": 30}}
+    assert with_pod_grace(own, 2.0) is own
+    svc = {"kind": "Service", "spec": {"ports": []}}
+    assert with_pod_grace(svc, 2.0) is svc
 
 
 def test_certificates_chain_to_the_lab_ca(tmp_path: Path) -> None:
