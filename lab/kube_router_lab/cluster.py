@@ -126,20 +126,24 @@ class Lab:
             self.server.write_kubeconfig(self.kubeconfig)
             self.controllers.start()
             self.servers.start()
-            for i, h in enumerate(self.topology.nodes):
-                self.kubelets[h.name] = Kubelet(
-                    node=h.name, node_netns=h.netns, node_ip=h.ip, store=self.store,
-                    servers=self.servers, conf_dir=self._node_conf(h.name, i), log=self.log,
-                    termination=self.spec.termination)
-            for k in self.kubelets.values():
-                k.start()
-            self._start_peers()
-            self._start_agents()
+            self._start_nodes()
         except BaseException:
             self.down()
             raise
         self.log(f"event=lab_up nodes={self.spec.nodes} enable={','.join(self.enable) or '-'} "
                  f"seconds={time.monotonic() - started:.1f}")
+
+    def _start_nodes(self) -> None:
+        """What runs on the nodes, whichever control plane: kubelets, peers, agents."""
+        for i, h in enumerate(self.topology.nodes):
+            self.kubelets[h.name] = Kubelet(
+                node=h.name, node_netns=h.netns, node_ip=h.ip, store=self.store,
+                servers=self.servers, conf_dir=self._node_conf(h.name, i), log=self.log,
+                termination=self.spec.termination)
+        for k in self.kubelets.values():
+            k.start()
+        self._start_peers()
+        self._start_agents()
 
     def _up_real(self) -> None:
         from kube_router_lab.realcp.nodes import NodeHeartbeats
@@ -158,15 +162,7 @@ class Lab:
                                f"expect {self.spec.pod_cidr(i)}")
         self.agent_env = self.control.install_agent_identity(DAEMONSET_MANIFEST)
         self.servers.start()
-        for i, h in enumerate(self.topology.nodes):
-            self.kubelets[h.name] = Kubelet(
-                node=h.name, node_netns=h.netns, node_ip=h.ip, store=self.store,
-                servers=self.servers, conf_dir=self._node_conf(h.name, i), log=self.log,
-                termination=self.spec.termination)
-        for k in self.kubelets.values():
-            k.start()
-        self._start_peers()
-        self._start_agents()
+        self._start_nodes()
         self.log(f"event=lab_up nodes={self.spec.nodes} enable={','.join(self.enable) or '-'} "
                  f"control_plane=real version={self.control.version} "
                  f"seconds={time.monotonic() - started:.1f}")
