@@ -275,3 +275,16 @@ def _supervise(cmd: list[str], kind: str, nonce: str, out_dir: Path, timeout: fl
 def _kill_group(pgid: int) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pgid, signal.SIGKILL)
+
+
+def unavailable() -> str | None:
+    """Why the lab cannot run here (one line), or None: what test tiers skip on."""
+    if os.geteuid() != 0:
+        return "the lab needs root (network namespaces, mounts)"
+    try:
+        if resolve_kernel("auto") == "uml":
+            find_uml_kernel()
+        check_tools()
+    except GuestError as exc:
+        return str(exc)
+    return None

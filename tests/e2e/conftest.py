@@ -53,19 +53,11 @@ def _say(line: str) -> None:
 
 
 def lab_problem() -> str | None:
-    if os.geteuid() != 0:
-        return "the lab needs root (network namespaces, mounts)"
     try:
         from kube_router_lab import guest
     except ImportError as exc:
         return f"kube-router-py-lab is not installed: {exc}"
-    try:
-        if guest.resolve_kernel("auto") == "uml":
-            guest.find_uml_kernel()
-        guest.check_tools()
-    except guest.GuestError as exc:
-        return str(exc)
-    return None
+    return guest.unavailable()
 
 
 def run_on_lab(path: Path, tmp: Path) -> dict[str, Any]:

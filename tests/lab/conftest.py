@@ -4,7 +4,6 @@ cannot run."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -25,19 +24,11 @@ def kube_router_py() -> list[str]:
 
 
 def guest_problem() -> str | None:
-    if os.geteuid() != 0:
-        return "the lab needs root (network namespaces, mounts)"
     try:
         from kube_router_lab import guest
     except ImportError as exc:
         return f"kube-router-py-lab is not installed: {exc}"
-    try:
-        if guest.resolve_kernel("auto") == "uml":
-            guest.find_uml_kernel()
-        guest.check_tools()
-    except guest.GuestError as exc:
-        return str(exc)
-    return None
+    return guest.unavailable()
 
 
 
