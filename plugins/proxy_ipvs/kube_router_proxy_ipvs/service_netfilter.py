@@ -19,6 +19,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
+import re
 import socket
 from collections.abc import Collection
 from collections.abc import Sequence
@@ -50,11 +52,27 @@ SYSCTLS = {
     "net.ipv4.vs.conntrack": 1,  # IPVS NAT traffic must go through netfilter (SNAT, hairpin)
     "net.ipv4.vs.expire_nodest_conn": 1,
     "net.ipv4.vs.expire_quiescent_template": 1,
-    "net.ipv4.vs.conn_reuse_mode": 0,
     "net.ipv4.ip_forward": 1,
     "net.ipv4.conf.all.arp_ignore": 1,  # never answer ARP for VIPs on kube-dummy-if
     "net.ipv4.conf.all.arp_announce": 2,
 }
+
+
+#: From this kernel on, IPVS reschedules a SYN that reuses the source port of a closing
+#: connection without the one-second stall conntrack used to add (kube-proxy's threshold).
+CONN_REUSE_FIXED = (5, 9)
+
+
+def conn_reuse_mode(release: str) -> int:
+    """``net.ipv4.vs.conn_reuse_mode`` for a kernel release ("6.1.0-13-amd64"): 1, the
+    kernel's default, where rescheduling a reused source port is cheap; 0 before, where it
+    stalled every reused port's connection a second. With 0 a SYN from a port whose last
+    connection is still in IPVS's table (TIME_WAIT lasts two minutes, and ephemeral ports
+    do come round in that time) is sent to that connection's real server unscheduled,
+    whatever happened to it since."""
+    m = re.match(r"(\d+)\.(\d+)", release)
+    version = (int(m.group(1)), int(m.group(2))) if m else (0, 0)
+    return 1 if version >= CONN_REUSE_FIXED else 0
 
 
 def set_name(base: str, family: int) -> str:
@@ -87,6 +105,7 @@ class ServiceNetfilter:
     async def start(self) -> None:
         for name, value in SYSCTLS.items():
             sysctl.write(name, value)
+        sysctl.write("net.ipv4.vs.conn_reuse_mode", conn_reuse_mode(os.uname().release))
         if sysctl.read("net.ipv4.conf.all.rp_filter") == "1":
             sysctl.write("net.ipv4.conf.all.rp_filter", 2)  # strict breaks VIP replies
         # Pod to VIP to a pod on the same bridge: the reply must pass netfilter to be un-NATed.

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import struct
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from collections.abc import Iterator
 from types import SimpleNamespace
@@ -386,6 +388,84 @@ def test_udp_client_of_a_terminating_endpoint_moves_on_when_it_is_gone(
         assert clients[ending].recv(64).decode() == ready
         for s in clients.values():
             s.close()
+        await ctl.stop()
+
+    asyncio.run(main())
+
+
+def _ipvs_conn_dest(client_port: int) -> str | None:
+    """The real server IPVS holds for a client port's connection to the VIP, if any."""
+    with open("/proc/net/ip_vs_conn") as f:
+        for line in f.read().splitlines()[1:]:
+            w = line.split()
+            # Pro FromIP FPrt ToIP TPrt DestIP DPrt State Expires (addresses in hex)
+            if len(w) >= 8 and int(w[2], 16) == client_port and int(w[4], 16) == 80:
+                return socket.inet_ntoa(bytes.fromhex(w[5]))
+    return None
+
+
+def _conn_from(port: int) -> Conn:
+    """A connection through the VIP from a fixed source port (the same client reusing it)."""
+    c = Conn.__new__(Conn)
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.settimeout(5)
+    s.bind(("0.0.0.0", port))
+    s.connect((VIP, 80))
+    c.sock = s
+    c.pod = c._line()
+    return c
+
+
+def _reset(c: Conn) -> None:
+    """Close with a reset: the client keeps no TIME_WAIT, so it may reuse the port at once,
+    while IPVS still holds the connection's entry (state CLOSE) for that port."""
+    c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    c.sock.close()
+
+
+def test_reused_source_port_goes_to_a_ready_endpoint_not_the_terminating_one(
+        pods: list[str], k8s: SimpleNamespace, ipvs_rules: Callable[[], list[str]]) -> None:
+    """A client reusing a source port whose last connection went to a pod now terminating:
+    IPVS still holds that connection's entry; with the proxy's sysctls the new connection
+    is scheduled again (to the ready pod), neither sent to the terminating one nor held up."""
+    async def main() -> None:
+        ctl = await controller(k8s, TCP, TCP_TARGET, pods)
+        port = 41000
+        first = _conn_from(port)
+        ending = first.pod
+        ready = pods[1] if ending == pods[0] else pods[0]
+        _reset(first)
+        assert _ipvs_conn_dest(port) == ending  # the entry a reused port meets
+        k8s.put(ctl.agent, terminating("drain", [ready], [ending], TCP_TARGET, k8s))
+        await ctl.sync(frozenset({"default/drain"}))
+        assert dest_lines(ipvs_rules()) == {ending: "0", ready: "1"}
+        started = time.monotonic()
+        again = _conn_from(port)
+        took = time.monotonic() - started
+        assert again.pod == ready
+        assert took < 2.5, f"the reused port's SYN was held up {took:.1f}s"
+        _reset(again)
+        await ctl.stop()
+
+    asyncio.run(main())
+
+
+def test_reused_source_port_is_scheduled_again(
+        pods: list[str], k8s: SimpleNamespace, ipvs_rules: Callable[[], list[str]]) -> None:
+    """Ephemeral ports come round well within the two minutes IPVS keeps a closed
+    connection: a new connection from such a port is scheduled like any other (here round
+    robin moves it to the other pod), not pinned to the real server of the old one, which
+    may be gone by then or shutting down."""
+    async def main() -> None:
+        ctl = await controller(k8s, TCP, TCP_TARGET, pods)
+        port = 41100
+        first = _conn_from(port)
+        _reset(first)
+        assert _ipvs_conn_dest(port) == first.pod
+        again = _conn_from(port)
+        assert again.pod != first.pod
+        _reset(again)
         await ctl.stop()
 
     asyncio.run(main())
