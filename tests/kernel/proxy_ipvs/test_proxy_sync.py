@@ -79,7 +79,8 @@ class World:
     async def controller(self, *args: str) -> ProxyController:
         k = self.k8s
         agent = k.make_agent("--excluded-cidrs", "10.96.200.0/24", *args)
-        ctl = ProxyController(agent, ServiceNetfilter(agent.config))
+        proxy = agent.startup.of("proxy")
+        ctl = ProxyController(agent, proxy, ServiceNetfilter(proxy))
         k.put(agent, k.node())
         k.put(agent, k.service("web", "10.96.0.10", [("http", "TCP", 80)], type="NodePort"))
         k.put(agent, k.endpointslice("web", ["10.2.0.5", "10.2.0.6"], [("http", "TCP", 8080)]))
