@@ -209,7 +209,7 @@ def test_cleanup_removes_only_ours(world: World) -> None:
         await ctl.stop()
         from kube_router_proxy_ipvs.cleanup import cleanup
 
-        await cleanup(ctl.agent.config)
+        await cleanup(ctl.agent.startup.of("proxy"))
 
     asyncio.run(main())
     assert world.ours() == []
@@ -351,7 +351,7 @@ def test_timeouts_status_table_and_metrics(world: World, pod: str) -> None:
 
         # status: the table like ipvsadm -Ln, with Service names
         write_names(ctl.svc_states)
-        [section] = status_sections(ctl.agent.config)
+        [section] = status_sections()
         rows = [[cell.strip() for cell in row] for row in section.rows]
         at = rows.index(["TCP", "10.96.0.80:80", "rr", "", "default/live", "", "", "", "",
                          ""])
