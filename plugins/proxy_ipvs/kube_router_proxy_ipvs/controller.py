@@ -212,7 +212,9 @@ class ProxyController(Controller):
             return
         # A full sync allocates many small objects that all live on: cyclic GC passes over
         # them would only cost time. Afterwards they are frozen out of later collections,
-        # which keeps the per-event syncs free of long collection pauses.
+        # which keeps the per-event syncs free of long collection pauses. One collection
+        # first: the cycles that died meanwhile (the whole process's, the switch is global)
+        # would otherwise be frozen too, and a frozen cycle is never freed.
         gc_was_enabled = gc.isenabled()
         gc.disable()
         try:
@@ -220,6 +222,7 @@ class ProxyController(Controller):
         finally:
             if gc_was_enabled:
                 gc.enable()
+            gc.collect()
             gc.freeze()
 
     async def _sync(self, keys: frozenset[Hashable] | None) -> None:
