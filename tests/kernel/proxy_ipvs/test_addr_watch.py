@@ -3,9 +3,9 @@ with an address (the router's kube-bridge) is seen within a second, and so is it
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import subprocess
+from types import SimpleNamespace
 
 import pytest
 
@@ -17,8 +17,7 @@ LINK = "kt-aw-bridge"
 ADDR = "192.0.2.77"
 
 
-async def _watch_one_link() -> list[tuple[bool, frozenset[str]]]:
-    nf = ServiceNetfilter(argparse.Namespace())
+async def _watch_one_link(nf: ServiceNetfilter) -> list[tuple[bool, frozenset[str]]]:
     await nf.refresh_local_ips()
     seen: list[tuple[bool, frozenset[str]]] = []
     changed = asyncio.Event()
@@ -45,8 +44,9 @@ async def _watch_one_link() -> list[tuple[bool, frozenset[str]]]:
     return seen
 
 
-def test_local_ips_follow_a_link_that_comes_and_goes() -> None:
-    seen = asyncio.run(_watch_one_link())
+def test_local_ips_follow_a_link_that_comes_and_goes(k8s: SimpleNamespace) -> None:
+    nf = ServiceNetfilter(k8s.make_agent().startup.of("proxy"))
+    seen = asyncio.run(_watch_one_link(nf))
     changes = [ips for changed, ips in seen if changed]
     assert ADDR in changes[0]
     assert ADDR not in changes[-1]
