@@ -4,8 +4,9 @@ root inside the lab guest.
     python -m bench.peer --n 1000
 
 From the checkout: ``kube-router-py lab exec --mem 3G -- .venv/bin/python -m bench.peer
---n 5000`` (the original is built first with ``make kube-router-original``). The original
-runs here only as a measuring stick; this project does not ship or recommend it.
+--n 5000 [--firewall]`` (the original is built first with ``make kube-router-original``).
+The original runs here only as a measuring stick; this project does not ship or recommend
+it.
 
 Each agent runs as its own process on a clean node (a fresh network namespace: IPVS, the
 dummy link, ipsets and iptables start empty), one after the other in the same guest boot,
@@ -22,9 +23,26 @@ outside the agents, by the kernel's state:
   original: its "sync ipvs services took" log line), and every IPVS and address message it
   sent meanwhile, counted on an nlmon link (which sees all netlink traffic of the node);
 - RSS: the agent's resident memory once synced (and its peak).
+With ``--firewall``, the firewall alone (``--enable firewall``; the original's
+``--run-firewall``), 1,000 NetworkPolicies over 5,000 pods in 100 namespaces (the workload of
+``bench.firewall_ipset``; every 10th pod on the benchmarked node):
+- full sync: from the agent's start to its first full sync reported done (ours: /readyz;
+  the original: its "sync iptables took" log line);
+- a pod added: a pod of another node, a twin of an existing one (same namespace and labels),
+  written to the API server, until its address is in every hash:ip set that holds its twin's
+  (tested over netlink): the median of ``--fw-changes`` pods.
+
+The original's every endpoint change and every pod event is a full sync, and its proxy's
+full sync starts one ``ip route replace`` process per Service, which in the UML guest costs
+hundreds of milliseconds (``ip_route_exec_ms`` says how much in the run). So that a run fits
+in a given time: ``--original-cap S`` reports a first sync still running after S seconds as
+such (``..._incomplete_after_seconds``, how far it got, and ``..._ratio_at_most``, a bound
+on the ratio) instead of failing; ``--original-changes K`` and ``--original-budget S`` make
+it fewer changes (``changes_made`` says how many; 0 measures its cold sync alone).
+
 The last line printed is one JSON object: per measure ours, the original's and the ratio
 ``ours / original`` (``cold_sync_ratio``, ``event_p99_ratio``, ``restart_ratio``,
-``rss_ratio``).
+``rss_ratio``; ``firewall_full_ratio``, ``firewall_pod_add_ratio``).
 """
 
 from __future__ import annotations
@@ -373,7 +391,7 @@ def forks() -> int:
     return 0
 
 
-def ip_route_exec_ms(samples: int = 20) -> float:
+def ip_route_exec_ms(samples: int = 10) -> float:
     """What one ``ip route replace`` process costs on this machine (median, ms): the command
     the original runs for every ClusterIP on every sync, here on a spare address."""
     times = []
@@ -421,6 +439,8 @@ def phase(agent_name: str, n: int, changes: int, timeout: float,
         time.sleep(1.0)  # what it frees after its first sync
         out["rss_kib"], out["rss_peak_kib"] = agent.rss_kib()
 
+        if changes == 0:
+            return out  # asked for its cold sync alone: each change would be a full sync
         latencies = []
         forks0 = forks()
         loop_start = time.monotonic()
@@ -597,6 +617,8 @@ def fw_phase(agent_name: str, args: argparse.Namespace, changes: int) -> dict:
         holding = _ip_sets_holding()
         out["sets_holding_pods"] = len({s for sets in holding.values() for s in sets})
         from bench import firewall_ipset as fw
+        if changes == 0:
+            return out
         latencies = []
         # remote pods with an address of their own (the workload gives x.x.x.0 and x.x.x.1
         # the same one)
