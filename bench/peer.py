@@ -188,6 +188,17 @@ class Agent:
         found = [x for x in lines if x.startswith("E") or "level=error" in x]
         return [x[:300] for x in found[:limit]]
 
+    def reported_syncs(self, limit: int = 5) -> list[str]:
+        """How long the original says its first full syncs took (its own log line)."""
+        if self.agent != ORIGINAL:
+            return []
+        found = []
+        for line in self.log_path.read_bytes().splitlines():
+            _head, sep, took = line.partition(DONE_LINE[self.role])
+            if sep:
+                found.append(took.decode(errors="replace").strip())
+        return found[:limit]
+
     def mark(self) -> None:
         """Only syncs the log reports from now on count for :meth:`synced`."""
         self.log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
@@ -430,6 +441,7 @@ def phase(agent_name: str, n: int, changes: int, timeout: float,
         out.update(wait_table(agent, n, started, timeout, cold_cap))
         out["processes_started_cold"] = forks() - forks0
         out["log_errors"] = agent.errors()
+        out["reported_syncs"] = agent.reported_syncs()
         if "cold_sync_seconds" not in out:
             _say(f"{agent_name}: table incomplete after {cold_cap:g}s: {out['at_cap']}")
             out["rss_kib"], out["rss_peak_kib"] = agent.rss_kib()
@@ -611,6 +623,7 @@ def fw_phase(agent_name: str, args: argparse.Namespace, changes: int) -> dict:
         out["fw_processes_started"] = forks() - forks0
         out.update(_filter_size())
         out["log_errors"] = agent.errors()
+        out["reported_syncs"] = agent.reported_syncs()
         _say(f"{agent_name}: firewall synced in {out['fw_full_seconds']:.2f}s {out}")
         time.sleep(1.0)
         out["fw_rss_kib"] = agent.rss_kib()[0]
