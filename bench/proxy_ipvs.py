@@ -202,18 +202,19 @@ def phase_pyroute2(n: int) -> dict:
                 k = vs.key
                 svc = IPVSService(af=k.af, protocol=k.protocol, addr=k.addr, port=k.port,
                                   sched_name=vs.attrs.scheduler, timeout=vs.attrs.timeout,
-                                  flags={"flags": vs.attrs.flags, "mask": 0xFFFFFFFF})
+                                  flags={"flags": vs.attrs.flags, "mask": 0xFFFFFFFF},
+                                  netmask="255.255.255.255")  # packed as an address
                 ipvs.service("add", service=svc)
                 for (ip, port), weight in vs.dests.items():
                     ipvs.dest("add", service=svc, dest=IPVSDest(addr=ip, port=port,
                                                                 weight=weight, fwd_method=0))
         ipvs_seconds = time.perf_counter() - started
         started = time.perf_counter()
-        read: dict = {}
+        read: list[dict] = []
         for s in ipvs.service("dump"):
             svc = IPVSService.from_message(s)
-            read[svc] = {(d.get("addr"), d.get("port")): d.get("weight")
-                         for d in map(IPVSDest.from_message, ipvs.dest("dump", service=svc))}
+            read.append({(d.get("addr"), d.get("port")): d.get("weight")
+                         for d in map(IPVSDest.from_message, ipvs.dest("dump", service=svc))})
         with IPRoute() as ipr:
             addrs = {a.get("IFA_LOCAL") for a in ipr.get_addr(index=index)}
             routes = {r.get("RTA_DST"): r.get("RTA_PREFSRC")
@@ -225,7 +226,7 @@ def phase_pyroute2(n: int) -> dict:
                 if s.key is not None}
     our_addrs, our_routes = rtnl.addresses(index), rtnl.local_routes(index)
     codec_read = time.perf_counter() - started
-    dests = sum(len(d) for d in read.values())
+    dests = sum(len(d) for d in read)
     assert dests == sum(len(d) for d in ours.values()) == n * ENDPOINTS, (dests, n)
     assert len(addrs) == len(our_addrs) and len(routes) == len(our_routes), \
         (len(addrs), len(our_addrs), len(routes), len(our_routes))
