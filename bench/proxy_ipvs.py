@@ -218,7 +218,7 @@ def phase_pyroute2(n: int) -> dict:
         with IPRoute() as ipr:
             addrs = {a.get("IFA_LOCAL") for a in ipr.get_addr(index=index)}
             routes = {r.get("RTA_DST"): r.get("RTA_PREFSRC")
-                      for r in ipr.get_routes(table=255, oif=index)}
+                      for r in ipr.get_routes(table=255, oif=index) if r["type"] == 2}
         pyroute2_read = time.perf_counter() - started
     started = time.perf_counter()
     with nl.IPVSSocket() as sock:
