@@ -52,7 +52,7 @@ class ApiServer:
     """Serves an ApiStore at ``url``; stop() and start() again keep the store's data."""
 
     def __init__(self, store: ApiStore, host: str = "127.0.0.1", port: int = 0, *,
-                 bookmark_interval: float = 1.0, keep_history: bool = False) -> None:
+                 bookmark_interval: float = 60.0, keep_history: bool = False) -> None:
         self.store = store
         self.host = host
         self.port = port

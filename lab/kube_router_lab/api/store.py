@@ -112,6 +112,8 @@ class ApiStore:
         self._changed_kind = {k: threading.Condition(self._lock) for k in BY_KIND}
         self._objects: dict[str, dict[tuple[str, str], Entry]] = {k: {} for k in BY_KIND}
         self._rv = 0
+        #: kind -> the resourceVersion of its newest change
+        self._last_change: dict[str, int] = {}
         self._history: deque[Event] = deque(maxlen=history)
         # Watches resuming from a resourceVersion below this have lost events: 410 Gone.
         self._floor = 0
@@ -132,6 +134,19 @@ class ApiStore:
         """The current global resourceVersion."""
         with self._lock:
             return str(self._rv)
+
+    def last_changes(self) -> dict[str, str]:
+        """The resourceVersion of each kind's newest change (kinds never changed: absent)."""
+        with self._lock:
+            return {k: str(v) for k, v in self._last_change.items()}
+
+    def placed(self, kind: str, have: str, want: str) -> bool | None:
+        """Is ``have`` at or after ``want``? The store issued both and may order them, as
+        etcd orders its revisions; its clients may not (None for one it did not issue)."""
+        try:
+            return int(have) >= int(want)
+        except ValueError:
+            return None
 
     def get(self, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
         res = self._resource(kind)
@@ -471,6 +486,7 @@ class ApiStore:
                 obj: dict[str, Any], old: Entry | None) -> Entry:
         """Record one change under the lock: new resourceVersion, history, wake watchers."""
         self._rv += 1
+        self._last_change[res.kind] = self._rv
         obj["metadata"]["resourceVersion"] = str(self._rv)
         entry = Entry.of(obj)
         if etype == "DELETED":

@@ -50,6 +50,7 @@ class RealControlPlane:
         self.url = f"https://{self.host}:{API_PORT}"
         self.procs: list[Process] = []
         self.store: RemoteStore | None = None
+        self.apiserver: Process | None = None
         self.kubeconfig = self.dir / "lab.kubeconfig"
 
     # -- starting ---------------------------------------------------------------------
@@ -118,13 +119,33 @@ class RealControlPlane:
             f"--service-account-signing-key-file={pki.sa_key}",
             "--allow-privileged=true", "--profiling=false", "--v=1",
         ])
-        ca = {"ca_certs": str(pki.ca.cert), "cert_reqs": "CERT_REQUIRED"}
+        self.apiserver = p
+        took = self._wait_apiserver_ready()
+        self.log(f"event=apiserver_up version={self.version} seconds={took:.1f}")
+
+    def _wait_apiserver_ready(self) -> float:
+        assert self.apiserver is not None
+        ca = {"ca_certs": str(self.pki.ca.cert), "cert_reqs": "CERT_REQUIRED"}
         # /readyz needs credentials once RBAC is on: ask as the lab's administrator.
         admin = self.pki.issue("probe", cn="kube-router-lab-probe", org="system:masters")
-        took = wait_until(http_ok(f"{self.url}/readyz", cert_file=str(admin.cert),
+        return wait_until(http_ok(f"{self.url}/readyz", cert_file=str(admin.cert),
                                   key_file=str(admin.key), **ca),
-                          "ready", p, START_TIMEOUT)
-        self.log(f"event=apiserver_up version={self.version} seconds={took:.1f}")
+                          "ready", self.apiserver, START_TIMEOUT)
+
+    def restart_apiserver(self, down: float) -> float:
+        """Stop kube-apiserver (SIGTERM, as a rolling control-plane update does), keep it
+        down ``down`` s, start it again with the same flags; the seconds it took to be
+        ready. etcd keeps running, so the data stays; the new server's watch cache starts
+        empty at etcd's current revision, and a watch from an older version gets 410."""
+        if self.apiserver is None:
+            raise RuntimeError("kube-apiserver is not running")
+        self.apiserver.stop()
+        self.log(f"event=apiserver_stopped down={down:g}")
+        time.sleep(down)
+        self.apiserver.start()
+        took = self._wait_apiserver_ready()
+        self.log(f"event=apiserver_started seconds={took:.1f}")
+        return took
 
     def _component_kubeconfig(self, name: str, user: str) -> Path:
         pair = self.pki.issue(name, cn=user)
