@@ -354,6 +354,7 @@ class RemoteStore:
 
     def _follow(self, kind: str) -> None:
         rv = ""
+        failing_since = last_said = 0.0  # an outage is said once, then every 30 s
         while not self._stopping.is_set():
             try:
                 if not rv:
@@ -367,16 +368,22 @@ class RemoteStore:
                     for item in items:
                         self._dispatch("ADDED", kind, item)
                 rv = self._watch(kind, rv)
-            except ApiError as exc:
-                if exc.code == 410:
+                if failing_since:  # a list and a whole watch went through
+                    log.warning("lab watch recovered kind=%s after=%.0fs", kind,
+                                time.monotonic() - failing_since)
+                    failing_since = 0.0
+            except Exception as exc:
+                if isinstance(exc, ApiError) and exc.code == 410:
                     rv = ""
                     continue
-                log.warning("lab watch failed kind=%s error=%s", kind, exc)
-                self._stopping.wait(1.0)
-            except Exception as exc:
                 if self._stopping.is_set():
                     return
-                log.warning("lab watch failed kind=%s error=%s", kind, exc)
+                now = time.monotonic()
+                failing_since = failing_since or now
+                if now - last_said >= 30.0:
+                    log.warning("lab watch failed kind=%s failing_for=%.0fs error=%s", kind,
+                                now - failing_since, exc)
+                    last_said = now
                 self._stopping.wait(1.0)
 
     def _watch(self, kind: str, rv: str) -> str:
