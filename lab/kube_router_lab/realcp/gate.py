@@ -1,22 +1,12 @@
-"""When the lab on a real control plane has settled, and which agents are behind it.
-
-On a real server the version moves with every Lease renewal and Event, and an agent's
-informer of one kind only hears of changes of that kind (and a bookmark about once a
-minute), so the gate compares kind by kind (:mod:`kube_router_lab.versions`): the newest
-change of each kind the lab saw against what each agent's controllers applied of that kind,
-placed by the lab's :class:`RemoteStore`, never by reading the versions as numbers.
-"""
+"""When the lab on a real control plane has settled: what the real controllers and the
+lab's kubelets still have to do. Which agents are behind is :mod:`kube_router_lab.versions`'
+question, with :meth:`RemoteStore.placed` placing the versions."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from kube_router_lab import versions
 from kube_router_lab.realcp.remote import RemoteStore
-
-
-def unsynced_reason(doc: dict | str, token: str, store: RemoteStore) -> str | None:
-    return versions.unsynced_reason(doc, token, store.placed)
 
 
 def _ready(pod: dict[str, Any]) -> bool:

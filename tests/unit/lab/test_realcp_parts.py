@@ -143,3 +143,13 @@ def test_remote_store_interface_against_the_embedded_server(tmp_path: Path) -> N
     finally:
         remote.stop()
         server.stop()
+
+
+def test_pod_servers_stop_before_start_and_twice() -> None:
+    # A bring-up that fails before the pod servers start tears them down, and the run's
+    # teardown does again: neither may raise (it would hide why the bring-up failed).
+    from kube_router_lab.whatsmyip import WhatsMyIp
+
+    servers = WhatsMyIp(log=lambda _m: None)
+    servers.stop()
+    servers.stop()
