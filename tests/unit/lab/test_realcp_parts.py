@@ -153,3 +153,56 @@ def test_pod_servers_stop_before_start_and_twice() -> None:
     servers = WhatsMyIp(log=lambda _m: None)
     servers.stop()
     servers.stop()
+
+
+def test_remote_store_places_versions_it_never_saw_by_exact_reads() -> None:
+    # The lab watches Services only: the versions of Namespace changes are ones it never
+    # saw, as an agent's bookmark or list version would be. Placed by reading the changed
+    # Service as of that version and comparing resourceVersions for equality.
+    store = ApiStore()
+    server = ApiServer(store, "127.0.0.1", 0, bookmark_interval=60)
+    server.start()
+    svc = {"apiVersion": "v1", "kind": "Service",
+           "metadata": {"name": "old", "namespace": "default"}, "spec": {}}
+    store.create(svc)  # before the lab lists
+    remote = RemoteStore(server.url, ca="", cert="", key="", watch_kinds=("Service",))
+
+    def ns(name: str) -> str:
+        return store.create({"apiVersion": "v1", "kind": "Namespace",
+                             "metadata": {"name": name}})["metadata"]["resourceVersion"]
+
+    def lab_saw(rv: str) -> None:
+        deadline = time.monotonic() + 10
+        while parse_token(remote.resource_version()).get("Service") != rv:
+            assert time.monotonic() < deadline, remote.resource_version()
+            time.sleep(0.05)
+
+    try:
+        remote.start(timeout=10)
+        listed = parse_token(remote.resource_version())["Service"]
+        after_list = ns("n0")
+        assert remote.placed("Service", after_list, listed) is True  # same Services
+        before = ns("n1")
+        created = store.create({**svc, "metadata": {"name": "a", "namespace": "default"}}
+                               )["metadata"]["resourceVersion"]
+        between = ns("n2")
+        patched = store.patch("Service", "default", "a", {"metadata": {"labels": {"x": "1"}}}
+                              )["metadata"]["resourceVersion"]
+        lab_saw(patched)
+        assert remote.placed("Service", between, patched) is False
+        assert remote.placed("Service", between, created) is True
+        assert remote.placed("Service", before, created) is False  # not there yet
+        later = ns("n3")
+        assert remote.placed("Service", later, patched) is True
+        gone = store.delete("Service", "default", "a")["metadata"]["resourceVersion"]
+        lab_saw(gone)
+        after = ns("n4")
+        assert remote.placed("Service", after, gone) is True
+        assert remote.placed("Service", later, gone) is False
+        # the embedded server keeps no history across a restart: 410, so older
+        server.stop()
+        server.start()
+        assert remote.placed("Service", before, gone) is False
+    finally:
+        remote.stop()
+        server.stop()
