@@ -46,6 +46,7 @@ from kube_router.kube.records import decode_node
 from kube_router.kube.records import decode_pod
 from kube_router.linux import iptables
 from kube_router.linux.memory import one_malloc_arena
+from kube_router.settings import parse
 from kube_router_firewall_ipset import naming as nm
 from kube_router_firewall_ipset import plugin
 from kube_router_firewall_ipset import settings
@@ -131,14 +132,11 @@ DECODE = {"Pod": decode_pod, "Namespace": decode_namespace,
 
 
 def _controller(objs: dict[str, list[dict]]) -> FirewallController:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--hostname-override", default=NODE)
-    settings.add_options(parser)
-    config = parser.parse_args([])
+    config = parse(["--hostname-override", NODE], settings.add_options)
     pm = plugins.new_manager()
     pm.register(plugin, "firewall")
-    agent = Agent(config, pm, ["firewall"])
-    ctl = FirewallController(agent, settings.from_config(config))
+    agent = Agent.from_flags(config, pm, ["firewall"])
+    ctl = FirewallController(agent, agent.startup.of("firewall"))
     for kind, items in objs.items():
         store = agent.store(kind)
         for obj in items:

@@ -56,6 +56,7 @@ from kube_router.kube.records import decode_endpointslice
 from kube_router.kube.records import decode_node
 from kube_router.kube.records import decode_service
 from kube_router.linux.memory import one_malloc_arena
+from kube_router.settings import parse
 from kube_router_proxy_ipvs import ipvs_netlink as nl
 from kube_router_proxy_ipvs import plugin
 from kube_router_proxy_ipvs import settings
@@ -178,13 +179,11 @@ def phase_ipvsadm(n: int) -> dict:
 def _agent(n: int) -> tuple[Agent, float]:
     """An agent with the proxy, its stores filled as the informers fill them; and the
     seconds the decoding took."""
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--hostname-override", default="node-0")
-    settings.add_options(parser)
-    config = parser.parse_args(["--service-cluster-ip-range", "10.96.0.0/12"])
+    config = parse(["--hostname-override", "node-0", "--service-cluster-ip-range",
+                    "10.96.0.0/12"], settings.add_options)
     pm = plugins.new_manager()
     pm.register(plugin, "proxy")
-    agent = Agent(config, pm, ["proxy"])
+    agent = Agent.from_flags(config, pm, ["proxy"])
     services, slices = api_objects(n)
     svc_store, sl_store = agent.store("Service"), agent.store("EndpointSlice")
     node = decode_node(_node_object())
@@ -201,10 +200,14 @@ def _agent(n: int) -> tuple[Agent, float]:
     return agent, time.perf_counter() - started
 
 
+def _controller(agent: Agent) -> ProxyController:
+    return ProxyController(agent, agent.startup.of("proxy"), netfilter=None)
+
+
 async def _sync_and_events(n: int, changes: int) -> dict:
     agent, decode_seconds = _agent(n)
     sl_store = agent.store("EndpointSlice")
-    ctl = ProxyController(agent, netfilter=None)
+    ctl = ProxyController(agent, agent.startup.of("proxy"), netfilter=None)
     await ctl.start()
     started = time.perf_counter()
     with gc_policy.bulk:  # as the core runs every full sync
@@ -281,7 +284,7 @@ def phase_sync(n: int, changes: int, estimation: bool = True) -> dict:
 
 
 async def _cold_sync(n: int) -> None:
-    ctl = ProxyController(_agent(n)[0], netfilter=None)
+    ctl = _controller(_agent(n)[0])
     await ctl.start()
     with gc_policy.bulk:
         await ctl.sync(None)
@@ -293,7 +296,7 @@ async def _restart(n: int) -> dict:
     """A new agent over the kernel state a previous one left: the time to read that state
     (IPVS with every real server, the link's addresses and routes) and the first full
     sync, which must find nothing to send."""
-    ctl = ProxyController(_agent(n)[0], netfilter=None)
+    ctl = _controller(_agent(n)[0])
     started = time.perf_counter()
     await ctl.start()
     loaded = time.perf_counter()

@@ -22,9 +22,14 @@ import pluggy
 
 from kube_router.bus import Bus
 from kube_router.controller import Controller
+from kube_router.hookcall import one_by_one
 from kube_router.kube.kinds import KINDS
 from kube_router.kube.store import Store
 from kube_router.metrics import Metrics
+from kube_router.settings import CoreSettings
+from kube_router.settings import Flags
+from kube_router.settings import Startup
+from kube_router.settings import configure
 
 if TYPE_CHECKING:
     from kube_router.kube.informer import Informer
@@ -53,12 +58,13 @@ class EnabledHooks:
 
 
 class Agent:
-    def __init__(self, config: argparse.Namespace, pm: pluggy.PluginManager,
-                 enabled: Iterable[str]) -> None:
-        self.config = config
-        self.node_name: str = config.hostname_override
+    def __init__(self, startup: Startup, pm: pluggy.PluginManager) -> None:
+        self.startup = startup
+        self.config: argparse.Namespace = startup.flags  # read-only
+        self.settings: CoreSettings = startup.core
+        self.node_name: str = startup.core.node_name
         self.pm = pm
-        self.enabled = list(enabled)
+        self.enabled = list(startup.enabled)
         disabled = [p for n, p in pm.list_name_plugin() if n not in self.enabled]
         self.hook = EnabledHooks(pm, disabled)
         self.metrics = Metrics()
@@ -67,6 +73,13 @@ class Agent:
         self.informers: dict[str, Informer] = {}
         self.controllers: list[Controller] = []
         self._stop = asyncio.Event()
+
+    @classmethod
+    def from_flags(cls, flags: argparse.Namespace, pm: pluggy.PluginManager,
+                   enabled: Iterable[str]) -> Agent:
+        """An agent whose settings are built from parsed flags, as start-up builds them
+        (tests, benchmarks, embedding)."""
+        return cls(configure(pm, Flags(flags), enabled), pm)
 
     # -- what controllers use ---------------------------------------------------------------
 
@@ -99,8 +112,9 @@ class Agent:
     def build(self) -> None:
         """Ask the enabled plugins for their controllers and subscribe each one's work queue
         to its kinds (each controller made the store indexes it declared when built)."""
-        for result in self.hook.kube_router_controllers(agent=self):
-            self.controllers.extend(result or ())
+        for name, call in one_by_one(self.pm, "kube_router_controllers", among=self.enabled):
+            for result in call(agent=self, settings=self.startup.of(name)):
+                self.controllers.extend(result or ())
         for c in self.controllers:
             if not c.name:
                 c.name = type(c).__name__

@@ -7,20 +7,26 @@ import argparse
 import asyncio
 import json
 import logging
-import os
-import socket
 import sys
 import urllib.error
 import urllib.request
+from collections.abc import Callable
+from collections.abc import Mapping
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import pluggy
 
 from kube_router import __version__
 from kube_router import plugins
+from kube_router import settings
 from kube_router.errors import PluginLoadError
 from kube_router.errors import UsageError
 from kube_router.flags import boolean
+from kube_router.hookcall import one_by_one
+from kube_router.settings import Flags
+from kube_router.settings import Startup
 from kube_router.status import StatusSection
 
 log = logging.getLogger("kube_router")
@@ -29,38 +35,41 @@ log = logging.getLogger("kube_router")
 RUN_ALIASES = {"run_service_proxy": "proxy", "run_router": "router", "run_firewall": "firewall"}
 
 
-def _agent_options(pm: pluggy.PluginManager, *, defaults: bool = True) -> argparse.ArgumentParser:
+class _CommandParser(argparse.ArgumentParser):
+    """A subcommand's parser. With ``inherits`` (the agent's flag names), a flag left out
+    after the command sets nothing, so it does not undo one given before the command
+    (argparse copies every value of a subcommand's namespace, defaults included)."""
+
+    def __init__(self, *args: Any, inherits: frozenset[str] = frozenset(), **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.inherits = inherits
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None,
+    ) -> tuple[argparse.Namespace, list[str]]:
+        if namespace is not None or not self.inherits:
+            return super().parse_known_args(args, namespace)
+        # Present (as None), a flag gets no default; parsed flags never come out as None.
+        ns, rest = super().parse_known_args(args, argparse.Namespace(
+            **dict.fromkeys(self.inherits)))
+        for name in self.inherits:
+            if getattr(ns, name) is None:
+                delattr(ns, name)
+        return ns, rest
+
+
+def _agent_options(pm: pluggy.PluginManager) -> _CommandParser:
     """Flags shared by ``run`` and ``status``: the core's and every installed plugin's, each
-    plugin's in its own group. Without ``defaults``, a flag left out sets nothing (so a
-    subcommand does not undo what was given before it)."""
-    p = argparse.ArgumentParser(add_help=False)
+    plugin's in its own group."""
+    p = _CommandParser(add_help=False)
     g = p.add_argument_group("core")
     g.add_argument("--enable", type=lambda s: [n.strip() for n in s.split(",") if n.strip()],
                    help="comma-separated plugins to run (default: every installed plugin)")
     for flag, name in RUN_ALIASES.items():
         g.add_argument("--" + flag.replace("_", "-"), type=boolean, nargs="?", const=True,
                        help=f"kube-router's switch for the {name!r} plugin (true/false)")
-    g.add_argument("--kubeconfig", default=os.environ.get("KUBECONFIG"),
-                   help="kubeconfig file (default: in-cluster config)")
-    g.add_argument("--master", help="API server address, overriding the kubeconfig's")
-    g.add_argument("--hostname-override",
-                   help="this node's name (default: $NODE_NAME, else the hostname)")
-    g.add_argument("--health-addr", default="0.0.0.0", help="health server address")
-    g.add_argument("--health-port", type=int, default=20244,
-                   help="/healthz, /readyz and /metrics port; 0 turns it off")
-    g.add_argument("--metrics-addr", default="0.0.0.0")
-    g.add_argument("--metrics-port", type=int, default=0,
-                   help="a separate Prometheus port (0: /metrics on the health port only)")
-    g.add_argument("--metrics-path", default="/metrics")
-    g.add_argument("--cleanup-config", action="store_true",
-                   help="remove every kernel object the installed plugins made, then exit")
-    g.add_argument("-v", "--v", dest="verbose", action="count", default=0,
-                   help="more logging; repeat for more")
+    settings.add_to_group(g)
     pm.hook.kube_router_add_options(parser=p)
-    if not defaults:
-        # Not set_defaults(): a parser-level SUPPRESS default lands in the namespace as text.
-        for action in p._actions:
-            action.default = argparse.SUPPRESS
     return p
 
 
@@ -71,8 +80,9 @@ def _add_disable_plugin(parser: argparse.ArgumentParser) -> None:
 
 def build_parser(pm: pluggy.PluginManager) -> argparse.ArgumentParser:
     """The agent's flags at the top, as ``run`` is the default command; the commands after."""
+    opts = _agent_options(pm)
     parser = argparse.ArgumentParser(
-        prog="kube-router-py", parents=[_agent_options(pm)],
+        prog="kube-router-py", parents=[opts],
         usage="%(prog)s [FLAG ...] [COMMAND [ARG ...]]",
         description="Kubernetes networking agent: service proxy, pod routing, firewall. "
                     "Without a command, runs the agent with the flags below.",
@@ -81,14 +91,15 @@ def build_parser(pm: pluggy.PluginManager) -> argparse.ArgumentParser:
     _add_disable_plugin(parser)
     parser.set_defaults(func=cmd_run)
     sub = parser.add_subparsers(title="commands", dest="command", metavar="COMMAND",
-                                prog=parser.prog)
-    opts = _agent_options(pm, defaults=False)
+                                prog=parser.prog, parser_class=_CommandParser)
+    agent_flags = frozenset(vars(opts.parse_args([])))
     sub.add_parser("run", parents=[opts], help="run the agent (the default command)",
-                   description="Run the agent on this node.").set_defaults(func=cmd_run)
+                   description="Run the agent on this node.", inherits=agent_flags,
+                   ).set_defaults(func=cmd_run)
     sub.add_parser("plugins", help="list the installed plugins").set_defaults(func=cmd_plugins)
     sub.add_parser("status", parents=[opts], help="show this node's state",
-                   description="Show the agent's health and each enabled plugin's state."
-                   ).set_defaults(func=cmd_status)
+                   description="Show the agent's health and each enabled plugin's state.",
+                   inherits=agent_flags).set_defaults(func=cmd_status)
     pm.hook.kube_router_add_commands(subparsers=sub)
     return parser
 
@@ -103,6 +114,19 @@ def setup_logging(verbose: int) -> None:
         logging.getLogger("urllib3").setLevel(logging.WARNING)
 
 
+@dataclass(frozen=True, slots=True)
+class Invocation:
+    """A core command's input: the read-only flags and the plugins found."""
+
+    flags: Flags
+    pm: pluggy.PluginManager
+    installed: Mapping[str, plugins.PluginInfo]
+
+
+#: The core's own commands take an :class:`Invocation`; plugins' commands the flags.
+CoreCommand = Callable[[Invocation], int]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # Which plugins to keep out must be known before loading them, hence a first pass.
@@ -114,54 +138,48 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PluginLoadError as exc:
         print(f"kube-router-py: {exc}", file=sys.stderr)
         return 2
-    config = build_parser(pm).parse_args(argv)
-    config.pluginmanager = pm
-    config.installed = installed
-    return int(config.func(config) or 0)
+    flags = Flags(build_parser(pm).parse_args(argv))
+    if flags.func in _CORE_COMMANDS:
+        return int(flags.func(Invocation(flags, pm, installed)) or 0)
+    return int(flags.func(flags) or 0)
 
 
 # -- commands -------------------------------------------------------------------------------
 
 
-def enabled_plugins(config: argparse.Namespace) -> list[str]:
-    installed = config.installed
-    names = plugins.resolve_enabled(config.enable, installed)
+def enabled_plugins(flags: argparse.Namespace, installed: Mapping[str, plugins.PluginInfo]
+                    ) -> list[str]:
+    """The plugins to run: ``--enable`` (default: every installed agent plugin), then each
+    of kube-router's ``--run-*`` switches adding or removing its plugin."""
+    names = plugins.resolve_enabled(flags.enable, dict(installed))
     for flag, name in RUN_ALIASES.items():
-        switch = getattr(config, flag, None)
+        switch = getattr(flags, flag)
         if switch is True and name not in names:
-            names = plugins.resolve_enabled([*names, name], installed)
+            names = plugins.resolve_enabled([*names, name], dict(installed))
         elif switch is False and name in names:
             names.remove(name)
     return names
 
 
-def _prepare(config: argparse.Namespace) -> list[str]:
-    """Resolve node name and enabled plugins, and let enabled plugins check their flags."""
-    config.hostname_override = (
-        config.hostname_override or os.environ.get("NODE_NAME") or socket.gethostname()
-    )
-    enabled = enabled_plugins(config)
-    config.enabled = set(enabled)
-    pm: pluggy.PluginManager = config.pluginmanager
-    disabled = [p for n, p in pm.list_name_plugin() if n not in config.enabled]
-    pm.subset_hook_caller("kube_router_configure", disabled)(config=config)
-    return enabled
+def _startup(inv: Invocation) -> Startup:
+    """The enabled plugins, the core's settings and each enabled plugin's, built once."""
+    return settings.configure(inv.pm, inv.flags, enabled_plugins(inv.flags, inv.installed))
 
 
-def cmd_run(config: argparse.Namespace) -> int:
+def cmd_run(inv: Invocation) -> int:
     from kube_router.linux.memory import one_malloc_arena
 
-    setup_logging(config.verbose)
+    setup_logging(inv.flags.verbose)
     one_malloc_arena()  # before the health server's and the loop's threads start
-    if config.cleanup_config:
-        return run_cleanups(config)
     try:
-        enabled = _prepare(config)
+        if inv.flags.cleanup_config:
+            return run_cleanups(inv.pm, settings.CoreSettings.from_flags(inv.flags), inv.flags)
+        startup = _startup(inv)
     except (PluginLoadError, UsageError) as exc:
         print(f"kube-router-py: {exc}", file=sys.stderr)
         return 2
-    for name in enabled:
-        info = config.installed.get(name)
+    for name in startup.enabled:
+        info = inv.installed.get(name)
         if info:
             log.info("plugin name=%s distribution=%s version=%s", name, info.distribution,
                      info.version)
@@ -169,22 +187,23 @@ def cmd_run(config: argparse.Namespace) -> int:
     from kube_router.health import HealthServer
     from kube_router.kube.client import load_client
 
+    core = startup.core
     try:
-        api = load_client(config.kubeconfig, config.master)
+        api = load_client(core.kubeconfig, core.master)
     except Exception as exc:  # ConfigException, or an unreadable file: one line, no trace
         print(f"kube-router-py: cannot reach the API: {exc}", file=sys.stderr)
         return 1
-    agent = Agent(config, config.pluginmanager, enabled)
+    agent = Agent(startup, inv.pm)
     agent.build()
     servers = []
-    if config.health_port:
-        servers.append(HealthServer(config.health_addr, config.health_port,
+    if core.health_port:
+        servers.append(HealthServer(core.health_addr, core.health_port,
                                     readiness=agent.readiness,
                                     registry=agent.metrics.registry))
-    if config.metrics_port:
-        servers.append(HealthServer(config.metrics_addr, config.metrics_port,
+    if core.metrics_port:
+        servers.append(HealthServer(core.metrics_addr, core.metrics_port,
                                     readiness=agent.readiness, registry=agent.metrics.registry,
-                                    metrics_path=config.metrics_path))
+                                    metrics_path=core.metrics_path))
     for s in servers:
         s.start()
     try:
@@ -195,12 +214,13 @@ def cmd_run(config: argparse.Namespace) -> int:
     return 0
 
 
-def run_cleanups(config: argparse.Namespace) -> int:
+def run_cleanups(pm: pluggy.PluginManager, core: settings.CoreSettings,
+                 flags: argparse.Namespace) -> int:
     """Every installed plugin's cleanup, each isolated from the others' failures."""
     failed = 0
-    for name, call in plugins.one_by_one(config.pluginmanager, "kube_router_cleanup"):
+    for name, call in one_by_one(pm, "kube_router_cleanup"):
         try:
-            call(config=config)
+            call(config=flags, core=core)
             log.info("cleanup done plugin=%s", name)
         except Exception:
             failed += 1
@@ -208,37 +228,32 @@ def run_cleanups(config: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def cmd_plugins(config: argparse.Namespace) -> int:
+def cmd_plugins(inv: Invocation) -> int:
     from kube_router.status import format_table
 
-    enable = set(enabled_plugins(_defaults_for(config)))
+    # What a bare `run` would enable, whatever flags came with this command.
+    bare = Flags({"enable": None, **dict.fromkeys(RUN_ALIASES)})
+    enable = set(enabled_plugins(bare, inv.installed))
     rows = [
         [i.name, i.distribution, i.version, "yes" if i.name in enable else "no",
          "agent" if i.agent else "command"]
-        for i in config.installed.values()
+        for i in inv.installed.values()
     ]
     print("\n".join(format_table(["NAME", "DISTRIBUTION", "VERSION", "ENABLED", "KIND"], rows)))
     return 0
 
 
-def _defaults_for(config: argparse.Namespace) -> argparse.Namespace:
-    ns = argparse.Namespace(enable=None, installed=config.installed)
-    for flag in RUN_ALIASES:
-        setattr(ns, flag, None)
-    return ns
-
-
-def cmd_status(config: argparse.Namespace) -> int:
+def cmd_status(inv: Invocation) -> int:
     try:
-        _prepare(config)
+        startup = _startup(inv)
     except (PluginLoadError, UsageError) as exc:
         print(f"kube-router-py: {exc}", file=sys.stderr)
         return 2
-    sections = [agent_section(config)]
-    for name, call in plugins.one_by_one(config.pluginmanager, "kube_router_status",
-                                         among=config.enabled):
+    sections = [agent_section(startup.core)]
+    for name, call in one_by_one(inv.pm, "kube_router_status", among=startup.enabled):
         try:
-            for answer in call(config=config):
+            for answer in call(config=startup.flags, core=startup.core,
+                               settings=startup.of(name)):
                 sections.extend(answer or ())
         except Exception as exc:
             sections.append(StatusSection(name, [], note=f"error: {exc}"))
@@ -246,10 +261,13 @@ def cmd_status(config: argparse.Namespace) -> int:
     return 0
 
 
-def agent_section(config: argparse.Namespace) -> StatusSection:
-    host = "127.0.0.1" if config.health_addr in ("0.0.0.0", "::", "") else config.health_addr
-    url = f"http://{host}:{config.health_port}/readyz"
-    section = StatusSection(f"agent on {config.hostname_override}",
+_CORE_COMMANDS: frozenset[CoreCommand] = frozenset({cmd_run, cmd_plugins, cmd_status})
+
+
+def agent_section(core: settings.CoreSettings) -> StatusSection:
+    host = "127.0.0.1" if core.health_addr in ("0.0.0.0", "::", "") else core.health_addr
+    url = f"http://{host}:{core.health_port}/readyz"
+    section = StatusSection(f"agent on {core.node_name}",
                             ["CONTROLLER", "SYNCED", "RESOURCE VERSION", "LAST ERROR"])
     try:
         with urllib.request.urlopen(url, timeout=3) as resp:
@@ -260,7 +278,7 @@ def agent_section(config: argparse.Namespace) -> StatusSection:
         section.note = f"agent not answering at {url}: {exc}"
         return section
     # The agent knows its node name for sure; the name this command guessed may differ.
-    section.title = f"agent on {state.get('node') or config.hostname_override}"
+    section.title = f"agent on {state.get('node') or core.node_name}"
     section.note = f"ready: {'yes' if state.get('ready') else 'no'}"
     for name, c in state.get("controllers", {}).items():
         section.rows.append([name, "yes" if c["synced"] else "no", c["resourceVersion"] or "-",

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from kube_router.kube.store import IndexFunc
     from kube_router.kube.store import Store
     from kube_router.metrics import Metrics
+    from kube_router.settings import CoreSettings
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,8 @@ class AgentContext(Protocol):
     """What a controller may use of the agent that runs it (:class:`kube_router.agent.Agent`
     is one), so that controllers depend on this and not on the agent's module."""
 
-    config: argparse.Namespace
+    config: argparse.Namespace  # the parsed flags, read-only
+    settings: CoreSettings
     node_name: str
     metrics: Metrics
     #: Other plugins' hooks, the enabled ones only (``agent.hook.kube_router_...(...)``).

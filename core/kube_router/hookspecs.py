@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
     from kube_router.agent import Agent
     from kube_router.controller import Controller
+    from kube_router.settings import CoreSettings
     from kube_router.status import StatusSection
 
 # -------------------------------------------------------------------------
@@ -68,14 +69,35 @@ def kube_router_add_commands(
 
 
 @hookspec
-def kube_router_configure(config: argparse.Namespace) -> None:
-    """Check and complete the parsed configuration of an enabled plugin.
+def kube_router_settings(config: argparse.Namespace, core: CoreSettings) -> object | None:
+    """Build this plugin's settings from its flags, once.
 
-    Called after parsing, before any informer starts, for enabled plugins only. Raise
-    :class:`kube_router.errors.UsageError` with a one-line message on an invalid flag
+    Called after parsing, before any informer starts, for enabled plugins only. Return a
+    frozen object (a ``@dataclass(frozen=True)``) holding this plugin's flags in their
+    checked, typed form; the core hands it back as ``settings`` to
+    :func:`kube_router_controllers` and :func:`kube_router_status`. Raise
+    :class:`kube_router.errors.UsageError` with a one-line message naming the flag on a bad
+    value or combination; start-up then stops with exit status 2.
+
+    :param config: the parsed flags, read-only (writing one raises). Read only the flags
+        this plugin adds; what is shared (node name, Service CIDRs, address families,
+        NodePort range) comes from ``core``.
+    :param core: the core's settings.
+    :return: this plugin's settings, or None when it has none.
+    """
+
+
+@hookspec
+def kube_router_configure(config: argparse.Namespace, core: CoreSettings) -> None:
+    """Check the parsed flags of an enabled plugin (kept for plugins written before
+    :func:`kube_router_settings`, which both checks and builds).
+
+    Called after parsing, before :func:`kube_router_settings`, for enabled plugins only.
+    Raise :class:`kube_router.errors.UsageError` with a one-line message on an invalid flag
     combination; start-up then stops with exit status 2.
 
-    :param config: the parsed flags; ``config.enabled`` is the set of enabled plugin names.
+    :param config: the parsed flags, read-only (writing one raises).
+    :param core: the core's settings; ``core.enabled`` names the enabled plugins.
     """
 
 
@@ -98,20 +120,22 @@ def kube_router_api_reads() -> list[str] | None:
 
 
 @hookspec
-def kube_router_controllers(agent: Agent) -> list[Controller] | None:
+def kube_router_controllers(agent: Agent, settings: object) -> list[Controller] | None:
     """Return the controllers this plugin runs.
 
-    Called once at start-up, for enabled plugins only, after :func:`kube_router_configure`.
+    Called once at start-up, for enabled plugins only, after :func:`kube_router_settings`.
     The core starts one informer for every kind the returned controllers list in
     ``Controller.kinds``, feeds them events through the bus, and drives their sync loops.
 
-    :param agent: the running agent: its config, stores, node name and hook relay.
+    :param agent: the running agent: its settings (``agent.settings``, the core's), the
+        read-only flags (``agent.config``), stores, node name and hook relay.
+    :param settings: what this plugin's :func:`kube_router_settings` returned (None without).
     :return: a list of :class:`kube_router.controller.Controller` (or None for none).
     """
 
 
 @hookspec
-def kube_router_cleanup(config: argparse.Namespace) -> None:
+def kube_router_cleanup(config: argparse.Namespace, core: CoreSettings) -> None:
     """Remove every kernel object this plugin made (``--cleanup-config``).
 
     Called for every installed plugin, without any API server. Must remove only what the
@@ -119,17 +143,21 @@ def kube_router_cleanup(config: argparse.Namespace) -> None:
     nothing to remove. Exceptions are logged with the plugin's name and the other plugins'
     cleanups still run.
 
-    :param config: the parsed flags.
+    :param config: the parsed flags, read-only.
+    :param core: the core's settings.
     """
 
 
 @hookspec
-def kube_router_status(config: argparse.Namespace) -> list[StatusSection] | None:
+def kube_router_status(config: argparse.Namespace, core: CoreSettings, settings: object
+                       ) -> list[StatusSection] | None:
     """Describe this plugin's live state for ``kube-router-py status``.
 
     Called for enabled plugins, on the node, outside the agent process: read the kernel
     (or gobgpd), not the agent's memory.
 
-    :param config: the parsed flags.
+    :param config: the parsed flags, read-only.
+    :param core: the core's settings (the node's name among them).
+    :param settings: what this plugin's :func:`kube_router_settings` returned.
     :return: sections to print, each a titled table.
     """

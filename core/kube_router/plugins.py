@@ -9,9 +9,7 @@ fails to import stops start-up with its name, rather than silently running witho
 from __future__ import annotations
 
 import os
-from collections.abc import Collection
 from collections.abc import Iterable
-from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint
 from importlib.metadata import entry_points
@@ -20,7 +18,6 @@ from typing import Any
 from typing import NoReturn
 
 import pluggy
-from pluggy import HookCaller
 from stevedore import NamedExtensionManager
 
 from kube_router import ENTRY_POINT_GROUP
@@ -84,17 +81,6 @@ def register(pm: pluggy.PluginManager, name: str, plugin: object) -> PluginInfo:
     pm.register(plugin, name=name)
     pm.check_pending()
     return describe(pm, name, plugin, "(registered)", "")
-
-
-def one_by_one(pm: pluggy.PluginManager, hook: str, among: Collection[str] | None = None
-               ) -> Iterator[tuple[str, HookCaller]]:
-    """A caller of ``hook`` for each plugin implementing it (of ``among``, if given), in
-    pluggy's call order: one plugin's failure cannot keep the others from being called."""
-    everyone = pm.list_name_plugin()
-    for impl in reversed(getattr(pm.hook, hook).get_hookimpls()):
-        if among is None or impl.plugin_name in among:
-            others = [p for n, p in everyone if n != impl.plugin_name]
-            yield impl.plugin_name, pm.subset_hook_caller(hook, others)
 
 
 #: Hooks that only shape the command line; a plugin with nothing else is a command.

@@ -12,6 +12,7 @@ from kube_router_firewall_ipset import settings
 if TYPE_CHECKING:
     from kube_router.agent import Agent
     from kube_router.controller import Controller
+    from kube_router.settings import CoreSettings
     from kube_router.status import StatusSection
 
 log = logging.getLogger(__name__)
@@ -23,14 +24,18 @@ def kube_router_add_options(parser: argparse.ArgumentParser) -> None:
 
 
 @hookimpl
-def kube_router_controllers(agent: Agent) -> list[Controller]:
+def kube_router_settings(config: argparse.Namespace, core: CoreSettings) -> settings.Settings:
+    return settings.Settings.from_flags(config, core)
+
+
+@hookimpl
+def kube_router_controllers(agent: Agent, settings: settings.Settings) -> list[Controller]:
     from kube_router_firewall_ipset.bridge import see_bridged_traffic
     from kube_router_firewall_ipset.controller import FirewallController
     from kube_router_firewall_ipset.metrics import FirewallMetrics
 
-    cfg = settings.from_config(agent.config)
-    see_bridged_traffic(cfg.families)
-    controller = FirewallController(agent, cfg)
+    see_bridged_traffic(settings.families)
+    controller = FirewallController(agent, settings)
     controller.metrics = FirewallMetrics(agent.metrics.registry)
     return [controller]
 
@@ -43,14 +48,14 @@ def kube_router_api_reads() -> list[str]:
 
 
 @hookimpl
-def kube_router_cleanup(config: argparse.Namespace) -> None:
+def kube_router_cleanup() -> None:
     from kube_router_firewall_ipset.cleanup import cleanup_sync
 
     cleanup_sync()
 
 
 @hookimpl
-def kube_router_status(config: argparse.Namespace) -> list[StatusSection]:
+def kube_router_status(core: CoreSettings) -> list[StatusSection]:
     from kube_router_firewall_ipset.status import status_sections
 
-    return status_sections(config)
+    return status_sections(core.node_name)

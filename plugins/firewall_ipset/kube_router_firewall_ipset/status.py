@@ -7,10 +7,7 @@ holds: whether the pod's chain is there and how many rules it has.
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -37,9 +34,7 @@ def write_selection(node: str, rows: dict[str, dict[str, Any]]) -> None:
         pass  # status then shows the kernel's chains without policy names
 
 
-def status_sections(config: argparse.Namespace) -> list[StatusSection]:
-    node = (getattr(config, "hostname_override", None) or os.environ.get("NODE_NAME")
-            or socket.gethostname())
+def status_sections(node: str) -> list[StatusSection]:
     section = StatusSection(
         title="NetworkPolicy per local pod",
         columns=["Pod", "IPs", "Ingress policies", "Egress policies", "Chain", "Rules"])

@@ -7,7 +7,6 @@ and sets of :mod:`service_netfilter`, and the dummy link itself.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
 
@@ -17,7 +16,7 @@ from kube_router_proxy_ipvs.dummy_if import DummyInterface
 from kube_router_proxy_ipvs.dummy_if import delete_link
 from kube_router_proxy_ipvs.dummy_if import local_addresses
 from kube_router_proxy_ipvs.service_netfilter import cleanup_netfilter
-from kube_router_proxy_ipvs.settings import settings_from_config
+from kube_router_proxy_ipvs.settings import ProxySettings
 from kube_router_proxy_ipvs.status import NAMES_FILE
 
 log = logging.getLogger(__name__)
@@ -38,8 +37,8 @@ def _delete_services(settings: dz.Settings, node_ips: list[str], dummy: set[str]
         return len(ops) - len(failures)
 
 
-async def cleanup(config: argparse.Namespace) -> None:
-    settings = settings_from_config(config, "")
+async def cleanup(proxy: ProxySettings) -> None:
+    settings = proxy.desired()
     dummy = DummyInterface()
     dummy_addrs: set[str] = set()
     try:

@@ -35,8 +35,6 @@ from kube_router_proxy_ipvs.dummy_if import local_addresses
 from kube_router_proxy_ipvs.healthcheck import HealthCheckServers
 from kube_router_proxy_ipvs.ipvs_manager import IPVSManager
 from kube_router_proxy_ipvs.ipvs_manager import SyncResult
-from kube_router_proxy_ipvs.settings import ipvs_timeouts
-from kube_router_proxy_ipvs.settings import settings_from_config
 from kube_router_proxy_ipvs.status import write_names
 
 if TYPE_CHECKING:
@@ -44,6 +42,7 @@ if TYPE_CHECKING:
     from kube_router.kube.events import Event
     from kube_router.kube.records import Record
     from kube_router_proxy_ipvs.service_netfilter import ServiceNetfilter
+    from kube_router_proxy_ipvs.settings import ProxySettings
 
 log = logging.getLogger(__name__)
 
@@ -63,21 +62,20 @@ class ProxyController(Controller):
     kinds = ("Service", "EndpointSlice", "Node")
     indexes = {"EndpointSlice": {"service": slice_service}}
 
-    def __init__(self, agent: Agent, netfilter: ServiceNetfilter | None = None) -> None:
+    def __init__(self, agent: Agent, proxy: ProxySettings,
+                 netfilter: ServiceNetfilter | None = None) -> None:
         super().__init__(agent)
-        cfg = agent.config
-        self.resync_period = float(getattr(cfg, "ipvs_sync_period", 300.0))
-        self.settings = settings_from_config(cfg, agent.node_name)
-        self.bind_all = bool(getattr(cfg, "nodeport_bindon_all_ip", False))
+        self.resync_period = proxy.sync_period
+        self.settings = proxy.desired()
+        self.bind_all = proxy.bind_all
         self.services = agent.store("Service")
         self.slices = agent.store("EndpointSlice")
         self.nodes = agent.store("Node")
         self.node_ips: list[str] = []
         # The source of each VIP's local route, per family: the node's InternalIP.
         self.vip_src: dict[int, str] = {}
-        self.ipvs = IPVSManager(self._owns, graceful=bool(getattr(
-            cfg, "ipvs_graceful_termination", False)),
-            graceful_period=float(getattr(cfg, "ipvs_graceful_period", 30.0)))
+        self.ipvs = IPVSManager(self._owns, graceful=proxy.graceful_termination,
+                                graceful_period=proxy.graceful_period)
         self.dummy = DummyInterface()
         self.netfilter = netfilter
         # What each Service put in the kernel (those with any virtual server), so a partial
@@ -85,7 +83,7 @@ class ProxyController(Controller):
         self.svc_states: dict[str, dz.ServiceState] = {}
         self.svc_health: dict[str, tuple[int, int]] = {}  # key -> (hc port, local endpoints)
         self.health = HealthCheckServers()
-        self.timeouts = ipvs_timeouts(cfg)
+        self.timeouts = proxy.timeouts
         self._vip_users: dict[str, int] = {}  # VIP -> how many Services bind it
         self._modules_loaded: set[str] = set()
         self._scheduler_hooked = True  # until the first full sync looks

@@ -22,7 +22,7 @@ def kube_router_ipvs_scheduler(
     only; the first non-None answer wins.
 
     :param service: the Service record being synced.
-    :param config: the agent's parsed flags.
+    :param config: the agent's parsed flags, read-only.
     :return: an :class:`~kube_router_proxy_ipvs.api.IPVSScheduler`, or None to leave
         the choice to another plugin (round robin when nobody chooses). An unknown scheduler
         name is reported once per Service and replaced by ``rr``.

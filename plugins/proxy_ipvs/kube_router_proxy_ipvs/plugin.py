@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 
     from kube_router.agent import Agent
     from kube_router.controller import Controller
+    from kube_router.settings import CoreSettings
     from kube_router.status import StatusSection
 
 log = logging.getLogger(__name__)
@@ -32,12 +33,19 @@ def kube_router_add_options(parser: argparse.ArgumentParser) -> None:
 
 
 @hookimpl
-def kube_router_controllers(agent: Agent) -> list[Controller]:
+def kube_router_settings(config: argparse.Namespace, core: CoreSettings
+                         ) -> settings.ProxySettings:
+    return settings.ProxySettings.from_flags(config, core)
+
+
+@hookimpl
+def kube_router_controllers(agent: Agent, settings: settings.ProxySettings
+                            ) -> list[Controller]:
     from kube_router_proxy_ipvs.controller import ProxyController
     from kube_router_proxy_ipvs.metrics import register_metrics
     from kube_router_proxy_ipvs.service_netfilter import ServiceNetfilter
 
-    controller = ProxyController(agent, ServiceNetfilter(agent.config))
+    controller = ProxyController(agent, settings, ServiceNetfilter(settings))
     register_metrics(agent.metrics.registry, controller)
     return [controller]
 
@@ -62,14 +70,14 @@ def kube_router_api_reads() -> list[str]:
 
 
 @hookimpl
-def kube_router_cleanup(config: argparse.Namespace) -> None:
+def kube_router_cleanup(config: argparse.Namespace, core: CoreSettings) -> None:
     from kube_router_proxy_ipvs.cleanup import cleanup
 
-    asyncio.run(cleanup(config))
+    asyncio.run(cleanup(settings.ProxySettings.from_flags(config, core)))
 
 
 @hookimpl
-def kube_router_status(config: argparse.Namespace) -> list[StatusSection]:
+def kube_router_status() -> list[StatusSection]:
     from kube_router_proxy_ipvs.status import status_sections
 
-    return status_sections(config)
+    return status_sections()

@@ -16,7 +16,6 @@ changes; sets are swapped in only when their members change. Nothing else is tou
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
 import socket
@@ -34,6 +33,7 @@ from kube_router_proxy_ipvs.dummy_if import local_addresses
 
 if TYPE_CHECKING:
     from kube_router_proxy_ipvs.desired import ServiceState
+    from kube_router_proxy_ipvs.settings import ProxySettings
 
 log = logging.getLogger(__name__)
 
@@ -73,12 +73,10 @@ def jump_rules() -> dict[tuple[str, str], str]:
 
 
 class ServiceNetfilter:
-    def __init__(self, config: argparse.Namespace) -> None:
-        self.masquerade_all = bool(getattr(config, "masquerade_all", False))
-        self.permit_all = bool(getattr(config, "ipvs_permit_all", True))
-        self.families = [4] if getattr(config, "enable_ipv4", True) else []
-        if getattr(config, "enable_ipv6", False):
-            self.families.append(6)
+    def __init__(self, settings: ProxySettings) -> None:
+        self.masquerade_all = settings.masquerade_all
+        self.permit_all = settings.permit_all
+        self.families = list(settings.families)
         self._chains: dict[tuple[int, str, str], list[str]] = {}  # what we last wrote
         self._sets: dict[str, set[str]] = {}
         self.writes = 0  # iptables-restore runs (tests: a restart with no change makes none)

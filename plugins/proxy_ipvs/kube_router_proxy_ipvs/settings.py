@@ -1,102 +1,124 @@
-"""The proxy's flags (kube-router's names and defaults) and their parsed form."""
+"""The proxy's flags (kube-router's names and defaults) and the frozen settings built from
+them once."""
 
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import logging
+from dataclasses import dataclass
 
+from kube_router.errors import UsageError
 from kube_router.flags import boolean
 from kube_router.flags import cidr_list
 from kube_router.flags import duration
-from kube_router.flags import port_range
+from kube_router.settings import CoreSettings
+from kube_router.settings import networks
 from kube_router_proxy_ipvs.desired import Network
 from kube_router_proxy_ipvs.desired import Settings
 
 log = logging.getLogger(__name__)
 
 
-
-
-def _flatten(values: list | None) -> list[str]:
-    out: list[str] = []
-    for v in values or ():
-        out.extend(v if isinstance(v, list) else [v])
-    return out
-
-
-def _nets(values: list | None) -> tuple[Network, ...]:
-    return tuple(ipaddress.ip_network(v, strict=False) for v in _flatten(values))
-
-
 def add_options(parser: argparse.ArgumentParser) -> None:
-    """Add the proxy's flags; a flag another plugin already added (shared kube-router flags
-    such as --service-cluster-ip-range) is left as that plugin defined it."""
+    """Add the proxy's own flags; the shared ones (--service-cluster-ip-range, the address
+    families, --service-node-port-range) are the core's."""
     g = parser.add_argument_group("proxy (IPVS service proxy)")
-    known = set(getattr(parser, "_option_string_actions", {}))
 
-    def add(flag: str, **kw: object) -> None:
-        if flag not in known:
-            g.add_argument(flag, **kw)  # type: ignore[arg-type]
+    def switch(flag: str, default: bool, text: str) -> None:
+        g.add_argument(flag, type=boolean, nargs="?", const=True, default=default,
+                       metavar="BOOL", help=f"{text} (default {str(default).lower()})")
 
-    add("--service-cluster-ip-range", type=cidr_list, action="append",
-        help="Service cluster IP CIDRs, comma-separated (default 10.96.0.0/12)")
-    add("--service-external-ip-range", type=cidr_list, action="append",
-        help="CIDRs externalIPs may come from")
-    add("--loadbalancer-ip-range", type=cidr_list, action="append",
-        help="CIDRs LoadBalancer ingress IPs may come from")
-    add("--strict-external-ip-validation", type=boolean, nargs="?", const=True, default=True,
-        help="ignore externalIPs/LB IPs outside the ranges above (default true)")
-    add("--service-node-port-range", type=port_range, default=(30000, 32767),
-        help="NodePort range (default 30000-32767)")
-    add("--enable-ipv4", type=boolean, nargs="?", const=True, default=True)
-    add("--enable-ipv6", type=boolean, nargs="?", const=True, default=False)
-    add("--ipvs-sync-period", type=duration, default=300.0,
-        help="full IPVS reconcile period (default 5m)")
-    add("--ipvs-permit-all", type=boolean, nargs="?", const=True, default=True,
-        help="INPUT guard: accept service VIP:port, reject other traffic to VIPs (default true)")
-    add("--ipvs-graceful-termination", type=boolean, nargs="?", const=True, default=False,
-        help="drain removed real servers at weight 0 before deleting them")
-    add("--ipvs-graceful-period", type=duration, default=30.0,
-        help="longest drain with --ipvs-graceful-termination (default 30s)")
-    add("--masquerade-all", type=boolean, nargs="?", const=True, default=False,
-        help="SNAT all IPVS NAT traffic, also from local pods")
-    add("--hairpin-mode", type=boolean, nargs="?", const=True, default=False,
-        help="hairpin SNAT for every Service (else per Service annotation)")
-    add("--nodeport-bindon-all-ip", type=boolean, nargs="?", const=True, default=False,
-        help="NodePort on every local address, not only the node's InternalIP")
-    add("--excluded-cidrs", type=cidr_list, action="append",
-        help="IPVS services in these CIDRs are never deleted")
-    add("--service-tcp-timeout", type=duration, default=0.0,
-        help="IPVS timeout of idle TCP connections (default 0s: keep the system's)")
-    add("--service-tcpfin-timeout", type=duration, default=0.0,
-        help="IPVS timeout of TCP connections after a FIN (default 0s: keep the system's)")
-    add("--service-udp-timeout", type=duration, default=0.0,
-        help="IPVS timeout of UDP flows (default 0s: keep the system's)")
+    g.add_argument("--service-external-ip-range", type=cidr_list, action="append",
+                   help="CIDRs externalIPs may come from")
+    g.add_argument("--loadbalancer-ip-range", type=cidr_list, action="append",
+                   help="CIDRs LoadBalancer ingress IPs may come from")
+    switch("--strict-external-ip-validation", True,
+           "ignore externalIPs/LB IPs outside the ranges above")
+    g.add_argument("--ipvs-sync-period", type=duration, default=300.0, metavar="DURATION",
+                   help="full IPVS reconcile period (default 5m)")
+    switch("--ipvs-permit-all", True,
+           "INPUT guard: accept service VIP:port, reject other traffic to VIPs")
+    switch("--ipvs-graceful-termination", False,
+           "drain removed real servers at weight 0 before deleting them")
+    g.add_argument("--ipvs-graceful-period", type=duration, default=30.0, metavar="DURATION",
+                   help="longest drain with --ipvs-graceful-termination (default 30s)")
+    switch("--masquerade-all", False, "SNAT all IPVS NAT traffic, also from local pods")
+    switch("--hairpin-mode", False, "hairpin SNAT for every Service (else per Service "
+                                    "annotation)")
+    switch("--nodeport-bindon-all-ip", False,
+           "NodePort on every local address, not only the node's InternalIP")
+    g.add_argument("--excluded-cidrs", type=cidr_list, action="append",
+                   help="IPVS services in these CIDRs are never deleted")
+    for kind, what in (("tcp", "idle TCP connections"), ("tcpfin", "TCP connections after "
+                       "a FIN"), ("udp", "UDP flows")):
+        g.add_argument(f"--service-{kind}-timeout", type=duration, default=0.0,
+                       metavar="DURATION",
+                       help=f"IPVS timeout of {what} (default 0s: keep the system's)")
 
 
-def ipvs_timeouts(cfg: argparse.Namespace) -> tuple[int, int, int]:
-    """(tcp, tcpfin, udp) whole seconds; 0 keeps the system's value. A positive duration
-    under a second becomes 1 (0 would silently mean "unchanged")."""
-    out = []
-    for name in ("service_tcp_timeout", "service_tcpfin_timeout", "service_udp_timeout"):
-        v = float(getattr(cfg, name, 0.0) or 0.0)
-        out.append(max(1, round(v)) if v > 0 else 0)
-    return out[0], out[1], out[2]
+def _timeout(seconds: float) -> int:
+    # Whole seconds; a positive duration under a second becomes 1 (0 means "unchanged").
+    return max(1, round(seconds)) if seconds > 0 else 0
 
 
-def settings_from_config(cfg: argparse.Namespace, node_name: str) -> Settings:
-    cidrs = _nets(getattr(cfg, "service_cluster_ip_range", None)) or (
-        ipaddress.ip_network("10.96.0.0/12"),)
-    return Settings(
-        node_name=node_name,
-        service_cidrs=cidrs,
-        external_ranges=_nets(getattr(cfg, "service_external_ip_range", None)),
-        lb_ranges=_nets(getattr(cfg, "loadbalancer_ip_range", None)),
-        excluded=_nets(getattr(cfg, "excluded_cidrs", None)),
-        strict_external=bool(getattr(cfg, "strict_external_ip_validation", True)),
-        ipv4=bool(getattr(cfg, "enable_ipv4", True)),
-        ipv6=bool(getattr(cfg, "enable_ipv6", False)),
-        nodeport_range=tuple(getattr(cfg, "service_node_port_range", (30000, 32767))),
-        hairpin_all=bool(getattr(cfg, "hairpin_mode", False)),
-    )
+@dataclass(frozen=True, slots=True)
+class ProxySettings:
+    """The proxy's flags, checked and typed, with the core's shared ones it uses."""
+
+    node_name: str
+    service_cidrs: tuple[Network, ...]
+    ipv4: bool
+    ipv6: bool
+    nodeport_range: tuple[int, int]
+    external_ranges: tuple[Network, ...] = ()
+    lb_ranges: tuple[Network, ...] = ()
+    excluded: tuple[Network, ...] = ()
+    strict_external: bool = True
+    sync_period: float = 300.0  # seconds between full reconciles
+    permit_all: bool = True
+    graceful_termination: bool = False
+    graceful_period: float = 30.0
+    masquerade_all: bool = False
+    hairpin_all: bool = False
+    bind_all: bool = False  # NodePorts on every local address
+    timeouts: tuple[int, int, int] = (0, 0, 0)  # tcp, tcpfin, udp; 0 keeps the system's
+
+    @property
+    def families(self) -> tuple[int, ...]:
+        return tuple(f for f, on in ((4, self.ipv4), (6, self.ipv6)) if on)
+
+    @classmethod
+    def from_flags(cls, flags: argparse.Namespace, core: CoreSettings) -> ProxySettings:
+        for flag in ("ipvs_sync_period", "ipvs_graceful_period"):
+            if getattr(flags, flag) <= 0:
+                name = "--" + flag.replace("_", "-")
+                raise UsageError(f"{name} must be positive, got {getattr(flags, flag)}s")
+        return cls(
+            node_name=core.node_name,
+            service_cidrs=core.service_cidrs,
+            ipv4=core.ipv4,
+            ipv6=core.ipv6,
+            nodeport_range=core.nodeport_range,
+            external_ranges=networks(flags.service_external_ip_range),
+            lb_ranges=networks(flags.loadbalancer_ip_range),
+            excluded=networks(flags.excluded_cidrs),
+            strict_external=flags.strict_external_ip_validation,
+            sync_period=float(flags.ipvs_sync_period),
+            permit_all=flags.ipvs_permit_all,
+            graceful_termination=flags.ipvs_graceful_termination,
+            graceful_period=float(flags.ipvs_graceful_period),
+            masquerade_all=flags.masquerade_all,
+            hairpin_all=flags.hairpin_mode,
+            bind_all=flags.nodeport_bindon_all_ip,
+            timeouts=(_timeout(flags.service_tcp_timeout),
+                      _timeout(flags.service_tcpfin_timeout),
+                      _timeout(flags.service_udp_timeout)),
+        )
+
+    def desired(self) -> Settings:
+        """What computing the desired IPVS state needs of these."""
+        return Settings(
+            node_name=self.node_name, service_cidrs=self.service_cidrs,
+            external_ranges=self.external_ranges, lb_ranges=self.lb_ranges,
+            excluded=self.excluded, strict_external=self.strict_external, ipv4=self.ipv4,
+            ipv6=self.ipv6, nodeport_range=self.nodeport_range, hairpin_all=self.hairpin_all)

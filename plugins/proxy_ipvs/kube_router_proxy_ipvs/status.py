@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 from collections.abc import Mapping
 from pathlib import Path
@@ -39,7 +38,7 @@ def _names() -> dict[str, str]:
         return {}
 
 
-def status_sections(config: argparse.Namespace) -> list[StatusSection]:
+def status_sections() -> list[StatusSection]:
     columns = ["Prot", "LocalAddress:Port", "Scheduler", "Flags", "Service",
                "-> RemoteAddress:Port", "Forward", "Weight", "ActiveConn", "InActConn"]
     section = StatusSection(title="IPVS services", columns=columns, rows=[])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import logging
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from kube_router_routing_bgp.route_sync import RouteInstaller
 log = logging.getLogger(__name__)
 
 
-async def cleanup(config: argparse.Namespace) -> None:
+async def cleanup(cni_conf_dir: str) -> None:
     table = RouteTable()
     try:
         removed = await RouteInstaller(table).remove_all()
@@ -27,7 +26,7 @@ async def cleanup(config: argparse.Namespace) -> None:
         log.info("cleanup tunnels removed=%d", tunnels)
     if await delete_bridge_if_ours():
         log.info("cleanup bridge removed name=kube-bridge")
-    conf = Path(config.cni_conf_dir) / CONFLIST_NAME
+    conf = Path(cni_conf_dir) / CONFLIST_NAME
     if conf.exists():
         conf.unlink()
         log.info("cleanup cni configuration removed path=%s", conf)

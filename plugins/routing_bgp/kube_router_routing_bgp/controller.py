@@ -4,7 +4,6 @@ into the kernel, and the node's pod network (CNI config, kube-bridge, egress mas
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import ipaddress
@@ -38,6 +37,7 @@ from kube_router_routing_bgp.route_sync import RouteInstaller
 if TYPE_CHECKING:
     from kube_router.agent import Agent
     from kube_router.kube.events import Event
+    from kube_router_routing_bgp.settings import RouterSettings
 
 log = logging.getLogger(__name__)
 
@@ -45,17 +45,6 @@ _ALL = "nodes"
 # Before pruning protocol-17 routes nobody advertises, give the peers time to come up and
 # send their tables again: a restarted agent must not drop working routes.
 PRUNE_GRACE = 60.0
-
-
-def service_cidrs(cfg: argparse.Namespace) -> list[str]:
-    """The service CIDRs from the proxy's --service-cluster-ip-range, when it is installed.
-
-    That flag is repeatable and comma-separated, so it parses to a list of lists.
-    """
-    out: list[str] = []
-    for item in getattr(cfg, "service_cluster_ip_range", None) or ():
-        out.extend(item if isinstance(item, list) else str(item).split(","))
-    return [c.strip() for c in out if c.strip()]
 
 
 #: Seconds a newly added node peer may hold back readiness while its session comes up
@@ -71,19 +60,20 @@ class RouterController(Controller):
     name = "router"
     kinds: tuple[str, ...] = ("Node",)
 
-    def __init__(self, agent: Agent) -> None:
+    def __init__(self, agent: Agent, settings: RouterSettings) -> None:
         super().__init__(agent)
-        cfg = agent.config
-        self.config = cfg
-        self.resync_period = cfg.routes_sync_period
-        self.advertise_services = service_vips.enabled(cfg)
+        self.settings = settings
+        self.resync_period = settings.routes_sync_period
+        self.advertise_services = service_vips.enabled(settings)
         if self.advertise_services:
             self.kinds = ADVERTISING_KINDS
         # Only with the TCP admin API off does gobgpd need a private socket directory.
-        runtime_dir = "" if cfg.gobgp_admin_port else tempfile.mkdtemp(prefix="kube-router-bgp-")
+        runtime_dir = ("" if settings.gobgp_admin_port
+                       else tempfile.mkdtemp(prefix="kube-router-bgp-"))
         self.gobgpd = Gobgpd(
-            api_host=admin_target(cfg.gobgp_admin_address, cfg.gobgp_admin_port, runtime_dir),
-            binary=cfg.gobgpd_path, graceful_restart=cfg.bgp_graceful_restart)
+            api_host=admin_target(settings.gobgp_admin_address, settings.gobgp_admin_port,
+                                  runtime_dir),
+            binary=settings.gobgpd_path, graceful_restart=settings.bgp_graceful_restart)
         self.metrics = RouterMetrics(agent.metrics.registry)
         self.policy = PolicyManager(self.gobgpd)
         self.table: RouteTable | None = None
@@ -98,16 +88,15 @@ class RouterController(Controller):
         self._peer_states: dict[str, tuple[str, str, str, str]] = {}
         self._peer_added_at: dict[str, float] = {}  # monotonic time each peer was added
         self._vip_paths: set[str] = set()
-        self._reject_nets: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
-        for cidr in service_cidrs(cfg):
-            with contextlib.suppress(ValueError):
-                self._reject_nets.append(ipaddress.ip_network(cidr, strict=False))
-        self.overlay: Overlay | None = Overlay(cfg.overlay_type) if cfg.enable_overlay else None
+        # Routes into the Service CIDRs are never taken from a peer.
+        self._reject_nets = list(settings.service_cidrs)
+        self.overlay: Overlay | None = (Overlay(settings.overlay_type) if settings.enable_overlay
+                                        else None)
         self.pod_network = None
-        if cfg.enable_cni or cfg.enable_pod_egress:
+        if settings.enable_cni or settings.enable_pod_egress:
             from kube_router_routing_bgp.pod_network import PodNetwork
 
-            self.pod_network = PodNetwork(cfg)
+            self.pod_network = PodNetwork(settings)
 
     def keys_for(self, event: Event) -> Iterable[Hashable]:
         # Peers and egress sets depend on every node: one key, one sync per burst.
@@ -119,8 +108,8 @@ class RouterController(Controller):
         self.table = RouteTable()
         self.installer = RouteInstaller(self.table, metrics=self.metrics)
         self.installer.reject = self._rejected
-        if self.config.bgp_graceful_restart:
-            self.installer.hold_seconds = float(self.config.bgp_graceful_restart_time)
+        if self.settings.bgp_graceful_restart:
+            self.installer.hold_seconds = float(self.settings.bgp_graceful_restart_time)
         self.installer.route_for = self._route_for
         await self.installer.load()
         log.info("router starting node=%s learned_routes_in_kernel=%d",
@@ -163,7 +152,7 @@ class RouterController(Controller):
         me = nodes_store.get(self.agent.node_name)
         if not isinstance(me, Node):
             raise TemporaryError(f"node {self.agent.node_name} not found in the API")
-        local = desired.local_bgp(me, self.config)
+        local = desired.local_bgp(me, self.settings)
         if local is None:
             raise TemporaryError(f"node {self.agent.node_name} has no usable address or ASN")
         nodes = [n for n in nodes_store if isinstance(n, Node)]
@@ -193,8 +182,8 @@ class RouterController(Controller):
                 pod_cidrs=frozenset(my_cidrs), service_vips=frozenset(vips),
                 node_peers=frozenset(a for a, p in want.items() if not p.external),
                 external_peers=frozenset(a for a, p in want.items() if p.external),
-                advertise_pod_cidr=self.config.advertise_pod_cidr,
-                override_nexthop=self.config.override_nexthop))
+                advertise_pod_cidr=self.settings.advertise_pod_cidr,
+                override_nexthop=self.settings.override_nexthop))
             # Paths before peers: a session that comes up at once gets our routes, then
             # End-of-RIB. After a graceful restart the peer drops every stale route that
             # End-of-RIB did not refresh, so a path added after it means a gap in traffic.
@@ -265,11 +254,11 @@ class RouterController(Controller):
         if not await self.gobgpd.started():
             await self.gobgpd.start_bgp(
                 asn=local.asn, router_id=local.router_id, listen_addresses=[local.address],
-                listen_port=self.config.bgp_port,
-                graceful_restart=self.config.bgp_graceful_restart,
-                restart_time=self.config.bgp_graceful_restart_time)
+                listen_port=self.settings.bgp_port,
+                graceful_restart=self.settings.bgp_graceful_restart,
+                restart_time=self.settings.bgp_graceful_restart_time)
             log.info("bgp started asn=%d router_id=%s listen=%s:%d", local.asn,
-                     local.router_id, local.address, self.config.bgp_port)
+                     local.router_id, local.address, self.settings.bgp_port)
             self.local = local
             self.policy.reset()
             self.peers.clear()
@@ -291,14 +280,14 @@ class RouterController(Controller):
 
     def _desired_peers(self, me: Node, local: desired.LocalBgp,
                        nodes: list[Node]) -> dict[str, PeerConfig]:
-        want = desired.ibgp_peers(me, local, nodes, self.config)
+        want = desired.ibgp_peers(me, local, nodes, self.settings)
         try:
-            external = desired.external_peers(self.config, local.address)
+            external = desired.external_peers(self.settings, local.address)
         except (desired.PeerFlagsError, OSError) as exc:
             log.warning("external peers skipped node=%s error=%s", me.meta.name, exc)
             external = {}
         if not external:  # the node's annotation counts only without global peers
-            external = desired.annotation_peers(me, local.address, self.config)
+            external = desired.annotation_peers(me, local.address, self.settings)
         for addr, peer in external.items():
             want.setdefault(addr, peer)  # a node address stays a node peer
         return want
@@ -346,7 +335,7 @@ class RouterController(Controller):
                 out |= service_vips.service_vips(
                     svc, [s for s in slices.by_index("service", svc.key)
                           if isinstance(s, EndpointSlice)],
-                    self.agent.node_name, self.config)
+                    self.agent.node_name, self.settings)
         return out
 
     async def _sync_paths(self, local: desired.LocalBgp, cidrs: list[str],
@@ -430,7 +419,7 @@ class RouterController(Controller):
     async def _reconcile_loop(self) -> None:
         assert self.installer is not None
         while True:
-            await asyncio.sleep(self.config.injected_routes_sync_period)
+            await asyncio.sleep(self.settings.injected_routes_sync_period)
             try:
                 if self.gobgpd.running() and self.gobgpd.stub is not None and self.local:
                     self.installer.replace_all(await self.gobgpd.best_paths())

@@ -6,16 +6,19 @@ garbled annotation) is logged once per object and skipped.
 
 from __future__ import annotations
 
-import argparse
 import base64
 import ipaddress
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from kube_router.kube.records import Node
 from kube_router.objwarn import ObjectWarnings
 from kube_router_routing_bgp.gobgpd import PeerConfig
+
+if TYPE_CHECKING:
+    from kube_router_routing_bgp.settings import RouterSettings
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +102,7 @@ class LocalBgp:
     address: str
 
 
-def local_bgp(node: Node, config: argparse.Namespace) -> LocalBgp | None:
+def local_bgp(node: Node, config: RouterSettings) -> LocalBgp | None:
     """This node's ASN, router id and address; None when it cannot peer at all yet."""
     address = node_ip(node)
     if not address:
@@ -120,7 +123,7 @@ def local_bgp(node: Node, config: argparse.Namespace) -> LocalBgp | None:
 
 
 def ibgp_peers(me: Node, local: LocalBgp, nodes: Iterable[Node],
-               config: argparse.Namespace) -> dict[str, PeerConfig]:
+               config: RouterSettings) -> dict[str, PeerConfig]:
     """The other nodes to peer with, by address."""
     if not config.enable_ibgp:
         return {}
@@ -162,14 +165,14 @@ class PeerFlagsError(ValueError):
     """The --peer-router-* flags do not line up."""
 
 
-def _split(values: list[str] | None) -> list[str]:
+def _split(values: Iterable[str] | None) -> list[str]:
     out: list[str] = []
     for v in values or ():
         out.extend(x.strip() for x in v.split(","))
     return [x for x in out if x]
 
 
-def read_passwords(config: argparse.Namespace) -> list[str]:
+def read_passwords(config: RouterSettings) -> list[str]:
     """Base64 passwords from the flag, else the file; decoded. Never logged."""
     # Positional, as kube-router: an empty entry is a peer without a password.
     raw = [x.strip() for v in config.peer_router_passwords or () for x in v.split(",")]
@@ -188,7 +191,7 @@ def read_passwords(config: argparse.Namespace) -> list[str]:
     return out
 
 
-def external_peers(config: argparse.Namespace, local_address: str) -> dict[str, PeerConfig]:
+def external_peers(config: RouterSettings, local_address: str) -> dict[str, PeerConfig]:
     """Peers from --peer-router-ips/asns/ports/passwords; raises PeerFlagsError."""
     ips = _split(config.peer_router_ips)
     asns = _split(config.peer_router_asns)
@@ -228,7 +231,7 @@ ANN_PEERS = "kube-router.io/peers"
 
 
 def annotation_peers(me: Node, local_address: str,
-                     config: argparse.Namespace) -> dict[str, PeerConfig]:
+                     config: RouterSettings) -> dict[str, PeerConfig]:
     """External peers from the node's ``kube-router.io/peers`` YAML list (remoteip,
     remoteasn, and optionally localip, password (base64), port). Entries that do not parse
     are skipped with a warning naming the node."""

@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import ipaddress
@@ -14,10 +13,14 @@ import os
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 from typing import Any
 
 from kube_router.kube.records import Node
 from kube_router.linux.run import run
+
+if TYPE_CHECKING:
+    from kube_router_routing_bgp.settings import RouterSettings
 
 log = logging.getLogger(__name__)
 
@@ -151,8 +154,8 @@ def enable_forwarding() -> None:
 
 
 class PodNetwork:
-    def __init__(self, config: argparse.Namespace) -> None:
-        self.config = config
+    def __init__(self, config: RouterSettings) -> None:
+        self.settings = config
         self.conf_path = Path(config.cni_conf_dir) / CONFLIST_NAME
         self._mtu: int | None = None
         self.egress = None
@@ -163,14 +166,14 @@ class PodNetwork:
 
     async def sync(self, me: Node, node_ip: str, my_cidrs: list[str],
                    all_cidrs: set[str], node_ips: set[str]) -> None:
-        if self.config.enable_cni:
+        if self.settings.enable_cni:
             if not my_cidrs:
                 log.warning("no pod CIDR on node, CNI configuration not written node=%s",
                             me.meta.name)
             else:
-                if self._mtu is None and self.config.auto_mtu:
+                if self._mtu is None and self.settings.auto_mtu:
                     self._mtu = await interface_mtu(node_ip)
-                doc = conflist(my_cidrs, self._mtu, self.config.cni_ipam_data_dir)
+                doc = conflist(my_cidrs, self._mtu, self.settings.cni_ipam_data_dir)
                 if await asyncio.to_thread(write_if_changed, self.conf_path, doc):
                     log.info("cni configuration written path=%s cidrs=%s", self.conf_path,
                              ",".join(my_cidrs))

@@ -10,14 +10,17 @@ ready local endpoint, so traffic only comes to nodes that can serve it locally.
 
 from __future__ import annotations
 
-import argparse
 import ipaddress
 import logging
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from kube_router.kube.records import EndpointSlice
 from kube_router.kube.records import Service
 from kube_router.objwarn import ObjectWarnings
+
+if TYPE_CHECKING:
+    from kube_router_routing_bgp.settings import RouterSettings
 
 log = logging.getLogger(__name__)
 # each bad annotation once per Service, not at every sync
@@ -34,7 +37,7 @@ _TRUE = {"true", "yes", "1", "on"}
 _FALSE = {"false", "no", "0", "off"}
 
 
-def enabled(config: argparse.Namespace) -> bool:
+def enabled(config: RouterSettings) -> bool:
     """Whether Services must be watched at all."""
     return bool(config.advertise_cluster_ip or config.advertise_external_ip
                 or config.advertise_loadbalancer_ip)
@@ -68,7 +71,7 @@ def _host(address: str) -> str | None:
 
 
 def service_vips(svc: Service, slices: Iterable[EndpointSlice], node: str,
-                 config: argparse.Namespace) -> set[str]:
+                 config: RouterSettings) -> set[str]:
     """The host prefixes of ``svc`` this node should advertise."""
     if svc.headless or svc.type == "ExternalName" or HEADLESS_LABEL in svc.meta.labels:
         return set()

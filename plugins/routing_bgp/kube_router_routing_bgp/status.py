@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
+from typing import TYPE_CHECKING
 
 from kube_router.status import StatusSection
 from kube_router_routing_bgp.gobgpd import Gobgpd
@@ -12,8 +12,11 @@ from kube_router_routing_bgp.gobgpd import format_uptime
 from kube_router_routing_bgp.kernel_routes import RT_TABLE_MAIN
 from kube_router_routing_bgp.kernel_routes import RouteTable
 
+if TYPE_CHECKING:
+    from kube_router_routing_bgp.settings import RouterSettings
 
-async def peers_section(config: argparse.Namespace) -> StatusSection:
+
+async def peers_section(config: RouterSettings) -> StatusSection:
     section = StatusSection("BGP peers", ["Peer", "AS", "Up/Down", "State", "#Received",
                                           "Accepted"])
     if not config.gobgp_admin_port:
@@ -46,7 +49,7 @@ def routes_section() -> StatusSection:
     return section
 
 
-async def status(config: argparse.Namespace) -> list[StatusSection]:
+async def status(config: RouterSettings) -> list[StatusSection]:
     peers = await peers_section(config)
     routes = await asyncio.to_thread(routes_section)
     return [peers, routes]

@@ -7,7 +7,6 @@ has it). Helpers reach the tests as fixtures (``fw``): test directories are not 
 
 from __future__ import annotations
 
-import argparse
 import os
 import subprocess
 import sys
@@ -25,6 +24,7 @@ from kube_router.kube.records import decode_namespace
 from kube_router.kube.records import decode_networkpolicy
 from kube_router.kube.records import decode_node
 from kube_router.kube.records import decode_pod
+from kube_router.settings import parse
 from kube_router_firewall_ipset import settings
 
 NODE = "node-0"
@@ -136,15 +136,12 @@ class Pods:
 
 
 def make_agent(*args: str) -> Agent:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--hostname-override", default=NODE)
-    settings.add_options(parser)
-    config = parser.parse_args(list(args))
+    config = parse(["--hostname-override", NODE, *args], settings.add_options)
     pm = plugins.new_manager()
     from kube_router_firewall_ipset import plugin
 
     pm.register(plugin, "firewall")
-    return Agent(config, pm, ["firewall"])
+    return Agent.from_flags(config, pm, ["firewall"])
 
 
 def pod(name: str, ns: str, ip: str | list[str], labels: dict[str, str] | None = None,

@@ -12,14 +12,13 @@ from kube_router.linux.run import RestoreError
 from kube_router_firewall_ipset import naming as nm
 from kube_router_firewall_ipset.cleanup import cleanup_sync
 from kube_router_firewall_ipset.controller import FirewallController
-from kube_router_firewall_ipset.settings import from_config
 
 pytestmark = pytest.mark.kernel
 
 
 def controller(fw: SimpleNamespace, *args: str) -> FirewallController:
     agent = fw.make_agent(*args)
-    return FirewallController(agent, from_config(agent.config))
+    return FirewallController(agent, agent.startup.of("firewall"))
 
 
 def sync(ctl: FirewallController, *keys: tuple[str, str]) -> None:

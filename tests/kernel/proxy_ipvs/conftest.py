@@ -23,6 +23,7 @@ from kube_router.agent import Agent
 from kube_router.kube.records import decode_endpointslice
 from kube_router.kube.records import decode_node
 from kube_router.kube.records import decode_service
+from kube_router.settings import parse
 from kube_router_proxy_ipvs import ipvs_netlink as nl
 from kube_router_proxy_ipvs import settings
 
@@ -85,18 +86,17 @@ def clean_ipvs() -> Iterator[None]:
 
 
 def make_config(*args: str) -> argparse.Namespace:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--hostname-override", default=NODE)
-    settings.add_options(parser)
-    return parser.parse_args(["--service-cluster-ip-range", "10.96.0.0/16", *args])
+    return parse(["--hostname-override", NODE, "--service-cluster-ip-range", "10.96.0.0/16",
+                  *args], settings.add_options)
 
 
 def make_agent(*args: str) -> Agent:
+    """An agent with the proxy enabled; ``agent.startup.of("proxy")`` is its settings."""
     pm = plugins.new_manager()
     from kube_router_proxy_ipvs import plugin
 
     pm.register(plugin, "proxy")
-    return Agent(make_config(*args), pm, ["proxy"])
+    return Agent.from_flags(make_config(*args), pm, ["proxy"])
 
 
 def service(name: str, ip: str, ports: list[tuple[str, str, int]], ns: str = "default",

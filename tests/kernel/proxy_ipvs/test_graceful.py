@@ -89,7 +89,8 @@ async def controller(k8s: SimpleNamespace, ports: list[tuple[str, str, int]],
                      target: list[tuple[str, str, int]], ips: list[str],
                      *args: str) -> ProxyController:
     agent = k8s.make_agent(*args)
-    ctl = ProxyController(agent, ServiceNetfilter(agent.config))
+    proxy = agent.startup.of("proxy")
+    ctl = ProxyController(agent, proxy, ServiceNetfilter(proxy))
     k8s.put(agent, k8s.node())
     k8s.put(agent, k8s.service("drain", VIP, ports))
     k8s.put(agent, k8s.endpointslice("drain", ips, target))

@@ -100,7 +100,8 @@ def test_dual_stack_service(pod: None, k8s: SimpleNamespace, sh: Callable[..., s
     agent = k8s.make_agent("--enable-ipv6", "--service-cluster-ip-range", "fd00:96::/112")
 
     async def main() -> None:
-        ctl = ProxyController(agent, ServiceNetfilter(agent.config))
+        proxy = agent.startup.of("proxy")
+        ctl = ProxyController(agent, proxy, ServiceNetfilter(proxy))
         k8s.put(agent, node_dual(k8s))
         k8s.put(agent, dual_service(k8s))
         k8s.put(agent, k8s.endpointslice("dual", [POD4], [("echo", "TCP", 8080)]))
@@ -122,7 +123,8 @@ def test_dual_stack_service(pod: None, k8s: SimpleNamespace, sh: Callable[..., s
         await ctl.sync(None)
         assert ctl.last_result.ops == 0
         # nor a restarted controller, which reads our route back
-        ctl2 = ProxyController(agent, ServiceNetfilter(agent.config))
+        proxy = agent.startup.of("proxy")
+        ctl2 = ProxyController(agent, proxy, ServiceNetfilter(proxy))
         await ctl2.start()
         assert ctl2.dummy.addrs == {VIP4: k8s.NODE_IP, VIP6: NODE_IP6}
         await ctl2.sync(None)
@@ -159,6 +161,6 @@ def test_dual_stack_service(pod: None, k8s: SimpleNamespace, sh: Callable[..., s
     finally:
         # also after a failure: later tests expect no chains or sets of ours. Cleanup run
         # without --enable-ipv6 removes the IPv6 side too (the flags may have changed since).
-        asyncio.run(cleanup(k8s.make_agent().config))
+        asyncio.run(cleanup(k8s.make_agent().startup.of("proxy")))
     assert "KUBE-ROUTER" not in sh(["ip6tables-legacy-save"])
     assert "kube-router" not in sh(["ipset", "list", "-n"])

@@ -79,7 +79,8 @@ class World:
     async def controller(self, *args: str) -> ProxyController:
         k = self.k8s
         agent = k.make_agent("--excluded-cidrs", "10.96.200.0/24", *args)
-        ctl = ProxyController(agent, ServiceNetfilter(agent.config))
+        proxy = agent.startup.of("proxy")
+        ctl = ProxyController(agent, proxy, ServiceNetfilter(proxy))
         k.put(agent, k.node())
         k.put(agent, k.service("web", "10.96.0.10", [("http", "TCP", 80)], type="NodePort"))
         k.put(agent, k.endpointslice("web", ["10.2.0.5", "10.2.0.6"], [("http", "TCP", 8080)]))
@@ -208,7 +209,7 @@ def test_cleanup_removes_only_ours(world: World) -> None:
         await ctl.stop()
         from kube_router_proxy_ipvs.cleanup import cleanup
 
-        await cleanup(ctl.agent.config)
+        await cleanup(ctl.agent.startup.of("proxy"))
 
     asyncio.run(main())
     assert world.ours() == []
@@ -350,7 +351,7 @@ def test_timeouts_status_table_and_metrics(world: World, pod: str) -> None:
 
         # status: the table like ipvsadm -Ln, with Service names
         write_names(ctl.svc_states)
-        [section] = status_sections(ctl.agent.config)
+        [section] = status_sections()
         rows = [[cell.strip() for cell in row] for row in section.rows]
         at = rows.index(["TCP", "10.96.0.80:80", "rr", "", "default/live", "", "", "", "",
                          ""])

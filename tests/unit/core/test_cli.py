@@ -1,4 +1,3 @@
-import argparse
 import os
 import subprocess
 import sys
@@ -8,6 +7,9 @@ import pytest
 
 from kube_router import cli
 from kube_router import hookimpl
+from kube_router.hookcall import one_by_one
+from kube_router.settings import CoreSettings
+from kube_router.settings import parse
 
 
 def test_plugins_lists_every_installed_plugin_with_its_distribution(capsys):
@@ -106,29 +108,24 @@ def test_autoload_can_be_turned_off(capsys, monkeypatch):
     assert capsys.readouterr().out.splitlines()[1:] == []
 
 
-def _config(enable=None, **switches):
-    ns = cli._defaults_for(type("C", (), {"installed": None})())
-    ns.installed = {
-        n: cli.plugins.PluginInfo(n, "d", "1", "m", agent=True)
-        for n in ("proxy", "router", "firewall")
-    }
-    ns.enable = enable
-    for k, v in switches.items():
-        setattr(ns, k, v)
-    return ns
+_INSTALLED = {n: cli.plugins.PluginInfo(n, "d", "1", "m", agent=True)
+              for n in ("proxy", "router", "firewall")}
+
+
+def _flags(enable=None, **switches):
+    return cli.Flags({"enable": enable, **dict.fromkeys(cli.RUN_ALIASES), **switches})
 
 
 def test_kube_routers_switches_turn_plugins_off_and_on():
-    assert cli.enabled_plugins(_config(run_router=False)) == ["proxy", "firewall"]
-    assert cli.enabled_plugins(_config(enable=["proxy"], run_firewall=True)) == [
+    assert cli.enabled_plugins(_flags(run_router=False), _INSTALLED) == ["proxy", "firewall"]
+    assert cli.enabled_plugins(_flags(enable=["proxy"], run_firewall=True), _INSTALLED) == [
         "proxy", "firewall"]
 
 
 def test_a_switch_for_an_uninstalled_plugin_is_an_error():
-    ns = _config(enable=["proxy"], run_router=True)
-    del ns.installed["router"]
+    installed = {n: i for n, i in _INSTALLED.items() if n != "router"}
     with pytest.raises(cli.PluginLoadError, match="router"):
-        cli.enabled_plugins(ns)
+        cli.enabled_plugins(_flags(enable=["proxy"], run_router=True), installed)
 
 
 def test_a_missing_kubeconfig_is_one_clear_line(capsys, tmp_path):
@@ -150,14 +147,14 @@ def test_each_plugins_cleanup_runs_through_pluggy_whatever_the_others_do(monkeyp
 
     class Works:
         @hookimpl
-        def kube_router_cleanup(self, config):
-            done.append(config.node)
+        def kube_router_cleanup(self, core):
+            done.append(core.node_name)
 
     pm = cli.plugins.new_manager()
     cli.plugins.register(pm, "works", Works())
     cli.plugins.register(pm, "fails", Fails())
-    config = argparse.Namespace(pluginmanager=pm, node="n1")
-    assert cli.run_cleanups(config) == 1
+    flags = parse(["--hostname-override", "n1"])
+    assert cli.run_cleanups(pm, CoreSettings.from_flags(flags), flags) == 1
     assert done == ["n1"]
-    assert [name for name, _ in cli.plugins.one_by_one(pm, "kube_router_cleanup",
-                                                       among={"works"})] == ["works"]
+    assert [name for name, _ in one_by_one(pm, "kube_router_cleanup",
+                                           among={"works"})] == ["works"]

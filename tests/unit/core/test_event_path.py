@@ -5,7 +5,6 @@ declared."""
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import threading
 
@@ -23,6 +22,7 @@ from kube_router.kube.records import Record
 from kube_router.kube.records import Service
 from kube_router.kube.store import Store
 from kube_router.metrics import Metrics
+from kube_router.settings import parse
 
 
 def _svc(name: str, ip: str, rv: str) -> dict:
@@ -219,7 +219,7 @@ class Clashing(Controller):
 
 
 def _agent() -> Agent:
-    return Agent(argparse.Namespace(hostname_override="n1"), plugins.new_manager(), [])
+    return Agent.from_flags(parse(["--hostname-override", "n1"]), plugins.new_manager(), [])
 
 
 def test_a_controller_gets_the_indexes_it_declares():

@@ -3,7 +3,6 @@ connection machinery: lists, live watches, cut streams, 410 Gone and restarts.""
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import gc
 import logging
@@ -13,9 +12,9 @@ from collections.abc import Callable
 from collections.abc import Iterator
 from pathlib import Path
 
-import pluggy
 import pytest
 
+from kube_router import plugins
 from kube_router.agent import Agent
 from kube_router.kube import informer as informer_mod
 from kube_router.kube.client import load_client
@@ -25,6 +24,7 @@ from kube_router.kube.informer import Informer
 from kube_router.kube.kinds import KINDS
 from kube_router.kube.store import Store
 from kube_router.metrics import Metrics
+from kube_router.settings import parse
 
 apiserver = pytest.importorskip("kube_router_lab.apiserver")
 ApiServer = apiserver.ApiServer
@@ -263,8 +263,8 @@ def test_a_long_outage_is_followed_within_seconds_and_logged_sparingly(
 
 def test_readyz_says_why_while_the_api_server_is_away(lab: Harness) -> None:
     async def main() -> None:
-        agent = Agent(argparse.Namespace(hostname_override="node-x"),
-                      pluggy.PluginManager("kube_router"), [])
+        agent = Agent.from_flags(parse(["--hostname-override", "node-x"]),
+                                 plugins.new_manager(), [])
         inf, _ = lab.informer()
         agent.informers["Service"] = inf
         agent._stores["Service"] = inf.store

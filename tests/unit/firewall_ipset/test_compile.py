@@ -3,11 +3,12 @@ honours, from the API's dict to chains and set members (no kernel)."""
 
 from __future__ import annotations
 
-import argparse
+from dataclasses import FrozenInstanceError
 from typing import Any
 
 import pytest
 
+from kube_router.errors import UsageError
 from kube_router.kube.records import decode_namespace
 from kube_router.kube.records import decode_networkpolicy
 from kube_router.kube.records import decode_pod
@@ -15,6 +16,8 @@ from kube_router.kube.store import Store
 from kube_router.linux.ipset import parse_save
 from kube_router.linux.run import CommandError
 from kube_router.linux.run import RestoreError
+from kube_router.settings import CoreSettings
+from kube_router.settings import parse
 from kube_router_firewall_ipset import naming as nm
 from kube_router_firewall_ipset import selectors
 from kube_router_firewall_ipset import settings
@@ -315,16 +318,21 @@ def test_names_are_stable_short_and_per_purpose() -> None:
 
 
 def test_settings_are_built_once_from_flags() -> None:
-    parser = argparse.ArgumentParser()
-    settings.add_options(parser)
-    settings.add_options(parser)  # a second plugin adding the same shared flags: no clash
-    s = settings.from_config(parser.parse_args(
-        ["--iptables-sync-period", "1m30s", "--enable-ipv6", "--service-cluster-ip-range",
-         "10.1.0.0/16,fd00:1::/112"]))
+    flags = parse(["--iptables-sync-period", "1m30s", "--enable-ipv6",
+                   "--service-cluster-ip-range", "10.1.0.0/16,fd00:1::/112"],
+                  settings.add_options)
+    s = settings.Settings.from_flags(flags, CoreSettings.from_flags(flags))
     assert s.sync_period == 90.0 and s.families == (4, 6)
     assert s.service_cidrs == ("10.1.0.0/16", "fd00:1::/112")
-    with pytest.raises(AttributeError):
+    with pytest.raises(FrozenInstanceError):
         s.sync_period = 1.0  # type: ignore[misc]
+    defaults = parse([], settings.add_options)
+    s = settings.Settings.from_flags(defaults, CoreSettings.from_flags(defaults))
+    assert (s.sync_period, s.families, s.service_cidrs, s.nodeport_range) == (
+        300.0, (4,), ("10.96.0.0/12",), (30000, 32767))
+    zero = parse(["--iptables-sync-period", "0s"], settings.add_options)
+    with pytest.raises(UsageError, match=r"^--iptables-sync-period must be positive"):
+        settings.Settings.from_flags(zero, CoreSettings.from_flags(zero))
 
 
 def test_restore_error_names_the_failing_lines() -> None:

@@ -77,7 +77,7 @@ def test_agents_get_positional_base64_passwords(tmp_path: Path) -> None:
     assert pw == "," + base64.b64encode(b"Lab-s3cret-key").decode()
     # and the router plugin reads it back positionally
     from kube_router_routing_bgp import desired
-    from kube_router_routing_bgp.plugin import _positional
+    from kube_router_routing_bgp.settings import _positional
     cfg = type("Cfg", (), {"peer_router_passwords": _positional(pw),
                            "peer_router_passwords_file": ""})()
     assert desired.read_passwords(cfg) == ["", "Lab-s3cret-key"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import ipaddress
 import json
@@ -12,6 +11,8 @@ import pytest
 
 from kube_router.kube.records import decode_endpointslice
 from kube_router.kube.records import decode_service
+from kube_router.settings import CoreSettings
+from kube_router.settings import parse
 from kube_router_proxy_ipvs import settings
 from kube_router_proxy_ipvs.api import DEFAULT
 from kube_router_proxy_ipvs.desired import Settings
@@ -63,15 +64,15 @@ def test_no_health_check_without_local_policy_or_port() -> None:
 
 
 def test_timeout_flags() -> None:
-    parser = argparse.ArgumentParser()
-    settings.add_options(parser)
-    cfg = parser.parse_args([])
-    assert settings.ipvs_timeouts(cfg) == (0, 0, 0)
-    cfg = parser.parse_args(["--service-tcp-timeout", "15m", "--service-tcpfin-timeout",
-                             "1m30s", "--service-udp-timeout", "250ms"])
-    assert settings.ipvs_timeouts(cfg) == (900, 90, 1)
+    def timeouts(*argv: str) -> tuple[int, int, int]:
+        flags = parse(argv, settings.add_options)
+        return settings.ProxySettings.from_flags(flags, CoreSettings.from_flags(flags)).timeouts
+
+    assert timeouts() == (0, 0, 0)
+    assert timeouts("--service-tcp-timeout", "15m", "--service-tcpfin-timeout", "1m30s",
+                    "--service-udp-timeout", "250ms") == (900, 90, 1)
     with pytest.raises(SystemExit):
-        parser.parse_args(["--service-udp-timeout", "soon"])
+        timeouts("--service-udp-timeout", "soon")
 
 
 def _free_port() -> int:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import argparse
 import logging
 
 from kube_router import hookimpl
 from kube_router import plugins
 from kube_router.agent import Agent
 from kube_router.kube.records import decode_service
+from kube_router.settings import parse
 from kube_router_proxy_ipvs import plugin
 from kube_router_proxy_ipvs import settings
 from kube_router_proxy_ipvs.api import IPVSScheduler
@@ -22,15 +22,15 @@ class Picker:
 
 
 def _agent(enabled: list[str]) -> Agent:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--hostname-override", default="node-0")
-    settings.add_options(parser)
     pm = plugins.new_manager()
     pm.register(plugin, "proxy")
     pm.register(Picker(), "picker")
-    agent = Agent(parser.parse_args([]), pm, enabled)
-    plugin.kube_router_controllers(agent=agent)  # declares the hook when the core has not
-    return agent
+    return Agent.from_flags(parse(["--hostname-override", "node-0"], settings.add_options),
+                            pm, enabled)
+
+
+def _controller(agent: Agent) -> ProxyController:
+    return ProxyController(agent, agent.startup.of("proxy"))
 
 
 def _svc(sched: str):
@@ -40,18 +40,18 @@ def _svc(sched: str):
 
 
 def test_enabled_plugin_chooses(caplog) -> None:
-    ctl = ProxyController(_agent(["proxy", "picker"]))
+    ctl = _controller(_agent(["proxy", "picker"]))
     assert ctl.scheduler_for(_svc("mh")) == IPVSScheduler("mh", ("flag-1",))
     assert ctl.scheduler_for(_svc("mh")).flag_bits() == 0x8
 
 
 def test_disabled_plugin_is_not_asked() -> None:
-    ctl = ProxyController(_agent(["proxy"]))
+    ctl = _controller(_agent(["proxy"]))
     assert ctl.scheduler_for(_svc("mh")) == IPVSScheduler("rr")
 
 
 def test_unknown_scheduler_warns_once_and_uses_rr(caplog) -> None:
-    ctl = ProxyController(_agent(["proxy", "picker"]))
+    ctl = _controller(_agent(["proxy", "picker"]))
     with caplog.at_level(logging.WARNING):
         for _ in range(3):
             assert ctl.scheduler_for(_svc("bogus")).name == "rr"

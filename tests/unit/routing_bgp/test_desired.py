@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
-import argparse
 import base64
 import logging
 
 import pytest
 
 from kube_router.kube.records import decode_node
+from kube_router.settings import CoreSettings
+from kube_router.settings import parse
 from kube_router_routing_bgp import desired
-from kube_router_routing_bgp.plugin import kube_router_add_options
+from kube_router_routing_bgp.settings import RouterSettings
+from kube_router_routing_bgp.settings import add_options
 
 
-def config(*args: str) -> argparse.Namespace:
-    parser = argparse.ArgumentParser()
-    kube_router_add_options(parser=parser)
-    return parser.parse_args(list(args))
+def config(*args: str) -> RouterSettings:
+    """The router's settings, built from flags as start-up builds them."""
+    flags = parse(args, add_options)
+    return RouterSettings.from_flags(flags, CoreSettings.from_flags(flags))
 
 
 def node(name: str, ip: str | None, cidrs: list[str] | None = None,

@@ -111,15 +111,25 @@ def test_admin_target() -> None:
     assert admin_target("127.0.0.1", 0, "/run/x") == "unix:///run/x/gobgpd.sock"
 
 
-def test_service_cidrs_read_the_proxys_repeatable_comma_separated_flag() -> None:
+def test_the_service_cidrs_come_from_the_core_not_from_another_plugins_flag() -> None:
     import argparse
 
-    from kube_router_routing_bgp.controller import service_cidrs
+    from kube_router.settings import CoreSettings
+    from kube_router.settings import parse
+    from kube_router_routing_bgp import settings
 
-    cfg = argparse.Namespace(service_cluster_ip_range=[["10.96.0.0/12", "fd00::/108"],
-                                                       ["10.1.0.0/16"]])
-    assert service_cidrs(cfg) == ["10.96.0.0/12", "fd00::/108", "10.1.0.0/16"]
-    assert service_cidrs(argparse.Namespace()) == []
+    # The router declares no such flag, and reads no flag it does not declare.
+    own = argparse.ArgumentParser()
+    settings.add_options(own)
+    with pytest.raises(SystemExit):
+        own.parse_args(["--service-cluster-ip-range", "10.1.0.0/16"])
+    flags = parse(["--service-cluster-ip-range", "10.96.0.0/12,fd00::/108",
+                   "--service-cluster-ip-range", "10.1.0.0/16"], settings.add_options)
+    core = CoreSettings.from_flags(flags)
+    router = settings.RouterSettings.from_flags(flags, core)
+    assert [str(n) for n in router.service_cidrs] == ["10.96.0.0/12", "fd00::/108",
+                                                       "10.1.0.0/16"]
+    assert router.service_cidrs == core.service_cidrs
 
 
 def test_a_gobgpd_that_never_answers_is_ended_so_the_next_sync_starts_afresh(
