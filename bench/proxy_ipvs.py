@@ -18,6 +18,12 @@ EndpointSlice: time from the event reaching the controller to the kernel state a
 measured after each cold sync; the median of those runs' p50 and p99 is reported, and each
 run's three slowest changes (``event_slowest``: the controller's parts, page faults, context
 switches and cyclic collections they had).
+pyroute2, the library this project uses wherever it is not slower, does the floor's work
+and the restart's reading in its own phase (``--skip-pyroute2`` leaves it out): each
+hand-written codec stands on these rows. ``pyroute2_ipvs_seconds``: the same IPVS services
+and dests, one call each; ``pyroute2_addr_seconds``: the same VIP addresses and local
+routes; ``pyroute2_read_seconds`` against ``codec_read_seconds``: that state read back
+(IPVS services with every dest's weight, the link's addresses and local routes).
 Also reported: ``resync_seconds``, a full resync (as every ``--ipvs-sync-period``) right after
 the cold sync, when nothing has changed and no message is sent; and the agent restarted over
 what a cold sync left (a second process): ``restart_load_seconds`` to read the kernel's state,
@@ -163,6 +169,71 @@ def phase_floor(n: int) -> dict:
     assert not failures and not failed, (failures[:3], list(failed.items())[:3])
     return {"floor_seconds": seconds, "floor_addr_seconds": addr_seconds,
             "messages": len(batch) + len(addresses)}
+
+
+def phase_pyroute2(n: int) -> dict:
+    """The floor's messages sent through pyroute2, one call each, then the state read back
+    by pyroute2 and by the codecs (what a restarted agent reads first)."""
+    from pyroute2 import IPVS
+    from pyroute2 import IPRoute
+    from pyroute2 import IPVSDest
+    from pyroute2 import IPVSService
+
+    from kube_router_proxy_ipvs import rtnl
+
+    _node_link()
+    services, slices = api_objects(n)
+    proxy_settings = Settings(node_name="node-0", service_cidrs=())
+    states = [service_state(decode_service(s), [decode_endpointslice(sl)], proxy_settings,
+                            DEFAULT, []) for s, sl in zip(services, slices, strict=True)]
+    vips = list(dict.fromkeys(v for st in states for v in st.vips))
+    with IPRoute() as ipr:
+        ipr.link("add", ifname="kube-dummy-if", kind="dummy")
+        index = ipr.link_lookup(ifname="kube-dummy-if")[0]
+        ipr.link("set", index=index, state="up")
+        started = time.perf_counter()
+        for vip in vips:
+            ipr.addr("replace", index=index, address=vip, prefixlen=32)
+            ipr.route("replace", dst=vip, dst_len=32, table=255, type="local", scope="host",
+                      proto="kernel", oif=index, prefsrc=NODE_IP)
+        addr_seconds = time.perf_counter() - started
+    with IPVS() as ipvs:
+        started = time.perf_counter()
+        for st in states:
+            for vs in st.servers:
+                k = vs.key
+                svc = IPVSService(af=k.af, protocol=k.protocol, addr=k.addr, port=k.port,
+                                  sched_name=vs.attrs.scheduler, timeout=vs.attrs.timeout,
+                                  flags={"flags": vs.attrs.flags, "mask": 0xFFFFFFFF},
+                                  netmask="255.255.255.255")  # packed as an address
+                ipvs.service("add", service=svc)
+                for (ip, port), weight in vs.dests.items():
+                    ipvs.dest("add", service=svc, dest=IPVSDest(addr=ip, port=port,
+                                                                weight=weight, fwd_method=0))
+        ipvs_seconds = time.perf_counter() - started
+        started = time.perf_counter()
+        read: list[dict] = []
+        for s in ipvs.service("dump"):
+            svc = IPVSService.from_message(s)
+            read.append({(d.get("addr"), d.get("port")): d.get("weight")
+                         for d in map(IPVSDest.from_message, ipvs.dest("dump", service=svc))})
+        with IPRoute() as ipr:
+            addrs = {a.get("IFA_LOCAL") for a in ipr.get_addr(index=index)}
+            routes = {r.get("RTA_DST"): r.get("RTA_PREFSRC")
+                      for r in ipr.get_routes(table=255, oif=index) if r["type"] == 2}
+        pyroute2_read = time.perf_counter() - started
+    started = time.perf_counter()
+    with nl.IPVSSocket() as sock:
+        ours = {s.key: sock.dest_weights(s.key) for s in sock.services(stats=False)
+                if s.key is not None}
+    our_addrs, our_routes = rtnl.addresses(index), rtnl.local_routes(index)
+    codec_read = time.perf_counter() - started
+    dests = sum(len(d) for d in read)
+    assert dests == sum(len(d) for d in ours.values()) == n * ENDPOINTS, (dests, n)
+    assert len(addrs) == len(our_addrs) and len(routes) == len(our_routes), \
+        (len(addrs), len(our_addrs), len(routes), len(our_routes))
+    return {"pyroute2_ipvs_seconds": ipvs_seconds, "pyroute2_addr_seconds": addr_seconds,
+            "pyroute2_read_seconds": pyroute2_read, "codec_read_seconds": codec_read}
 
 
 def phase_ipvsadm(n: int) -> dict:
@@ -353,10 +424,12 @@ def main() -> None:
     p.add_argument("--changes", type=int, default=200, help="S2 endpoint changes")
     p.add_argument("--repeat", type=int, default=3, help="runs of the floor and the sync")
     p.add_argument("--skip-ipvsadm", action="store_true")
+    p.add_argument("--skip-pyroute2", action="store_true")
     p.add_argument("--no-estimation", action="store_true",
                    help="turn IPVS rate estimation off in the sync runs (net.ipv4.vs."
                         "run_estimation=0), to tell its timer's cost from the proxy's")
-    p.add_argument("--phase", choices=["floor", "ipvsadm", "sync", "coldsync", "restart"],
+    p.add_argument("--phase",
+                   choices=["floor", "ipvsadm", "pyroute2", "sync", "coldsync", "restart"],
                    help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.phase == "coldsync":  # the first half of "restart", in its namespace
@@ -371,6 +444,9 @@ def main() -> None:
         return
     if args.phase == "ipvsadm":
         print(json.dumps(phase_ipvsadm(args.n)))
+        return
+    if args.phase == "pyroute2":
+        print(json.dumps(phase_pyroute2(args.n)))
         return
     if args.phase == "sync":
         print(json.dumps(phase_sync(args.n, args.changes, not args.no_estimation)))
@@ -402,6 +478,11 @@ def main() -> None:
         result.update(_in_netns("ipvsadm", args.n, args.changes))
     else:
         result["ipvsadm_seconds"] = None
+    if not args.skip_pyroute2:
+        result.update(_in_netns("pyroute2", args.n, args.changes))
+        result["pyroute2_vs_floor"] = round(
+            (result["pyroute2_ipvs_seconds"] + result["pyroute2_addr_seconds"])
+            / result["floor_seconds"], 1)
     result["sync_vs_floor"] = round(result["sync_seconds"] / result["floor_seconds"], 2)
     result["same_messages"] = result["messages"] == result["sync_ops"]
     if result["ipvsadm_seconds"]:

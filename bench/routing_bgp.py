@@ -13,7 +13,11 @@ The last line printed is one JSON object: ``n``, ``install_seconds`` (last path 
 by the node's gobgpd to all N routes in the kernel), ``ip_batch_seconds``, ``ratio``,
 ``withdraw_ms``, and the details: ``feed_seconds`` (AddPathStream on the feeder),
 ``first_to_kernel_seconds`` (first path delivered to all N in the kernel),
-``kernel_write_seconds`` (our batched writer alone, N routes, fresh namespace).
+``kernel_write_seconds`` (our batched writer alone, N routes, fresh namespace). pyroute2,
+which this project uses wherever it is not slower, does the writer's work in a fresh
+namespace too: ``pyroute2_write_seconds`` (one call per route), and reads the N routes back,
+``pyroute2_dump_seconds`` against ``kernel_dump_seconds`` (our dump); ``--skip-pyroute2``
+leaves those out.
 """
 
 from __future__ import annotations
@@ -184,9 +188,44 @@ def bench_kernel_writer(n: int, tag: str) -> float:
         ip("netns", "del", b)
 
 
+def bench_pyroute2(n: int, tag: str) -> dict[str, float]:
+    """pyroute2 writing the same N routes one call each, then reading them back beside our
+    dump of the same table."""
+    from pyroute2 import IPRoute
+
+    a, b = make_pair(tag + "p")
+    try:
+        with IPRoute(netns=b) as ipr:
+            t0 = time.monotonic()
+            for p in prefixes(n):
+                net, plen = p.split("/")
+                ipr.route("add", dst=net, dst_len=int(plen), gateway=IP_A, proto=17)
+            write_s = time.monotonic() - t0
+            t0 = time.monotonic()
+            theirs = [r for r in ipr.get_routes(family=2) if r["proto"] == 17]
+            pyroute2_dump_s = time.monotonic() - t0
+        table = RouteTable(netns=b)
+        try:
+            t0 = time.monotonic()
+            ours = table.dump()
+            dump_s = time.monotonic() - t0
+        finally:
+            table.close()
+        if len(theirs) != n or len(ours) != n:
+            raise RuntimeError(f"pyroute2 read {len(theirs)} routes, ours {len(ours)}, of {n}")
+        return {"pyroute2_write_seconds": round(write_s, 4),
+                "pyroute2_dump_seconds": round(pyroute2_dump_s, 4),
+                "kernel_dump_seconds": round(dump_s, 4)}
+    finally:
+        ip("netns", "del", a)
+        ip("netns", "del", b)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.routing_bgp")
     parser.add_argument("--n", type=int, default=5000, help="paths/routes (default 5000)")
+    parser.add_argument("--skip-pyroute2", action="store_true",
+                        help="leave out pyroute2's rows (writing and reading the routes)")
     args = parser.parse_args(argv)
     if not 1 <= args.n <= 60000:
         parser.error("--n must be from 1 to 60000")
@@ -204,6 +243,9 @@ def main(argv: list[str] | None = None) -> int:
            "kernel_write_seconds": round(writer_s, 4)}
     out["ratio"] = round(out["install_seconds"] / ip_batch_s, 3) if ip_batch_s else None
     out["kernel_write_ratio"] = round(writer_s / ip_batch_s, 3) if ip_batch_s else None
+    if not args.skip_pyroute2:
+        out.update(bench_pyroute2(args.n, tag))
+        out["pyroute2_write_vs_ours"] = round(out["pyroute2_write_seconds"] / writer_s, 1)
     print(json.dumps(out))
     return 0
 

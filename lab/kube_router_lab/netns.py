@@ -10,7 +10,6 @@ born in that namespace, which saves the extra ``ip netns exec`` process per comm
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import socket
 import subprocess
@@ -19,16 +18,9 @@ from collections.abc import Mapping
 from collections.abc import Sequence
 from pathlib import Path
 
+from kube_router.linux.netlink import setns as _setns
+
 NETNS_DIR = Path("/run/netns")
-_CLONE_NEWNET = 0x40000000
-
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def _setns(fd: int) -> None:
-    if _libc.setns(fd, _CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"setns: {os.strerror(err)}")
 
 
 def path_of(netns: str) -> Path:

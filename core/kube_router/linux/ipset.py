@@ -14,7 +14,6 @@ from collections.abc import Iterable
 from typing import Any
 
 from kube_router.linux.run import restore as run_restore
-from kube_router.linux.run import restore_sync as run_restore_sync
 from kube_router.linux.run import restore_text
 from kube_router.linux.run import run
 from kube_router.linux.run import run_sync
@@ -40,10 +39,6 @@ def swap_script(name: str, settype: str, members: Iterable[str], *, family: str 
 async def restore(lines: list[str], *, timeout: float | None = None) -> None:
     argv = ["ipset", "restore"]
     await run_restore(argv, restore_text(lines), timeout=timeout)
-
-
-def restore_sync(lines: list[str]) -> None:
-    run_restore_sync(["ipset", "restore"], restore_text(lines))
 
 
 def names_sync() -> set[str]:

@@ -14,12 +14,10 @@ from __future__ import annotations
 
 import errno
 import ipaddress
-import os
 import socket
 import struct
 from collections.abc import Callable
 from collections.abc import Iterable
-from collections.abc import Iterator
 from collections.abc import Sequence
 from dataclasses import dataclass
 from dataclasses import field
@@ -27,23 +25,20 @@ from functools import lru_cache
 from typing import Any
 from typing import NamedTuple
 
-from kube_router.linux.memory import ReceiveBuffer
-
-# netlink
-NETLINK_GENERIC = 16
-NLM_F_REQUEST = 0x1
-NLM_F_MULTI = 0x2
-NLM_F_ACK = 0x4
-NLM_F_DUMP = 0x300
-NLMSG_ERROR = 0x2
-NLMSG_DONE = 0x3
-NLA_F_NESTED = 0x8000
-NLA_TYPE_MASK = 0x3FFF
-SOL_NETLINK = 270
-NETLINK_CAP_ACK = 10
-NETLINK_EXT_ACK = 11
-SO_RCVBUFFORCE = 33
-SO_SNDBUFFORCE = 32
+from kube_router.linux import netlink
+from kube_router.linux.netlink import ATTR as _NLA
+from kube_router.linux.netlink import HEADER as _NLMSG
+from kube_router.linux.netlink import NETLINK_GENERIC
+from kube_router.linux.netlink import NLA_F_NESTED
+from kube_router.linux.netlink import NLA_TYPE_MASK
+from kube_router.linux.netlink import NLM_F_ACK
+from kube_router.linux.netlink import NLM_F_REQUEST
+from kube_router.linux.netlink import ChunkBuffer
+from kube_router.linux.netlink import NetlinkError
+from kube_router.linux.netlink import attr as _nla
+from kube_router.linux.netlink import frame
+from kube_router.linux.netlink import nested as _nested
+from kube_router.linux.netlink import parse_attrs
 
 # generic netlink controller
 GENL_ID_CTRL = 0x10
@@ -121,25 +116,18 @@ FWD_MASQ = 0
 PROTOCOLS = {"TCP": socket.IPPROTO_TCP, "UDP": socket.IPPROTO_UDP, "SCTP": 132}
 PROTOCOL_NAMES = {v: k for k, v in PROTOCOLS.items()}
 
-_NLMSG = struct.Struct("=IHHII")
 _GENL = struct.Struct("=BBH")
-_NLA = struct.Struct("=HH")
 _U16 = struct.Struct("=H")
 _U32 = struct.Struct("=I")
 _U64 = struct.Struct("=Q")
 _BE16 = struct.Struct("!H")
 _FLAGS = struct.Struct("=II")
 
-# One sendmsg carries at most this many bytes of requests.
-BATCH_BYTES = 256 * 1024
+BATCH_BYTES = netlink.CHUNK_BYTES
 
 
-class IPVSError(OSError):
-    """A netlink request failed; ``op`` describes the operation."""
-
-    def __init__(self, code: int, op: str) -> None:
-        super().__init__(code, f"{os.strerror(code)}: {op}")
-        self.op = op
+class IPVSError(NetlinkError):
+    """An IPVS request failed; ``op`` describes the operation."""
 
 
 class ServiceKey(NamedTuple):
@@ -208,12 +196,6 @@ class DumpedDest:
 # -- attribute packing ----------------------------------------------------------------
 
 
-def _nla(atype: int, payload: bytes) -> bytes:
-    length = 4 + len(payload)
-    pad = (-length) & 3
-    return _NLA.pack(length, atype) + payload + b"\0" * pad
-
-
 def _addr_bytes(af: int, addr: str) -> bytes:
     return socket.inet_pton(af, addr)
 
@@ -255,10 +237,6 @@ def _dest_full(af: int, addr: str, port: int, attrs: DestAttrs) -> bytes:
         + _nla(DEST_ATTR_U_THRESH, _U32.pack(0))
         + _nla(DEST_ATTR_L_THRESH, _U32.pack(0))
     )
-
-
-def _nested(atype: int, payload: bytes) -> bytes:
-    return _nla(atype | NLA_F_NESTED, payload)
 
 
 # -- messages -------------------------------------------------------------------------
@@ -345,19 +323,6 @@ _AF_INET = socket.AF_INET
 _DEST4_ID = struct.Struct("=HH" "HH4s" "HHH2x" "HHH2x")
 
 
-def _dest4(addr: str, port: int, attrs: DestAttrs) -> bytes:
-    return _DEST4.pack(
-        _DEST4.size, CMD_ATTR_DEST | NLA_F_NESTED,
-        8, DEST_ATTR_ADDR, socket.inet_aton(addr),
-        6, DEST_ATTR_PORT, socket.htons(port),
-        6, DEST_ATTR_ADDR_FAMILY, socket.AF_INET,
-        8, DEST_ATTR_FWD_METHOD, attrs.fwd_method,
-        8, DEST_ATTR_WEIGHT, attrs.weight,
-        8, DEST_ATTR_U_THRESH, 0,
-        8, DEST_ATTR_L_THRESH, 0,
-    )
-
-
 def new_service(key: ServiceKey, attrs: ServiceAttrs) -> Op:
     body = _nested(CMD_ATTR_SERVICE, _service_full(key, attrs))
     return Op(CMD_NEW_SERVICE, _GENL_HDR[CMD_NEW_SERVICE] + body, key)
@@ -388,23 +353,6 @@ def new_dest(key: ServiceKey, addr: str, port: int, attrs: DestAttrs) -> Op:
     return _dest_op(CMD_NEW_DEST, key, addr, port, attrs)
 
 
-def new_dests(key: ServiceKey, dests: Iterable[tuple[tuple[str, int], DestAttrs]]
-              ) -> list[Op]:
-    """NEW_DEST for each ((ip, port), attrs) of one service (a new service's real servers)."""
-    if key.af != socket.AF_INET:
-        return [new_dest(key, ip, port, attrs) for (ip, port), attrs in dests]
-    head = _GENL_HDR[CMD_NEW_DEST] + _service_nest(key)
-    pack = _DEST4.pack
-    return [
-        Op(CMD_NEW_DEST, head + pack(
-            60, _DEST_NESTED, 8, DEST_ATTR_ADDR, _inet_aton(ip), 6, DEST_ATTR_PORT,
-            _htons(port), 6, DEST_ATTR_ADDR_FAMILY, _AF_INET, 8, DEST_ATTR_FWD_METHOD,
-            attrs.fwd_method, 8, DEST_ATTR_WEIGHT, attrs.weight, 8, DEST_ATTR_U_THRESH, 0,
-            8, DEST_ATTR_L_THRESH, 0), key, (ip, port))
-        for (ip, port), attrs in dests
-    ]
-
-
 def set_dest(key: ServiceKey, addr: str, port: int, attrs: DestAttrs) -> Op:
     return _dest_op(CMD_SET_DEST, key, addr, port, attrs)
 
@@ -421,10 +369,6 @@ def del_dest(key: ServiceKey, addr: str, port: int) -> Op:
         dest = _nested(CMD_ATTR_DEST, _dest_id(key.af, addr, port))
     return Op(CMD_DEL_DEST, _GENL_HDR[CMD_DEL_DEST] + _service_nest(key) + dest, key,
               (addr, port))
-
-
-def frame(family: int, op_body: bytes, seq: int, flags: int = NLM_F_REQUEST) -> bytes:
-    return _NLMSG.pack(_NLMSG.size + len(op_body), family, flags, seq, 0) + op_body
 
 
 # -- batches encoded in place -----------------------------------------------------------
@@ -496,36 +440,6 @@ def echoed_dest(payload: bytes, af: int) -> tuple[str, int] | None:
     return _addr(af, a[DEST_ATTR_ADDR]), _BE16.unpack(a[DEST_ATTR_PORT][:2])[0]
 
 
-class ChunkBuffer:
-    """A send buffer of one ``sendmsg``'s size: when full it goes to ``sink`` (or, without
-    one, is kept as a chunk) and is filled again, so memory stays bounded however many
-    messages a batch holds, and a reused buffer touches no fresh pages."""
-
-    def __init__(self, size: int, sink: Callable[[memoryview], None] | None,
-                 buf: bytearray | None) -> None:
-        self.sink = sink
-        self.buf = buf if buf is not None and len(buf) >= size else bytearray(size)
-        self.used = 0
-        self.kept: list[bytes] = []  # full buffers, without a sink
-        self._last = -1  # where the last message starts in the buffer, while unsent
-
-    def _flush(self) -> None:
-        if not self.used:
-            return
-        view = memoryview(self.buf)[: self.used]
-        if self.sink is not None:
-            self.sink(view)
-        else:
-            self.kept.append(bytes(view))
-        self.used = 0
-        self._last = -1
-
-    def chunks(self) -> list[bytes]:
-        """Without a sink: every encoded byte, in sendmsg-sized chunks."""
-        self._flush()
-        return self.kept
-
-
 class Batch(ChunkBuffer):
     """IPVS requests encoded in place, as they are planned, into one reused buffer.
 
@@ -558,17 +472,6 @@ class Batch(ChunkBuffer):
     @property
     def segments(self) -> int:
         return len(self._cmds)
-
-    def ack_last(self) -> bool:
-        """Ask for an ack of the last message, if it is still in the buffer: its reply (an
-        ack, or its error) comes after every other and closes the batch; the reply echoes
-        the request's flags, so it is told from the errors of its segment's other messages.
-        """
-        if self._last < 0:
-            return False
-        at = self._last + 6  # nlmsg_flags
-        _U16.pack_into(self.buf, at, _U16.unpack_from(self.buf, at)[0] | NLM_F_ACK)
-        return True
 
     def _service_nest(self, key: ServiceKey) -> bytes:
         last, nest = self._nest
@@ -708,7 +611,6 @@ class Batch(ChunkBuffer):
 
 #: Room kept free at the end of a buffer: larger than any one message built here.
 _MAX_MSG = 1024
-_ERRBUF_BYTES = 64 * 1024
 
 
 _WEIGHT_ATTRS: dict[int, DestAttrs] = {}
@@ -724,19 +626,6 @@ def _weight_attrs(weight: int) -> DestAttrs:
 # -- attribute parsing ----------------------------------------------------------------
 
 
-def parse_attrs(data: bytes | memoryview, offset: int = 0, end: int | None = None) -> dict:
-    """Parse a flat attribute stream into {type: payload bytes}."""
-    out: dict[int, bytes] = {}
-    end = len(data) if end is None else end
-    while offset + 4 <= end:
-        length, atype = _NLA.unpack_from(data, offset)
-        if length < 4:
-            break
-        out[atype & NLA_TYPE_MASK] = bytes(data[offset + 4 : offset + length])
-        offset += (length + 3) & ~3
-    return out
-
-
 def _u32(attrs: dict, key: int, default: int = 0) -> int:
     v = attrs.get(key)
     return _U32.unpack(v[:4])[0] if v else default
@@ -748,7 +637,7 @@ def _addr(af: int, raw: bytes) -> str:
     return socket.inet_ntop(socket.AF_INET, raw[:4])
 
 
-def _parse_stats(raw: bytes | None, wide: bool) -> Stats:
+def _parse_stats(raw: bytes | None) -> Stats:
     st = Stats()
     if not raw:
         return st
@@ -763,7 +652,6 @@ def _parse_stats(raw: bytes | None, wide: bool) -> Stats:
             setattr(st, name, _U64.unpack(v[:8])[0])
         elif len(v) >= 4:
             setattr(st, name, _U32.unpack(v[:4])[0])
-    del wide
     return st
 
 
@@ -788,7 +676,7 @@ def decode_service(payload: bytes, stats: bool = True) -> DumpedService:
     if not stats:
         return DumpedService(key=key, fwmark=fwmark, attrs=attrs)
     raw = a.get(SVC_ATTR_STATS64)
-    counters = _parse_stats(raw if raw else a.get(SVC_ATTR_STATS), bool(raw))
+    counters = _parse_stats(raw if raw else a.get(SVC_ATTR_STATS))
     return DumpedService(key=key, fwmark=fwmark, attrs=attrs, stats=counters)
 
 
@@ -802,7 +690,7 @@ def decode_dest(payload: bytes, af: int, stats: bool = True) -> DumpedDest:
     counters = Stats()
     if stats:
         raw = a.get(DEST_ATTR_STATS64)
-        counters = _parse_stats(raw if raw else a.get(DEST_ATTR_STATS), bool(raw))
+        counters = _parse_stats(raw if raw else a.get(DEST_ATTR_STATS))
     return DumpedDest(
         addr=_addr(af, a[DEST_ATTR_ADDR]),
         port=_BE16.unpack(a[DEST_ATTR_PORT][:2])[0],
@@ -843,44 +731,25 @@ def _get_dests(key: ServiceKey) -> bytes:
                                                                    _service_id(key))
 
 
-def iter_messages(data: bytes) -> Iterator[tuple[int, int, int, bytes]]:
-    """Yield (type, flags, seq, payload) for each netlink message in a datagram."""
-    offset = 0
-    while offset + _NLMSG.size <= len(data):
-        length, mtype, flags, seq, _pid = _NLMSG.unpack_from(data, offset)
-        if length < _NLMSG.size:
-            break
-        yield mtype, flags, seq, data[offset + _NLMSG.size : offset + length]
-        offset += (length + 3) & ~3
-
-
 # -- the socket -----------------------------------------------------------------------
+
+#: (segment, operation, error) of each failed request of a batch
+Failures = list[tuple[int, Op, IPVSError]]
 
 
 class IPVSSocket:
     """A generic-netlink socket bound to the IPVS family. Blocking; not thread-safe."""
 
     def __init__(self) -> None:
-        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_GENERIC)
-        try:
-            # A batch can draw many error replies at once: make room so none is dropped.
-            self.sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 8 * 1024 * 1024)
-            self.sock.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, 4 * 1024 * 1024)
-        except OSError:
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 * 1024 * 1024)
         # Acks are not capped: an error reply echoes the whole failed request, which names
         # the dest a batch's message was for (see Batch).
-        self.sock.bind((0, 0))
-        self._seq = 0
-        self._replies = ReceiveBuffer()  # dumps: reading the table at start is thousands
+        self.nl = netlink.Socket(NETLINK_GENERIC)
         self.family = self._resolve_family()
-        # Made once with the socket and reused: the send buffer of every stream, and the
-        # receive buffer for error replies (one reply per datagram, each under 1 KiB).
+        # Made once with the socket and reused: the send buffer of every stream.
         self.buffer = bytearray(BATCH_BYTES + _MAX_MSG)
-        self._errbuf = bytearray(_ERRBUF_BYTES)
 
     def close(self) -> None:
-        self.sock.close()
+        self.nl.close()
 
     def __enter__(self) -> IPVSSocket:
         return self
@@ -888,28 +757,15 @@ class IPVSSocket:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _next_seq(self) -> int:
-        self._seq = (self._seq + 1) & 0xFFFFFFFF or 1
-        return self._seq
-
-    def _recv(self) -> bytes:
-        return self._replies.recv(self.sock)
-
     def _resolve_family(self) -> int:
-        seq = self._next_seq()
         body = _GENL.pack(CTRL_CMD_GETFAMILY, 1, 0) + _nla(
-            CTRL_ATTR_FAMILY_NAME, IPVS_GENL_NAME.encode() + b"\0"
-        )
-        self.sock.send(frame(GENL_ID_CTRL, body, seq))
-        while True:
-            for mtype, _flags, mseq, payload in iter_messages(self._recv()):
-                if mseq != seq:
-                    continue
-                if mtype == NLMSG_ERROR:
-                    code = -struct.unpack_from("=i", payload)[0]
-                    raise IPVSError(code or errno.ENOENT, "resolve generic netlink family IPVS")
-                attrs = parse_attrs(payload, _GENL.size)
-                return _U16.unpack(attrs[CTRL_ATTR_FAMILY_ID][:2])[0]
+            CTRL_ATTR_FAMILY_NAME, IPVS_GENL_NAME.encode() + b"\0")
+        what = "resolve generic netlink family IPVS"
+        payload = self.nl.request(GENL_ID_CTRL, body, what, ack=False, error=IPVSError)
+        if payload is None:
+            raise IPVSError(errno.ENOENT, what)
+        attrs = parse_attrs(payload, _GENL.size)
+        return _U16.unpack(attrs[CTRL_ATTR_FAMILY_ID][:2])[0]
 
     # -- batches ------------------------------------------------------------------------
 
@@ -923,121 +779,87 @@ class IPVSSocket:
         ops = list(ops)
         for op in ops:
             batch.add_op(op)  # one segment each: segment n is ops[n - 1]
-        failures: list[tuple[int, Op, IPVSError]] = []
+        failures: Failures = []
         self._send_chunks(batch, failures)
         return [(ops[seq - 1], err) for seq, _, err in failures]
 
     def send(self, batch: Batch) -> list[tuple[Op, IPVSError]]:
         """Send a prebuilt batch (no sink), pipelined; return the requests that failed with
         their error. Failures do not stop the batch: each message is independent."""
-        failures: list[tuple[int, Op, IPVSError]] = []
+        failures: Failures = []
         self._send_chunks(batch, failures)
         return [(op, err) for _, op, err in failures]
 
-    def _send_chunks(self, batch: Batch, failures: list[tuple[int, Op, IPVSError]]) -> None:
+    def _send_chunks(self, batch: Batch, failures: Failures) -> None:
         acked = batch.ack_last()
         chunks = batch.chunks()
         for i, chunk in enumerate(chunks):
-            self.sock.send(chunk)
+            self.nl.send(chunk)
             if i < len(chunks) - 1:
-                self._drain_errors(batch, failures, block=False)
+                self.nl.drain(self._on_reply(batch, failures, 0), block=False)
         self._close(batch, failures, acked)
 
-    def _close(self, batch: Batch, failures: list[tuple[int, Op, IPVSError]],
-               acked: bool) -> None:
+    def _close(self, batch: Batch, failures: Failures, acked: bool) -> None:
         """Collect the errors of a sent batch up to its end: the ack of its last message,
         or (that one went out with an earlier chunk) the ack of a barrier request."""
         if not batch.count:
             return
         if acked:
-            self._drain_errors(batch, failures, block=True, barrier=batch.segments,
-                               last=True)
-        else:
-            self._barrier(batch, failures)
+            self.nl.drain(self._on_reply(batch, failures, batch.segments, last=True),
+                          block=True)
+            return
+        # An acked GET_INFO: its reply comes after every earlier error.
+        barrier = batch.segments + 1
+        self.nl.send(frame(batch.family, _GENL.pack(CMD_GET_INFO, IPVS_GENL_VERSION, 0),
+                           barrier, NLM_F_REQUEST | NLM_F_ACK))
+        self.nl.drain(self._on_reply(batch, failures, barrier), block=True)
 
     def stream(self) -> Stream:
         """A batch sent as it fills: encode into it, then :meth:`Stream.finish`."""
         return Stream(self)
 
-    def _barrier(self, batch: Batch, failures: list[tuple[int, Op, IPVSError]]) -> None:
-        # An acked GET_INFO: its reply comes after every earlier error.
-        barrier = batch.segments + 1
-        self.sock.send(frame(batch.family, _GENL.pack(CMD_GET_INFO, IPVS_GENL_VERSION, 0),
-                             barrier, NLM_F_REQUEST | NLM_F_ACK))
-        self._drain_errors(batch, failures, block=True, barrier=barrier)
-
-    def _drain_errors(
-        self,
-        batch: Batch,
-        failures: list[tuple[int, Op, IPVSError]],
-        *,
-        block: bool,
-        barrier: int = 0,
-        last: bool = False,
-    ) -> None:
-        """Read error replies; blocking, until the reply to ``barrier``: the barrier request
-        or (``last``) the batch's last message, whose echoed flags carry NLM_F_ACK."""
-        flags = 0 if block else socket.MSG_DONTWAIT
+    @staticmethod
+    def _on_reply(batch: Batch, failures: Failures, end: int, last: bool = False
+                  ) -> netlink.OnReply:
+        """What reads a batch's replies: each error becomes a failure of its segment; the
+        reply to ``end`` (the barrier request, or with ``last`` the batch's last message,
+        whose echoed flags carry NLM_F_ACK) closes the batch."""
         segments = batch.segments
-        view = memoryview(self._errbuf)
-        while True:
-            try:
-                n = self.sock.recv_into(view, 0, flags)
-            except BlockingIOError:
-                return
-            done = False
-            for mtype, _f, seq, payload in iter_messages(bytes(view[:n])):
-                if mtype != NLMSG_ERROR:
-                    continue
-                code = -struct.unpack_from("=i", payload)[0]
-                if seq == barrier and last and len(payload) >= 10 \
-                        and _U16.unpack_from(payload, 10)[0] & NLM_F_ACK:
-                    done = True  # the last message's own reply: an ack or its error
-                elif seq == barrier and not last:
-                    if code:
-                        raise IPVSError(code, "IPVS barrier request")
-                    done = True
-                    continue
-                if code and 0 < seq <= segments:
-                    op = batch.op(seq, payload)
-                    failures.append((seq, op, IPVSError(code, op.desc)))
-            if done:
-                return
+
+        def on_reply(seq: int, code: int, payload: bytes) -> bool:
+            closed = False
+            if seq == end and last and netlink.echoed_flags(payload) & NLM_F_ACK:
+                closed = True  # the last message's own reply: an ack or its error
+            elif seq == end and end and not last:
+                if code:
+                    raise IPVSError(code, "IPVS barrier request")
+                return True
+            if code and 0 < seq <= segments:
+                op = batch.op(seq, payload)
+                failures.append((seq, op, IPVSError(code, op.desc)))
+            return closed
+
+        return on_reply
 
     # -- dumps --------------------------------------------------------------------------
 
-    def _dump(self, body: bytes) -> list[bytes]:
-        seq = self._next_seq()
-        self.sock.send(frame(self.family, body, seq, NLM_F_REQUEST | NLM_F_DUMP))
-        out: list[bytes] = []
-        while True:
-            for mtype, _f, mseq, payload in iter_messages(self._recv()):
-                if mseq != seq:
-                    continue
-                if mtype == NLMSG_DONE:
-                    return out
-                if mtype == NLMSG_ERROR:
-                    code = -struct.unpack_from("=i", payload)[0]
-                    if code:
-                        raise IPVSError(code, "IPVS dump")
-                    return out
-                out.append(payload[_GENL.size :])
+    def _dump(self, body: bytes, what: str) -> list[bytes]:
+        return [payload[_GENL.size :]
+                for _t, payload in self.nl.dump(self.family, body, what, IPVSError)]
+
+    def _request(self, body: bytes, what: str, *, ack: bool) -> bytes | None:
+        return self.nl.request(self.family, body, what, ack=ack, error=IPVSError)
 
     def timeouts(self) -> tuple[int, int, int]:
         """The IPVS connection timeouts (tcp, tcpfin, udp), in seconds."""
-        seq = self._next_seq()
-        self.sock.send(frame(self.family, _GENL.pack(CMD_GET_CONFIG, IPVS_GENL_VERSION, 0),
-                             seq))
-        while True:
-            for mtype, _f, mseq, payload in iter_messages(self._recv()):
-                if mseq != seq:
-                    continue
-                if mtype == NLMSG_ERROR:
-                    raise IPVSError(-struct.unpack_from("=i", payload)[0] or errno.EIO,
-                                    "get IPVS timeouts")
-                a = parse_attrs(payload, _GENL.size)
-                return (_u32(a, CMD_ATTR_TIMEOUT_TCP), _u32(a, CMD_ATTR_TIMEOUT_TCP_FIN),
-                        _u32(a, CMD_ATTR_TIMEOUT_UDP))
+        what = "get IPVS timeouts"
+        payload = self._request(_GENL.pack(CMD_GET_CONFIG, IPVS_GENL_VERSION, 0), what,
+                                ack=False)
+        if payload is None:
+            raise IPVSError(errno.EIO, what)
+        a = parse_attrs(payload, _GENL.size)
+        return (_u32(a, CMD_ATTR_TIMEOUT_TCP), _u32(a, CMD_ATTR_TIMEOUT_TCP_FIN),
+                _u32(a, CMD_ATTR_TIMEOUT_UDP))
 
     def set_timeouts(self, tcp: int = 0, tcpfin: int = 0, udp: int = 0) -> None:
         """Set the IPVS connection timeouts in seconds; 0 leaves that one as it is (the
@@ -1046,38 +868,24 @@ class IPVSSocket:
                 + _nla(CMD_ATTR_TIMEOUT_TCP, _U32.pack(tcp))
                 + _nla(CMD_ATTR_TIMEOUT_TCP_FIN, _U32.pack(tcpfin))
                 + _nla(CMD_ATTR_TIMEOUT_UDP, _U32.pack(udp)))
-        seq = self._next_seq()
-        self.sock.send(frame(self.family, body, seq, NLM_F_REQUEST | NLM_F_ACK))
-        while True:
-            for mtype, _f, mseq, payload in iter_messages(self._recv()):
-                if mseq == seq and mtype == NLMSG_ERROR:
-                    code = -struct.unpack_from("=i", payload)[0]
-                    if code:
-                        raise IPVSError(code, f"set IPVS timeouts tcp={tcp} tcpfin={tcpfin} "
-                                              f"udp={udp}")
-                    return
+        self._request(body, f"set IPVS timeouts tcp={tcp} tcpfin={tcpfin} udp={udp}",
+                      ack=True)
 
     def services(self, stats: bool = True) -> list[DumpedService]:
         body = _GENL.pack(CMD_GET_SERVICE, IPVS_GENL_VERSION, 0)
-        return [decode_service(p, stats) for p in self._dump(body)]
+        return [decode_service(p, stats) for p in self._dump(body, "IPVS service dump")]
 
     def dests(self, key: ServiceKey, stats: bool = True) -> list[DumpedDest]:
-        return [decode_dest(p, key.af, stats) for p in self._dump(_get_dests(key))]
+        return [decode_dest(p, key.af, stats)
+                for p in self._dump(_get_dests(key), f"IPVS dest dump {key}")]
 
     def dest_weights(self, key: ServiceKey) -> dict[tuple[str, int], int]:
         """The real servers of ``key`` as {(address, port): weight}."""
         out: dict[tuple[str, int], int] = {}
-        for payload in self._dump(_get_dests(key)):
+        for payload in self._dump(_get_dests(key), f"IPVS dest dump {key}"):
             addr, port, weight = dest_weight(payload, key.af)
             out[(addr, port)] = weight
         return out
-
-    def dests_fwmark(self, af: int, fwmark: int) -> list[DumpedDest]:
-        body = _GENL.pack(CMD_GET_DEST, IPVS_GENL_VERSION, 0) + _nested(
-            CMD_ATTR_SERVICE,
-            _nla(SVC_ATTR_AF, _U16.pack(af)) + _nla(SVC_ATTR_FWMARK, _U32.pack(fwmark)),
-        )
-        return [decode_dest(p, af) for p in self._dump(body)]
 
 
 class Stream(Batch):
@@ -1086,19 +894,19 @@ class Stream(Batch):
 
     def __init__(self, sock: IPVSSocket) -> None:
         self.socket = sock
-        self.failures: list[tuple[int, Op, IPVSError]] = []
+        self.failures: Failures = []
         super().__init__(sock.family, self._send_chunk, buf=sock.buffer)
 
     def _send_chunk(self, view: memoryview) -> None:
-        self.socket.sock.send(view)
-        self.socket._drain_errors(self, self.failures, block=False)
+        self.socket.nl.send(view)
+        self.socket.nl.drain(IPVSSocket._on_reply(self, self.failures, 0), block=False)
 
     def finish(self) -> list[tuple[Op, IPVSError]]:
         """Send what is left, wait for the end of the batch, return every failure."""
         acked = self.ack_last()
-        if self.used:
-            self.socket.sock.send(memoryview(self.buf)[: self.used])
-            self.used, self._last = 0, -1
+        rest = self.take_rest()
+        if rest is not None:
+            self.socket.nl.send(rest)
         self.socket._close(self, self.failures, acked)
         return [(op, err) for _, op, err in self.failures]
 

@@ -4,7 +4,8 @@ A cold start binds thousands of VIPs, each an address plus (with a node IP known
 replaced local-table route: pyroute2's call-and-wait per message costs a round trip each.
 Here every message is packed into one buffer, sent in large ``sendmsg`` chunks without
 ``NLM_F_ACK`` (the kernel then answers only failures, tagged with their sequence number),
-and an ack requested on the last message closes the batch, as in :mod:`ipvs_netlink`.
+and an ack requested on the last message closes the batch; the framing, the buffer and the
+draining of errors are :mod:`kube_router.linux.netlink`'s.
 """
 
 from __future__ import annotations
@@ -17,8 +18,7 @@ from collections.abc import Callable
 from collections.abc import Iterator
 from collections.abc import Sequence
 
-from kube_router.linux.memory import ReceiveBuffer
-from kube_router_proxy_ipvs import ipvs_netlink as nl
+from kube_router.linux import netlink as nl
 
 RTM_NEWADDR = 20
 RTM_DELADDR = 21
@@ -39,15 +39,13 @@ RTPROT_KERNEL = 2
 RT_SCOPE_HOST = 254
 RT_SCOPE_LINK = 253
 RT_SCOPE_NOWHERE = 255  # in a delete: any scope
-NLM_F_REPLACE = 0x100
-NLM_F_CREATE = 0x400
+NLM_F_REPLACE = nl.NLM_F_REPLACE
+NLM_F_CREATE = nl.NLM_F_CREATE
 
-_NLMSG = struct.Struct("=IHHII")
+_NLMSG = nl.HEADER
 _IFADDR = struct.Struct("=BBBBI")
 _RTMSG = struct.Struct("=BBBBBBBBI")
-_NLA = struct.Struct("=HH")
 _INT = struct.Struct("=i")
-_U16 = struct.Struct("=H")
 _AF_INET = socket.AF_INET
 _inet_aton = socket.inet_aton
 
@@ -76,9 +74,7 @@ def _route4_fields(seq: int, index: int, dst: bytes, src: bytes) -> tuple:
             RT_TABLE_LOCAL, RTPROT_KERNEL, RT_SCOPE_HOST, RTN_LOCAL, 0, 8, RTA_DST, dst,
             8, RTA_PREFSRC, src, 8, RTA_OIF, index)
 
-#: One sendmsg carries at most this many bytes.
-CHUNK_BYTES = 256 * 1024
-_REPLY_BYTES = 8192
+CHUNK_BYTES = nl.CHUNK_BYTES
 
 # What each message did, for error reports.
 ADD_ADDRESS = "add-address"
@@ -96,13 +92,9 @@ def _family(addr: str) -> int:
     return socket.AF_INET6 if ":" in addr else socket.AF_INET
 
 
-def _attr(atype: int, payload: bytes) -> bytes:
-    return _NLA.pack(4 + len(payload), atype) + payload + b"\0" * ((-len(payload)) & 3)
-
-
 class Batch(nl.ChunkBuffer):
     """Address and local-route changes on one link, encoded as they are added into a
-    :class:`~kube_router_proxy_ipvs.ipvs_netlink.ChunkBuffer`, sent whenever the next message
+    :class:`~kube_router.linux.netlink.ChunkBuffer`, sent whenever the next message
     would not fit.
 
     Messages carry sequence numbers 1, 2, ... Each call adds one entry: ``addrs[i]``, what
@@ -176,7 +168,7 @@ class Batch(nl.ChunkBuffer):
         else:
             raw = socket.inet_pton(socket.AF_INET6, addr)
             body = (_IFADDR.pack(socket.AF_INET6, 128, 0, RT_SCOPE_LINK, self.index)
-                    + _attr(IFA_LOCAL, raw) + _attr(IFA_ADDRESS, raw))
+                    + nl.attr(IFA_LOCAL, raw) + nl.attr(IFA_ADDRESS, raw))
             self._generic(mtype, flags, body, op, addr)
 
     def address_with_route(self, addr: str, src: str) -> None:
@@ -259,28 +251,23 @@ class Batch(nl.ChunkBuffer):
         if src is not None:
             body = (_RTMSG.pack(fam, plen, 0, 0, RT_TABLE_LOCAL, RTPROT_KERNEL,
                                 RT_SCOPE_HOST, RTN_LOCAL, 0)
-                    + _attr(RTA_DST, socket.inet_pton(fam, addr))
-                    + _attr(RTA_PREFSRC, socket.inet_pton(fam, src))
-                    + _attr(RTA_OIF, struct.pack("=I", self.index)))
+                    + nl.attr(RTA_DST, socket.inet_pton(fam, addr))
+                    + nl.attr(RTA_PREFSRC, socket.inet_pton(fam, src))
+                    + nl.attr(RTA_OIF, struct.pack("=I", self.index)))
             self._generic(RTM_NEWROUTE, _ADD_FLAGS, body, op, addr)
         else:
             body = (_RTMSG.pack(fam, plen, 0, 0, RT_TABLE_LOCAL, 0, RT_SCOPE_NOWHERE,
                                 RTN_LOCAL, 0)
-                    + _attr(RTA_DST, socket.inet_pton(fam, addr))
-                    + _attr(RTA_OIF, struct.pack("=I", self.index)))
+                    + nl.attr(RTA_DST, socket.inet_pton(fam, addr))
+                    + nl.attr(RTA_OIF, struct.pack("=I", self.index)))
             self._generic(RTM_DELROUTE, nl.NLM_F_REQUEST, body, op, addr)
-
-    def _ack_last(self) -> None:
-        # The last message asks for an ack: it comes after every earlier error.
-        at = self._last + 6  # nlmsg_flags
-        _U16.pack_into(self.buf, at, _U16.unpack_from(self.buf, at)[0] | nl.NLM_F_ACK)
 
     def send(self) -> dict[tuple[str, str], int]:
         """Send a prebuilt batch (no sink; blocking); return {(op, address): errno} for
         what failed."""
         if not self.messages:
             return {}
-        self._ack_last()
+        self.ack_last()
         with Sender() as tx:
             for chunk in self.chunks():
                 tx.send(chunk, self)
@@ -293,94 +280,67 @@ class Sender:
     message, which asks for an ack."""
 
     def __init__(self) -> None:
-        self._sock: socket.socket | None = None  # opened when there is something to send
+        self._nl: nl.Socket | None = None  # opened when there is something to send
         self.failed: dict[tuple[str, str], int] = {}
-        self._replies = bytearray(_REPLY_BYTES)  # one error reply per datagram, each small
         self._closed = False  # the last message's ack was read
 
     def __enter__(self) -> Sender:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._sock is not None:
-            self._sock.close()
+        if self._nl is not None:
+            self._nl.close()
 
     @property
-    def sock(self) -> socket.socket:
-        if self._sock is None:
-            self._sock = _socket()
-        return self._sock
+    def conn(self) -> nl.Socket:
+        if self._nl is None:
+            self._nl = _socket()
+        return self._nl
 
     def sink(self, batch: Batch) -> Callable[[memoryview], None]:
         """What sends ``batch``'s full buffers (pass it as the batch's ``sink``)."""
         return lambda chunk: self.send(chunk, batch)
 
     def send(self, chunk: bytes | memoryview, batch: Batch) -> None:
-        self.sock.send(chunk)
-        self._drain(batch, block=False)
+        self.conn.send(chunk)
+        self.conn.drain(self._on_reply(batch), block=False)
 
     def finish(self, batch: Batch) -> dict[tuple[str, str], int]:
         """Send what ``batch`` has left (its last message acked), wait for that ack, and
         return {(op, address): errno} for what failed."""
-        if batch.used:
-            batch._ack_last()
-            self.sock.send(memoryview(batch.buf)[: batch.used])
-            batch.used = 0
+        batch.ack_last()
+        rest = batch.take_rest()
+        if rest is not None:
+            self.conn.send(rest)
         if batch.messages and not self._closed:
-            self._drain(batch, block=True)
+            self.conn.drain(self._on_reply(batch), block=True)
         return self.failed
 
-    def _drain(self, batch: Batch, *, block: bool) -> None:
+    def _on_reply(self, batch: Batch) -> nl.OnReply:
         last = batch.messages
-        flags = 0 if block else socket.MSG_DONTWAIT
-        while True:
-            try:
-                n = self.sock.recv_into(self._replies, 0, flags)
-            except BlockingIOError:
-                return
-            done = False
-            for mtype, _f, mseq, payload in nl.iter_messages(bytes(self._replies[:n])):
-                if mtype != nl.NLMSG_ERROR:
-                    continue
-                code = -_INT.unpack_from(payload)[0]
-                if code and 0 < mseq <= last:
-                    self.failed[batch.op_of(mseq)] = code
-                if mseq == last and batch.used == 0:  # the ack of a message already sent
-                    self._closed = done = True
-            if done:
-                return
+
+        def on_reply(seq: int, code: int, _payload: bytes) -> bool:
+            if code and 0 < seq <= last:
+                self.failed[batch.op_of(seq)] = code
+            if seq == last and batch.used == 0:  # the ack of a message already sent
+                self._closed = True
+                return True
+            return False
+
+        return on_reply
 
 
-def _socket() -> socket.socket:
-    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, nl.SO_RCVBUFFORCE, 8 * 1024 * 1024)
-        sock.setsockopt(socket.SOL_SOCKET, nl.SO_SNDBUFFORCE, 4 * 1024 * 1024)
-    except OSError:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 * 1024 * 1024)
+def _socket() -> nl.Socket:
     # Errors then carry only the failed request's header.
-    sock.setsockopt(nl.SOL_NETLINK, nl.NETLINK_CAP_ACK, 1)
-    sock.bind((0, 0))
-    return sock
-
-
-def _dump(sock: socket.socket, mtype: int, body: bytes) -> Iterator[tuple[int, bytes]]:
-    """(message type, payload) of every answer to one dump request."""
-    sock.send(_NLMSG.pack(_NLMSG.size + len(body), mtype, nl.NLM_F_REQUEST | nl.NLM_F_DUMP,
-                          1, 0) + body)
-    replies = ReceiveBuffer()
-    while True:
-        for rtype, _f, _seq, payload in nl.iter_messages(replies.recv(sock)):
-            if rtype in (nl.NLMSG_DONE, nl.NLMSG_ERROR):
-                return
-            yield rtype, payload
+    return nl.Socket(nl.NETLINK_ROUTE, cap_ack=True)
 
 
 def addresses(index: int) -> set[str]:
     """Every address on link ``index``, both families (blocking)."""
     out: set[str] = set()
     with _socket() as sock:
-        for mtype, payload in _dump(sock, RTM_GETADDR, _IFADDR.pack(0, 0, 0, 0, index)):
+        for mtype, payload in sock.dump(RTM_GETADDR, _IFADDR.pack(0, 0, 0, 0, index),
+                                     f"address dump link={index}"):
             family, _plen, _flags, _scope, ifindex = _IFADDR.unpack_from(payload)
             if mtype != RTM_NEWADDR or ifindex != index:
                 continue  # older kernels answer for every link
@@ -391,11 +351,11 @@ def addresses(index: int) -> set[str]:
     return out
 
 
-def _dump_local(sock: socket.socket, index: int, fam: int) -> Iterator[tuple[str, str, int]]:
+def _dump_local(sock: nl.Socket, index: int, fam: int) -> Iterator[tuple[str, str, int]]:
     """(destination, preferred source or "", metric) of the local-table host routes
     through link ``index`` in one family."""
     body = _RTMSG.pack(fam, 0, 0, 0, RT_TABLE_LOCAL, 0, 0, 0, 0)
-    for mtype, payload in _dump(sock, RTM_GETROUTE, body):
+    for mtype, payload in sock.dump(RTM_GETROUTE, body, f"local route dump link={index}"):
         if mtype != RTM_NEWROUTE:
             continue
         family, plen, _s, _t, table, _p, _sc, rtype, _fl = _RTMSG.unpack_from(payload)
@@ -449,13 +409,13 @@ def drop_kernel_routes6(index: int, addrs: set[str], new: set[str],
             for dst in kernel:
                 body = (_RTMSG.pack(socket.AF_INET6, 128, 0, 0, RT_TABLE_LOCAL, 0,
                                     RT_SCOPE_NOWHERE, RTN_LOCAL, 0)
-                        + _attr(RTA_DST, socket.inet_pton(socket.AF_INET6, dst))
-                        + _attr(RTA_OIF, struct.pack("=I", index)))
-                sock.send(_NLMSG.pack(_NLMSG.size + len(body), RTM_DELROUTE,
-                                      nl.NLM_F_REQUEST | nl.NLM_F_ACK, 1, 0) + body)
-                for mtype, _f, _seq, payload in nl.iter_messages(sock.recv(1 << 16)):
-                    if mtype == nl.NLMSG_ERROR and _INT.unpack_from(payload)[0] == 0:
-                        deleted.add(dst)
+                        + nl.attr(RTA_DST, socket.inet_pton(socket.AF_INET6, dst))
+                        + nl.attr(RTA_OIF, struct.pack("=I", index)))
+                try:
+                    sock.request(RTM_DELROUTE, body, f"delete kernel route {dst}")
+                except nl.NetlinkError:
+                    continue  # gone already, or not the kernel's: left as it is
+                deleted.add(dst)
             pending -= kernel
             # an address that was already there has no kernel route left to wait for
             pending &= new

@@ -13,7 +13,6 @@ last message of a batch asks for an ack, which tells us the batch is done.
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import ipaddress
 import logging
@@ -24,24 +23,20 @@ import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from kube_router.linux.memory import ReceiveBuffer
+from kube_router.linux import netlink
+from kube_router.linux.netlink import NLM_F_CREATE
+from kube_router.linux.netlink import NLM_F_EXCL
+from kube_router.linux.netlink import NLM_F_REPLACE
+from kube_router.linux.netlink import NLM_F_REQUEST
 
 log = logging.getLogger(__name__)
 
 PROTO_BGP = 17
 RT_TABLE_MAIN = 254
 
-_NLMSG_ERROR = 2
-_NLMSG_DONE = 3
 _RTM_NEWROUTE = 24
 _RTM_DELROUTE = 25
 _RTM_GETROUTE = 26
-_NLM_F_REQUEST = 0x1
-_NLM_F_ACK = 0x4
-_NLM_F_DUMP = 0x300
-_NLM_F_REPLACE = 0x100
-_NLM_F_EXCL = 0x200
-_NLM_F_CREATE = 0x400
 _RTA_DST = 1
 _RTA_OIF = 4
 _RTA_GATEWAY = 5
@@ -51,16 +46,13 @@ _RTA_TABLE = 15
 _RTN_UNICAST = 1
 _RT_SCOPE_UNIVERSE = 0
 _RT_SCOPE_LINK = 253
-_SOL_NETLINK = 270
-_NETLINK_CAP_ACK = 10
-_NETLINK_GET_STRICT_CHK = 12
 
-_NLMSGHDR = struct.Struct("=IHHII")
+_NLMSGHDR = netlink.HEADER
 _RTMSG = struct.Struct("=BBBBBBBBI")
-_RTATTR = struct.Struct("=HH")
+_RTATTR = netlink.ATTR
 _U32 = struct.Struct("=I")
 
-# Bytes per sendmsg: well under the socket's default send buffer.
+# Bytes per sendmsg: well under the socket's send buffer.
 _SEND_CHUNK = 48 * 1024
 
 
@@ -87,11 +79,6 @@ class RouteError:
         return f"{self.op} {self.route.dst}: {os.strerror(self.errno)}"
 
 
-def _attr(kind: int, payload: bytes) -> bytes:
-    length = _RTATTR.size + len(payload)
-    return _RTATTR.pack(length, kind) + payload + b"\0" * (-length % 4)
-
-
 def encode_route(msg_type: int, flags: int, seq: int, route: Route) -> bytes:
     """One RTM_NEWROUTE/RTM_DELROUTE message for ``route``."""
     net = ipaddress.ip_network(route.dst)
@@ -100,40 +87,24 @@ def encode_route(msg_type: int, flags: int, seq: int, route: Route) -> bytes:
     table = route.table if route.table < 256 else 0
     body = _RTMSG.pack(family, net.prefixlen, 0, 0, table, route.protocol, scope,
                        _RTN_UNICAST, 0)
-    body += _attr(_RTA_DST, net.network_address.packed)
+    body += netlink.attr(_RTA_DST, net.network_address.packed)
     if route.table >= 256:
-        body += _attr(_RTA_TABLE, _U32.pack(route.table))
+        body += netlink.attr(_RTA_TABLE, _U32.pack(route.table))
     if msg_type == _RTM_NEWROUTE:
         if route.gateway:
-            body += _attr(_RTA_GATEWAY, ipaddress.ip_address(route.gateway).packed)
+            body += netlink.attr(_RTA_GATEWAY, ipaddress.ip_address(route.gateway).packed)
         if route.oif:
-            body += _attr(_RTA_OIF, _U32.pack(route.oif))
+            body += netlink.attr(_RTA_OIF, _U32.pack(route.oif))
         if route.src:
-            body += _attr(_RTA_PREFSRC, ipaddress.ip_address(route.src).packed)
+            body += netlink.attr(_RTA_PREFSRC, ipaddress.ip_address(route.src).packed)
     if route.metric:
-        body += _attr(_RTA_PRIORITY, _U32.pack(route.metric))
+        body += netlink.attr(_RTA_PRIORITY, _U32.pack(route.metric))
     return _NLMSGHDR.pack(_NLMSGHDR.size + len(body), msg_type, flags, seq, 0) + body
 
 
-def parse_routes(data: bytes) -> tuple[list[Route], bool, int]:
-    """Decode a dump reply chunk: (routes, done, error)."""
-    routes: list[Route] = []
-    off = 0
-    while off + _NLMSGHDR.size <= len(data):
-        length, mtype, _flags, _seq, _pid = _NLMSGHDR.unpack_from(data, off)
-        if length < _NLMSGHDR.size:
-            break
-        if mtype == _NLMSG_DONE:
-            return routes, True, 0
-        if mtype == _NLMSG_ERROR:
-            (err,) = struct.unpack_from("=i", data, off + _NLMSGHDR.size)
-            return routes, True, -err
-        if mtype == _RTM_NEWROUTE:
-            r = _parse_route(data, off + _NLMSGHDR.size, off + length)
-            if r is not None:
-                routes.append(r)
-        off += (length + 3) & ~3
-    return routes, False, 0
+def decode_route(payload: bytes) -> Route | None:
+    """The route of one RTM_NEWROUTE payload; None for one that is not unicast IP."""
+    return _parse_route(payload, 0, len(payload))
 
 
 def _parse_route(data: bytes, start: int, end: int) -> Route | None:
@@ -174,85 +145,32 @@ def _parse_route(data: bytes, start: int, end: int) -> Route | None:
                  protocol=proto, metric=metric)
 
 
-_CLONE_NEWNET = 0x40000000
-
-
-def _setns(fd: int) -> None:
-    # os.setns exists only from Python 3.12.
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.setns(fd, _CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"setns: {os.strerror(err)}")
-
-
-def open_socket(netns: str | None = None) -> socket.socket:
-    """An rtnetlink socket, inside the named network namespace (/run/netns/NAME) if given."""
-    if netns is None:
-        return _new_socket()
-    result: list[socket.socket | BaseException] = []
-
-    def inside() -> None:
-        # setns changes only this thread's namespace; the socket stays bound to it.
-        try:
-            fd = os.open(f"/run/netns/{netns}", os.O_RDONLY)
-            try:
-                _setns(fd)
-            finally:
-                os.close(fd)
-            result.append(_new_socket())
-        except BaseException as exc:
-            result.append(exc)
-
-    t = threading.Thread(target=inside)
-    t.start()
-    t.join()
-    if isinstance(result[0], BaseException):
-        raise result[0]
-    return result[0]
-
-
-def _new_socket() -> socket.socket:
-    s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
-                      socket.NETLINK_ROUTE)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-    # Errors then echo only the failing message's header, not its whole body.
-    s.setsockopt(_SOL_NETLINK, _NETLINK_CAP_ACK, 1)
-    s.bind((0, 0))
-    return s
-
-
 class RouteTable:
     """Reads and writes our routes in one network namespace. Blocking: call it from a
     worker thread (asyncio.to_thread) for large batches."""
 
     def __init__(self, netns: str | None = None) -> None:
-        self._sock = open_socket(netns)
-        self._replies = ReceiveBuffer()  # used under the lock
+        # Errors then echo only the failing message's header, not its whole body.
+        self._nl = netlink.Socket(netlink.NETLINK_ROUTE, netns=netns, cap_ack=True,
+                                  sndbuf=1 << 20, rcvbuf=4 << 20)
         self._lock = threading.Lock()
-        self._seq = 0
 
     def close(self) -> None:
-        self._sock.close()
+        self._nl.close()
 
     def dump(self, protocol: int | None = PROTO_BGP, family: int = socket.AF_INET
              ) -> list[Route]:
         """Every unicast route of ``protocol`` (all protocols with None), any table."""
+        body = _RTMSG.pack(family, 0, 0, 0, 0, 0, 0, 0, 0)
         with self._lock:
-            self._seq += 1
-            seq = self._seq
-            body = _RTMSG.pack(family, 0, 0, 0, 0, 0, 0, 0, 0)
-            self._sock.send(_NLMSGHDR.pack(_NLMSGHDR.size + len(body), _RTM_GETROUTE,
-                                           _NLM_F_REQUEST | _NLM_F_DUMP, seq, 0) + body)
             out: list[Route] = []
-            while True:
-                data = self._replies.recv(self._sock)
-                routes, done, err = parse_routes(data)
-                out.extend(r for r in routes if protocol is None or r.protocol == protocol)
-                if err:
-                    raise OSError(err, f"route dump: {os.strerror(err)}")
-                if done:
-                    return out
+            for mtype, payload in self._nl.dump(_RTM_GETROUTE, body, "route dump"):
+                if mtype != _RTM_NEWROUTE:
+                    continue
+                r = decode_route(payload)
+                if r is not None and (protocol is None or r.protocol == protocol):
+                    out.append(r)
+            return out
 
     def apply(self, add: Iterable[Route] = (), replace: Iterable[Route] = (),
               delete: Iterable[Route] = ()) -> list[RouteError]:
@@ -262,61 +180,33 @@ class RouteTable:
         that is how a route of another protocol is left alone. ``replace`` is for routes
         already ours. A delete of a route already gone is not an error.
         """
-        ops: list[tuple[str, Route, bytes]] = []
+        ops: list[tuple[str, int, int, Route]] = []
+        for op, msg_type, flags, routes in (
+                ("delete", _RTM_DELROUTE, NLM_F_REQUEST, delete),
+                ("add", _RTM_NEWROUTE, NLM_F_REQUEST | NLM_F_CREATE | NLM_F_EXCL, add),
+                ("replace", _RTM_NEWROUTE, NLM_F_REQUEST | NLM_F_CREATE | NLM_F_REPLACE,
+                 replace)):
+            ops.extend((op, msg_type, flags, r) for r in routes)
+        if not ops:
+            return []
         with self._lock:
-            seq0 = self._seq + 1
-            for r in delete:
-                self._seq += 1
-                ops.append(("delete", r, encode_route(
-                    _RTM_DELROUTE, _NLM_F_REQUEST, self._seq, r)))
-            for r in add:
-                self._seq += 1
-                ops.append(("add", r, encode_route(
-                    _RTM_NEWROUTE, _NLM_F_REQUEST | _NLM_F_CREATE | _NLM_F_EXCL,
-                    self._seq, r)))
-            for r in replace:
-                self._seq += 1
-                ops.append(("replace", r, encode_route(
-                    _RTM_NEWROUTE, _NLM_F_REQUEST | _NLM_F_CREATE | _NLM_F_REPLACE,
-                    self._seq, r)))
-            if not ops:
-                return []
-            return self._send(ops, seq0)
+            first = self._nl.reserve(len(ops))
+            last = first + len(ops) - 1
+            buf = netlink.ChunkBuffer(_SEND_CHUNK, None, None)
+            for i, (_op, msg_type, flags, r) in enumerate(ops):
+                buf.put(encode_route(msg_type, flags, first + i, r))
+            # rtnetlink handles a send in order: the last message's ack (it asks for one)
+            # comes after every earlier error.
+            buf.ack_last()
+            errors: list[RouteError] = []
 
-    def _send(self, ops: list[tuple[str, Route, bytes]], seq0: int) -> list[RouteError]:
-        errors: list[RouteError] = []
-        i = 0
-        while i < len(ops):
-            # Gather one chunk; the last message of the chunk asks for an ack so we know
-            # when the kernel is through with it (rtnetlink handles a send synchronously,
-            # and in order, so every earlier error is queued before that ack).
-            size, j = 0, i
-            while j < len(ops) and (size == 0 or size + len(ops[j][2]) <= _SEND_CHUNK):
-                size += len(ops[j][2])
-                j += 1
-            last = bytearray(ops[j - 1][2])
-            flags = struct.unpack_from("=H", last, 6)[0] | _NLM_F_ACK
-            struct.pack_into("=H", last, 6, flags)
-            payload = b"".join(op[2] for op in ops[i:j - 1]) + bytes(last)
-            self._sock.send(payload)
-            last_seq = seq0 + j - 1
-            done = False
-            while not done:
-                data = self._replies.recv(self._sock)
-                off = 0
-                while off + _NLMSGHDR.size <= len(data):
-                    length, mtype, _f, seq, _p = _NLMSGHDR.unpack_from(data, off)
-                    if length < _NLMSGHDR.size:
-                        break
-                    if mtype == _NLMSG_ERROR:
-                        (err,) = struct.unpack_from("=i", data, off + _NLMSGHDR.size)
-                        idx = seq - seq0
-                        if err and 0 <= idx < len(ops):
-                            op, route, _ = ops[idx]
-                            if not (op == "delete" and -err in (errno.ESRCH, errno.ENOENT)):
-                                errors.append(RouteError(route, op, -err))
-                        if seq == last_seq:
-                            done = True
-                    off += (length + 3) & ~3
-            i = j
-        return errors
+            def on_reply(seq: int, code: int, _payload: bytes) -> bool:
+                idx = seq - first
+                if code and 0 <= idx < len(ops):
+                    op, _t, _f, route = ops[idx]
+                    if not (op == "delete" and code in (errno.ESRCH, errno.ENOENT)):
+                        errors.append(RouteError(route, op, code))
+                return seq == last
+
+            self._nl.send_chunks(buf.chunks(), on_reply)
+            return errors

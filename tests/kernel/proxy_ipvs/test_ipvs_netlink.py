@@ -138,3 +138,13 @@ def test_stream_names_each_failed_dest_of_one_segment(clean_ipvs: None,
         stream.dests(nl.CMD_SET_DEST, key, [((ip, 80), 2) for ip in ips])
         assert stream.finish() == []
     assert len([r for r in ipvs_rules() if "-w 2" in r]) == len(ips)
+
+
+def test_a_dump_error_is_raised_as_an_ipvs_error(clean_ipvs: None) -> None:
+    with nl.IPVSSocket() as s:
+        family, s.family = s.family, 0xFFF0  # a generic netlink family no one registered
+        with pytest.raises(nl.IPVSError) as info:
+            s.services()
+        assert info.value.errno == errno.ENOENT
+        s.family = family
+        assert s.services() == []  # the socket stays usable

@@ -45,7 +45,7 @@ def test_restore_text_refuses_a_line_break_smuggled_into_one_line():
     with pytest.raises(UnsafeInput):
         iptables.restore_sync("filter", [evil])
     with pytest.raises(UnsafeInput):
-        ipset.restore_sync([f"add {evil}"])
+        asyncio.run(ipset.restore([f"add {evil}"]))
 
 
 def test_a_lock_timeout_of_iptables_restore_is_a_retryable_error_saying_nothing_applied():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from kube_router.linux import netlink
 from kube_router_proxy_ipvs import rtnl
 
 
@@ -31,7 +32,7 @@ def test_the_last_message_of_a_pair_is_the_one_acked() -> None:
     apart.address("10.96.0.10", add=True)
     apart.local_route("10.96.0.10", "192.168.1.5")
     for batch in (paired, apart):
-        batch._ack_last()
+        batch.ack_last()
     assert _encoded(paired) == _encoded(apart)
 
 
@@ -51,7 +52,7 @@ def test_each_sequence_number_names_its_message() -> None:
         (rtnl.SET_ROUTE, "fd00::2"), (rtnl.DEL_ROUTE, "10.96.0.3"),
         (rtnl.DEL_ADDRESS, "10.96.0.3"), (rtnl.SET_ROUTE, "10.96.0.4")]
     # and the sequence numbers written into the messages are those
-    seqs = [seq for _t, _f, seq, _p in rtnl.nl.iter_messages(b"".join(batch.chunks()))]
+    seqs = [seq for _t, _f, seq, _p in netlink.iter_messages(b"".join(batch.chunks()))]
     assert seqs == list(range(1, 9))
 
 
@@ -70,7 +71,7 @@ def test_a_run_of_pairs_is_the_pairs_one_by_one(src: str) -> None:
         one_by_one.address_with_route(vip, src)
     assert len(run) == len(one_by_one) == 1 + 2 * len(vips)
     for batch in (run, one_by_one):
-        batch._ack_last()
+        batch.ack_last()
     assert len(run.chunks()) == len(one_by_one.chunks())
     assert run.chunks() == one_by_one.chunks()
     assert run.what == one_by_one.what

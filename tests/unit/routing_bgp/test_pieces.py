@@ -70,11 +70,10 @@ def test_route_message_round_trip() -> None:
     msg = kr.encode_route(kr._RTM_NEWROUTE, 0x1, 7, r)
     length, mtype, _flags, seq, _pid = kr._NLMSGHDR.unpack_from(msg)
     assert (length, mtype, seq) == (len(msg), kr._RTM_NEWROUTE, 7)
-    routes, done, err = kr.parse_routes(msg)
-    assert (done, err) == (False, 0)
-    assert routes == [kr.Route(dst="10.2.1.0/24", gateway="192.168.10.101", protocol=17)]
+    assert kr.decode_route(msg[kr._NLMSGHDR.size:]) == kr.Route(
+        dst="10.2.1.0/24", gateway="192.168.10.101", protocol=17)
     six = kr.Route(dst="fd00:2::/64", gateway="fd00::1", metric=5, table=1000)
-    (back,), _, _ = kr.parse_routes(kr.encode_route(kr._RTM_NEWROUTE, 0x1, 8, six))
+    back = kr.decode_route(kr.encode_route(kr._RTM_NEWROUTE, 0x1, 8, six)[kr._NLMSGHDR.size:])
     assert back == six
     family = msg[kr._NLMSGHDR.size]
     assert family == socket.AF_INET
