@@ -24,6 +24,7 @@ import http.client
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -48,6 +49,58 @@ def _svc_ip(i: int) -> str:
 def _ep_ip(i: int, j: int, gen: int = 0) -> str:
     n = (i * ENDPOINTS + j + gen * 7) % (1 << 21)
     return f"10.{128 + n // 65536}.{(n // 256) % 256}.{n % 256}"
+
+
+# Run as the agent's process with --diagnose: the agent itself, plus a SIGUSR2 handler that
+# appends to PROBE_OUT where memory went: tracemalloc's largest growth since the previous
+# report, objects by type (frozen ones included), and how much of the frozen heap was
+# unreachable cycles that only an unfreeze and a collection give back.
+PROBE = r"""
+import collections, gc, os, signal, sys, time, tracemalloc
+from kube_router.linux.memory import trim
+frames = int(os.environ.get("PROBE_FRAMES", "0"))
+if frames:
+    tracemalloc.start(frames)
+state = {"snap": None, "reports": 0}
+def _rss():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS"):
+            return int(line.split()[1]) // 1024
+def _report(signum, frame):
+    was = gc.isenabled()
+    gc.disable()  # no collection of its own while it looks
+    out = open(os.environ["PROBE_OUT"], "a")
+    frozen = gc.get_freeze_count()
+    gc.unfreeze()
+    types = collections.Counter(type(o).__name__ for o in gc.get_objects())
+    print(f"== {time.strftime('%H:%M:%S')} rss_mib={_rss()} frozen={frozen} "
+          f"tracked={sum(types.values())}", file=out)
+    print("types:", types.most_common(20), file=out)
+    if frames:
+        snap = tracemalloc.take_snapshot()
+        if state["snap"] is not None:
+            for st in snap.compare_to(state["snap"], "traceback")[:12]:
+                print(f"+{st.size_diff >> 10} KiB count={st.count_diff:+d}", file=out)
+                for line in st.traceback.format()[-8:]:
+                    print("   ", line, file=out)
+        state["snap"] = snap
+    del types
+    state["reports"] += 1
+    if state["reports"] > 1:  # the first report leaves the heap as it was
+        found = gc.collect()
+        trim()
+        print(f"unreachable_collected={found} rss_after_collect_mib={_rss()}", file=out)
+    else:
+        print("unreachable_collected=not-looked", file=out)
+    gc.freeze()
+    if was:
+        gc.enable()
+    out.close()
+signal.signal(signal.SIGUSR2, _report)
+from kube_router.cli import main
+sys.argv[0] = "kube-router-py"
+sys.exit(main())
+"""
 
 
 def _node(k: int) -> dict:
@@ -176,6 +229,23 @@ def _settled_rss(pid: int, seconds: float = 10.0) -> int:
     return low
 
 
+def _full_syncs(log_path: Path) -> int:
+    """Full syncs the proxy has logged so far."""
+    return log_path.read_text(errors="replace").count("proxy sync full=True")
+
+
+def _probe(pid: int, out: Path) -> None:
+    """Ask the --diagnose launcher for a report and wait until it is written."""
+    before = out.stat().st_size if out.exists() else 0
+    os.kill(pid, signal.SIGUSR2)
+    for _ in range(1200):
+        if out.exists() and out.stat().st_size > before and \
+                "unreachable_collected" in out.read_text()[before:]:
+            return
+        time.sleep(0.5)
+    _say("the diagnose report did not come")
+
+
 def run(args: argparse.Namespace) -> dict:
     from kube_router_lab.apiserver import ApiServer
     from kube_router_lab.apiserver import ApiStore
@@ -208,7 +278,10 @@ def run(args: argparse.Namespace) -> dict:
     work = Path(tempfile.mkdtemp(prefix="bench-memory-"))
     kubeconfig = server.write_kubeconfig(work / "kubeconfig")
     period = f"{args.sync_period:g}s"
-    argv = [str(Path(sys.executable).parent / "kube-router-py"), "run",
+    probe_out = work / "probe.txt"
+    launcher = ([sys.executable, "-c", PROBE] if args.diagnose
+                else [str(Path(sys.executable).parent / "kube-router-py")])
+    argv = [*launcher, "run",
             "--enable", ",".join(enable), "--hostname-override", "node-0",
             "--kubeconfig", str(kubeconfig), "--health-port", str(HEALTH_PORT),
             "--service-cluster-ip-range", "10.96.0.0/12",
@@ -219,7 +292,8 @@ def run(args: argparse.Namespace) -> dict:
     log_path = work / "agent.log"
     with open(log_path, "wb") as logf:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=logf,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+                                stderr=subprocess.STDOUT, start_new_session=True,
+                                env={**os.environ, "PROBE_OUT": str(probe_out)})
     try:
         _say(f"loaded {objects} objects in {load_seconds:.1f}s; agent pid={proc.pid} "
              f"plugins={','.join(enable)}")
@@ -227,18 +301,27 @@ def run(args: argparse.Namespace) -> dict:
         rss_synced = _settled_rss(proc.pid)
         _say(f"synced in {sync_seconds:.1f}s rss={_mib(rss_synced)} MiB "
              f"peak={_mib(_status(proc.pid)['VmHWM'])} MiB")
+        if args.diagnose:
+            _probe(proc.pid, probe_out)
 
         # Churn: each second, `rate` Services are replaced (a new name, so per-object state
         # comes and goes) with their slices, `rate` other slices change endpoints, `rate`
         # Pods and rate/10 policies are replaced.
+        # It lasts until the proxy has made --resyncs full syncs under it (a full sync of
+        # this many Services can take longer than the period: time alone is not enough).
         churn_seconds = args.resyncs * args.sync_period + args.sync_period
+        fulls_before = _full_syncs(log_path)
+        churn_fulls = 0
         t0 = time.monotonic()
         tick = 0
         svc_gen = [0] * args.services
         pod_gen = [0] * args.pods
         pol_gen = [0] * max(1, policies)
         changes = 0
-        while time.monotonic() - t0 < churn_seconds:
+        while time.monotonic() - t0 < churn_seconds or churn_fulls < args.resyncs:
+            if time.monotonic() - t0 > args.max_churn:
+                raise SystemExit(f"only {churn_fulls} full syncs in {args.max_churn:g}s "
+                                 "of churn")
             if proc.poll() is not None:
                 raise _died(proc, log_path)
             for r in range(args.rate):
@@ -262,17 +345,23 @@ def run(args: argparse.Namespace) -> dict:
                 store.create(_policy(q, pol_gen[q]))
                 changes += 2
             tick += 1
+            if tick % 5 == 0:
+                churn_fulls = _full_syncs(log_path) - fulls_before
             if tick % 20 == 0:
                 store.compact()  # keep the server's own history from filling the guest
             time.sleep(max(0.0, t0 + tick - time.monotonic()))
         churn_elapsed = time.monotonic() - t0
         _say(f"churned {changes} changes in {time.monotonic() - t0:.1f}s "
+             f"over {churn_fulls} full syncs "
              f"rss={_mib(_status(proc.pid)['VmRSS'])} MiB")
         settle_seconds = _wait_applied(store, proc, args.timeout, log_path)
         # one more full resync with nothing changing, as a quiet cluster would see
         time.sleep(args.sync_period)
         rss_after = _settled_rss(proc.pid)
         status = _status(proc.pid)
+        if args.diagnose:
+            _probe(proc.pid, probe_out)
+            sys.stderr.write(probe_out.read_text())
     finally:
         proc.terminate()
         try:
@@ -283,6 +372,7 @@ def run(args: argparse.Namespace) -> dict:
         server.stop()
     text = log_path.read_text(errors="replace")
     full_syncs = len(re.findall(r"proxy sync full=True", text))
+    churn_fulls = _full_syncs(log_path) - fulls_before  # up to the settling
     tracebacks = text.count("Traceback")
     return {
         "plugins": enable, "services": args.services, "endpoints_per_service": ENDPOINTS,
@@ -290,7 +380,8 @@ def run(args: argparse.Namespace) -> dict:
         "load_seconds": round(load_seconds, 1), "sync_seconds": round(sync_seconds, 1),
         "churn_seconds": round(churn_elapsed, 1), "churn_changes": changes,
         "settle_seconds": round(settle_seconds, 1), "sync_period_seconds": args.sync_period,
-        "proxy_full_syncs": full_syncs, "agent_tracebacks": tracebacks,
+        "proxy_full_syncs": full_syncs, "churn_full_syncs": churn_fulls,
+        "agent_tracebacks": tracebacks,
         "rss_synced_mib": _mib(rss_synced), "rss_peak_mib": _mib(status["VmHWM"]),
         "rss_after_churn_mib": _mib(rss_after),
         "churn_growth": round(rss_after / rss_synced - 1, 4),
@@ -309,6 +400,12 @@ def main() -> None:
     p.add_argument("--resyncs", type=int, default=20, help="full resyncs the churn lasts")
     p.add_argument("--rate", type=int, default=20, help="objects of each kind replaced a second")
     p.add_argument("--timeout", type=float, default=600.0)
+    p.add_argument("--max-churn", type=float, default=3600.0,
+                   help="seconds the churn may last while waiting for --resyncs full syncs")
+    p.add_argument("--diagnose", action="store_true",
+                   help="print the agent's tracked objects by type at synced and after "
+                        "churn, and how much a collection of its frozen heap gives back "
+                        "(PROBE_FRAMES=N also traces allocations: far slower)")
     p.add_argument("--phase", choices=["run"], help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.phase == "run":

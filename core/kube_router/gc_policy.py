@@ -10,7 +10,7 @@ When the last bulk work ends, everything alive is moved out of the collector's s
 (``gc.freeze``): with 70,000 records cached, each full collection otherwise walks half a
 million objects (about 0.25 s here) and stalls the event loop while it does. Records and
 the controllers' tables are acyclic, so reference counting still frees the ones replaced
-later.
+later; what died in cycles during the bulk work is collected once before the freeze.
 
 The switch is process-wide, so every holder goes through the one :data:`bulk` counter
 (informer threads and the event loop alike); nothing else in the agent touches ``gc``.
@@ -41,6 +41,8 @@ class BulkWork:
         with self._lock:
             self._holders -= 1
             if self._holders == 0:
+                # the cycles that died while it was off go first: frozen, they would stay
+                gc.collect()
                 gc.freeze()
                 if self._we_disabled:
                     self._we_disabled = False

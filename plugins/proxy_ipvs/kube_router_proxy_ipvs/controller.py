@@ -27,6 +27,7 @@ from kube_router.linux.run import CommandError
 from kube_router.linux.run import run
 from kube_router_proxy_ipvs import desired as dz
 from kube_router_proxy_ipvs import ipvs_netlink as nl
+from kube_router_proxy_ipvs.addr_watch import AddressWatch
 from kube_router_proxy_ipvs.api import DEFAULT
 from kube_router_proxy_ipvs.api import KNOWN_SCHEDULERS
 from kube_router_proxy_ipvs.api import IPVSScheduler
@@ -48,6 +49,8 @@ log = logging.getLogger(__name__)
 
 #: Seconds between checks of real servers drained at weight 0.
 REAP_INTERVAL = 5.0
+#: A queue key that is no Service: the node's addresses changed, rewrite the sets only.
+LOCAL_ADDRESSES = ("local-addresses",)
 _VIPS = attrgetter("vips")
 
 
@@ -92,6 +95,7 @@ class ProxyController(Controller):
         self._names_pending = False
         self.last_timings: dict[str, float] = {}
         self._full_synced = False  # later full syncs first check the kernel for drift
+        self._addr_watch: AddressWatch | None = None
 
     # -- events -------------------------------------------------------------------------
 
@@ -123,6 +127,8 @@ class ProxyController(Controller):
         await self.dummy.load()
         if self.netfilter is not None:
             await self.netfilter.start()
+            self._addr_watch = AddressWatch(self._addresses_changed)
+            self._addr_watch.start()
         log.info("proxy state loaded ipvs_services=%d owned=%d vips=%d",
                  len(self.ipvs.actual), len(self.ipvs.owned_keys()), len(self.dummy.addrs))
         if self.ipvs.graceful:
@@ -131,8 +137,15 @@ class ProxyController(Controller):
     async def stop(self) -> None:
         if self._reaper is not None:
             self._reaper.cancel()
+        if self._addr_watch is not None:
+            self._addr_watch.close()
         await self.health.close()
         await self.ipvs.close()
+
+    async def _addresses_changed(self) -> None:
+        assert self.netfilter is not None
+        if await self.netfilter.refresh_local_ips():
+            self.queue.add(LOCAL_ADDRESSES)
 
     # -- the sync -----------------------------------------------------------------------
 
@@ -209,7 +222,8 @@ class ProxyController(Controller):
             dz.warnings.forget_missing(self.services.__contains__)
             todo: Iterable[tuple[str, object]] = self.services.items()
         else:
-            todo = [(str(k), self.services.get(str(k))) for k in keys]
+            todo = [(str(k), self.services.get(str(k))) for k in keys
+                    if k != LOCAL_ADDRESSES]
         states: dict[str, dz.ServiceState] = {}
         for name, svc in todo:
             if not isinstance(svc, Service):

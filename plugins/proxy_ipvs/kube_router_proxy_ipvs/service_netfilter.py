@@ -148,6 +148,17 @@ class ServiceNetfilter:
 
     # -- applying -----------------------------------------------------------------------
 
+    async def refresh_local_ips(self) -> bool:
+        """Read the node's addresses again; True when they changed."""
+        now = set(await local_addresses(exclude_names=(DUMMY_IF,)))
+        if now == self.local_ips:
+            return False
+        log.info("local addresses changed added=%s removed=%s",
+                 ",".join(sorted(now - self.local_ips)) or "-",
+                 ",".join(sorted(self.local_ips - now)) or "-")
+        self.local_ips = now
+        return True
+
     async def sync(self, states: Collection[ServiceState], pod_cidrs: Sequence[str], *,
                    full: bool) -> None:
         """Bring chains and sets in line with the Services' states on this node, whose pods

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from typing import Any
 
 from kube_router.kube.records import Node
+from kube_router.linux.run import CommandError
 from kube_router.linux.run import run
 
 if TYPE_CHECKING:
@@ -105,11 +106,19 @@ async def ensure_bridge(gateways: list[str], mtu: int | None) -> bool:
     created = False
     rc, out, _ = await run(["ip", "-j", "addr", "show", "dev", BRIDGE], check=False)
     if rc != 0:
-        await run(["ip", "link", "add", "name", BRIDGE, "type", "bridge"])
-        await run(["ip", "link", "set", "dev", BRIDGE, "alias", OWNER_ALIAS])
-        created = True
-        log.info("bridge created name=%s", BRIDGE)
-        out = "[]"
+        add_rc, _, err = await run(["ip", "link", "add", "name", BRIDGE, "type", "bridge"],
+                                   check=False)
+        if add_rc == 0:
+            await run(["ip", "link", "set", "dev", BRIDGE, "alias", OWNER_ALIAS])
+            created = True
+            log.info("bridge created name=%s", BRIDGE)
+            out = "[]"
+        elif "File exists" in err:
+            # the CNI bridge plugin made it meanwhile (a pod started): use that one
+            _, out, _ = await run(["ip", "-j", "addr", "show", "dev", BRIDGE])
+        else:
+            raise CommandError(["ip", "link", "add", "name", BRIDGE, "type", "bridge"],
+                               add_rc, err)
     have = set()
     info = json.loads(out or "[]")
     for link in info:
