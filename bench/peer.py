@@ -237,7 +237,7 @@ class Agent:
                 fields[key] = int(value.split()[0])
         return fields["VmRSS"], fields["VmHWM"]
 
-    def synced(self, resource_version: str) -> bool:
+    def synced(self, resource_version: str, placed=None) -> bool:
         """The agent says it finished a full sync since it started."""
         if self.agent == ORIGINAL:
             with open(self.log_path, "rb") as f:
@@ -245,7 +245,7 @@ class Agent:
                 return DONE_LINE[self.role] in f.read()
         import http.client
 
-        from kube_router_lab.backend import unsynced_reason
+        from kube_router_lab.versions import unsynced_reason
         conn = http.client.HTTPConnection("127.0.0.1", HEALTH_PORT, timeout=2)
         try:
             conn.request("GET", "/readyz")
@@ -254,7 +254,7 @@ class Agent:
             return False
         finally:
             conn.close()
-        return unsynced_reason(doc, resource_version) is None
+        return unsynced_reason(doc, resource_version, placed) is None
 
 
 # -- reading the kernel ---------------------------------------------------------------------
@@ -320,8 +320,9 @@ def wait_table(agent: Agent, n: int, started: float, timeout: float,
 
 def wait_synced(agent: Agent, store, timeout: float) -> float:
     started = time.monotonic()
-    rv = store.resource_version()
-    while not agent.synced(rv):
+    from kube_router_lab.versions import make_token
+    rv = make_token(store.last_changes())  # the newest change of each kind
+    while not agent.synced(rv, store.placed):
         agent.alive()
         if time.monotonic() - started > timeout:
             raise SystemExit(f"{agent.agent}: no completed sync after {timeout:g}s\n"

@@ -32,7 +32,7 @@ export GOCACHE="${KUBE_ROUTER_PY_GOCACHE:-$cache/go-build}"
 # One build at a time: a second one waits, then finds the programs built.
 mkdir -p "$cache"
 exec 9>"$cache/.build.lock"
-flock 9
+flock -n 9 || { echo "build.sh: waiting for the build already running" >&2; flock 9; }
 
 # Build into a fresh directory and rename it into place, so a cut-short build leaves nothing
 # that looks complete (and what one left is removed).

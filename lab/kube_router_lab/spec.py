@@ -67,6 +67,9 @@ class ClusterSpec:
     #: "embedded": the lab's own API server and controllers; "real": kube-apiserver,
     #: kube-controller-manager, kube-scheduler and etcd built from their Go modules.
     control_plane: str = "embedded"
+    #: Seconds between the embedded server's bookmarks on each watch that asks for them
+    #: (a real kube-apiserver sends one about every minute).
+    bookmark_interval: float = 60.0
 
     # -- derived addresses ------------------------------------------------------------
 
@@ -114,7 +117,8 @@ class ClusterSpec:
 def parse_cluster(raw: Mapping[str, Any] | None) -> ClusterSpec:
     raw = dict(raw or {})
     known = {"nodes", "enable", "cluster-cidr", "service-cidr", "underlay", "underlays",
-             "agent-args", "agent", "peers", "pod-termination", "control-plane"}
+             "agent-args", "agent", "peers", "pod-termination", "control-plane",
+             "bookmark-interval"}
     unknown = sorted(set(raw) - known)
     if unknown:
         raise SpecError(f"cluster: unknown key {unknown[0]!r}")
@@ -164,8 +168,14 @@ def parse_cluster(raw: Mapping[str, Any] | None) -> ClusterSpec:
     if control_plane not in CONTROL_PLANES:
         raise SpecError(f"cluster.control-plane: expected one of {', '.join(CONTROL_PLANES)}, "
                         f"got {control_plane!r}")
+    bookmarks = raw.get("bookmark-interval", 60.0)
+    if isinstance(bookmarks, bool) or not isinstance(bookmarks, int | float) or \
+            not 0.1 <= bookmarks <= 3600:
+        raise SpecError(f"cluster.bookmark-interval: expected seconds from 0.1 to 3600, "
+                        f"got {bookmarks!r}")
     return ClusterSpec(
         control_plane=control_plane,
+        bookmark_interval=float(bookmarks),
         nodes=nodes,
         enable=tuple(enable),
         cluster_cidr=cidrs["cluster-cidr"],

@@ -76,9 +76,12 @@ class WhatsMyIp:
         self._thread.start()
 
     def stop(self) -> None:
+        if self._stopping:  # stopped already (a failed bring-up, then the teardown)
+            return
         self._stopping = True
         self._wake()
-        self._thread.join(timeout=5)
+        if self._thread.ident is not None:  # a lab that failed before start() stops it too
+            self._thread.join(timeout=5)
         for key in list(self._pods):
             self._close_pod(key)
         self._sel.close()

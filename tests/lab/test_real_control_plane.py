@@ -14,7 +14,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 SCENARIOS = [ROOT / "examples" / "seed-walkthrough.yaml",
              ROOT / "tests" / "lab" / "scenarios" / "proxy-basics.yaml",
-             ROOT / "tests" / "lab" / "scenarios" / "router-mesh.yaml"]
+             ROOT / "tests" / "lab" / "scenarios" / "router-mesh.yaml",
+             # kube-apiserver stopped 60 s and started again: every agent's watch gets 410
+             ROOT / "tests" / "lab" / "reliability" / "reliability-apiserver-down.yaml"]
 
 
 @pytest.mark.lab

@@ -52,7 +52,7 @@ class ApiServer:
     """Serves an ApiStore at ``url``; stop() and start() again keep the store's data."""
 
     def __init__(self, store: ApiStore, host: str = "127.0.0.1", port: int = 0, *,
-                 bookmark_interval: float = 1.0, keep_history: bool = False) -> None:
+                 bookmark_interval: float = 60.0, keep_history: bool = False) -> None:
         self.store = store
         self.host = host
         self.port = port
@@ -427,7 +427,17 @@ class _Handler(BaseHTTPRequestHandler):
         except ValueError:
             raise ApiError(400, "BadRequest", "limit must be an integer") from None
         meta: dict[str, Any]
-        if limit > 0 or params.get("continue"):
+        if params.get("resourceVersionMatch") == "Exact":
+            try:
+                at = int(params.get("resourceVersion") or "")
+            except ValueError:
+                raise ApiError(400, "BadRequest", "resourceVersionMatch=Exact needs the "
+                               "resourceVersion of a list") from None
+            entries = store.snapshot_at(res.kind, namespace, at)
+            if pred is not None:
+                entries = [e for e in entries if pred(e.obj)]
+            meta = {"resourceVersion": str(at)}
+        elif limit > 0 or params.get("continue"):
             entries, meta = self._page(res, namespace, params.get("continue"), limit, pred)
         else:
             entries, rv = store.snapshot(res.kind, namespace)

@@ -56,7 +56,8 @@ class Entry:
 
 @dataclass(frozen=True, slots=True)
 class Event:
-    """One commit: its resourceVersion, the object after it and, for MODIFIED, before it."""
+    """One commit: its resourceVersion, the object after it and, for MODIFIED and DELETED,
+    before it."""
 
     rv: int
     type: str  # ADDED | MODIFIED | DELETED
@@ -112,6 +113,8 @@ class ApiStore:
         self._changed_kind = {k: threading.Condition(self._lock) for k in BY_KIND}
         self._objects: dict[str, dict[tuple[str, str], Entry]] = {k: {} for k in BY_KIND}
         self._rv = 0
+        #: kind -> the resourceVersion of its newest change
+        self._last_change: dict[str, int] = {}
         self._history: deque[Event] = deque(maxlen=history)
         # Watches resuming from a resourceVersion below this have lost events: 410 Gone.
         self._floor = 0
@@ -133,6 +136,19 @@ class ApiStore:
         with self._lock:
             return str(self._rv)
 
+    def last_changes(self) -> dict[str, str]:
+        """The resourceVersion of each kind's newest change (kinds never changed: absent)."""
+        with self._lock:
+            return {k: str(v) for k, v in self._last_change.items()}
+
+    def placed(self, kind: str, have: str, want: str) -> bool | None:
+        """Is ``have`` at or after ``want``? The store issued both and may order them, as
+        etcd orders its revisions; its clients may not (None for one it did not issue)."""
+        try:
+            return int(have) >= int(want)
+        except ValueError:
+            return None
+
     def get(self, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
         res = self._resource(kind)
         with self._lock:
@@ -153,6 +169,32 @@ class ApiStore:
             if namespace is None:
                 return list(values), self._rv
             return [e for e in values if e.obj["metadata"].get("namespace") == namespace], self._rv
+
+    def snapshot_at(self, kind: str, namespace: str | None, rv: int) -> builtins.list[Entry]:
+        """The entries of a kind as they were at ``rv`` (a list with
+        ``resourceVersionMatch=Exact``): the current ones with the changes after ``rv``
+        undone. ApiError 410 when the history no longer reaches back to it."""
+        res = self._resource(kind)
+        with self._lock:
+            if rv < self._floor:
+                raise self._expired(rv)
+            if rv > self._rv:
+                raise ApiError(504, "Timeout", f"Too large resource version: {rv}, "
+                               f"current: {self._rv}")
+            state = dict(self._objects[kind])
+            for ev in reversed(self._history):
+                if ev.rv <= rv:
+                    break
+                if ev.kind != kind:
+                    continue
+                meta = ev.new.obj["metadata"]
+                key = self._key(res, meta.get("namespace"), meta.get("name"))
+                if ev.old is None:
+                    state.pop(key, None)
+                else:
+                    state[key] = ev.old
+        return [e for e in state.values()
+                if namespace is None or e.obj["metadata"].get("namespace") == namespace]
 
     def page(self, kind: str, namespace: str | None, after: tuple[str, str] | None,
              limit: int, pred: Callable[[dict[str, Any]], bool] | None
@@ -471,6 +513,7 @@ class ApiStore:
                 obj: dict[str, Any], old: Entry | None) -> Entry:
         """Record one change under the lock: new resourceVersion, history, wake watchers."""
         self._rv += 1
+        self._last_change[res.kind] = self._rv
         obj["metadata"]["resourceVersion"] = str(self._rv)
         entry = Entry.of(obj)
         if etype == "DELETED":
@@ -482,7 +525,7 @@ class ApiStore:
             self._objects[res.kind][key] = entry
         if len(self._history) == self._history.maxlen:
             self._floor = self._history[0].rv
-        event = Event(self._rv, etype, res.kind, entry, old if etype == "MODIFIED" else None)
+        event = Event(self._rv, etype, res.kind, entry, old if etype != "ADDED" else None)
         self._history.append(event)
         if self._subscribers:
             self._pending.append(event)

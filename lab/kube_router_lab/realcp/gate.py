@@ -1,58 +1,12 @@
-"""When the lab on a real control plane has settled, and which agents are behind it.
-
-The embedded server has one resourceVersion for everything and the agents report the
-oldest they applied. On a real server the version moves with every Lease renewal and Event,
-and an agent's informer of one kind only hears of changes of that kind (and a bookmark
-about once a minute), so the gate compares kind by kind: the newest change of each kind the
-lab saw against what each agent's controllers applied of that kind.
-"""
+"""When the lab on a real control plane has settled: what the real controllers and the
+lab's kubelets still have to do. Which agents are behind is :mod:`kube_router_lab.versions`'
+question, with :meth:`RemoteStore.placed` placing the versions."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from kube_router_lab.realcp.remote import RemoteStore
-
-
-def want_versions(token: str) -> dict[str, int]:
-    """Parse :meth:`RemoteStore.resource_version`'s ``Kind=rv,...``."""
-    out = {}
-    for part in token.split(","):
-        kind, _, rv = part.partition("=")
-        if kind and rv.isdigit():
-            out[kind] = int(rv)
-    return out
-
-
-def unsynced_reason(doc: dict | str, token: str) -> str | None:
-    if isinstance(doc, str):
-        return doc
-    want = want_versions(token)
-    controllers = doc.get("controllers") or {}
-    if not controllers:
-        return "no controllers reported"
-    behind = []
-    for name, c in sorted(controllers.items()):
-        c = c or {}
-        versions = c.get("resourceVersions")
-        if not isinstance(versions, dict):
-            return f"{name} reports no resourceVersions per kind"
-        if not c.get("synced") or not versions:
-            err = c.get("lastError")
-            behind.append(f"{name} not synced yet" + (f" ({err})" if err else ""))
-            continue
-        for kind, have_s in sorted(versions.items()):
-            if kind not in want:
-                continue
-            try:
-                have = int(have_s or 0)
-            except (TypeError, ValueError):
-                have = 0
-            if have < want[kind]:
-                err = c.get("lastError")
-                behind.append(f"{name} {kind} at {have_s or '-'} of {want[kind]}"
-                              + (f" ({err})" if err else ""))
-    return "behind: " + ", ".join(behind) if behind else None
 
 
 def _ready(pod: dict[str, Any]) -> bool:

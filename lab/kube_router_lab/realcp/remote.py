@@ -5,7 +5,8 @@ the scenario steps work on either.
 Writes are what kubectl and a kubelet send: server-side apply for manifests, merge patches
 for annotations, the ``status`` subresource for pod status. ``subscribe`` is backed by one
 list-and-watch thread per kind; it also remembers the resourceVersion of the last change of
-each kind, which the lab's convergence gate compares with the agents'.
+each kind and the order it saw versions in, which the lab's convergence gate places the
+agents' versions with (see :mod:`kube_router_lab.versions`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ import orjson
 import urllib3
 
 from kube_router_lab.api.errors import ApiError
+from kube_router_lab.versions import SeenOrder
+from kube_router_lab.versions import make_token
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +111,11 @@ class RemoteStore:
         self.watch_kinds = watch_kinds
         self._subscribers: list[Callback] = []
         self._lock = threading.Lock()
-        self._last: dict[str, int] = {}
+        self._order = SeenOrder()
+        # (kind, have, want) -> placed, for versions only the server can place
+        self._placed: dict[tuple[str, str, str], bool] = {}
+        # (kind, a list's rv) -> what it held, {(namespace, name): rv}
+        self._listed: dict[tuple[str, str], dict[tuple[str | None, str], str]] = {}
         self._synced: dict[str, threading.Event] = {k: threading.Event() for k in watch_kinds}
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -230,11 +237,71 @@ class RemoteStore:
     def resource_version(self) -> str:
         """The newest change of each watched kind, as ``Kind=rv,...``."""
         with self._lock:
-            return ",".join(f"{k}={v}" for k, v in sorted(self._last.items()))
+            return make_token(self._order.last())
 
-    def last_versions(self) -> dict[str, int]:
+    def placed(self, kind: str, have: str, want: str) -> bool | None:
+        """Is ``have`` the change ``want`` of ``kind`` or a later one? By the order the lab
+        saw them in; a version it never saw (an agent's bookmark or list) by reading the
+        changed object as of ``have`` (``resourceVersionMatch=Exact``): there it is at
+        ``want`` or later, or gone if ``want`` deleted it. Only equality is ever used."""
         with self._lock:
-            return dict(self._last)
+            verdict = self._order.place(kind, have, want)
+            change = self._order.change(kind, want)
+            cached = self._placed.get((kind, have, want))
+        if verdict is not None or cached is not None:
+            return verdict if verdict is not None else cached
+        if change is None:
+            return self._placed_after_list(kind, have, want)
+        namespace, name, deleted = change
+        query = {"fieldSelector": f"metadata.name={name}", "resourceVersion": have,
+                 "resourceVersionMatch": "Exact"}
+        try:
+            doc = self.request("GET", self.path(kind, namespace), query=query)
+        except ApiError as exc:
+            if exc.code != 410:
+                return None
+            verdict = False  # compacted away: older than anything the lab waits for
+        else:
+            items = doc.get("items") or []
+            if not items:
+                verdict = deleted
+            else:
+                rv = str((items[0].get("metadata") or {}).get("resourceVersion") or "")
+                with self._lock:
+                    verdict = self._order.place(kind, rv, want)
+                if verdict is None:
+                    return None
+        with self._lock:
+            self._placed[(kind, have, want)] = verdict
+        return verdict
+
+    def _placed_after_list(self, kind: str, have: str, want: str) -> bool | None:
+        """``want`` is a list of the lab's (no change of ``kind`` since): ``have`` is at or
+        after it when the kind as of ``have`` is what the list held, or holds a change the
+        lab saw after the list."""
+        with self._lock:
+            listed = self._listed.get((kind, want))
+        if listed is None:
+            return None
+        try:
+            doc = self.request("GET", self.path(kind), query={
+                "resourceVersion": have, "resourceVersionMatch": "Exact"})
+        except ApiError as exc:
+            return False if exc.code == 410 else None
+        state = {_key(o): str((o.get("metadata") or {}).get("resourceVersion") or "")
+                 for o in doc.get("items") or []}
+        if state == listed:
+            verdict = True
+        else:
+            with self._lock:
+                later = any(self._order.place(kind, rv, want) for rv in state.values()
+                            if rv not in listed.values())
+            if not later:
+                return None  # older, or newer by deletions only: ask again later
+            verdict = True
+        with self._lock:
+            self._placed[(kind, have, want)] = verdict
+        return verdict
 
     def subscribe(self, callback: Callback) -> Callable[[], None]:
         with self._lock:
@@ -267,15 +334,14 @@ class RemoteStore:
         self._threads.clear()
         self.http.clear()
 
-    def _note(self, kind: str, rv: str) -> None:
-        # etcd's revisions are numbers: the lab (not the agent) may order them.
-        try:
-            n = int(rv)
-        except ValueError:
-            return
+    def _note(self, kind: str, rv: str, obj: dict[str, Any] | None = None,
+              etype: str = "") -> None:
+        meta = (obj or {}).get("metadata") or {}
+        change = None
+        if obj is not None and etype in ("ADDED", "MODIFIED", "DELETED"):
+            change = (meta.get("namespace"), str(meta.get("name") or ""), etype == "DELETED")
         with self._lock:
-            if n > self._last.get(kind, 0):
-                self._last[kind] = n
+            self._order.note(kind, rv, change)
 
     def _dispatch(self, etype: str, kind: str, obj: dict[str, Any]) -> None:
         with self._lock:
@@ -288,25 +354,36 @@ class RemoteStore:
 
     def _follow(self, kind: str) -> None:
         rv = ""
+        failing_since = last_said = 0.0  # an outage is said once, then every 30 s
         while not self._stopping.is_set():
             try:
                 if not rv:
                     items, rv = self.list(kind)
+                    with self._lock:
+                        self._listed[(kind, rv)] = {
+                            _key(o): str((o.get("metadata") or {}).get("resourceVersion") or "")
+                            for o in items}
                     self._note(kind, rv)
                     self._synced[kind].set()
                     for item in items:
                         self._dispatch("ADDED", kind, item)
                 rv = self._watch(kind, rv)
-            except ApiError as exc:
-                if exc.code == 410:
+                if failing_since:  # a list and a whole watch went through
+                    log.warning("lab watch recovered kind=%s after=%.0fs", kind,
+                                time.monotonic() - failing_since)
+                    failing_since = 0.0
+            except Exception as exc:
+                if isinstance(exc, ApiError) and exc.code == 410:
                     rv = ""
                     continue
-                log.warning("lab watch failed kind=%s error=%s", kind, exc)
-                self._stopping.wait(1.0)
-            except Exception as exc:
                 if self._stopping.is_set():
                     return
-                log.warning("lab watch failed kind=%s error=%s", kind, exc)
+                now = time.monotonic()
+                failing_since = failing_since or now
+                if now - last_said >= 30.0:
+                    log.warning("lab watch failed kind=%s failing_for=%.0fs error=%s", kind,
+                                now - failing_since, exc)
+                    last_said = now
                 self._stopping.wait(1.0)
 
     def _watch(self, kind: str, rv: str) -> str:
@@ -333,11 +410,16 @@ class RemoteStore:
                         raise ApiError(int(obj.get("code") or 500), "Error",
                                        str(obj.get("message")))
                     rv = str((obj.get("metadata") or {}).get("resourceVersion") or rv)
-                    self._note(kind, rv)
+                    self._note(kind, rv, obj, str(ev.get("type")))
                     self._dispatch(str(ev.get("type")), kind, obj)
         finally:
             resp.release_conn()
         return rv
+
+
+def _key(obj: dict[str, Any]) -> tuple[str | None, str]:
+    meta = obj.get("metadata") or {}
+    return meta.get("namespace"), str(meta.get("name") or "")
 
 
 def _ns(obj: dict[str, Any]) -> str | None:

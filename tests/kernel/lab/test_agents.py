@@ -15,6 +15,8 @@ from kube_router_lab.agents import installed_plugins
 from kube_router_lab.agents import tail
 from kube_router_lab.cluster import Lab
 from kube_router_lab.spec import parse_cluster
+from kube_router_lab.versions import make_token
+from kube_router_lab.versions import parse_token
 
 pytestmark = pytest.mark.skipif("proxy" not in installed_plugins(),
                                 reason="the proxy plugin is not installed")
@@ -45,10 +47,12 @@ def test_agents_sync_and_unsynced_reports_reasons(lab: Lab) -> None:
     started = time.monotonic()
     assert wait_synced(lab, 90) == {}
     print(f"agents synced {time.monotonic() - started:.1f} s after the lab was up")
-    ahead = str(int(lab.resource_version()) + 1000)
+    # a change the agents cannot have seen: one the store will issue 1000 changes from now
+    ahead = make_token({k: str(int(v) + 1000)
+                        for k, v in parse_token(lab.resource_version()).items()})
     reasons = lab.unsynced(ahead)
     assert sorted(reasons) == ["node-0", "node-1"]
-    assert all(f"behind {ahead}" in r for r in reasons.values())
+    assert all(r.startswith("behind: ") and " of " in r for r in reasons.values())
     # The agent ran inside its node's namespace: its log names it.
     assert "node=node-0" in (lab.workdir / "node-0" / "agent.log").read_text()
 
