@@ -1,5 +1,6 @@
-"""The agent's lifecycle: informers for the kinds the controllers need, the bus between
-them, the controllers' loops, the health server, and a clean stop on SIGTERM/SIGINT.
+"""The agent's lifecycle: informers for the kinds the controllers need, the bus that hands
+their events straight to the controllers' work queues, the controllers' loops, the health
+server, and a clean stop on SIGTERM/SIGINT.
 
 Stopping leaves every kernel object in place: the next start reads the kernel and
 reconciles, so traffic keeps flowing through a restart.
@@ -20,12 +21,9 @@ from typing import Any
 import pluggy
 
 from kube_router.bus import Bus
-from kube_router.bus import Subscription
 from kube_router.controller import Controller
 from kube_router.hookcall import one_by_one
-from kube_router.kube.kinds import ENDPOINTSLICE
 from kube_router.kube.kinds import KINDS
-from kube_router.kube.records import EndpointSlice
 from kube_router.kube.store import Store
 from kube_router.metrics import Metrics
 from kube_router.settings import CoreSettings
@@ -59,11 +57,6 @@ class EnabledHooks:
         return caller
 
 
-def _slice_service(rec: Any) -> tuple[str, ...]:
-    assert isinstance(rec, EndpointSlice)
-    return (rec.service_key,) if rec.service_key else ()
-
-
 class Agent:
     def __init__(self, startup: Startup, pm: pluggy.PluginManager) -> None:
         self.startup = startup
@@ -79,7 +72,6 @@ class Agent:
         self._stores: dict[str, Store] = {}
         self.informers: dict[str, Informer] = {}
         self.controllers: list[Controller] = []
-        self._subscriptions: dict[int, list[Subscription]] = {}
         self._stop = asyncio.Event()
 
     @classmethod
@@ -97,17 +89,10 @@ class Agent:
         store = self._stores.get(kind)
         if store is None:
             store = self._stores[kind] = Store(kind)
-            if kind == ENDPOINTSLICE:
-                store.add_index("service", _slice_service)
         return store
 
     async def wait_synced(self, kinds: Iterable[str]) -> None:
         await asyncio.gather(*(self.informers[k].synced.wait() for k in kinds))
-
-    async def bus_caught_up(self, controller: Controller) -> None:
-        subs = self._subscriptions.get(id(controller), ())
-        while any(s.queue.qsize() for s in subs):
-            await asyncio.sleep(0)
 
     def resource_version(self, kinds: Iterable[str]) -> str:
         """The oldest resourceVersion among these kinds' informers: every change up to it
@@ -125,18 +110,17 @@ class Agent:
     # -- lifecycle --------------------------------------------------------------------------
 
     def build(self) -> None:
-        """Ask the enabled plugins for their controllers and wire them to the bus."""
+        """Ask the enabled plugins for their controllers and subscribe each one's work queue
+        to its kinds (each controller made the store indexes it declared when built)."""
         for name, call in one_by_one(self.pm, "kube_router_controllers", among=self.enabled):
             for result in call(agent=self, settings=self.startup.of(name)):
                 self.controllers.extend(result or ())
         for c in self.controllers:
             if not c.name:
                 c.name = type(c).__name__
-            subs = []
             for kind in c.kinds:
                 self.store(kind)
-                subs.append(self.bus.subscribe(kind, c.on_event, name=c.name))
-            self._subscriptions[id(c)] = subs
+                self.bus.subscribe(kind, c.on_event, name=c.name)
 
     def stop(self) -> None:
         self._stop.set()
@@ -151,7 +135,6 @@ class Agent:
         # `kill -USR1` writes every thread's stack to stderr, even when the loop is stuck
         # in a call that never returns (the dump needs neither the loop nor the GIL).
         faulthandler.register(signal.SIGUSR1, all_threads=True)
-        self.bus.start()
         for kind, store in self._stores.items():
             # Pages of 500 cost ~5% more CPU than one response and peak at ~2.5x less memory.
             self.informers[kind] = Informer(KINDS[kind], api, store, self.bus.publish,
@@ -174,7 +157,6 @@ class Agent:
             except Exception:
                 log.exception("controller stop failed controller=%s", c.name)
         await asyncio.gather(*(asyncio.to_thread(i.stop) for i in self.informers.values()))
-        await self.bus.stop()
         log.info("agent stopped node=%s", self.node_name)
 
     async def _guard(self, controller: Controller) -> None:

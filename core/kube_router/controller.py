@@ -1,11 +1,13 @@
 """The base of every controller: a coalescing work queue and the loop that drives it.
 
-A controller names the kinds it reads (``kinds``). The core subscribes it to those kinds on
-the bus; each event marks keys dirty (``keys_for``), which is cheap and never blocks. The
-controller's own task waits until the informers of all its kinds have listed everything
-once (so nothing is pruned from an incomplete cache), runs one full sync, and from then on
-syncs the keys that became dirty, however many events marked them, plus a full sync every
-``resync_period`` seconds to repair drift.
+A controller names the kinds it reads (``kinds``) and the store indexes it looks records up
+by (``indexes``). The core subscribes it to those kinds; each event marks keys dirty
+(``keys_for``) in the controller's one work queue, in the same call of the event loop that
+put the change in the store, so a controller never wakes before the store it will read holds
+what woke it. The controller's own task waits until the informers of all its kinds have
+listed everything once (so nothing is pruned from an incomplete cache), runs one full sync,
+and from then on sleeps on its queue until keys are dirty or the next full sync is due
+(every ``resync_period`` seconds, to repair drift); it never polls.
 
 ``sync`` computes the desired state of the given keys from the stores and applies the
 difference against the kernel. It recomputes; it never patches from event deltas.
@@ -19,10 +21,13 @@ import logging
 import time
 from collections.abc import Hashable
 from collections.abc import Iterable
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 from typing import Any
+from typing import ClassVar
 from typing import Protocol
 
+from kube_router import gc_policy
 from kube_router.errors import TemporaryError
 from kube_router.linux.memory import trim
 
@@ -30,6 +35,7 @@ if TYPE_CHECKING:
     import argparse
 
     from kube_router.kube.events import Event
+    from kube_router.kube.store import IndexFunc
     from kube_router.kube.store import Store
     from kube_router.metrics import Metrics
     from kube_router.settings import CoreSettings
@@ -52,15 +58,17 @@ class AgentContext(Protocol):
 
     async def wait_synced(self, kinds: Iterable[str]) -> None: ...
 
-    async def bus_caught_up(self, controller: Controller) -> None: ...
-
     def resource_version(self, kinds: Iterable[str]) -> str: ...
 
     def resource_versions(self, kinds: Iterable[str]) -> dict[str, str]: ...
 
 
 class WorkQueue:
-    """A set of dirty keys; adding a key already dirty costs nothing."""
+    """A set of dirty keys; adding a key already dirty costs nothing.
+
+    The controller's task sleeps in :meth:`wait` until a key is added or its deadline
+    passes: an idle controller costs no wake-ups at all.
+    """
 
     def __init__(self) -> None:
         self._dirty: set[Hashable] = set()
@@ -80,7 +88,9 @@ class WorkQueue:
         return len(self._dirty) + self._full
 
     async def wait(self, timeout: float | None) -> None:
-        """Return when a key is dirty, or after ``timeout`` seconds."""
+        """Return when a key is dirty, or after ``timeout`` seconds (None: no limit)."""
+        if self._dirty or self._full:
+            return
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wakeup.wait(), timeout)
 
@@ -98,24 +108,31 @@ class Controller:
 
     name: str = ""
     kinds: tuple[str, ...] = ()
+    #: The store indexes the controller reads with ``Store.by_index``: kind -> index name ->
+    #: the function giving a record's index values. Made by the core before any record is
+    #: stored; two controllers may declare the same index with the same function.
+    indexes: ClassVar[Mapping[str, Mapping[str, IndexFunc]]] = {}
     #: Seconds between full syncs; the plugin's ``--*-sync-period`` flag usually sets it.
     resync_period: float = 300.0
     #: Seconds before retrying keys whose sync raised an error.
     retry_delay: float = 5.0
-    #: How often an idle controller catches its reported version up with its informers'.
-    idle_interval: float = 0.5
 
     def __init__(self, agent: AgentContext) -> None:
         self.agent = agent
         self.queue = WorkQueue()
-        self.applied_resource_version = ""
-        #: Each kind's resourceVersion as of the last complete sync: a server whose versions
-        #: are not one sequence across kinds is compared kind by kind.
-        self.applied_resource_versions: dict[str, str] = {}
+        for kind, funcs in self.indexes.items():
+            store = agent.store(kind)
+            for index, func in funcs.items():
+                store.add_index(index, func)
+        # The informers' versions as of the last sync that left nothing dirty behind; while
+        # the controller is idle the informers' current versions are reported instead.
+        self._applied_version = ""
+        self._applied_versions: dict[str, str] = {}
         self.last_sync: float | None = None  # wall-clock time of the last successful sync
         self.last_error: str | None = None
         self.synced = False  # the first full sync succeeded
         self._retries_pending = 0
+        self._syncing = False  # keys taken from the queue and not yet applied
 
     # -- for subclasses ------------------------------------------------------------------
 
@@ -140,6 +157,31 @@ class Controller:
         for key in self.keys_for(event):
             self.queue.add(key)
 
+    def idle(self) -> bool:
+        """Synced, and nothing dirty, being synced or waiting for a retry.
+
+        Events reach the queue in the same loop callback that moves the informer's version
+        (see :mod:`kube_router.bus`), so an idle controller has applied everything up to
+        its informers' current versions, bookmarks included.
+        """
+        return (self.synced and not self._syncing and not self._retries_pending
+                and not len(self.queue))
+
+    @property
+    def applied_resource_version(self) -> str:
+        """The oldest of its informers' resourceVersions whose changes are all applied."""
+        if self.idle():
+            return self.agent.resource_version(self.kinds)
+        return self._applied_version
+
+    @property
+    def applied_resource_versions(self) -> dict[str, str]:
+        """Each kind's resourceVersion as of the last complete sync: a server whose
+        versions are not one sequence across kinds is compared kind by kind."""
+        if self.idle():
+            return self.agent.resource_versions(self.kinds)
+        return self._applied_versions
+
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         await self.agent.wait_synced(self.kinds)
@@ -147,21 +189,16 @@ class Controller:
         self.queue.add_all()
         next_full = float("inf")
         while True:
-            await self.queue.wait(max(0.0, min(self.idle_interval, next_full - loop.time())))
-            # Events already published must have reached our queue before we take a
-            # snapshot of the informers' versions, or we would claim versions not applied.
-            await self.agent.bus_caught_up(self)
-            version = self.agent.resource_version(self.kinds)
-            versions = self.agent.resource_versions(self.kinds)
+            timeout = next_full - loop.time()
+            await self.queue.wait(None if timeout == float("inf") else max(0.0, timeout))
             if loop.time() >= next_full:
                 self.queue.add_all()
             if not len(self.queue):
-                # Nothing dirty and nothing waiting for a retry: everything up to the
-                # informers' version (bookmarks move it too) is applied.
-                if self.synced and not self._retries_pending:
-                    self.applied_resource_version = version
-                    self.applied_resource_versions = versions
                 continue
+            # What the stores hold now is at least what the informers' versions say:
+            # both moved in the callbacks that fed the queue.
+            version = self.agent.resource_version(self.kinds)
+            versions = self.agent.resource_versions(self.kinds)
             keys = self.queue.take()
             ok = await self._sync_once(keys, version, versions)
             if ok and keys is None:
@@ -170,8 +207,13 @@ class Controller:
     async def _sync_once(self, keys: frozenset[Hashable] | None, version: str,
                          versions: dict[str, str] | None = None) -> bool:
         started = time.monotonic()
+        self._syncing = True
         try:
-            await self.sync(keys)
+            if keys is None:
+                with gc_policy.bulk:  # the core's GC policy for bulk work
+                    await self.sync(None)
+            else:
+                await self.sync(keys)
         except Exception as exc:  # a controller must never die; it retries
             delay = exc.delay if isinstance(exc, TemporaryError) else self.retry_delay
             self.last_error = f"{type(exc).__name__}: {exc}"
@@ -185,6 +227,7 @@ class Controller:
             asyncio.get_running_loop().call_later(delay, self._requeue, keys)
             return False
         finally:
+            self._syncing = False
             self.agent.metrics.sync_seconds.labels(self.name).observe(
                 time.monotonic() - started
             )
@@ -194,9 +237,9 @@ class Controller:
             self.synced = True
             trim()  # what the full sync built and dropped goes back to the kernel
         if self.synced and not len(self.queue) and not self._retries_pending:
-            self.applied_resource_version = version
+            self._applied_version = version
             if versions is not None:
-                self.applied_resource_versions = versions
+                self._applied_versions = versions
         return True
 
     def _requeue(self, keys: frozenset[Hashable] | None) -> None:

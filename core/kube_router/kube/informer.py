@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import queue
 import random
@@ -42,6 +41,7 @@ from urllib.parse import urlencode
 import orjson
 import urllib3
 
+from kube_router import gc_policy
 from kube_router.kube.events import Event
 from kube_router.kube.events import EventType
 from kube_router.kube.kinds import Kind
@@ -80,48 +80,6 @@ LIST_BATCH = 1000
 APPLY_SLICE = 2000
 #: A watch that ends this close to its timeoutSeconds ended normally.
 WATCH_END_SLACK = 2.0
-
-
-class _GcPause:
-    """Hold off the cyclic garbage collector while any informer parses a list.
-
-    Parsing a list allocates millions of small dicts, lists and records that all stay
-    alive, so every collection walks a growing heap and finds nothing: measured here, that
-    is 30-50 % of the time of a 70,000-object list. Reference counting still frees what
-    dies meanwhile; only cycles wait until the last list is done. Shared by all informers
-    because the switch is process-wide.
-
-    When the last list is done, everything alive is moved out of the collector's sight
-    (``gc.freeze``): with 70,000 records cached, each full collection otherwise walks half
-    a million objects (about 0.25 s here) and stalls the event loop while it does.
-    Records are acyclic, so reference counting still frees the ones replaced later; what
-    died in cycles during the pause is collected once before the freeze.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._holders = 0
-        self._we_disabled = False
-
-    def __enter__(self) -> None:
-        with self._lock:
-            if self._holders == 0 and gc.isenabled():
-                gc.disable()
-                self._we_disabled = True
-            self._holders += 1
-
-    def __exit__(self, *exc: object) -> None:
-        with self._lock:
-            self._holders -= 1
-            if self._holders == 0 and self._we_disabled:
-                self._we_disabled = False
-                # the cycles that died while it was off go first: frozen, they would stay
-                gc.collect()
-                gc.freeze()
-                gc.enable()
-
-
-_gc_pause = _GcPause()
 
 
 @dataclass
@@ -404,7 +362,7 @@ class Informer:
         self._from_cache = not relist and not self.page_size
         while True:
             try:
-                with _gc_pause:
+                with gc_policy.bulk:  # the core's one GC policy
                     self._list_once(relist)
                 return
             except _ContinueExpired:

@@ -43,8 +43,13 @@ class Store:
         return iter(self._items.items())
 
     def add_index(self, name: str, func: IndexFunc) -> None:
-        """Index every record under the values ``func`` returns for it."""
-        if name in self._index_funcs:
+        """Index every record under the values ``func`` returns for it. Declaring an index
+        again with the same function is a no-op; with another one, an error."""
+        have = self._index_funcs.get(name)
+        if have is not None:
+            if have is not func:
+                raise ValueError(f"index {name!r} of {self.kind} is already defined "
+                                 f"by {getattr(have, '__qualname__', have)!r}")
             return
         self._index_funcs[name] = func
         index: defaultdict[str, set[str]] = defaultdict(set)

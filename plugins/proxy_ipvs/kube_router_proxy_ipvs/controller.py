@@ -8,7 +8,6 @@ that Service's virtual servers, VIPs and rules; a full sync (at start and every
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import socket
 import time
@@ -42,6 +41,7 @@ from kube_router_proxy_ipvs.status import write_names
 if TYPE_CHECKING:
     from kube_router.agent import Agent
     from kube_router.kube.events import Event
+    from kube_router.kube.records import Record
     from kube_router_proxy_ipvs.service_netfilter import ServiceNetfilter
     from kube_router_proxy_ipvs.settings import ProxySettings
 
@@ -54,9 +54,16 @@ LOCAL_ADDRESSES = ("local-addresses",)
 _VIPS = attrgetter("vips")
 
 
+def slice_service(rec: Record) -> tuple[str, ...]:
+    """The "service" index of EndpointSlices: the key of the Service a slice belongs to."""
+    key = rec.service_key if isinstance(rec, EndpointSlice) else ""
+    return (key,) if key else ()
+
+
 class ProxyController(Controller):
     name = "proxy"
     kinds = ("Service", "EndpointSlice", "Node")
+    indexes = {"EndpointSlice": {"service": slice_service}}
 
     def __init__(self, agent: Agent, proxy: ProxySettings,
                  netfilter: ServiceNetfilter | None = None) -> None:
@@ -108,12 +115,11 @@ class ProxyController(Controller):
     # -- lifecycle ----------------------------------------------------------------------
 
     async def start(self) -> None:
-        await asyncio.to_thread(self.ipvs.load)
+        await self.ipvs.load()
         if any(self.timeouts):
-            assert self.ipvs.sock is not None
             tcp, fin, udp = self.timeouts
             try:
-                self.ipvs.sock.set_timeouts(tcp, fin, udp)
+                await self.ipvs.set_timeouts(tcp, fin, udp)
                 log.info("ipvs timeouts set tcp=%d tcpfin=%d udp=%d", tcp, fin, udp)
             except OSError as exc:
                 log.warning("cannot set ipvs timeouts tcp=%d tcpfin=%d udp=%d error=%s",
@@ -134,7 +140,7 @@ class ProxyController(Controller):
         if self._addr_watch is not None:
             self._addr_watch.close()
         await self.health.close()
-        self.ipvs.close()
+        await self.ipvs.close()
 
     async def _addresses_changed(self) -> None:
         assert self.netfilter is not None
@@ -205,25 +211,7 @@ class ProxyController(Controller):
         return dz.service_state(svc, slices, self.settings, scheduler, self.node_ips)
 
     async def sync(self, keys: frozenset[Hashable] | None) -> None:
-        if keys is not None:
-            await self._sync(keys)
-            return
-        # A full sync allocates many small objects that all live on: cyclic GC passes over
-        # them would only cost time. Afterwards they are frozen out of later collections,
-        # which keeps the per-event syncs free of long collection pauses. One collection
-        # first: the cycles that died meanwhile (the whole process's, the switch is global)
-        # would otherwise be frozen too, and a frozen cycle is never freed.
-        gc_was_enabled = gc.isenabled()
-        gc.disable()
-        try:
-            await self._sync(None)
-        finally:
-            if gc_was_enabled:
-                gc.enable()
-            gc.collect()
-            gc.freeze()
-
-    async def _sync(self, keys: frozenset[Hashable] | None) -> None:
+        # (a full sync runs under the core's GC policy for bulk work: see gc_policy)
         started = time.monotonic()
         if keys is None:
             if self._full_synced:
@@ -335,11 +323,11 @@ class ProxyController(Controller):
         this sync puts it back. IPVS is checked with one dump of its services (without
         their real servers), the link with one of its addresses and one of its local
         routes; only what differs is read again in full."""
-        drift = await asyncio.to_thread(self.ipvs.drift)
+        drift = await self.ipvs.drift()
         if drift:
             log.warning("ipvs table changed outside the proxy %s; re-reading it",
                         " ".join(drift))
-            await asyncio.to_thread(self.ipvs.reload)
+            await self.ipvs.reload()
         changed = await asyncio.to_thread(self.dummy.drift)
         if changed:
             log.warning("link changed outside the proxy link=%s %s; re-reading it",
@@ -364,8 +352,8 @@ class ProxyController(Controller):
         while True:
             await asyncio.sleep(REAP_INTERVAL)
             try:
-                # in a thread: it waits for the IPVS lock while a sync holds it
-                result = await asyncio.to_thread(self.ipvs.reap)
+                # its dumps run on the IPVS worker, in their turn between syncs
+                result = await self.ipvs.reap()
                 await self._flush_udp(result.udp_removed)
             except Exception:
                 log.exception("graceful termination check failed")

@@ -5,6 +5,12 @@ applied to the cache too, so a sync costs only the messages for what differs. Sc
 persistence and timeout changes are made in place (SET), never by delete-and-add, so
 established connections survive. Only services the ``owns`` predicate accepts are ever
 deleted.
+
+All work on the IPVS socket goes through one worker: one operation at a time, in the order
+asked (an asyncio lock, taken by the event loop only), the blocking ones (reading the
+table, bulk syncs, the graceful-termination checks) on one thread of their own. So the
+event loop never waits on a lock a thread holds: a change that comes while a check
+dumps real servers waits its turn without holding the loop up.
 """
 
 from __future__ import annotations
@@ -12,13 +18,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-import threading
 import time
+from collections.abc import Awaitable
 from collections.abc import Callable
 from collections.abc import Iterable
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from dataclasses import field
+from typing import TypeVar
 
 from kube_router_proxy_ipvs import ipvs_netlink as nl
 from kube_router_proxy_ipvs.desired import Dests
@@ -32,6 +40,8 @@ DestKey = tuple[str, int]
 #: (a thousand new services take the kernel tens of milliseconds).
 THREAD_THRESHOLD = 2000
 
+T = TypeVar("T")
+
 
 @dataclass
 class SyncResult:
@@ -42,7 +52,7 @@ class SyncResult:
 
 
 class IPVSManager:
-    """Owns the proxy's IPVS services. Use from one task at a time."""
+    """Owns the proxy's IPVS services and the socket; the async methods take turns."""
 
     def __init__(
         self,
@@ -62,13 +72,38 @@ class IPVSManager:
         self.fwmark_services = 0
         # (service, dest) -> monotonic deadline, for real servers drained at weight 0
         self.draining: dict[tuple[nl.ServiceKey, DestKey], float] = {}
-        # a sync may run in a worker thread: reaping must not interleave with it
-        self._lock = threading.Lock()
+        # the one worker: whose turn it is, and the thread for blocking work
+        self._turn = asyncio.Lock()
+        self._thread: ThreadPoolExecutor | None = None
+
+    # -- the worker ---------------------------------------------------------------------
+
+    async def _in_turn(self, work: Callable[[], T], *, blocking: bool = True) -> T:
+        """Run ``work`` when no other socket work runs: on the worker thread, or (short
+        work, cheaper than the hop to a thread) right here on the loop."""
+        async with self._turn:
+            if not blocking:
+                return work()
+            if self._thread is None:
+                self._thread = ThreadPoolExecutor(1, thread_name_prefix="ipvs")
+            fut: Awaitable[T] = asyncio.get_running_loop().run_in_executor(self._thread, work)
+            return await fut
 
     # -- kernel state -------------------------------------------------------------------
 
-    def load(self) -> None:
-        """Read the whole IPVS table into the cache (blocking; once at start)."""
+    async def load(self) -> None:
+        """Read the whole IPVS table into the cache (once at start)."""
+        await self._in_turn(self._load)
+
+    async def set_timeouts(self, tcp: int, tcpfin: int, udp: int) -> None:
+        """Set IPVS's connection timeouts (0 leaves one as it is); OSError if refused."""
+        def work() -> None:
+            assert self.sock is not None, "load() first"
+            self.sock.set_timeouts(tcp, tcpfin, udp)
+
+        await self._in_turn(work, blocking=False)
+
+    def _load(self) -> None:
         if self.sock is None:
             self.sock = nl.IPVSSocket()
         self.actual.clear()
@@ -79,35 +114,42 @@ class IPVSManager:
                 continue
             self.actual[svc.key] = VirtualServer(svc.key, svc.attrs, self._read_dests(svc.key))
 
-    def drift(self) -> list[str]:
+    async def drift(self) -> list[str]:
         """What the kernel's virtual services (one dump, without their real servers) show
         that the cache does not: ours gone or changed, or new ones in our ranges; empty when
-        they agree. Blocking."""
+        they agree."""
+        return await self._in_turn(self._drift)
+
+    def _drift(self) -> list[str]:
         assert self.sock is not None
-        with self._lock:  # the socket too: a reap in another thread must not interleave
-            kernel = {s.key: s.attrs for s in self.sock.services(stats=False)
-                      if s.key is not None}
-            actual = self.actual
-            gone = [k for k in actual if k not in kernel]
-            changed = [k for k, attrs in kernel.items() if k in actual
-                       and actual[k].attrs != attrs]
-            unknown = [k for k in kernel if k not in actual and self.owns(k)]
+        kernel = {s.key: s.attrs for s in self.sock.services(stats=False)
+                  if s.key is not None}
+        actual = self.actual
+        gone = [k for k in actual if k not in kernel]
+        changed = [k for k, attrs in kernel.items() if k in actual
+                   and actual[k].attrs != attrs]
+        unknown = [k for k in kernel if k not in actual and self.owns(k)]
         return [f"{what}={len(keys)} (first {keys[0]})" for what, keys in
                 (("missing", gone), ("changed", changed), ("unknown", unknown)) if keys]
 
-    def reload(self) -> None:
-        """Read the whole table again (blocking), not while a sync or reap runs."""
-        with self._lock:
-            self.load()
+    async def reload(self) -> None:
+        """Read the whole table again."""
+        await self._in_turn(self._load)
 
     def _read_dests(self, key: nl.ServiceKey) -> dict[DestKey, int]:
         assert self.sock is not None
         return self.sock.dest_weights(key)
 
-    def close(self) -> None:
-        if self.sock is not None:
-            self.sock.close()
-            self.sock = None
+    async def close(self) -> None:
+        def work() -> None:
+            if self.sock is not None:
+                self.sock.close()
+                self.sock = None
+
+        await self._in_turn(work, blocking=False)
+        if self._thread is not None:
+            self._thread.shutdown(wait=False)
+            self._thread = None
 
     # -- planning -----------------------------------------------------------------------
 
@@ -213,14 +255,13 @@ class IPVSManager:
         """Bring the kernel to ``desired`` for these keys; delete ``remove`` (if owned).
         A ``desired`` dict may be kept as the cache: the caller must not change it after.
 
-        Many services are encoded and sent from a worker thread (the loop stays free);
-        fewer, as for any event, right here.
+        Many services are encoded and sent from the worker thread (the loop stays free);
+        fewer, as for any event, right here in their turn.
         """
         assert self.sock is not None, "load() first"
         remove = list(remove)
-        if len(desired) + len(remove) > THREAD_THRESHOLD:
-            return await asyncio.to_thread(self._apply, desired, remove)
-        return self._apply(desired, remove)
+        return await self._in_turn(lambda: self._apply(desired, remove),
+                                   blocking=len(desired) + len(remove) > THREAD_THRESHOLD)
 
     def _apply(
         self,
@@ -228,19 +269,18 @@ class IPVSManager:
         remove: list[nl.ServiceKey],
     ) -> SyncResult:
         assert self.sock is not None
-        with self._lock:
-            result = SyncResult()
-            # Encoded into one reused buffer, sent whenever it fills.
-            stream = self.sock.stream()
-            self.plan(desired, remove, result, stream)
-            result.ops = len(stream)
-            if not result.ops:
-                return result
-            result.failures = stream.finish()
-            self._commit(desired, remove)
-            if result.failures:
-                self._repair(result.failures)
+        result = SyncResult()
+        # Encoded into one reused buffer, sent whenever it fills.
+        stream = self.sock.stream()
+        self.plan(desired, remove, result, stream)
+        result.ops = len(stream)
+        if not result.ops:
             return result
+        result.failures = stream.finish()
+        self._commit(desired, remove)
+        if result.failures:
+            self._repair(result.failures)
+        return result
 
     def _repair(self, failures: list[tuple[nl.Op, nl.IPVSError]]) -> None:
         """Re-read the kernel for the services whose operations failed."""
@@ -261,10 +301,12 @@ class IPVSManager:
 
     # -- graceful termination -----------------------------------------------------------
 
-    def reap(self) -> SyncResult:
-        """Delete drained real servers whose connections ended or whose time is up."""
-        with self._lock:
-            return self._reap()
+    async def reap(self) -> SyncResult:
+        """Delete drained real servers whose connections ended or whose time is up (their
+        connection counts are dumped on the worker thread)."""
+        if not self.draining:
+            return SyncResult()
+        return await self._in_turn(self._reap)
 
     def _reap(self) -> SyncResult:
         result = SyncResult()

@@ -159,12 +159,12 @@ def test_graceful_drain_keeps_held_connection(pods: list[str], k8s: SimpleNamesp
             assert c.pod == stay
             c.close()
         # a check before the period ends keeps it (it has a connection)
-        ctl.ipvs.reap()
+        await ctl.ipvs.reap()
         assert dest_lines(ipvs_rules()) == {gone: "0", stay: "1"}
         held.roundtrip("still draining")
         # the period passes with the connection still open: removed
         await asyncio.sleep(4.2)
-        ctl.ipvs.reap()
+        await ctl.ipvs.reap()
         assert dest_lines(ipvs_rules()) == {stay: "1"}
         assert not ctl.ipvs.draining
         held.close()
@@ -186,7 +186,7 @@ def test_graceful_drain_without_connections_removed_at_first_check(
         await ctl.sync(frozenset({"default/drain"}))
         assert dest_lines(ipvs_rules()) == {pods[0]: "0", pods[1]: "1"}
         # no connection ever went to it: the first check removes it, long before 60 s
-        ctl.ipvs.reap()
+        await ctl.ipvs.reap()
         assert dest_lines(ipvs_rules()) == {pods[1]: "1"}
         assert not ctl.ipvs.draining
         await ctl.stop()
@@ -208,7 +208,7 @@ def test_graceful_endpoint_back_during_drain(pods: list[str], k8s: SimpleNamespa
         await ctl.sync(frozenset({"default/drain"}))
         assert dest_lines(ipvs_rules()) == {pods[0]: "1", pods[1]: "1"}
         assert not ctl.ipvs.draining
-        ctl.ipvs.reap()
+        await ctl.ipvs.reap()
         assert dest_lines(ipvs_rules()) == {pods[0]: "1", pods[1]: "1"}
         held.roundtrip("back")
         held.close()

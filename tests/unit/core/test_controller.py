@@ -27,9 +27,6 @@ class MiniAgent:
     async def wait_synced(self, kinds):
         await asyncio.gather(*(self.informers[k].synced.wait() for k in kinds))
 
-    async def bus_caught_up(self, controller):
-        await asyncio.sleep(0)
-
     def resource_version(self, kinds):
         return str(min(int(self.informers[k].resource_version) for k in kinds))
 
@@ -149,7 +146,6 @@ def test_an_idle_controller_reports_the_version_its_informers_reached_by_bookmar
         agent = MiniAgent(["Service"])
         agent.informers["Service"].synced.set()
         c = Recording(agent)
-        c.idle_interval = 0.01
         task = asyncio.create_task(c.run())
         await _until(lambda: c.synced)
         agent.informers["Service"].resource_version = "77"  # a bookmark, no event
@@ -165,9 +161,8 @@ def test_a_version_is_not_claimed_while_a_failed_sync_waits_for_its_retry():
         agent = MiniAgent(["Service"])
         agent.informers["Service"].synced.set()
         c = Recording(agent)
-        c.idle_interval = 0.01
-        # The retry waits long enough that idle passes of the loop surely run meanwhile,
-        # however slowly this machine schedules the test.
+        # The retry waits long enough for the version to be read meanwhile, however slowly
+        # this machine schedules the test.
         c.temporary_delay = 0.5
         task = asyncio.create_task(c.run())
         await _until(lambda: c.synced)
@@ -175,7 +170,7 @@ def test_a_version_is_not_claimed_while_a_failed_sync_waits_for_its_retry():
         agent.informers["Service"].resource_version = "90"
         c.on_event(_ev("default/myip"))
         await _until(lambda: c.last_error is not None)
-        await asyncio.sleep(0.05)  # several idle intervals, well before the retry
+        await asyncio.sleep(0.05)  # well before the retry
         claimed_meanwhile = c.applied_resource_version
         await _until(lambda: c.applied_resource_version == "90")
         task.cancel()
