@@ -89,6 +89,8 @@ class _Runs:
     rcs: list[int] = field(default_factory=list)
     outputs: list[str] = field(default_factory=list)
     stderrs: list[str] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)  # how long each run took
+    started: list[float] = field(default_factory=list)  # when each run began (epoch)
     error: str | None = None
     thread: threading.Thread | None = None
     stdout_re: re.Pattern[str] | None = None
@@ -260,7 +262,10 @@ class Runner:
             for i in range(step.times):
                 if i and step.interval:
                     time.sleep(step.interval)
+                began, t0 = time.time(), time.monotonic()
                 rc, stdout, stderr = self.lab.run(step.where, argv, timeout=step.timeout)
+                runs.seconds.append(time.monotonic() - t0)
+                runs.started.append(began)
                 runs.rcs.append(rc)
                 runs.outputs.append(stdout.strip())
                 runs.stderrs.append(stderr.strip())
@@ -290,12 +295,14 @@ class Runner:
             raise StepFailed(runs.error)
         reason = runs.step.expect.check(runs.rcs, runs.outputs, runs.stdout_re)
         if reason:
-            # the failing run's stderr is usually the fastest way to the cause
+            # when the failing run began, how long it took and its stderr are usually the
+            # fastest way to the cause (a command's own timeout or the lab's cap on it)
             m = re.match(r"run (\d+):", reason)
-            if m and "exit status" in reason:
-                err = runs.stderrs[int(m.group(1)) - 1]
-                if err:
-                    reason += f" (stderr: {err.splitlines()[-1]})"
+            if m and int(m.group(1)) <= len(runs.seconds):
+                i = int(m.group(1)) - 1
+                reason += f" ({_when(runs.started[i])}, {runs.seconds[i]:.1f}s"
+                err = runs.stderrs[i].splitlines()[-3:] if "exit status" in reason else []
+                reason += "; stderr: " + " | ".join(err) + ")" if err else ")"
             raise StepFailed(reason)
         self.say("  " + _summary(runs))
 
@@ -307,6 +314,11 @@ class Runner:
         for i, (rc, out) in enumerate(zip(runs.rcs, runs.outputs, strict=True), 1):
             first = out.splitlines()[0] if out else ""
             self.say(f"  [{i}/{n}] exit {rc}: {first}")
+            if rc != 0 and i <= len(runs.seconds):
+                self.say(f"    began {_when(runs.started[i - 1])}, took "
+                         f"{runs.seconds[i - 1]:.1f}s")
+                for ln in runs.stderrs[i - 1].splitlines()[-5:]:
+                    self.say(f"    stderr: {ln}")
         self._judge(runs, res)
 
     def _restart(self, step: RestartStep, res: StepResult) -> None:
@@ -418,6 +430,11 @@ class Runner:
             wrong = sum(a != b for ra, rb in zip(matrix, step.expect, strict=True)
                         for a, b in zip(ra, rb, strict=True))
             raise StepFailed(f"reach matrix differs from expect in {wrong} cells (marked *)")
+
+
+def _when(epoch: float) -> str:
+    """A run's start as UTC hh:mm:ss.mmm, to line it up with the agents' logs."""
+    return time.strftime("%H:%M:%S", time.gmtime(epoch)) + f".{int(epoch % 1 * 1000):03d}"
 
 
 def _summary(runs: _Runs) -> str:

@@ -4,6 +4,7 @@ failure, background runs, the report's shape."""
 from __future__ import annotations
 
 import json
+import re
 import sys
 import threading
 from pathlib import Path
@@ -162,7 +163,8 @@ def test_keep_going(tmp_path: Path) -> None:
 """, keep_going=True)
     assert [s["passed"] for s in report["steps"]] == [False, True]
     assert report["passed"] is False
-    assert report["steps"][0]["reason"] == "run 1: exit status 1, expected 0 (stderr: boom)"
+    assert re.fullmatch(r"run 1: exit status 1, expected 0 \(\d\d:\d\d:\d\d\.\d{3}, "
+                        r"\d+\.\ds; stderr: boom\)", report["steps"][0]["reason"])
 
 
 def test_unknown_substitution_at_run_time_fails_the_step(tmp_path: Path) -> None:
@@ -202,13 +204,18 @@ def test_background_and_join(tmp_path: Path) -> None:
 
 
 def test_background_failure_shows_at_join(tmp_path: Path) -> None:
-    report, _, _ = run(tmp_path, """
+    report, _, text = run(tmp_path, """
   - run: {in: node-1, cmd: "false", times: 2, background: load}
   - join: load
 """)
     assert report["steps"][0]["passed"] is True
     assert report["steps"][1]["passed"] is False
     assert "exit status 1" in report["steps"][1]["reason"]
+    # a failed run says when it began, how long it took and what it wrote to stderr
+    lines = text.splitlines()
+    at = lines.index("  [1/2] exit 1: false")
+    assert re.fullmatch(r"    began \d\d:\d\d:\d\d\.\d{3}, took \d+\.\ds", lines[at + 1])
+    assert lines[at + 2] == "    stderr: boom"
 
 
 def test_reach_mismatch_prints_both(tmp_path: Path) -> None:
