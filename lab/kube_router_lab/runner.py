@@ -315,9 +315,13 @@ class Runner:
             first = out.splitlines()[0] if out else ""
             self.say(f"  [{i}/{n}] exit {rc}: {first}")
             if rc != 0 and i <= len(runs.seconds):
+                # a failed run's whole story: when, how long, what it wrote (a command may
+                # dump the state it failed in)
                 self.say(f"    began {_when(runs.started[i - 1])}, took "
                          f"{runs.seconds[i - 1]:.1f}s")
-                for ln in runs.stderrs[i - 1].splitlines()[-5:]:
+                for ln in out.splitlines()[1:_FAILED_LINES]:
+                    self.say(f"    {ln}")
+                for ln in runs.stderrs[i - 1].splitlines()[-_FAILED_LINES:]:
                     self.say(f"    stderr: {ln}")
         self._judge(runs, res)
 
@@ -430,6 +434,10 @@ class Runner:
             wrong = sum(a != b for ra, rb in zip(matrix, step.expect, strict=True)
                         for a, b in zip(ra, rb, strict=True))
             raise StepFailed(f"reach matrix differs from expect in {wrong} cells (marked *)")
+
+
+#: At most this many lines of a failed background run's stdout and of its stderr shown.
+_FAILED_LINES = 40
 
 
 def _when(epoch: float) -> str:

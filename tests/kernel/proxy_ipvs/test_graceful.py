@@ -470,3 +470,106 @@ def test_reused_source_port_is_scheduled_again(
         await ctl.stop()
 
     asyncio.run(main())
+
+
+def test_reused_source_port_after_its_real_server_is_removed(
+        pods: list[str], k8s: SimpleNamespace, ipvs_rules: Callable[[], list[str]]) -> None:
+    """A client reusing a source port whose last connection went to a pod that is gone
+    (its real server deleted, without graceful termination): IPVS still holds that entry;
+    the new connection must reach the pod that is left without being held up."""
+    async def main() -> None:
+        ctl = await controller(k8s, TCP, TCP_TARGET, pods)
+        port = 41200
+        first = _conn_from(port)
+        gone = first.pod
+        left = pods[1] if gone == pods[0] else pods[0]
+        _reset(first)
+        assert _ipvs_conn_dest(port) == gone
+        k8s.put(ctl.agent, k8s.endpointslice("drain", [left], TCP_TARGET))
+        await ctl.sync(frozenset({"default/drain"}))
+        assert dest_lines(ipvs_rules()) == {left: "1"}
+        started = time.monotonic()
+        try:
+            again = _conn_from(port)
+        except OSError as exc:
+            raise AssertionError(f"reused port: {exc!r} after "
+                                 f"{time.monotonic() - started:.1f}s") from None
+        took = time.monotonic() - started
+        assert again.pod == left
+        assert took < 2.5, f"the reused port's SYN was held up {took:.1f}s"
+        _reset(again)
+        await ctl.stop()
+
+    asyncio.run(main())
+
+
+# Like whats-my-ip: the server writes its line and closes first; the client, reading the
+# end, closes too and keeps no TIME_WAIT, so its port is free again at once.
+CLOSER = """
+import socket, sys
+srv = socket.socket()
+srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind(("0.0.0.0", 8081))
+srv.listen(64)
+print("ready", flush=True)
+while True:
+    c, _ = srv.accept()
+    c.sendall((sys.argv[1] + "\\n").encode())
+    c.close()
+"""
+
+
+def _closed_by_server_from(port: int) -> str:
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.settimeout(12)
+    s.bind(("0.0.0.0", port))
+    s.connect((VIP, 80))
+    got = b""
+    while chunk := s.recv(4096):
+        got += chunk
+    s.close()
+    return got.decode().strip()
+
+
+def test_reused_source_port_after_server_closed_and_real_server_removed(
+        pods: list[str], k8s: SimpleNamespace, ipvs_rules: Callable[[], list[str]]) -> None:
+    """As the lab's request loops meet it: the pod closed first (IPVS keeps the entry in
+    TIME_WAIT two minutes), the pod is gone, and the client's next connection happens to
+    get the same source port."""
+    closers = [subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", CLOSER, ip],
+                                stdout=subprocess.PIPE, text=True) for ns, ip in PODS.items()]
+    try:
+        for proc in closers:
+            assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+
+        async def main() -> None:
+            target = [("http", "TCP", 8081)]
+            ctl = await controller(k8s, TCP, target, pods)
+            port = 41300
+            gone = _closed_by_server_from(port)
+            left = pods[1] if gone == pods[0] else pods[0]
+            entry = subprocess.run(["ipvsadm", "-Lnc"], capture_output=True, text=True).stdout
+            assert any(f":{port} " in ln and "TIME_WAIT" in ln for ln in entry.splitlines()), entry
+            k8s.put(ctl.agent, k8s.endpointslice("drain", [left], target))
+            await ctl.sync(frozenset({"default/drain"}))
+            assert dest_lines(ipvs_rules()) == {left: "1"}
+            started = time.monotonic()
+            try:
+                got = _closed_by_server_from(port)
+            except OSError as exc:
+                ct = subprocess.run(["conntrack", "-L", "--orig-dst", VIP], capture_output=True,
+                                    text=True).stdout
+                lc = subprocess.run(["ipvsadm", "-Lnc"], capture_output=True, text=True).stdout
+                raise AssertionError(f"reused port: {exc!r} after "
+                                     f"{time.monotonic() - started:.1f}s\n{ct}\n{lc}") from None
+            took = time.monotonic() - started
+            assert got == left
+            assert took < 2.5, f"the reused port's SYN was held up {took:.1f}s"
+            await ctl.stop()
+
+        asyncio.run(main())
+    finally:
+        for proc in closers:
+            proc.kill()
+            proc.wait()
