@@ -11,7 +11,6 @@ import difflib
 import json
 import os
 import re
-import shlex
 import sys
 import tempfile
 import threading
@@ -40,6 +39,7 @@ from kube_router_lab.scenario import Scenario
 from kube_router_lab.scenario import ScenarioError
 from kube_router_lab.scenario import SnapshotStep
 from kube_router_lab.scenario import WaitStep
+from kube_router_lab.scenario import command_line
 from kube_router_lab.scenario import expand
 from kube_router_lab.scenario import load_scenario
 
@@ -219,7 +219,7 @@ class Runner:
             runs.stdout_re = re.compile(expand(step.expect.stdout, self._resolve, escape=True),
                                         re.MULTILINE)
         if argv != step.argv:
-            self.say(f"  $ {shlex.join(argv)}")
+            self.say(f"  $ {command_line(argv)}")
         if step.background:
             runs.thread = threading.Thread(target=self._repeat, args=(runs, argv, True),
                                            name=f"lab-background-{step.background}", daemon=True)

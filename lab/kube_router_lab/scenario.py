@@ -151,7 +151,13 @@ class RunStep(Step):
     def describe(self) -> str:
         extra = f" ({self.times} times)" if self.times > 1 else ""
         bg = f" in background {self.background!r}" if self.background else ""
-        return f"run in {self.where}{extra}{bg}: {shlex.join(self.argv)}"
+        return f"run in {self.where}{extra}{bg}: {command_line(self.argv)}"
+
+
+def command_line(argv: list[str]) -> str:
+    """``argv`` as one shell line for a transcript; a multi-line word (a script) shows its
+    first line only."""
+    return shlex.join(w if "\n" not in w else w.split("\n", 1)[0] + " ..." for w in argv)
 
 
 @dataclass

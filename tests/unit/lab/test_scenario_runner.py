@@ -389,3 +389,10 @@ def test_reach_gives_up_after_the_retries(tmp_path: Path) -> None:
     report, _, _ = run(tmp_path, "  - reach: {from: [x/a], to: [x/b:80], expect: '1'}\n", lab)
     assert seen == [1.0, 2.0, 3.0]
     assert report["steps"][0]["matrix"] == [[0]]
+
+
+def test_a_script_word_shows_its_first_line(tmp_path: Path) -> None:
+    _, _, text = run(tmp_path, "  - run:\n      in: host\n      cmd: [sh, -c, \"echo a\\n"
+                     "echo b\", '${svc:default/myip}']\n")
+    assert "run in host: sh -c 'echo a ...' '${svc:default/myip}'" in text
+    assert "$ sh -c 'echo a ...' 10.1.0.12" in text
