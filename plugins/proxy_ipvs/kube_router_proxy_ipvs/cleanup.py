@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 from kube_router_proxy_ipvs import desired as dz
 from kube_router_proxy_ipvs import ipvs_netlink as nl
@@ -22,19 +23,21 @@ from kube_router_proxy_ipvs.status import NAMES_FILE
 log = logging.getLogger(__name__)
 
 
-def _delete_services(settings: dz.Settings, node_ips: list[str], dummy: set[str]) -> int:
+def delete_ipvs_services(owned: Callable[[nl.ServiceKey], bool], who: str) -> int:
+    """Delete the IPVS services ``owned`` picks (fwmark services are never ours); the
+    number deleted. Used by this clean-up and by kube-proxy's (``who`` names it in logs)."""
     try:
         sock = nl.IPVSSocket()
     except OSError as exc:
         log.info("no ipvs to clean error=%s", exc)
         return 0
     with sock:
-        ops = [nl.del_service(s.key) for s in sock.services()
-               if s.key is not None and dz.owns(s.key, settings, node_ips, dummy)]
+        ops = [nl.del_service(s.key) for s in sock.services(stats=False)
+               if s.key is not None and owned(s.key)]
         failures = sock.apply(ops)
-        for op, err in failures:
-            log.warning("cleanup failed op=%r error=%s", op.desc, err.strerror)
-        return len(ops) - len(failures)
+    for op, err in failures:
+        log.warning("%s ipvs service kept op=%r error=%s", who, op.desc, err.strerror)
+    return len(ops) - len(failures)
 
 
 async def cleanup(proxy: ProxySettings) -> None:
@@ -52,7 +55,9 @@ async def cleanup(proxy: ProxySettings) -> None:
     except Exception as exc:
         log.warning("cleanup cannot read link name=%s error=%s", dummy.name, exc)
     node_ips = await local_addresses()
-    deleted = await asyncio.to_thread(_delete_services, settings, node_ips, dummy_addrs)
+    deleted = await asyncio.to_thread(
+        delete_ipvs_services, lambda key: dz.owns(key, settings, node_ips, dummy_addrs),
+        "cleanup")
     # Both families whatever the flags say now: the node may have run with the other one.
     await cleanup_netfilter([4, 6])
     try:

@@ -122,22 +122,11 @@ async def _ipvs_link_addresses() -> set[str]:
 
 
 def remove_ipvs(addresses: set[str]) -> int:
-    from kube_router_proxy_ipvs import ipvs_netlink as nl
+    from kube_router_proxy_ipvs.cleanup import delete_ipvs_services
 
     if not addresses:
         return 0
-    try:
-        sock = nl.IPVSSocket()
-    except OSError as exc:
-        log.info("no ipvs to clean error=%s", exc)
-        return 0
-    with sock:
-        ops = [nl.del_service(s.key) for s in sock.services(stats=False)
-               if s.key is not None and s.key.addr in addresses]
-        failures = sock.apply(ops)
-    for op, err in failures:
-        log.warning("kube-proxy ipvs service kept op=%r error=%s", op.desc, err.strerror)
-    return len(ops) - len(failures)
+    return delete_ipvs_services(lambda key: key.addr in addresses, "kube-proxy")
 
 
 async def cleanup() -> dict[str, int | bool]:
