@@ -249,6 +249,15 @@ def decode_endpointslice(obj: Mapping[str, Any]) -> EndpointSlice:
     )
 
 
+
+def slice_service(rec: object) -> tuple[str, ...]:
+    """Index function for EndpointSlices by Service (``Store.add_index("service", ...)``):
+    the key of the Service a slice belongs to. One function, so that every controller that
+    reads slices by Service declares the same index."""
+    key = rec.service_key if isinstance(rec, EndpointSlice) else ""
+    return (key,) if key else ()
+
+
 # --- Pod -------------------------------------------------------------------------------
 
 

@@ -23,6 +23,7 @@ from kube_router.controller import Controller
 from kube_router.kube.records import EndpointSlice
 from kube_router.kube.records import Node
 from kube_router.kube.records import Service
+from kube_router.kube.records import slice_service
 from kube_router.linux.run import CommandError
 from kube_router.linux.run import run
 from kube_router_proxy_ipvs import desired as dz
@@ -41,7 +42,6 @@ from kube_router_proxy_ipvs.status import write_names
 if TYPE_CHECKING:
     from kube_router.agent import Agent
     from kube_router.kube.events import Event
-    from kube_router.kube.records import Record
     from kube_router_proxy_ipvs.service_netfilter import ServiceNetfilter
     from kube_router_proxy_ipvs.settings import ProxySettings
 
@@ -52,12 +52,6 @@ REAP_INTERVAL = 5.0
 #: A queue key that is no Service: the node's addresses changed, rewrite the sets only.
 LOCAL_ADDRESSES = ("local-addresses",)
 _VIPS = attrgetter("vips")
-
-
-def slice_service(rec: Record) -> tuple[str, ...]:
-    """The "service" index of EndpointSlices: the key of the Service a slice belongs to."""
-    key = rec.service_key if isinstance(rec, EndpointSlice) else ""
-    return (key,) if key else ()
 
 
 class ProxyController(Controller):

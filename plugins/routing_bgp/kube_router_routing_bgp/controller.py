@@ -19,6 +19,7 @@ from kube_router.errors import TemporaryError
 from kube_router.kube.records import EndpointSlice
 from kube_router.kube.records import Node
 from kube_router.kube.records import Service
+from kube_router.kube.records import slice_service
 from kube_router_routing_bgp import desired
 from kube_router_routing_bgp import service_vips
 from kube_router_routing_bgp.gobgpd import Gobgpd
@@ -67,6 +68,9 @@ class RouterController(Controller):
         self.advertise_services = service_vips.enabled(settings)
         if self.advertise_services:
             self.kinds = ADVERTISING_KINDS
+            # Declared here, not in ``indexes``: the router reads slices only when it
+            # advertises Service VIPs (the proxy declares the same index, same function).
+            agent.store("EndpointSlice").add_index("service", slice_service)
         # Only with the TCP admin API off does gobgpd need a private socket directory.
         runtime_dir = ("" if settings.gobgp_admin_port
                        else tempfile.mkdtemp(prefix="kube-router-bgp-"))
