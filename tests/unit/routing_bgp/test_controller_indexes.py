@@ -3,14 +3,13 @@ declare that index itself, also when the proxy (which declares the same one) is 
 
 from __future__ import annotations
 
+import kube_router_proxy_ipvs.plugin as proxy_plugin
+import kube_router_routing_bgp.plugin as router_plugin
 from kube_router import cli
 from kube_router import plugins
 from kube_router.agent import Agent
 from kube_router.kube.records import slice_service
 from kube_router.settings import Flags
-
-import kube_router_proxy_ipvs.plugin as proxy_plugin
-import kube_router_routing_bgp.plugin as router_plugin
 
 
 def _agent(enable: list[str], *argv: str) -> Agent:
