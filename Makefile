@@ -16,7 +16,7 @@ SYSTEM_PACKAGES := user-mode-linux kmod iproute2 ipvsadm ipset iptables conntrac
 # from the Go modules pinned in lab/controlplane/ into a cache outside the checkout.
 CONTROLPLANE_BUILD := lab/controlplane/build.sh
 
-.PHONY: all venv system test unit kernel lab lab-open lab-real real controlplane \
+.PHONY: all venv system test unit kernel lab lab-real real controlplane \
 	controlplane-background e2e reliability demo \
 	bench bench-peer kube-router-original lint clean
 
@@ -79,10 +79,6 @@ e2e: venv
 
 # faults, bad input, foreign state and contention: one lab boot per scenario (~10 minutes);
 # exit status 5 (nothing selected) is not a failure
-# Scenarios under investigation (see the comment at the top of each), outside `make test`.
-lab-open: venv
-	for f in tests/lab/open/*.yaml; do $(KRP) lab run $$f || exit 1; done
-
 reliability: venv
 	$(PY) -m pytest tests/lab -m reliability || [ $$? -eq 5 ]
 
