@@ -58,16 +58,16 @@ lab-real: venv controlplane
 controlplane:
 	@bash $(CONTROLPLANE_BUILD)
 
-# `make test` starts the control plane's build first, at the lowest priority, so it uses the
-# CPU the other tiers leave idle; `real` then waits for it (build.sh holds a lock).
+# Start the control plane's build at the lowest priority, so it uses the CPU other jobs
+# leave idle (`make controlplane-background lab` ...); `real` then waits for it (build.sh
+# holds a lock).
 controlplane-background:
 	@mkdir -p out
 	@echo "building the real control plane in the background (log: out/controlplane-build.log)"
 	@(nice -n 19 bash $(CONTROLPLANE_BUILD) > out/controlplane-build.log 2>&1 &)
 
-# The real-control-plane tier `make test` runs: the informer's contract tests and the
-# walkthrough on kube-apiserver; `make lab-real` adds the proxy, router and API-server-down
-# scenarios.
+# The short real-control-plane tier: the informer's contract tests and the walkthrough on
+# kube-apiserver; `make lab-real` adds the proxy, router and API-server-down scenarios.
 real: venv controlplane
 	$(KRP) lab exec --mem 2500M -- $(PY) -m pytest tests/realcp
 	$(PY) -m pytest tests/lab -m real -k seed-walkthrough
@@ -82,7 +82,7 @@ e2e: venv
 reliability: venv
 	$(PY) -m pytest tests/lab -m reliability || [ $$? -eq 5 ]
 
-test: controlplane-background lint unit kernel lab e2e reliability real
+test: lint unit kernel lab e2e reliability
 
 demo: venv
 	$(KRP) lab run examples/seed-walkthrough.yaml --report out/seed-walkthrough.json
