@@ -236,16 +236,18 @@ def in_netns(netns: str, make: Callable[[], T]) -> T:
 
 
 def open_socket(protocol: int, *, netns: str | None = None, cap_ack: bool = False,
-                rcvbuf: int = 8 << 20, sndbuf: int = 4 << 20) -> socket.socket:
-    """A bound netlink socket of ``protocol``, in the named namespace if given.
+                rcvbuf: int = 8 << 20, sndbuf: int = 4 << 20,
+                groups: int = 0) -> socket.socket:
+    """A bound netlink socket of ``protocol``, in the named namespace if given, a member of
+    the multicast ``groups`` (a bit mask) if given.
 
     Its buffers are forced large (as root) so a batch's burst of error replies is not
     dropped. ``cap_ack``: an error then echoes only the failed request's header (its
     sequence number says which); without, the whole request comes back (IPVS reads the
     dest out of it)."""
     if netns is not None:
-        return in_netns(netns, lambda: open_socket(protocol, cap_ack=cap_ack,
-                                                   rcvbuf=rcvbuf, sndbuf=sndbuf))
+        return in_netns(netns, lambda: open_socket(protocol, cap_ack=cap_ack, rcvbuf=rcvbuf,
+                                                   sndbuf=sndbuf, groups=groups))
     sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, protocol)
     try:
         sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, rcvbuf)
@@ -255,7 +257,7 @@ def open_socket(protocol: int, *, netns: str | None = None, cap_ack: bool = Fals
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
     if cap_ack:
         sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)
-    sock.bind((0, 0))
+    sock.bind((0, groups))
     return sock
 
 

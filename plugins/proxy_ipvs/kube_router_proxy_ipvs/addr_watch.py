@@ -16,6 +16,8 @@ import socket
 from collections.abc import Awaitable
 from collections.abc import Callable
 
+from kube_router.linux import netlink
+
 log = logging.getLogger(__name__)
 
 RTMGRP_IPV4_IFADDR = 0x10
@@ -34,9 +36,9 @@ class AddressWatch:
         self._pending = asyncio.Event()
 
     def start(self) -> None:
-        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_NONBLOCK,
-                             socket.NETLINK_ROUTE)
-        sock.bind((0, RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR))
+        sock = netlink.open_socket(socket.NETLINK_ROUTE, rcvbuf=1 << 20, sndbuf=1 << 16,
+                                   groups=RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR)
+        sock.setblocking(False)
         self._sock = sock
         asyncio.get_running_loop().add_reader(sock.fileno(), self._readable)
         self._task = asyncio.get_running_loop().create_task(self._loop())
