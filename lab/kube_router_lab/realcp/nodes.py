@@ -68,8 +68,9 @@ class NodeHeartbeats:
             except ApiError as exc:
                 if exc.code != 409:
                     raise
-            self._post_status(name, ip)
-            self._renew(name)
+            # Status and Lease only once the pod CIDR is set: node IPAM queues a Node on every
+            # update, and an update seen before its own CIDR patch makes it allocate a second
+            # CIDR, release it, and give the next Node the one after (out of order).
             deadline = time.monotonic() + timeout
             while True:
                 node = self.store.get("Node", None, name) or {}
@@ -81,6 +82,8 @@ class NodeHeartbeats:
                     raise TimeoutError(f"node {name} got no pod CIDR in {timeout:g}s "
                                        "(kube-controller-manager's node IPAM)")
                 time.sleep(0.1)
+            self._post_status(name, ip)
+            self._renew(name)
             self.log(f"event=node_registered node={name} ip={ip} pod_cidr={cidr}")
         return cidrs
 
