@@ -93,6 +93,24 @@ def parse_save(text: str, wanted: Callable[[str], bool]) -> dict[str, tuple[str,
     return sets
 
 
+#: Protocols of hash:ip,port members, by the name ``ipset save`` prints.
+PORT_PROTOCOLS = {"tcp": socket.IPPROTO_TCP, "udp": socket.IPPROTO_UDP,
+                  "sctp": socket.IPPROTO_SCTP}
+
+
+def _entry(member: str) -> tuple[Any, str]:
+    """pyroute2's entry and entry type for a member as ``ipset save`` prints it."""
+    addr, sep, rest = member.partition(",")
+    if not sep:
+        return member, "ip"
+    from pyroute2.ipset import PortEntry
+
+    proto, _, port = rest.partition(":")
+    if proto not in PORT_PROTOCOLS or not port.isdigit():
+        raise ValueError(f"not an address,proto:port member: {member!r}")
+    return (addr, PortEntry(int(port), protocol=PORT_PROTOCOLS[proto])), "ip,port"
+
+
 class MemberSocket:
     """Adds and deletes single members over netlink, without a process per change.
 
@@ -106,8 +124,9 @@ class MemberSocket:
         self._loop: Any = None
 
     async def change(self, name: str, member: str, *, add: bool) -> None:
-        """Add (or delete) ``member``, an address, of hash:ip set ``name``; a member
-        already there (or already gone) is no error."""
+        """Add (or delete) ``member`` of set ``name``, as ``ipset save`` prints it: an
+        address (hash:ip) or ``address,proto:port`` (hash:ip,port); a member already
+        there (or already gone) is no error."""
         from pyroute2.ipset import AsyncIPSet  # kept out of start-up for users of restore
 
         loop = asyncio.get_running_loop()
@@ -117,12 +136,16 @@ class MemberSocket:
             sock = AsyncIPSet()
             await sock.setup_endpoint()
             self._sock, self._loop = sock, loop
-        family = socket.AF_INET6 if ":" in member else socket.AF_INET
+        entry, etype = _entry(member)
+        addr = member.partition(",")[0]
+        family = socket.AF_INET6 if ":" in addr else socket.AF_INET
         try:
             if add:
-                await self._sock.add(name, member, family=family, exclusive=False)
+                await self._sock.add(name, entry, family=family, exclusive=False,
+                                     etype=etype)
             else:
-                await self._sock.delete(name, member, family=family, exclusive=False)
+                await self._sock.delete(name, entry, family=family, exclusive=False,
+                                        etype=etype)
         except Exception:
             self.close()  # a fresh socket next time
             raise

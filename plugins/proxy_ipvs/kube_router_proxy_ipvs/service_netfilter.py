@@ -10,13 +10,15 @@ Objects (kube-router's names, so this is a drop-in replacement):
   VIP:port pairs that exist, reject the rest (``--ipvs-permit-all``).
 - ipsets ``kube-router-svip``, ``kube-router-svip-prt``, ``kube-router-local-ips``.
 
-Chains are rewritten whole with ``iptables-restore --noflush`` and only when their content
-changes; sets are swapped in only when their members change. Nothing else is touched.
+A chain is rewritten whole with ``iptables-restore --noflush`` and only when its content
+changes; a set's changed members are added or deleted over netlink (no process), and a set
+that is missing is built and swapped in. Nothing else is touched.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import os
 import re
@@ -47,6 +49,9 @@ SVIP_PRT = "kube-router-svip-prt"
 LOCAL_IPS = "kube-router-local-ips"
 SET_TMP_SUFFIX = "-pxtmp"
 COMMENT = "kube-router-py proxy"
+#: Above this many members to add or delete in one sync, one ``ipset restore`` process
+#: costs less than a netlink message each.
+MAX_NETLINK_MOVES = 256
 
 SYSCTLS = {
     "net.ipv4.vs.conntrack": 1,  # IPVS NAT traffic must go through netfilter (SNAT, hairpin)
@@ -73,6 +78,10 @@ def conn_reuse_mode(release: str) -> int:
     m = re.match(r"(\d+)\.(\d+)", release)
     version = (int(m.group(1)), int(m.group(2))) if m else (0, 0)
     return 1 if version >= CONN_REUSE_FIXED else 0
+
+
+def _canonical(addr: str) -> str:
+    return ipaddress.ip_address(addr).compressed
 
 
 def set_name(base: str, family: int) -> str:
@@ -102,6 +111,10 @@ class ServiceNetfilter:
         # family -> the tables as start() read them, for the first sync right after it:
         # each tool process costs as much as the whole IPVS table on a slow node
         self._dumps: dict[int, dict[str, str]] = {}
+        self._set_dumps: dict[int, str] = {}  # the same for ``ipset save``
+        self._jumps_checked: set[int] = set()  # families a sync found (or put) our jumps in
+        self._members = ipset.MemberSocket()
+        self.set_changes = 0  # members added or deleted one by one (tests)
 
     async def start(self) -> None:
         for name, value in SYSCTLS.items():
@@ -115,7 +128,9 @@ class ServiceNetfilter:
         sysctl.write("net.bridge.bridge-nf-call-iptables", 1)
         if 6 in self.families:
             sysctl.write("net.bridge.bridge-nf-call-ip6tables", 1)
+        sets = await ipset.save()
         for family in self.families:
+            self._set_dumps[family] = sets
             dump = self._dumps[family] = await iptables.save_all(family)
             for table in ("nat", "filter"):
                 saved = dump.get(table, "")
@@ -164,9 +179,12 @@ class ServiceNetfilter:
         v6 = family == 6
         keys = [vs.key for st in states for vs in st.servers
                 if (vs.key.af == socket.AF_INET6) == v6]
-        svip = {k.addr for k in keys}
-        prt = {f"{k.addr},{nl.PROTOCOL_NAMES[k.protocol].lower()}:{k.port}" for k in keys}
-        local = {ip for ip in self.local_ips if (":" in ip) == v6}
+        # as ``ipset save`` prints them, so a full sync compares them with the kernel's
+        addr = _canonical if v6 else str
+        svip = {addr(k.addr) for k in keys}
+        prt = {f"{addr(k.addr)},{nl.PROTOCOL_NAMES[k.protocol].lower()}:{k.port}"
+               for k in keys}
+        local = {addr(ip) for ip in self.local_ips if (":" in ip) == v6}
         return {set_name(SVIP, family): svip, set_name(SVIP_PRT, family): prt,
                 set_name(LOCAL_IPS, family): local}
 
@@ -186,74 +204,117 @@ class ServiceNetfilter:
     async def sync(self, states: Collection[ServiceState], pod_cidrs: Sequence[str], *,
                    full: bool) -> None:
         """Bring chains and sets in line with the Services' states on this node, whose pods
-        have ``pod_cidrs``."""
+        have ``pod_cidrs``.
+
+        A partial sync compares with what this manager last wrote and sends only the
+        difference: nothing at all (no process) when the Service's change leaves the
+        sets and chains as they are. A full sync compares with the kernel instead, so a
+        rule or member someone else removed comes back."""
         if full or not self.local_ips:
             self.local_ips = set(await local_addresses(exclude_names=(DUMMY_IF,)))
         for family in self.families:
-            await self._sync_sets(states, family)
+            await self._sync_sets(states, family, full)
             await self._sync_chains(states, pod_cidrs, family, full)
 
-    async def _sync_sets(self, states: Collection[ServiceState], family: int) -> None:
+    async def _read_sets(self, family: int) -> None:
+        """What our sets of ``family`` hold in the kernel (the one read after start()
+        serves the first full sync)."""
+        text = self._set_dumps.pop(family, None)
+        if text is None:
+            text = await ipset.save()
+        ours = set(self._set_types(family))
+        found = ipset.parse_save(text, ours.__contains__)
+        for name in ours:
+            self._sets.pop(name, None)
+        for name, (stype, members) in found.items():
+            if stype == self._set_types(family)[name]:
+                self._sets[name] = members
+
+    def _set_types(self, family: int) -> dict[str, str]:
+        return {set_name(SVIP, family): "hash:ip", set_name(SVIP_PRT, family): "hash:ip,port",
+                set_name(LOCAL_IPS, family): "hash:ip"}
+
+    async def _sync_sets(self, states: Collection[ServiceState], family: int,
+                         full: bool) -> None:
         fam = "inet6" if family == 6 else "inet"
-        types = {set_name(SVIP, family): "hash:ip", set_name(SVIP_PRT, family): "hash:ip,port",
-                 set_name(LOCAL_IPS, family): "hash:ip"}
+        types = self._set_types(family)
+        if full:
+            await self._read_sets(family)
         lines: list[str] = []
+        moves: list[tuple[str, str, bool]] = []
         for name, members in self._set_members(states, family).items():
-            if self._sets.get(name) == members:
+            have = self._sets.get(name)
+            if have == members:
                 continue
-            lines += ipset.swap_script(name, types[name], sorted(members), family=fam,
-                                       tmp_suffix=SET_TMP_SUFFIX)
+            if have is None:  # missing (or of another type): built whole and swapped in
+                lines += ipset.swap_script(name, types[name], sorted(members), family=fam,
+                                           tmp_suffix=SET_TMP_SUFFIX)
+            else:
+                moves += [(name, m, False) for m in sorted(have - members)]
+                moves += [(name, m, True) for m in sorted(members - have)]
             self._sets[name] = members
-        if lines:
-            try:
+        if len(moves) > MAX_NETLINK_MOVES:  # many at once: one process beats many messages
+            lines = [f"{'add' if add else 'del'} {n} {m} -exist" for n, m, add in moves] + lines
+            moves = []
+        self.set_changes += len(moves)
+        try:
+            if lines:
                 await ipset.restore(lines)
-            except Exception:
-                for name in types:
-                    self._sets.pop(name, None)  # retry whole next time
-                raise
+            for name, member, add in moves:
+                await self._members.change(name, member, add=add)
+        except Exception:
+            for name in types:
+                self._sets.pop(name, None)  # rebuilt whole next time
+            raise
 
     async def _sync_chains(self, states: Collection[ServiceState], pod_cidrs: Sequence[str],
                            family: int, full: bool) -> None:
         wanted = {("nat", c): r for c, r in self._nat_rules(states, pod_cidrs, family).items()}
         wanted[("filter", SERVICES_CHAIN)] = self._guard_rules(family)
-        changed = {t for (t, chain), rules in wanted.items()
-                   if self._chains.get((family, t, chain)) != rules}
         dump: dict[str, str] = {}
-        if changed or full:
-            # a full sync checks the jumps into our chains are still there; the first one
-            # follows start() at once and reads what start() read
+        if full or family not in self._jumps_checked:
+            # a full sync compares with the kernel (the first one follows start() at once
+            # and reads what start() read); a partial one trusts what we last wrote
             dump = (self._dumps.pop(family) if family in self._dumps
                     else await iptables.save_all(family))
+            for (t, chain) in wanted:
+                saved = dump.get(t, "")
+                if chain in iptables.chains(saved):
+                    self._chains[(family, t, chain)] = iptables.rules_of(saved, chain)
+                else:
+                    self._chains.pop((family, t, chain), None)
+        changed = {key for key, rules in wanted.items()
+                   if self._chains.get((family, *key)) != rules}
         jumps = jump_rules()
         batch: dict[str, list[str]] = {}
         for table in ("nat", "filter"):
             lines: list[str] = []
             for (t, chain), rules in wanted.items():
-                if t != table:
+                if (t, chain) not in changed or t != table:
                     continue
                 lines.append(f":{chain} - [0:0]")
                 lines += [f"-A {chain} {r}" for r in rules]
             saved = dump.get(table, "")
             missing = []
             for (t, builtin), rule in jumps.items():
-                if t != table:
+                if t != table or not dump:
                     continue
                 builtin = builtin.split("#")[0]
                 rule = rule.format(svip=set_name(SVIP, family))
                 if rule not in iptables.rules_of(saved, builtin):
                     missing.append(f"-I {builtin} 1 {rule}")
-            if table in changed or (dump and missing):
+            if lines or missing:
                 # Jumps go in after the chains exist; hairpin must come before the SNAT
                 # jump, so insert in reverse order at position 1.
                 batch[table] = lines + list(reversed(missing))
-        if not batch:
-            return
-        # both tables in one process: what the tables need is written with one restore
-        await iptables.restore_tables(batch, family)
-        self.writes += 1
-        for (t, chain), rules in wanted.items():
-            if t in batch:
-                self._chains[(family, t, chain)] = rules
+        if batch:
+            # both tables in one process: what the tables need is written with one restore
+            await iptables.restore_tables(batch, family)
+            self.writes += 1
+            for key in changed:
+                self._chains[(family, *key)] = wanted[key]
+        if dump:
+            self._jumps_checked.add(family)
 
 
 async def cleanup_netfilter(families: list[int]) -> None:

@@ -202,6 +202,61 @@ def test_partial_sync_touches_one_service(world: World) -> None:
     asyncio.run(main())
 
 
+def test_partial_sync_sends_only_the_difference(world: World,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """A partial sync starts no tool process: a change that leaves the sets and chains as
+    they are sends them nothing, and set members come and go over netlink. A full sync
+    still compares with the kernel and puts back what someone else removed."""
+    async def main() -> None:
+        ctl = await world.controller()
+        await ctl.sync(None)
+        assert ctl.netfilter is not None
+        agent = ctl.agent
+        k = world.k8s
+        started: list[tuple[object, ...]] = []
+        real = asyncio.create_subprocess_exec
+        moved = ctl.netfilter.set_changes  # (the sets may hold an earlier test's members)
+
+        async def counting(*argv: object, **kwargs: object) -> asyncio.subprocess.Process:
+            started.append(argv)
+            return await real(*argv, **kwargs)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(asyncio, "create_subprocess_exec", counting)
+        # other endpoints: IPVS changes, the sets and chains do not
+        k.put(agent, k.endpointslice("web", ["10.2.0.5", "10.2.0.8"], [("http", "TCP", 8080)]))
+        await ctl.sync(frozenset({"default/web"}))
+        assert ctl.last_result.ops == 4
+        assert started == []
+        assert ctl.netfilter.set_changes == moved
+        # a new Service: its VIP and VIP:port are added to the sets, and only they
+        k.put(agent, k.service("api", "10.96.0.20", [("https", "TCP", 443)]))
+        k.put(agent, k.endpointslice("api", ["10.2.0.9"], [("https", "TCP", 8443)]))
+        await ctl.sync(frozenset({"default/api"}))
+        assert started == []
+        assert ctl.netfilter.set_changes == moved + 2
+        assert "10.96.0.20" in world.sh(["ipset", "list", "kube-router-svip"])
+        assert "10.96.0.20,tcp:443" in world.sh(["ipset", "list", "kube-router-svip-prt"])
+        # and it goes again
+        k.remove(agent, "Service", "default/api")
+        await ctl.sync(frozenset({"default/api"}))
+        assert started == []
+        assert ctl.netfilter.set_changes == moved + 4
+        assert "10.96.0.20" not in world.sh(["ipset", "list", "kube-router-svip-prt"])
+        assert "10.96.0.10,tcp:80" in world.sh(["ipset", "list", "kube-router-svip-prt"])
+        monkeypatch.undo()
+        # behind our back: a member and a rule removed; the next full sync restores both
+        world.sh(["ipset", "del", "kube-router-svip-prt", "10.96.0.53,udp:53"])
+        world.sh(["iptables-legacy", "-t", "nat", "-F", "KUBE-ROUTER-IPVS-SNAT"])
+        await ctl.sync(None)
+        assert "10.96.0.53,udp:53" in world.sh(["ipset", "list", "kube-router-svip-prt"])
+        assert "-A KUBE-ROUTER-IPVS-SNAT ! -s 10.2.0.0/24" in world.sh(
+            ["iptables-legacy-save", "-t", "nat"])
+        world.foreign_intact()
+        await ctl.stop()
+
+    asyncio.run(main())
+
+
 def test_cleanup_removes_only_ours(world: World) -> None:
     async def main() -> None:
         ctl = await world.controller()
