@@ -291,29 +291,36 @@ class ProxyController(Controller):
         result = await self.ipvs.apply(desired, remove)
         t_ipvs = time.monotonic()
         await self.dummy.update(set(), vips_remove)
+        t_netfilter = time.monotonic()
+        tools = 0
         if self.netfilter is not None:
             node = self.nodes.get(self.agent.node_name)
             pod_cidrs = list(node.pod_cidrs) if isinstance(node, Node) else []
+            tools = self.netfilter.processes
             await self.netfilter.sync(self.svc_states.values(), pod_cidrs, full=keys is None)
+            tools = self.netfilter.processes - tools
+        t_flush = time.monotonic()
         await self._flush_udp(result.udp_removed)
         if self.svc_health or self.health.ports:
             await self.health.update({port: (name, count) for name, (port, count)
                                       in self.svc_health.items()})
         done = time.monotonic()
         self.last_timings = {"desired": t_desired - started, "vips": t_vips - t_desired,
-                             "ipvs": t_ipvs - t_vips, "rest": done - t_ipvs}
+                             "ipvs": t_ipvs - t_vips, "rest": done - t_ipvs,
+                             "netfilter": t_flush - t_netfilter}
         self.last_result = result
         if keys is None or remove or new_keys:
             self._schedule_names()
         if keys is None:
             self._full_synced = True
         # where the time went: a first sync on a slow machine spends most of it on the
-        # netfilter tools' processes ("rest"), after IPVS is complete
+        # netfilter tools' processes (part of "rest", after IPVS is complete)
         log.info("proxy sync full=%s services=%d ipvs_ops=%d failures=%d seconds=%.4f "
-                 "desired=%.3f vips=%.3f ipvs=%.3f rest=%.3f",
+                 "desired=%.3f vips=%.3f ipvs=%.3f rest=%.3f netfilter=%.3f "
+                 "netfilter_processes=%d",
                  keys is None, len(self.services) if keys is None else len(keys),
                  result.ops, len(result.failures), time.monotonic() - started,
-                 *self.last_timings.values())
+                 *self.last_timings.values(), tools)
 
     async def _check_kernel(self) -> None:
         """Before a later full sync: re-read what someone changed behind our back

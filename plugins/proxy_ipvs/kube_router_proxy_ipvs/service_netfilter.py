@@ -115,6 +115,7 @@ class ServiceNetfilter:
         self._jumps_checked: set[int] = set()  # families a sync found (or put) our jumps in
         self._members = ipset.MemberSocket()
         self.set_changes = 0  # members added or deleted one by one (tests)
+        self.processes = 0  # ipset and iptables processes sync() started (the sync log)
 
     async def start(self) -> None:
         for name, value in SYSCTLS.items():
@@ -221,6 +222,7 @@ class ServiceNetfilter:
         serves the first full sync)."""
         text = self._set_dumps.pop(family, None)
         if text is None:
+            self.processes += 1
             text = await ipset.save()
         ours = set(self._set_types(family))
         found = ipset.parse_save(text, ours.__contains__)
@@ -246,7 +248,7 @@ class ServiceNetfilter:
             have = self._sets.get(name)
             if have == members:
                 continue
-            if have is None:  # missing (or of another type): built whole and swapped in
+            if have is None:  # not there (or not read yet): built whole and swapped in
                 lines += ipset.swap_script(name, types[name], sorted(members), family=fam,
                                            tmp_suffix=SET_TMP_SUFFIX)
             else:
@@ -259,6 +261,7 @@ class ServiceNetfilter:
         self.set_changes += len(moves)
         try:
             if lines:
+                self.processes += 1
                 await ipset.restore(lines)
             for name, member, add in moves:
                 await self._members.change(name, member, add=add)
@@ -272,11 +275,15 @@ class ServiceNetfilter:
         wanted = {("nat", c): r for c, r in self._nat_rules(states, pod_cidrs, family).items()}
         wanted[("filter", SERVICES_CHAIN)] = self._guard_rules(family)
         dump: dict[str, str] = {}
-        if full or family not in self._jumps_checked:
+        read = full or family not in self._jumps_checked
+        if read:
             # a full sync compares with the kernel (the first one follows start() at once
             # and reads what start() read); a partial one trusts what we last wrote
-            dump = (self._dumps.pop(family) if family in self._dumps
-                    else await iptables.save_all(family))
+            if family in self._dumps:
+                dump = self._dumps.pop(family)
+            else:
+                self.processes += 1
+                dump = await iptables.save_all(family)
             for (t, chain) in wanted:
                 saved = dump.get(t, "")
                 if chain in iptables.chains(saved):
@@ -297,7 +304,7 @@ class ServiceNetfilter:
             saved = dump.get(table, "")
             missing = []
             for (t, builtin), rule in jumps.items():
-                if t != table or not dump:
+                if t != table or not read:
                     continue
                 builtin = builtin.split("#")[0]
                 rule = rule.format(svip=set_name(SVIP, family))
@@ -309,11 +316,12 @@ class ServiceNetfilter:
                 batch[table] = lines + list(reversed(missing))
         if batch:
             # both tables in one process: what the tables need is written with one restore
+            self.processes += 1
             await iptables.restore_tables(batch, family)
             self.writes += 1
             for key in changed:
                 self._chains[(family, *key)] = wanted[key]
-        if dump:
+        if read:
             self._jumps_checked.add(family)
 
 
