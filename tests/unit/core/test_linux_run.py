@@ -28,6 +28,30 @@ def test_a_hung_tool_is_killed_at_its_time_limit() -> None:
     assert time.monotonic() - started < 10
 
 
+def test_a_tool_ending_as_its_time_runs_out_is_still_a_time_out(monkeypatch) -> None:
+    from kube_router.linux import run as run_module
+
+    class Ended:
+        returncode = 0
+
+        async def communicate(self, data: bytes | None) -> tuple[bytes, bytes]:
+            await asyncio.sleep(30)
+            return b"", b""
+
+        def kill(self) -> None:
+            raise ProcessLookupError  # what asyncio raises once the process is reaped
+
+        async def wait(self) -> int:
+            return 0
+
+    async def spawn(*argv: str, **kw: object) -> Ended:
+        return Ended()
+
+    monkeypatch.setattr(run_module.asyncio, "create_subprocess_exec", spawn)
+    with pytest.raises(CommandError, match=r"killed after 0\.05 s"):
+        asyncio.run(run(["ipset", "restore"], timeout=0.05))
+
+
 def test_restore_text_refuses_a_line_break_smuggled_into_one_line():
     import pytest
 
