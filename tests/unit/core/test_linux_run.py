@@ -86,3 +86,31 @@ def test_a_lock_timeout_of_iptables_restore_is_a_retryable_error_saying_nothing_
     busy = iptables.XtablesLockBusy("iptables-legacy-restore")
     assert isinstance(busy, TemporaryError) and busy.delay == iptables.LOCK_RETRY
     assert "applied nothing" in str(busy)
+
+
+def test_a_swap_refused_while_another_program_reads_the_set_is_retried_soon(monkeypatch):
+    from kube_router.errors import TemporaryError
+    from kube_router.linux import ipset
+    from kube_router.linux.run import RestoreError
+
+    lines = ipset.swap_script("kube-router-svip", "hash:ip", ["10.1.0.1"], tmp_suffix="-px")
+
+    def refusing(number: int, what: str):
+        async def fake(argv, text, *, timeout=None):
+            err = CommandError(argv, 1, f"ipset v7.17: Error in line {number}: {what}")
+            raise RestoreError(err, text)
+        return fake
+
+    monkeypatch.setattr(ipset, "run_restore",
+                        refusing(5, "Kernel error received: Device or resource busy"))
+    with pytest.raises(ipset.SetBusy, match="swap kube-router-svip-px kube-router-svip") as e:
+        asyncio.run(ipset.restore(lines))
+    assert isinstance(e.value, TemporaryError) and e.value.delay == 1.0
+    # any other refusal, or busy on another line, is an error of the batch
+    monkeypatch.setattr(ipset, "run_restore",
+                        refusing(1, "Kernel error received: Device or resource busy"))
+    with pytest.raises(RestoreError):
+        asyncio.run(ipset.restore(lines))
+    monkeypatch.setattr(ipset, "run_restore", refusing(5, "The sets cannot be swapped"))
+    with pytest.raises(RestoreError):
+        asyncio.run(ipset.restore(lines))
