@@ -16,7 +16,7 @@ SYSTEM_PACKAGES := user-mode-linux kmod iproute2 ipvsadm ipset iptables conntrac
 # from the Go modules pinned in lab/controlplane/ into a cache outside the checkout.
 CONTROLPLANE_BUILD := lab/controlplane/build.sh
 
-.PHONY: all venv system test unit kernel lab lab-real real controlplane \
+.PHONY: all venv system test unit kernel lab real controlplane \
 	controlplane-background e2e reliability demo \
 	bench bench-peer kube-router-original lint clean
 
@@ -51,10 +51,6 @@ lab: venv
 	$(PY) -m pytest tests/lab -m "not real and not reliability"
 
 # The lab on the real control plane: the walkthrough and the scenarios that matter most.
-lab-real: venv controlplane
-	$(KRP) lab exec --mem 2500M -- $(PY) -m pytest tests/realcp
-	$(PY) -m pytest tests/lab -m real
-
 controlplane:
 	@bash $(CONTROLPLANE_BUILD)
 
@@ -66,11 +62,11 @@ controlplane-background:
 	@echo "building the real control plane in the background (log: out/controlplane-build.log)"
 	@(nice -n 19 bash $(CONTROLPLANE_BUILD) > out/controlplane-build.log 2>&1 &)
 
-# The short real-control-plane tier: the informer's contract tests and the walkthrough on
-# kube-apiserver; `make lab-real` adds the proxy, router and API-server-down scenarios.
+# The real-control-plane tier: the informer's contract tests against kube-apiserver, then
+# the walkthrough and the key proxy, router and API-server-down scenarios on it.
 real: venv controlplane
 	$(KRP) lab exec --mem 2500M -- $(PY) -m pytest tests/realcp
-	$(PY) -m pytest tests/lab -m real -k seed-walkthrough
+	$(PY) -m pytest tests/lab -m real
 
 # The end-to-end suite on the lab (a few scenarios through the runner's backends); on a
 # machine with Docker and kind, `$(PY) -m pytest tests/e2e` runs it on a kind cluster.
@@ -82,7 +78,8 @@ e2e: venv
 reliability: venv
 	$(PY) -m pytest tests/lab -m reliability || [ $$? -eq 5 ]
 
-test: lint unit kernel lab e2e reliability
+# The control plane builds (when not cached) at the lowest priority while the other tiers run.
+test: controlplane-background lint unit kernel lab e2e reliability real
 
 demo: venv
 	$(KRP) lab run examples/seed-walkthrough.yaml --report out/seed-walkthrough.json

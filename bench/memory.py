@@ -184,13 +184,13 @@ def _readyz() -> dict | None:
         conn.close()
 
 
-def _applied(rv: str) -> bool:
+def _applied(token: str, placed) -> bool:
+    """Every controller has applied the newest change of each kind (``Kind=rv,...``),
+    each kind's version placed by the store that issued it, never read as a number."""
+    from kube_router_lab.versions import unsynced_reason
+
     doc = _readyz()
-    if not doc or not doc.get("controllers"):
-        return False
-    want = int(rv)
-    return all(int(c.get("resourceVersion") or 0) >= want and c.get("synced")
-               for c in doc["controllers"].values())
+    return doc is not None and unsynced_reason(doc, token, placed) is None
 
 
 def _say(msg: str) -> None:
@@ -206,9 +206,11 @@ def _died(proc: subprocess.Popen, log_path: Path) -> SystemExit:
 
 
 def _wait_applied(store, proc: subprocess.Popen, timeout: float, log_path: Path) -> float:
-    rv = store.resource_version()
+    from kube_router_lab.versions import make_token
+
+    rv = make_token(store.last_changes())
     started = time.monotonic()
-    while not _applied(rv):
+    while not _applied(rv, store.placed):
         if proc.poll() is not None:
             raise _died(proc, log_path)
         if time.monotonic() - started > timeout:

@@ -19,7 +19,7 @@ outside the agents, by the kernel's state:
   API server, until that service's real servers in IPVS match, over ``--changes`` changes
   made one at a time: p50 and p99;
 - restart: the agent stopped (TERM) and started again over the table it left; the time until
-  it reports its first full sync done (ours: /readyz at the API's resourceVersion; the
+  it reports its first full sync done (ours: /readyz at each kind's newest version; the
   original: its "sync ipvs services took" log line), and every IPVS and address message it
   sent meanwhile, counted on an nlmon link (which sees all netlink traffic of the node);
 - RSS: the agent's resident memory once synced (and its peak).
@@ -595,7 +595,7 @@ def _filter_size() -> dict[str, int]:
 
 def fw_phase(agent_name: str, args: argparse.Namespace, changes: int) -> dict:
     """The firewall alone: from the agent's start to its first full sync reported done
-    (ours: /readyz at the API's resourceVersion; the original: "sync iptables took"), then
+    (ours: /readyz at each kind's newest version; the original: "sync iptables took"), then
     ``changes`` pods of another node added one at a time, each a twin of an existing pod
     (same namespace and labels): from the API write until its address is in every set
     that holds its twin's address."""

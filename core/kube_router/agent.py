@@ -95,17 +95,9 @@ class Agent:
     async def wait_synced(self, kinds: Iterable[str]) -> None:
         await asyncio.gather(*(self.informers[k].synced.wait() for k in kinds))
 
-    def resource_version(self, kinds: Iterable[str]) -> str:
-        """The oldest resourceVersion among these kinds' informers: every change up to it
-        has been delivered."""
-        versions = [self.informers[k].resource_version for k in kinds]
-        try:
-            return str(min(int(v or 0) for v in versions)) if versions else ""
-        except ValueError:  # not numeric: opaque, as the API allows; report the first
-            return versions[0]
-
     def resource_versions(self, kinds: Iterable[str]) -> dict[str, str]:
-        """Each of these kinds' informer resourceVersion, as the server gave it."""
+        """Each of these kinds' informer resourceVersion, as the server gave it: opaque
+        strings, never combined across kinds (a server may number each kind apart)."""
         return {k: self.informers[k].resource_version for k in kinds}
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -206,7 +198,6 @@ class Agent:
         controllers = {}
         for c in self.controllers:
             controllers[c.name] = {
-                "resourceVersion": c.applied_resource_version,
                 "resourceVersions": c.applied_resource_versions,
                 "lastSync": c.last_sync,
                 "lastError": c.last_error,

@@ -268,7 +268,7 @@ def agent_section(core: settings.CoreSettings) -> StatusSection:
     host = "127.0.0.1" if core.health_addr in ("0.0.0.0", "::", "") else core.health_addr
     url = f"http://{host}:{core.health_port}/readyz"
     section = StatusSection(f"agent on {core.node_name}",
-                            ["CONTROLLER", "SYNCED", "RESOURCE VERSION", "LAST ERROR"])
+                            ["CONTROLLER", "SYNCED", "RESOURCE VERSIONS", "LAST ERROR"])
     try:
         with urllib.request.urlopen(url, timeout=3) as resp:
             state = json.load(resp)
@@ -281,7 +281,10 @@ def agent_section(core: settings.CoreSettings) -> StatusSection:
     section.title = f"agent on {state.get('node') or core.node_name}"
     section.note = f"ready: {'yes' if state.get('ready') else 'no'}"
     for name, c in state.get("controllers", {}).items():
-        section.rows.append([name, "yes" if c["synced"] else "no", c["resourceVersion"] or "-",
+        # Each kind's version apart: versions of different kinds do not compare.
+        versions = ",".join(f"{k}={v}" for k, v in sorted((c.get("resourceVersions")
+                                                            or {}).items()) if v)
+        section.rows.append([name, "yes" if c["synced"] else "no", versions or "-",
                              c["lastError"] or "-"])
     for kind, i in state.get("informers", {}).items():
         section.rows.append([f"informer {kind}", "yes" if i["synced"] else "no",

@@ -58,8 +58,6 @@ class AgentContext(Protocol):
 
     async def wait_synced(self, kinds: Iterable[str]) -> None: ...
 
-    def resource_version(self, kinds: Iterable[str]) -> str: ...
-
     def resource_versions(self, kinds: Iterable[str]) -> dict[str, str]: ...
 
 
@@ -124,9 +122,8 @@ class Controller:
             store = agent.store(kind)
             for index, func in funcs.items():
                 store.add_index(index, func)
-        # The informers' versions as of the last sync that left nothing dirty behind; while
-        # the controller is idle the informers' current versions are reported instead.
-        self._applied_version = ""
+        # Each kind's informer version as of the last sync that left nothing dirty behind;
+        # while the controller is idle the informers' current versions are reported instead.
         self._applied_versions: dict[str, str] = {}
         self.last_sync: float | None = None  # wall-clock time of the last successful sync
         self.last_error: str | None = None
@@ -168,16 +165,10 @@ class Controller:
                 and not len(self.queue))
 
     @property
-    def applied_resource_version(self) -> str:
-        """The oldest of its informers' resourceVersions whose changes are all applied."""
-        if self.idle():
-            return self.agent.resource_version(self.kinds)
-        return self._applied_version
-
-    @property
     def applied_resource_versions(self) -> dict[str, str]:
-        """Each kind's resourceVersion as of the last complete sync: a server whose
-        versions are not one sequence across kinds is compared kind by kind."""
+        """Each kind's resourceVersion whose changes are all applied, as the server gave it.
+        Opaque strings, one per kind: a reader compares each with a version it got from the
+        server for that kind, for equality; never across kinds, never as numbers."""
         if self.idle():
             return self.agent.resource_versions(self.kinds)
         return self._applied_versions
@@ -197,15 +188,14 @@ class Controller:
                 continue
             # What the stores hold now is at least what the informers' versions say:
             # both moved in the callbacks that fed the queue.
-            version = self.agent.resource_version(self.kinds)
             versions = self.agent.resource_versions(self.kinds)
             keys = self.queue.take()
-            ok = await self._sync_once(keys, version, versions)
+            ok = await self._sync_once(keys, versions)
             if ok and keys is None:
                 next_full = loop.time() + self.resync_period
 
-    async def _sync_once(self, keys: frozenset[Hashable] | None, version: str,
-                         versions: dict[str, str] | None = None) -> bool:
+    async def _sync_once(self, keys: frozenset[Hashable] | None,
+                         versions: dict[str, str]) -> bool:
         started = time.monotonic()
         self._syncing = True
         try:
@@ -237,9 +227,7 @@ class Controller:
             self.synced = True
             trim()  # what the full sync built and dropped goes back to the kernel
         if self.synced and not len(self.queue) and not self._retries_pending:
-            self._applied_version = version
-            if versions is not None:
-                self._applied_versions = versions
+            self._applied_versions = versions
         return True
 
     def _requeue(self, keys: frozenset[Hashable] | None) -> None:

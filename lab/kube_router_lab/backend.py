@@ -3,8 +3,9 @@ a run that do not depend on which cluster is behind it.
 
 Two backends implement :class:`Backend`: the lab (:class:`kube_router_lab.cluster.Lab`, a
 cluster in network namespaces) and a kind cluster (:class:`kube_router_lab.kind.KindCluster`,
-Kubernetes in containers). The runner, the substitutions, the readiness check and the report
-are shared, so a backend only says how to reach its cluster.
+Kubernetes in containers). The runner, the substitutions, the readiness check (the
+convergence gate of :mod:`kube_router_lab.versions`) and the report are shared, so a backend
+only says how to reach its cluster.
 """
 
 from __future__ import annotations
@@ -28,8 +29,11 @@ class Backend(Protocol):
     def delete(self, kind: str, namespace: str | None, name: str) -> None: ...
     def annotate(self, kind: str, namespace: str | None, name: str,
                  changes: dict[str, str | None]) -> None: ...
+    #: The newest change of each kind, a token ``Kind=rv,...`` (kube_router_lab.versions).
     def resource_version(self) -> str: ...
     def settle(self, timeout: float = 60.0) -> bool: ...
+    #: Node -> why its agent has not applied every change in the token (the versions
+    #: placed kind by kind, never read as numbers); empty when all have.
     def unsynced(self, resource_version: str) -> dict[str, str]: ...
     def substitute(self, key: str) -> str: ...
     def run(self, where: str, argv: list[str], timeout: float = 30.0) -> tuple[int, str, str]: ...
@@ -80,29 +84,6 @@ def reach_target(target: str, resolve: Callable[[str], str]) -> tuple[str, int, 
                        "svc:NS/NAME:PORT[/udp]")
     addr = resolve(ref) if ref.startswith("svc:") else resolve(f"pod:{ref}")
     return addr, int(port_s), udp
-
-
-def unsynced_reason(doc: dict | str, resource_version: str) -> str | None:
-    """Why an agent whose ``/readyz`` answered ``doc`` (or the error text) has not applied
-    ``resource_version`` (None: it has)."""
-    if isinstance(doc, str):
-        return doc
-    want = int(resource_version)
-    controllers = doc.get("controllers") or {}
-    if not controllers:
-        return "no controllers reported"
-    behind = []
-    for name, c in sorted(controllers.items()):
-        try:
-            have = int((c or {}).get("resourceVersion") or 0)
-        except (TypeError, ValueError):
-            have = 0
-        if have < want:
-            err = (c or {}).get("lastError")
-            behind.append(f"{name} at {have}" + (f" ({err})" if err else ""))
-    if behind:
-        return f"behind {want}: " + ", ".join(behind)
-    return None
 
 
 def execute(backend: Backend, run_steps: Callable[[], dict[str, Any]], *, name: str,

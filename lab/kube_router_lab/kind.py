@@ -25,8 +25,9 @@ from typing import Any
 
 from kube_router_lab.backend import reach_target
 from kube_router_lab.backend import substitute
-from kube_router_lab.backend import unsynced_reason
+from kube_router_lab.realcp.remote import RemoteStore
 from kube_router_lab.spec import ClusterSpec
+from kube_router_lab.versions import unsynced_reason
 
 WHATSMYIP_IMAGE = "cloudnativelabs/whats-my-ip"
 AGENT_SELECTOR = "k8s-app=kube-router-py"
@@ -35,6 +36,8 @@ AGENT_CONTAINER = "kube-router-py"
 HEALTH_PORT = 20244
 CLIENT_CONTAINER = "lab-client"
 FIELD_MANAGER = "kube-router-lab"
+#: The kinds whose newest change a wait step waits for every agent to have applied.
+GATE_KINDS = ("Pod", "Service", "EndpointSlice", "Node", "Namespace", "NetworkPolicy")
 #: What a reach probe runs in the client container: the lab's own probe (one HTTP GET or
 #: one UDP datagram), exit 0 when something answered.
 REACH_PROBE = r"""
@@ -107,13 +110,21 @@ def _pod_specs(doc: dict) -> Iterator[dict]:
         yield template
 
 
+def gate_watch(cfg: Any) -> RemoteStore:
+    """The lab's own list-and-watch of the cluster's kinds, which the convergence gate
+    (:mod:`kube_router_lab.versions`) takes each kind's newest change from and places the
+    agents' versions with, never reading one as a number. It signs in with the client
+    certificate of ``cfg``, the kubeconfig's client configuration (the client writes
+    inline certificates to files)."""
+    if not (cfg.cert_file and cfg.key_file):
+        raise KindError("the kubeconfig's user has no client certificate, which the lab's "
+                        "watch of the cluster signs in with")
+    return RemoteStore(cfg.host, ca=cfg.ssl_ca_cert or "", cert=cfg.cert_file,
+                       key=cfg.key_file, watch_kinds=GATE_KINDS)
+
+
 class KindCluster:
     """One scenario's view of a kind cluster (see the module's docstring)."""
-
-    #: Seconds a wait step gets at least: an informer of a kind nothing changed in moves to
-    #: the API's current resourceVersion only with the API server's bookmarks, which come
-    #: about once a minute.
-    min_wait = 90.0
 
     def __init__(self, spec: ClusterSpec, *, kubeconfig: str,
                  log: Callable[[str], None] = print, docker: str = "docker") -> None:
@@ -124,6 +135,7 @@ class KindCluster:
         self.nodes: dict[str, str] = {}  # lab name -> kind node (= container) name
         self.applied: list[tuple[str, str, str | None, str]] = []
         self._has: dict[tuple[str, str], bool] = {}
+        self.versions: RemoteStore | None = None
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -139,6 +151,8 @@ class KindCluster:
         nodes = self.api.sanitize_for_serialization(self.core.list_node().items)
         self.nodes = node_names_by_cidr(self.spec, nodes)
         self.log("nodes " + ", ".join(f"{k}={v}" for k, v in sorted(self.nodes.items())))
+        self.versions = gate_watch(self.api.configuration)
+        self.versions.start()
 
     def down(self) -> None:
         """Delete what the scenario applied, newest first, so the next one starts clean."""
@@ -148,6 +162,9 @@ class KindCluster:
             except Exception as exc:  # gone already, or the cluster is: say so, go on
                 self.log(f"event=cleanup_failed object={kind} {namespace}/{name} error={exc}")
         self.applied.clear()
+        if self.versions is not None:
+            self.versions.stop()
+            self.versions = None
 
     # -- the API ------------------------------------------------------------------------
 
@@ -195,7 +212,9 @@ class KindCluster:
             return None
 
     def resource_version(self) -> str:
-        return self.core.list_namespace(limit=1).metadata.resource_version
+        """What a wait step waits for: the newest change of each kind, ``Kind=rv,...``."""
+        assert self.versions is not None, "the cluster is not up"
+        return self.versions.resource_version()
 
     def settle(self, timeout: float = 60.0) -> bool:
         """Every workload's pods exist and run with an IP (or are going away)."""
@@ -221,7 +240,8 @@ class KindCluster:
                 doc: dict | str = json.loads(body) if rc == 0 else (err or f"curl exit {rc}")
             except ValueError:
                 doc = f"not JSON: {body[:80]!r}"
-            reason = unsynced_reason(doc, resource_version)
+            assert self.versions is not None, "the cluster is not up"
+            reason = unsynced_reason(doc, resource_version, self.versions.placed)
             if reason:
                 out[lab_name] = reason
         return out

@@ -162,6 +162,11 @@ def termination_plan(pod: dict, termination: PodTermination) -> tuple[float, flo
     return term, grace if linger is None else min(term + linger, grace)
 
 
+def pod_ready(pod: dict) -> bool:
+    return any(c.get("type") == "Ready" and c.get("status") == "True"
+               for c in (pod.get("status") or {}).get("conditions") or [])
+
+
 def pod_netns_name(namespace: str, name: str) -> str:
     return f"pod-{namespace}-{name}"
 
@@ -328,6 +333,21 @@ class Kubelet:
             return
         if wired is None:
             self._setup(pod)
+        elif not pod_ready(pod):
+            # Its containers still run, yet someone else marked it not ready (the node
+            # lifecycle controller does when the Node's Lease went stale, as during an API
+            # server outage): like a kubelet's status manager, report it ready again.
+            self._report_ready(pod)
+
+    def _report_ready(self, pod: dict) -> None:
+        meta = pod["metadata"]
+        namespace, name = meta.get("namespace") or "default", meta["name"]
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        conditions = [{**c, "status": "True", "lastTransitionTime": stamp}
+                      if c.get("type") in ("Ready", "ContainersReady") else c
+                      for c in (pod.get("status") or {}).get("conditions") or []]
+        self.store.patch("Pod", namespace, name, {"status": {"conditions": conditions}})
+        self.log(f"event=pod_ready_again node={self.node} pod={namespace}/{name}")
 
     def _finish(self, key: str) -> None:
         """The server exits: it stops listening, the pod turns not ready (no longer

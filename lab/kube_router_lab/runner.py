@@ -184,8 +184,7 @@ class Runner:
         self.lab.annotate(step.obj_kind, step.namespace, step.name, dict(step.changes))
 
     def _wait(self, step: WaitStep, res: StepResult) -> None:
-        # a backend may need longer than the lab to show an idle informer caught up
-        timeout = max(step.timeout, getattr(self.lab, "min_wait", 0.0))
+        timeout = step.timeout
         deadline = time.monotonic() + timeout
         # "the API's current state" includes what the lab's own controllers make of the
         # last change (Deployment -> Pods -> EndpointSlices): let them finish first

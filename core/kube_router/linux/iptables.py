@@ -95,10 +95,37 @@ def save_sync(table: str, family: int = 4) -> str:
     return out
 
 
+async def save_all(family: int = 4) -> dict[str, str]:
+    """Every table's dump from one ``iptables-save`` process: table -> its text. A table
+    the kernel has not loaded yet (legacy) is absent: it holds nothing."""
+    _, out, _ = await run([tool("iptables-save", family)])
+    return split_tables(out)
+
+
+def split_tables(saved: str) -> dict[str, str]:
+    """An ``iptables-save`` dump of several tables -> table -> that table's part."""
+    parts: dict[str, list[str]] = {}
+    lines: list[str] = []
+    for line in saved.splitlines():
+        if line.startswith("*"):
+            lines = parts.setdefault(line[1:].strip(), [])
+        lines.append(line)
+    return {table: "\n".join(part) + "\n" for table, part in parts.items()}
+
+
 async def restore(table: str, lines: list[str], family: int = 4, *,
                   timeout: float | None = None) -> None:
     """Commit ``lines`` (chain declarations and rules, no ``*table``/COMMIT) atomically."""
-    text = restore_text([f"*{table}", *lines, "COMMIT"])
+    await restore_tables({table: lines}, family, timeout=timeout)
+
+
+async def restore_tables(tables: dict[str, list[str]], family: int = 4, *,
+                         timeout: float | None = None) -> None:
+    """Commit each table's ``lines`` with one ``iptables-restore`` process, however many
+    tables: each table atomically, in the order given. When one is refused, the legacy
+    backend keeps the tables committed before it and nft keeps none: write them all again."""
+    text = restore_text([line for table, lines in tables.items()
+                         for line in (f"*{table}", *lines, "COMMIT")])
     argv = [tool("iptables-restore", family), "-w", LOCK_WAIT, "--noflush"]
     try:
         await run_restore(argv, text, timeout=timeout)

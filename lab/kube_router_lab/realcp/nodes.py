@@ -104,12 +104,20 @@ class NodeHeartbeats:
             for name, ip in self.nodes:
                 try:
                     self._renew(name)
-                    if post:
+                    # as a kubelet's status loop: post at once when the Node no longer
+                    # says Ready (the node lifecycle controller marks it Unknown after
+                    # its Lease went stale, as during an API server outage)
+                    if post or not self._says_ready(name):
                         self._post_status(name, ip)
                 except Exception as exc:  # the next round tries again
                     self.log(f"event=node_heartbeat_failed node={name} error={exc}")
             if post:
                 last_status = time.monotonic()
+
+    def _says_ready(self, name: str) -> bool:
+        node = self.store.get("Node", None, name) or {}
+        return any(c.get("type") == "Ready" and c.get("status") == "True"
+                   for c in (node.get("status") or {}).get("conditions") or [])
 
     def _post_status(self, name: str, ip: str) -> None:
         self.store.patch("Node", None, name, {"status": node_status(ip, name)})

@@ -210,20 +210,20 @@ async def local_addresses(exclude_names: tuple[str, ...] = ("dummy", "kube", "do
                           ) -> list[str]:
     """Every global address of this host on links whose name has none of ``exclude_names``
     (kube-router's --nodeport-bindon-all-ip set)."""
-    out: list[str] = []
+    skip = set()
     async with AsyncIPRoute() as ipr:
-        names = {}
         async for link in await ipr.link("dump"):
-            names[link["index"]] = link.get("IFLA_IFNAME") or ""
-        async for m in await ipr.addr("dump"):
-            name = names.get(m["index"], "")
-            addr = m.get("IFA_ADDRESS")
-            if not addr or any(x in name for x in exclude_names):
-                continue
-            ip = ipaddress.ip_address(addr)
-            if ip.is_loopback or ip.is_link_local:
-                continue
-            out.append(addr)
+            name = link.get("IFLA_IFNAME") or ""
+            if any(x in name for x in exclude_names):
+                skip.add(link["index"])
+    # the addresses through the proxy's own reader: the kernel lists every VIP of
+    # kube-dummy-if too, and decoding each costs more than the rest of the dump
+    out: list[str] = []
+    for addr in await asyncio.to_thread(rtnl.addresses_except, skip):
+        ip = ipaddress.ip_address(addr)
+        if ip.is_loopback or ip.is_link_local:
+            continue
+        out.append(addr)
     return out
 
 

@@ -17,6 +17,7 @@ from bisect import bisect_right
 from collections.abc import Callable
 from collections.abc import Iterator
 from collections.abc import Sequence
+from collections.abc import Set as AbstractSet
 
 from kube_router.linux import netlink as nl
 
@@ -348,6 +349,24 @@ def addresses(index: int) -> set[str]:
             raw = attrs.get(IFA_LOCAL) or attrs.get(IFA_ADDRESS)
             if raw:
                 out.add(socket.inet_ntop(family, raw))
+    return out
+
+
+def addresses_except(skip: AbstractSet[int]) -> list[str]:
+    """Every address of every link but those in ``skip`` (indexes), both families
+    (blocking). A message's link is read before anything else in it, so the thousands of
+    VIPs of a skipped link cost next to nothing."""
+    out: list[str] = []
+    with _socket() as sock:
+        for mtype, payload in sock.dump(RTM_GETADDR, _IFADDR.pack(0, 0, 0, 0, 0),
+                                     "address dump"):
+            family, _plen, _flags, _scope, ifindex = _IFADDR.unpack_from(payload)
+            if mtype != RTM_NEWADDR or ifindex in skip:
+                continue
+            attrs = nl.parse_attrs(payload, _IFADDR.size)
+            raw = attrs.get(IFA_ADDRESS) or attrs.get(IFA_LOCAL)
+            if raw:
+                out.append(socket.inet_ntop(family, raw))
     return out
 
 

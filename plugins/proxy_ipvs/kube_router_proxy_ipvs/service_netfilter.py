@@ -99,6 +99,9 @@ class ServiceNetfilter:
         self._sets: dict[str, set[str]] = {}
         self.writes = 0  # iptables-restore runs (tests: a restart with no change makes none)
         self.local_ips: set[str] = set()
+        # family -> the tables as start() read them, for the first sync right after it:
+        # each tool process costs as much as the whole IPVS table on a slow node
+        self._dumps: dict[int, dict[str, str]] = {}
 
     async def start(self) -> None:
         for name, value in SYSCTLS.items():
@@ -107,13 +110,15 @@ class ServiceNetfilter:
         if sysctl.read("net.ipv4.conf.all.rp_filter") == "1":
             sysctl.write("net.ipv4.conf.all.rp_filter", 2)  # strict breaks VIP replies
         # Pod to VIP to a pod on the same bridge: the reply must pass netfilter to be un-NATed.
-        await run(["modprobe", "br_netfilter"], check=False)
+        if not os.path.exists("/proc/sys/net/bridge"):  # loaded (or built in): no process
+            await run(["modprobe", "br_netfilter"], check=False)
         sysctl.write("net.bridge.bridge-nf-call-iptables", 1)
         if 6 in self.families:
             sysctl.write("net.bridge.bridge-nf-call-ip6tables", 1)
         for family in self.families:
+            dump = self._dumps[family] = await iptables.save_all(family)
             for table in ("nat", "filter"):
-                saved = await iptables.save(table, family)
+                saved = dump.get(table, "")
                 for chain in (HAIRPIN_CHAIN, SNAT_CHAIN, SERVICES_CHAIN):
                     if chain in iptables.chains(saved):
                         self._chains[(family, table, chain)] = iptables.rules_of(saved, chain)
@@ -211,36 +216,44 @@ class ServiceNetfilter:
                            family: int, full: bool) -> None:
         wanted = {("nat", c): r for c, r in self._nat_rules(states, pod_cidrs, family).items()}
         wanted[("filter", SERVICES_CHAIN)] = self._guard_rules(family)
+        changed = {t for (t, chain), rules in wanted.items()
+                   if self._chains.get((family, t, chain)) != rules}
+        dump: dict[str, str] = {}
+        if changed or full:
+            # a full sync checks the jumps into our chains are still there; the first one
+            # follows start() at once and reads what start() read
+            dump = (self._dumps.pop(family) if family in self._dumps
+                    else await iptables.save_all(family))
         jumps = jump_rules()
+        batch: dict[str, list[str]] = {}
         for table in ("nat", "filter"):
             lines: list[str] = []
-            changed = False
             for (t, chain), rules in wanted.items():
                 if t != table:
                     continue
-                if self._chains.get((family, table, chain)) != rules:
-                    changed = True
                 lines.append(f":{chain} - [0:0]")
                 lines += [f"-A {chain} {r}" for r in rules]
-            saved = await iptables.save(table, family) if (changed or full) else ""
+            saved = dump.get(table, "")
             missing = []
-            if saved:
-                for (t, builtin), rule in jumps.items():
-                    if t != table:
-                        continue
-                    builtin = builtin.split("#")[0]
-                    rule = rule.format(svip=set_name(SVIP, family))
-                    if rule not in iptables.rules_of(saved, builtin):
-                        missing.append(f"-I {builtin} 1 {rule}")
-            if not changed and not missing:
-                continue
-            # Jumps go in after the chains exist; hairpin must come before the SNAT jump,
-            # so insert in reverse order at position 1.
-            await iptables.restore(table, lines + list(reversed(missing)), family)
-            self.writes += 1
-            for (t, chain), rules in wanted.items():
-                if t == table:
-                    self._chains[(family, table, chain)] = rules
+            for (t, builtin), rule in jumps.items():
+                if t != table:
+                    continue
+                builtin = builtin.split("#")[0]
+                rule = rule.format(svip=set_name(SVIP, family))
+                if rule not in iptables.rules_of(saved, builtin):
+                    missing.append(f"-I {builtin} 1 {rule}")
+            if table in changed or (dump and missing):
+                # Jumps go in after the chains exist; hairpin must come before the SNAT
+                # jump, so insert in reverse order at position 1.
+                batch[table] = lines + list(reversed(missing))
+        if not batch:
+            return
+        # both tables in one process: what the tables need is written with one restore
+        await iptables.restore_tables(batch, family)
+        self.writes += 1
+        for (t, chain), rules in wanted.items():
+            if t in batch:
+                self._chains[(family, t, chain)] = rules
 
 
 async def cleanup_netfilter(families: list[int]) -> None:

@@ -27,9 +27,6 @@ class MiniAgent:
     async def wait_synced(self, kinds):
         await asyncio.gather(*(self.informers[k].synced.wait() for k in kinds))
 
-    def resource_version(self, kinds):
-        return str(min(int(self.informers[k].resource_version) for k in kinds))
-
     def resource_versions(self, kinds):
         return {k: self.informers[k].resource_version for k in kinds}
 
@@ -99,7 +96,7 @@ def test_a_burst_of_events_for_one_key_is_one_sync_and_the_version_is_recorded()
         c = Recording(agent)
         task = asyncio.create_task(c.run())
         await _until(lambda: c.synced)
-        agent.informers["Service"].resource_version = "42"
+        agent.informers["Service"].resource_version = "abc"
         for _ in range(1000):
             c.on_event(_ev("default/myip"))
         await _until(lambda: len(c.calls) == 2)
@@ -109,7 +106,7 @@ def test_a_burst_of_events_for_one_key_is_one_sync_and_the_version_is_recorded()
 
     c = asyncio.run(main())
     assert c.calls == [None, frozenset({"default/myip"})]
-    assert c.applied_resource_version == "42"
+    assert c.applied_resource_versions == {"Service": "abc"}
     assert c.last_error is None
 
 
@@ -148,8 +145,9 @@ def test_an_idle_controller_reports_the_version_its_informers_reached_by_bookmar
         c = Recording(agent)
         task = asyncio.create_task(c.run())
         await _until(lambda: c.synced)
-        agent.informers["Service"].resource_version = "77"  # a bookmark, no event
-        await _until(lambda: c.applied_resource_version == "77")
+        # A bookmark, no event; numerically smaller, and newer: versions are opaque.
+        agent.informers["Service"].resource_version = "9"
+        await _until(lambda: c.applied_resource_versions == {"Service": "9"})
         task.cancel()
         return c.calls
 
@@ -167,13 +165,66 @@ def test_a_version_is_not_claimed_while_a_failed_sync_waits_for_its_retry():
         task = asyncio.create_task(c.run())
         await _until(lambda: c.synced)
         c.fail_times = 1
-        agent.informers["Service"].resource_version = "90"
+        agent.informers["Service"].resource_version = "9"
         c.on_event(_ev("default/myip"))
         await _until(lambda: c.last_error is not None)
         await asyncio.sleep(0.05)  # well before the retry
-        claimed_meanwhile = c.applied_resource_version
-        await _until(lambda: c.applied_resource_version == "90")
+        claimed_meanwhile = c.applied_resource_versions
+        await _until(lambda: c.applied_resource_versions == {"Service": "9"})
         task.cancel()
         return claimed_meanwhile
 
-    assert asyncio.run(main()) == "10"
+    assert asyncio.run(main()) == {"Service": "10"}
+
+
+class TwoKinds(Recording):
+    kinds = ("Service", "EndpointSlice")
+
+
+def test_each_kind_reports_its_own_version_as_the_server_gave_it():
+    async def main():
+        agent = MiniAgent(["Service", "EndpointSlice"])
+        for inf in agent.informers.values():
+            inf.synced.set()
+        c = TwoKinds(agent)
+        task = asyncio.create_task(c.run())
+        await _until(lambda: c.synced)
+        # A server may number each kind apart, or not with numbers at all.
+        agent.informers["Service"].resource_version = "b7f3"
+        agent.informers["EndpointSlice"].resource_version = "3"
+        c.on_event(_ev("default/myip"))
+        await _until(lambda: len(c.calls) == 2)
+        await _until(lambda: c.idle())
+        task.cancel()
+        return c.applied_resource_versions
+
+    assert asyncio.run(main()) == {"Service": "b7f3", "EndpointSlice": "3"}
+
+
+def test_readyz_reports_each_kind_apart_with_versions_that_are_not_numbers():
+    from kube_router import plugins
+    from kube_router.agent import Agent
+    from kube_router.settings import parse
+
+    async def main():
+        agent = Agent.from_flags(parse(["--hostname-override", "node-x"]),
+                                 plugins.new_manager(), [])
+        for kind, rv in (("Service", "svc.41"), ("EndpointSlice", "12")):
+            agent.store(kind)
+            inf = FakeInformer(rv)
+            inf.synced.set()
+            inf.failing_since, inf.relists, inf.last_error = None, 0, None
+            agent.informers[kind] = inf
+        c = TwoKinds(agent)
+        agent.controllers.append(c)
+        task = asyncio.create_task(c.run())
+        await _until(lambda: c.synced)
+        task.cancel()
+        return agent.readiness()
+
+    state = asyncio.run(main())
+    assert state["ready"]
+    reported = state["controllers"]["recording"]
+    assert reported["resourceVersions"] == {"Service": "svc.41", "EndpointSlice": "12"}
+    assert "resourceVersion" not in reported  # no one version stands for several kinds
+    assert state["informers"]["Service"]["resourceVersion"] == "svc.41"

@@ -50,9 +50,6 @@ class WiredAgent:
     async def wait_synced(self, kinds):
         await asyncio.gather(*(self.informers[k].synced.wait() for k in kinds))
 
-    def resource_version(self, kinds):
-        return str(min(int(self.informers[k].resource_version or 0) for k in kinds))
-
     def resource_versions(self, kinds):
         return {k: self.informers[k].resource_version for k in kinds}
 
@@ -120,9 +117,9 @@ def test_an_event_wakes_the_controller_on_a_store_that_already_holds_it():
         # A burst from the watch thread: the controller must see the last address, and
         # report the last version, however the loop interleaves its task with the flushes.
         _from_thread(lambda: [inf._on_watch_line(_line(
-            "MODIFIED" if i else "ADDED", _svc("a", f"10.1.0.{i + 1}", str(10 + i))))
+            "MODIFIED" if i else "ADDED", _svc("a", f"10.1.0.{i + 1}", f"rv-{10 + i}")))
             for i in range(50)])
-        await _until(lambda: c.applied_resource_version == "59")
+        await _until(lambda: c.applied_resource_versions == {"Service": "rv-59"})
         task.cancel()
         return c.seen
 
@@ -179,8 +176,8 @@ def test_an_idle_controller_reports_a_bookmark_without_waking():
         waits = len(c.waits)
         inf = agent.informers["Service"]
         _from_thread(lambda: inf._on_watch_line(
-            _line("BOOKMARK", {"metadata": {"resourceVersion": "77"}})))
-        await _until(lambda: c.applied_resource_version == "77")
+            _line("BOOKMARK", {"metadata": {"resourceVersion": "0077x"}})))
+        await _until(lambda: c.applied_resource_versions == {"Service": "0077x"})
         task.cancel()
         return waits, len(c.waits)
 

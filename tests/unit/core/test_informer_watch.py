@@ -83,9 +83,11 @@ async def until(cond: Callable[[], bool], what: str, timeout: float = TIMEOUT) -
 
 
 async def caught_up(inf: Informer, store: ApiStore) -> None:
-    """Wait until the informer has applied everything the API store holds now."""
-    target = int(store.resource_version())
-    await until(lambda: inf.resource_version and int(inf.resource_version) >= target,
+    """Wait until the informer has applied everything the API store holds now (the
+    store that issued the versions orders them; the informer only repeats them)."""
+    target = store.resource_version()
+    await until(lambda: inf.resource_version and store.placed(
+                    inf.kind.name, inf.resource_version, target),
                 f"{inf.kind.name} informer at rv {target} (is {inf.resource_version!r})")
 
 

@@ -4,6 +4,8 @@ onto a real cluster, and that it is a complete backend of the shared runner."""
 from __future__ import annotations
 
 import inspect
+import json
+import types
 
 import pytest
 
@@ -11,11 +13,15 @@ from kube_router_lab.backend import Backend
 from kube_router_lab.backend import reach_target
 from kube_router_lab.backend import substitute
 from kube_router_lab.cluster import Lab
+from kube_router_lab.kind import GATE_KINDS
 from kube_router_lab.kind import KindCluster
 from kube_router_lab.kind import KindError
+from kube_router_lab.kind import gate_watch
 from kube_router_lab.kind import node_names_by_cidr
 from kube_router_lab.kind import translate
 from kube_router_lab.spec import ClusterSpec
+from kube_router_lab.versions import SeenOrder
+from kube_router_lab.versions import make_token
 
 
 def node(name: str, cidr: str | None) -> dict:
@@ -79,3 +85,54 @@ def test_shared_substitutions_and_reach_targets() -> None:
     assert reach_target("default/a:5353/udp", resolve) == ("10.2.1.5", 5353, True)
     with pytest.raises(KeyError, match="expected NS/POD:PORT"):
         reach_target("default/a", resolve)
+
+
+class Watched(SeenOrder):
+    """The lab's watch of the cluster, as far as the gate uses it."""
+
+    def resource_version(self) -> str:
+        return make_token(self.last())
+
+    def placed(self, kind: str, have: str, want: str) -> bool | None:
+        return self.place(kind, have, want)
+
+
+def _readyz(versions: dict[str, str]) -> str:
+    return json.dumps({"ready": True, "controllers": {"proxy": {
+        "synced": True, "lastError": None, "resourceVersions": versions}}})
+
+
+def test_the_kind_gate_places_opaque_versions_kind_by_kind() -> None:
+    kind = KindCluster(ClusterSpec(nodes=1), kubeconfig="unused")
+    kind.nodes = {"node-0": "k-worker"}
+    seen = Watched()
+    # Versions that are not numbers, and a newer one that reads as a smaller number.
+    for rv in ("a9", "b1"):
+        seen.note("Service", rv, ("default", "web", False))
+    for rv in ("900", "12"):
+        seen.note("EndpointSlice", rv, ("default", "web-x", False))
+    kind.versions = seen  # type: ignore[assignment]
+    want = kind.resource_version()
+    assert want == "EndpointSlice=12,Service=b1"
+    answers: list[dict[str, str]] = []
+    kind._docker_exec = lambda node, argv, timeout=30.0: (  # type: ignore[method-assign]
+        0, _readyz(answers[-1]), "")
+
+    answers.append({"Service": "b1", "EndpointSlice": "12", "Node": "7"})
+    assert kind.unsynced(want) == {}
+    answers.append({"Service": "b1", "EndpointSlice": "900"})
+    assert "EndpointSlice at 900 of 12" in kind.unsynced(want)["node-0"]
+    answers.append({"Service": "zz", "EndpointSlice": "12"})  # a version the lab never saw
+    assert "(not placed yet)" in kind.unsynced(want)["node-0"]
+
+
+def test_the_kind_gate_watches_with_the_kubeconfigs_client_certificate(tmp_path) -> None:
+    files = {n: str(tmp_path / n) for n in ("ca", "crt", "key")}
+    cfg = types.SimpleNamespace(host="https://127.0.0.1:6443", ssl_ca_cert=files["ca"],
+                                cert_file=files["crt"], key_file=files["key"])
+    store = gate_watch(cfg)
+    assert store.server == "https://127.0.0.1:6443"
+    assert store.watch_kinds == GATE_KINDS
+    with pytest.raises(KindError, match="no client certificate"):
+        gate_watch(types.SimpleNamespace(host="https://x", ssl_ca_cert=None, cert_file=None,
+                                         key_file=None))

@@ -12,6 +12,8 @@ import pytest
 
 from kube_router_lab.api.server import ApiServer
 from kube_router_lab.api.store import ApiStore
+from kube_router_lab.kubelet import pod_ready
+from kube_router_lab.realcp.nodes import NodeHeartbeats
 from kube_router_lab.realcp.pki import Pki
 from kube_router_lab.realcp.remote import RemoteStore
 from kube_router_lab.realcp.remote import with_pod_grace
@@ -206,3 +208,22 @@ def test_remote_store_places_versions_it_never_saw_by_exact_reads() -> None:
     finally:
         remote.stop()
         server.stop()
+
+
+def test_heartbeats_see_a_node_marked_not_ready_and_post_it_ready() -> None:
+    store = ApiStore()
+    store.create({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-0"},
+                  "status": {"conditions": [{"type": "Ready", "status": "Unknown",
+                                             "reason": "NodeStatusUnknown"}]}})
+    beats = NodeHeartbeats(store, [("node-0", "192.0.2.10")], log=lambda _: None)  # type: ignore[arg-type]
+    assert beats._says_ready("node-0") is False
+    beats._post_status("node-0", "192.0.2.10")
+    assert beats._says_ready("node-0") is True
+
+
+def test_pod_ready_reads_the_ready_condition_only() -> None:
+    cond = lambda t, s: {"status": {"conditions": [{"type": t, "status": s}]}}  # noqa: E731
+    assert pod_ready(cond("Ready", "True"))
+    assert not pod_ready(cond("Ready", "False"))
+    assert not pod_ready(cond("ContainersReady", "True"))
+    assert not pod_ready({"metadata": {"name": "p"}})
