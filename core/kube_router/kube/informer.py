@@ -8,8 +8,9 @@ drains in bounded slices, so a list of 50,000 objects costs a few hundred callba
 
 Recovery rules: a watch that the server ends after its timeout is reopened at once from
 the last resourceVersion; a failure (refused connection, cut stream, an error status)
-is retried from the same resourceVersion with exponential backoff and jitter (a
-``Retry-After`` of a 429 or 503 is waited out first); "410 Gone" means the history is lost,
+is retried from the same resourceVersion with exponential backoff and jitter, at least
+once a second however long the server is away (see ``backoff``; a ``Retry-After`` of a
+429 or 503 is waited out first); "410 Gone" means the history is lost,
 so the informer lists again, after a jittered pause too (a restarted API server sends it to
 every agent at once), and publishes only the differences against its Store. A list that
 fails half-way publishes nothing: the pages are held until the last one arrived.
@@ -42,6 +43,7 @@ import orjson
 import urllib3
 
 from kube_router import gc_policy
+from kube_router.kube.backoff import Backoff
 from kube_router.kube.events import Event
 from kube_router.kube.events import EventType
 from kube_router.kube.kinds import Kind
@@ -55,15 +57,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-BACKOFF_MIN = 0.2
-#: Kept short so a change made when an API server comes back reaches the node within a
-#: few seconds, however long it was away; the jitter spreads a cluster's reconnects.
-BACKOFF_MAX = 3.0
 #: While failures go on, one warning per kind this often (the first one at once).
 FAILURE_LOG_INTERVAL = 30.0
 #: The range of watch timeouts asked of the server when none is set (client-go's).
 WATCH_TIMEOUT_RANGE = (300.0, 600.0)
-#: The pause before a relist after 410 is drawn up to this (then doubles while it repeats).
+#: The pause before a relist after 410 is drawn up to this.
 RELIST_JITTER = 1.0
 #: A Retry-After longer than this is not believed.
 RETRY_AFTER_MAX = 60.0
@@ -106,11 +104,6 @@ class _ApiStatusError(Exception):
         super().__init__(f"code={code} message={message}")
         self.code = code
         self.retry_after = retry_after
-
-
-def jittered(delay: float) -> float:
-    """A pause between half and all of ``delay``: retries of many agents spread out."""
-    return delay * (0.5 + random.random() / 2)
 
 
 def retry_after(value: str | None) -> float | None:
@@ -199,8 +192,7 @@ class Informer:
         self._last_failure_log = 0.0
 
         self._stopping = threading.Event()
-        self._backoff = BACKOFF_MIN
-        self._relist_pause = RELIST_JITTER
+        self.backoff = Backoff()
         self._thread: threading.Thread | None = None
         self._response: urllib3.BaseHTTPResponse | None = None
         self._response_lock = threading.Lock()
@@ -242,8 +234,7 @@ class Informer:
                 if need_list:
                     self._list(relist)
                     need_list, relist = False, False
-                    self._healthy()
-                    self._relist_pause = RELIST_JITTER
+                    self._reachable()
                 self._watch()
             except _Gone as exc:
                 if self._stopping.is_set():
@@ -253,8 +244,7 @@ class Informer:
                     self._failed(_ApiStatusError(410, str(exc)))
                     continue
                 # Every client of a restarted server hears this at once: spread the relists.
-                pause = random.random() * self._relist_pause
-                self._relist_pause = min(self._relist_pause * 2, BACKOFF_MAX)
+                pause = random.random() * RELIST_JITTER
                 log.info("watch expired, listing again kind=%s reason=%s in=%.1fs",
                          self.kind.name, exc, pause)
                 self._stopping.wait(pause)
@@ -276,10 +266,9 @@ class Informer:
         now = time.monotonic()
         if self.failing_since is None:
             self.failing_since = now
-        delay = jittered(self._backoff)
+        # the server may say when (429 Too Many Requests, 503)
         told = exc.retry_after if isinstance(exc, _ApiStatusError) else None
-        if told is not None:  # the server said when (429 Too Many Requests, 503)
-            delay = max(delay, told)
+        delay = self.backoff.next(told or 0.0)
         if self._failures_unlogged == 0 or now - self._last_failure_log >= FAILURE_LOG_INTERVAL:
             log.warning(
                 "list/watch failed kind=%s rv=%s retry_in=%.1fs failing_for=%.0fs "
@@ -290,7 +279,6 @@ class Informer:
             self._failures_unlogged = 0
         self._failures_unlogged += 1
         self._stopping.wait(delay)
-        self._backoff = min(self._backoff * 2, BACKOFF_MAX)
 
     def _reachable(self) -> None:
         """The server answered a request: the outage (if any) is over."""
@@ -300,11 +288,6 @@ class Informer:
         self.last_error = None
         self.failing_since = None
         self._failures_unlogged = 0
-
-    def _healthy(self) -> None:
-        """The server answered properly: forget the last error and the backoff."""
-        self._reachable()
-        self._backoff = BACKOFF_MIN
 
     def _request(self, query: dict[str, str], read_timeout: float) -> urllib3.BaseHTTPResponse:
         """Send a GET for this kind; return the response with its body unread."""
@@ -516,16 +499,12 @@ class Informer:
         }
         started = time.monotonic()
         resp = self._request(query, timeout + 30.0)
-        # Open again: not failing any more. The backoff is reset only once the stream
-        # delivers, so a server that accepts and hangs up at once is not hammered.
+        # Open again: not failing any more (the backoff starts over only after a healthy
+        # period, so a server that accepts and hangs up at once is not hammered).
         self._reachable()
-        delivered = False
         try:
             for line in self._lines(resp):
                 self._on_watch_line(line)
-                if not delivered:
-                    delivered = True
-                    self._healthy()
         finally:
             with self._response_lock:
                 self._response = None
