@@ -20,6 +20,7 @@ from typing import Any
 
 import pluggy
 
+from kube_router import objwarn
 from kube_router.bus import Bus
 from kube_router.controller import Controller
 from kube_router.hookcall import one_by_one
@@ -113,6 +114,8 @@ class Agent:
             for kind in c.kinds:
                 self.store(kind)
                 self.bus.subscribe(kind, c.on_event, name=c.name)
+        for kind in self._stores:  # a deleted object's warnings go with it
+            self.bus.subscribe(kind, objwarn.forget_deleted, name="objwarn")
 
     def stop(self) -> None:
         self._stop.set()

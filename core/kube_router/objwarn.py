@@ -7,19 +7,38 @@ first time it is seen for an object (a new problem of the same object is news; o
 reported is reported again only after the object was forgotten), and at most ``rate``
 lines a second beyond a burst; what the limit holds back is counted and reported in one
 summary line once the flood is over.
+
+An instance made with ``kind=`` is told by the agent when an object of that kind is
+deleted (:func:`forget_deleted`), so what it remembers is bounded by the objects that exist,
+whoever owns it (a hook plugin has no controller of its own to prune it).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable
+
+from kube_router.kube.events import Event
+from kube_router.kube.events import EventType
 
 #: Objects remembered at most: a bounded memory even when objects are never forgotten.
 MAX_REMEMBERED = 50_000
 #: Distinct problems remembered per object.
 MAX_PROBLEMS = 16
+
+#: The instances that named the kind of their keys, by kind.
+_BY_KIND: dict[str, weakref.WeakSet[ObjectWarnings]] = {}
+
+
+def forget_deleted(event: Event) -> None:
+    """A bus subscriber: a deleted object's problems are forgotten by every instance that
+    keys that kind (its warnings held memory for an object that no longer exists)."""
+    if event.type is EventType.DELETED:
+        for w in _BY_KIND.get(event.kind, ()):
+            w.forget(event.key)
 
 
 class ObjectWarnings:
@@ -27,12 +46,13 @@ class ObjectWarnings:
 
     ``warn(key, problem, line)`` logs ``line`` unless ``key`` was already warned about
     for the same ``problem`` (an object may have several); ``forget(key)`` (the object is
-    gone or fixed) lets its problems be reported again. Not thread-safe: call it from the
-    event loop.
+    gone or fixed) lets its problems be reported again. ``kind`` (the kind of object its
+    keys name) makes deletions of that kind forget their keys by themselves. Not
+    thread-safe: call it from the event loop.
     """
 
     def __init__(self, logger: logging.Logger, *, rate: float = 20.0, burst: int = 100,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, kind: str | None = None) -> None:
         self._log = logger
         self._rate = rate
         self._burst = float(burst)
@@ -43,6 +63,8 @@ class ObjectWarnings:
         self.logged = 0
         self.suppressed = 0  # held back by the rate limit, not yet summarised
         self.suppressed_total = 0
+        if kind is not None:
+            _BY_KIND.setdefault(kind, weakref.WeakSet()).add(self)
 
     def warn(self, key: str, problem: str, line: str, *args: object) -> bool:
         """Log ``line % args`` once for (key, problem); True when it was logged."""

@@ -13,6 +13,8 @@ from collections.abc import Callable
 from collections.abc import Iterable
 from typing import Any
 
+from kube_router.errors import TemporaryError
+from kube_router.linux.run import RestoreError
 from kube_router.linux.run import restore as run_restore
 from kube_router.linux.run import restore_text
 from kube_router.linux.run import run
@@ -36,9 +38,32 @@ def swap_script(name: str, settype: str, members: Iterable[str], *, family: str 
     return lines
 
 
+class SetBusy(TemporaryError):
+    """The kernel refused to swap two sets with EBUSY: another program (or another plugin
+    of this agent) was dumping one of them at that moment (``ipset save`` or ``list``
+    holds the sets it reads). Nothing is wrong with the batch, whose lines are all safe to
+    run again: the next try passes."""
+
+    def __init__(self, err: RestoreError) -> None:
+        super().__init__(f"ipset busy (being read by another program) at {err.lines}",
+                         delay=1.0)
+
+
+def _busy(exc: RestoreError) -> bool:
+    return ("Device or resource busy" in exc.stderr and bool(exc.lines)
+            and all(line.split(": ", 1)[-1].startswith("swap ") for line in exc.lines))
+
+
 async def restore(lines: list[str], *, timeout: float | None = None) -> None:
+    """Run a batch; :class:`SetBusy` (retry soon) when a swap met a set being read at that
+    moment, :class:`RestoreError` for any other refusal."""
     argv = ["ipset", "restore"]
-    await run_restore(argv, restore_text(lines), timeout=timeout)
+    try:
+        await run_restore(argv, restore_text(lines), timeout=timeout)
+    except RestoreError as exc:
+        if _busy(exc):
+            raise SetBusy(exc) from None
+        raise
 
 
 def names_sync() -> set[str]:

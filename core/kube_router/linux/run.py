@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import subprocess
 from collections.abc import Sequence
@@ -92,7 +93,8 @@ async def run(argv: Sequence[str], stdin: str | None = None, *, check: bool = Tr
         out, err = await asyncio.wait_for(
             proc.communicate(stdin.encode() if stdin is not None else None), timeout)
     except TimeoutError:
-        proc.kill()
+        with contextlib.suppress(ProcessLookupError):  # it ended as the time ran out
+            proc.kill()
         await proc.wait()
         raise _timed_out(argv, timeout) from None
     rc = proc.returncode or 0

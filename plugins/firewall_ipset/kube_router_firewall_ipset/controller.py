@@ -26,6 +26,7 @@ from kube_router.kube.kinds import POD
 from kube_router.kube.records import NetworkPolicy
 from kube_router.kube.records import Node
 from kube_router.kube.records import Pod
+from kube_router.objwarn import ObjectWarnings
 from kube_router_firewall_ipset import naming as nm
 from kube_router_firewall_ipset import render
 from kube_router_firewall_ipset import status
@@ -60,7 +61,8 @@ class FirewallController(Controller):
         self.planes = {f: Dataplane(f) for f in settings.families}
         self.policies: dict[str, Policy] = {}
         self.by_namespace: dict[str, dict[str, Policy]] = {}
-        self._bad: dict[str, str] = {}  # policy key -> resourceVersion warned about
+        # a policy it cannot honour: one line per problem, forgotten when the policy goes
+        self.warnings = ObjectWarnings(log, kind=NETWORKPOLICY)
         self.renders: dict[tuple[int, str], PolicyRender] = {}
         # desired state per family
         self.specs: dict[int, dict[str, SetSpec]] = {f: {} for f in settings.families}
@@ -100,15 +102,16 @@ class FirewallController(Controller):
         self._named.discard(key)
         self.by_namespace.get(key.partition("/")[0], {}).pop(key, None)
         if not isinstance(rec, NetworkPolicy):
+            self.warnings.forget(key)
             return
         try:
             policy = compile_policy(rec)
-        except ValueError as exc:
-            if self._bad.get(key) != rec.meta.resource_version:
-                log.warning("networkpolicy skipped policy=%s reason=%s", key, exc)
-                self._bad[key] = rec.meta.resource_version
+        except Exception as exc:  # one bad policy must not stop the others
+            reason = str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
+            self.warnings.warn(key, reason, "networkpolicy skipped policy=%s reason=%s", key,
+                               reason)
             return
-        self._bad.pop(key, None)
+        self.warnings.forget(key)
         self.policies[key] = policy
         if _has_named(policy):
             self._named.add(key)
@@ -354,6 +357,7 @@ class FirewallController(Controller):
                          "iptables_s=%.3f", f, keys is None, w.chains, w.chains_deleted,
                          w.sets, w.sets_destroyed, computed - started, w.ipset_seconds,
                          w.iptables_seconds)
+        self.warnings.flush()
         if self._selection_changed:  # what `status` shows: not for a remote pod's change
             status.write_selection(self.agent.node_name, self._selection_rows())
             self._selection_changed = False

@@ -78,6 +78,8 @@ def _peer(obj: Any, where: str) -> Peer:
     block = obj.get("ipBlock")
     has_sel = "podSelector" in obj or "namespaceSelector" in obj
     if block is not None:
+        if not isinstance(block, Mapping):
+            raise ValueError(f"{where}.ipBlock is not an object")
         if has_sel:
             raise ValueError(f"{where} has both ipBlock and a selector")
         net = _net(block.get("cidr"), f"{where}.ipBlock.cidr")
@@ -98,6 +100,15 @@ def _peer(obj: Any, where: str) -> Peer:
     )
 
 
+def _number(value: Any, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ValueError(f"{where} {value!r} is not a port number")
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"{where} {value!r} is not a port number") from None
+
+
 def _port(obj: Any, where: str) -> Port:
     if not isinstance(obj, Mapping):
         raise ValueError(f"{where} is not an object")
@@ -114,11 +125,11 @@ def _port(obj: Any, where: str) -> Port:
         if end is not None:
             raise ValueError(f"{where}.endPort needs a numeric port")
         return Port(proto, port)
-    number = int(port)
+    number = _number(port, f"{where}.port")
     if not 1 <= number <= 65535:
         raise ValueError(f"{where}.port {port} is out of range")
     if end is not None:
-        end = int(end)
+        end = _number(end, f"{where}.endPort")
         if not number <= end <= 65535:
             raise ValueError(f"{where}.endPort {end} is below port {number} or out of range")
         if end == number:

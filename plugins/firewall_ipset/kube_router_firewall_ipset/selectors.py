@@ -53,7 +53,10 @@ def parse(obj: Any, where: str) -> Selector:
     if not isinstance(obj, Mapping):
         raise ValueError(f"{where} is not an object")
     reqs: list[Requirement] = []
-    for k, v in (obj.get("matchLabels") or {}).items():
+    labels = obj.get("matchLabels") or {}
+    if not isinstance(labels, Mapping):
+        raise ValueError(f"{where}.matchLabels is not an object")
+    for k, v in labels.items():
         reqs.append(Requirement(str(k), "In", frozenset((str(v),))))
     for i, expr in enumerate(obj.get("matchExpressions") or ()):
         op = expr.get("operator") if isinstance(expr, Mapping) else None

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import NamedTuple
 
+from kube_router.kube.kinds import SERVICE
 from kube_router.kube.records import EndpointSlice
 from kube_router.kube.records import Service
 from kube_router.kube.records import ServicePort
@@ -363,7 +364,7 @@ def local_ready_endpoints(slices: Iterable[EndpointSlice], node_name: str) -> in
 
 
 #: Every sync looks at a Service again: each problem is reported once, never in a flood.
-warnings = ObjectWarnings(log)
+warnings = ObjectWarnings(log, kind=SERVICE)
 
 
 def _warn_once(svc: Service, what: str) -> None:

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from kube_router.kube.kinds import NODE
 from kube_router.kube.records import Node
 from kube_router.objwarn import ObjectWarnings
 from kube_router_routing_bgp.gobgpd import PeerConfig
@@ -31,7 +32,7 @@ ANN_RR_CLIENT = "kube-router.io/rr.client"
 DEFAULT_ASN = 64512
 
 # A Node is re-read on every sync; say what is wrong with it once, not every time.
-_warnings = ObjectWarnings(log)
+_warnings = ObjectWarnings(log, kind=NODE)
 
 
 def _warn_once(node: str, what: str, msg: str) -> None:

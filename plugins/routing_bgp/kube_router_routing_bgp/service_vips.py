@@ -15,6 +15,7 @@ import logging
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
+from kube_router.kube.kinds import SERVICE
 from kube_router.kube.records import EndpointSlice
 from kube_router.kube.records import Service
 from kube_router.objwarn import ObjectWarnings
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 # each bad annotation once per Service, not at every sync
-_warnings = ObjectWarnings(log)
+_warnings = ObjectWarnings(log, kind=SERVICE)
 
 ANN_CLUSTER = "kube-router.io/service.advertise.clusterip"
 ANN_EXTERNAL = "kube-router.io/service.advertise.externalip"

@@ -15,6 +15,7 @@ import argparse
 import logging
 
 from kube_router import hookimpl
+from kube_router.kube.kinds import SERVICE
 from kube_router.kube.records import Service
 from kube_router.objwarn import ObjectWarnings
 from kube_router_proxy_ipvs.api import FLAG_BITS
@@ -29,7 +30,7 @@ FLAG_SCHEDULERS = frozenset({"sh", "mh"})
 
 log = logging.getLogger(__name__)
 # Syncs repeat; one line per bad value is enough for an operator to act on.
-_warnings = ObjectWarnings(log)
+_warnings = ObjectWarnings(log, kind=SERVICE)
 
 
 def _warn_once(service: Service, what: str, value: str, why: str) -> None:

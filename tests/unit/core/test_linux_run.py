@@ -28,6 +28,30 @@ def test_a_hung_tool_is_killed_at_its_time_limit() -> None:
     assert time.monotonic() - started < 10
 
 
+def test_a_tool_ending_as_its_time_runs_out_is_still_a_time_out(monkeypatch) -> None:
+    from kube_router.linux import run as run_module
+
+    class Ended:
+        returncode = 0
+
+        async def communicate(self, data: bytes | None) -> tuple[bytes, bytes]:
+            await asyncio.sleep(30)
+            return b"", b""
+
+        def kill(self) -> None:
+            raise ProcessLookupError  # what asyncio raises once the process is reaped
+
+        async def wait(self) -> int:
+            return 0
+
+    async def spawn(*argv: str, **kw: object) -> Ended:
+        return Ended()
+
+    monkeypatch.setattr(run_module.asyncio, "create_subprocess_exec", spawn)
+    with pytest.raises(CommandError, match=r"killed after 0\.05 s"):
+        asyncio.run(run(["ipset", "restore"], timeout=0.05))
+
+
 def test_restore_text_refuses_a_line_break_smuggled_into_one_line():
     import pytest
 
@@ -62,6 +86,34 @@ def test_a_lock_timeout_of_iptables_restore_is_a_retryable_error_saying_nothing_
     busy = iptables.XtablesLockBusy("iptables-legacy-restore")
     assert isinstance(busy, TemporaryError) and busy.delay == iptables.LOCK_RETRY
     assert "applied nothing" in str(busy)
+
+
+def test_a_swap_refused_while_another_program_reads_the_set_is_retried_soon(monkeypatch):
+    from kube_router.errors import TemporaryError
+    from kube_router.linux import ipset
+    from kube_router.linux.run import RestoreError
+
+    lines = ipset.swap_script("kube-router-svip", "hash:ip", ["10.1.0.1"], tmp_suffix="-px")
+
+    def refusing(number: int, what: str):
+        async def fake(argv, text, *, timeout=None):
+            err = CommandError(argv, 1, f"ipset v7.17: Error in line {number}: {what}")
+            raise RestoreError(err, text)
+        return fake
+
+    monkeypatch.setattr(ipset, "run_restore",
+                        refusing(5, "Kernel error received: Device or resource busy"))
+    with pytest.raises(ipset.SetBusy, match="swap kube-router-svip-px kube-router-svip") as e:
+        asyncio.run(ipset.restore(lines))
+    assert isinstance(e.value, TemporaryError) and e.value.delay == 1.0
+    # any other refusal, or busy on another line, is an error of the batch
+    monkeypatch.setattr(ipset, "run_restore",
+                        refusing(1, "Kernel error received: Device or resource busy"))
+    with pytest.raises(RestoreError):
+        asyncio.run(ipset.restore(lines))
+    monkeypatch.setattr(ipset, "run_restore", refusing(5, "The sets cannot be swapped"))
+    with pytest.raises(RestoreError):
+        asyncio.run(ipset.restore(lines))
 
 
 def test_one_save_of_every_table_is_split_by_table():

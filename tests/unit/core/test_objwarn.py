@@ -54,3 +54,22 @@ def test_memory_is_bounded_and_forget_missing_drops_gone_objects():
         w.warn(f"ns/o{i}", "bad", "x")
     w.forget_missing(lambda k: k in {"ns/o1", "ns/o2"})
     assert len(w) == 2
+
+
+def test_a_deleted_object_is_forgotten_by_the_instances_keying_its_kind():
+    from kube_router.kube.events import Event
+    from kube_router.kube.events import EventType
+    from kube_router.objwarn import forget_deleted
+
+    log = logging.getLogger("test.objwarn")
+    services = ObjectWarnings(log, clock=Clock(), kind="Service")
+    nodes = ObjectWarnings(log, clock=Clock(), kind="Node")
+    untyped = ObjectWarnings(log, clock=Clock())
+    for w in (services, nodes, untyped):
+        w.warn("ns/a", "bad", "x")
+        w.warn("ns/b", "bad", "x")
+    forget_deleted(Event("Service", EventType.MODIFIED, "ns/a", None, None))
+    assert len(services) == 2, "a change is not a deletion"
+    forget_deleted(Event("Service", EventType.DELETED, "ns/a", None, None))
+    assert (len(services), len(nodes), len(untyped)) == (1, 2, 2)
+    assert services.warn("ns/a", "bad", "x"), "it is news again once it was deleted"

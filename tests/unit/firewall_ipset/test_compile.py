@@ -196,6 +196,16 @@ def test_two_ipblocks_get_their_own_sets_so_excepts_do_not_mix() -> None:
         "10.0.0.0/8", ("10.1.0.0/16",), 4)
 
 
+@pytest.mark.parametrize(("peer", "match"), [
+    ({"ipBlock": "10.0.0.0/8"}, r"from\[0\]\.ipBlock is not an object"),
+    ({"ipBlock": {"cidr": "10.0.0.0/99"}}, "is not a CIDR"),
+    ({"ipBlock": {"cidr": "10.0.0.0/8", "except": ["nonsense"]}}, r"except\[0\]"),
+    ({"podSelector": {"matchLabels": ["a"]}}, "matchLabels is not an object")])
+def test_malformed_peers_are_refused_naming_the_field(peer: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        np({"podSelector": {}, "ingress": [{"from": [peer]}]})
+
+
 def test_except_outside_cidr_is_refused() -> None:
     with pytest.raises(ValueError, match=r"except\[0\]"):
         np({"podSelector": {}, "ingress": [{"from": [
@@ -223,7 +233,10 @@ def test_protocols_numbers_ranges_and_protocol_only() -> None:
 
 @pytest.mark.parametrize(("port", "match"), [
     ({"port": 90, "endPort": 80}, "endPort"), ({"port": "http", "endPort": 90}, "endPort"),
-    ({"protocol": "ICMP", "port": 1}, "protocol"), ({"port": 70000}, "out of range")])
+    ({"protocol": "ICMP", "port": 1}, "protocol"), ({"port": 70000}, "out of range"),
+    ({"port": "70000"}, "out of range"), ({"port": 0}, "out of range"),
+    ({"port": {"n": 1}}, "not a port number"), ({"port": True}, "not a port number"),
+    ({"port": 80, "endPort": "x"}, "endPort 'x' is not a port number")])
 def test_bad_ports_are_refused(port: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         np({"podSelector": {}, "ingress": [{"ports": [port]}]})
