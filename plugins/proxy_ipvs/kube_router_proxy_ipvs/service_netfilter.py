@@ -132,12 +132,8 @@ class ServiceNetfilter:
         sets = await ipset.save()
         for family in self.families:
             self._set_dumps[family] = sets
-            dump = self._dumps[family] = await iptables.save_all(family)
-            for table in ("nat", "filter"):
-                saved = dump.get(table, "")
-                for chain in (HAIRPIN_CHAIN, SNAT_CHAIN, SERVICES_CHAIN):
-                    if chain in iptables.chains(saved):
-                        self._chains[(family, table, chain)] = iptables.rules_of(saved, chain)
+            # the first sync reads our chains out of this dump (it always reads the kernel)
+            self._dumps[family] = await iptables.save_all(family)
 
     # -- desired content ----------------------------------------------------------------
 
@@ -224,12 +220,12 @@ class ServiceNetfilter:
         if text is None:
             self.processes += 1
             text = await ipset.save()
-        ours = set(self._set_types(family))
-        found = ipset.parse_save(text, ours.__contains__)
-        for name in ours:
+        types = self._set_types(family)
+        found = ipset.parse_save(text, types.__contains__)
+        for name in types:
             self._sets.pop(name, None)
         for name, (stype, members) in found.items():
-            if stype == self._set_types(family)[name]:
+            if stype == types[name]:
                 self._sets[name] = members
 
     def _set_types(self, family: int) -> dict[str, str]:
