@@ -426,11 +426,10 @@ def main() -> None:
     subprocess.run(["ip", "netns", "add", ns], check=True)
     try:
         proc = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-m", "bench.memory",
-                               "--phase", "run", *sys.argv[1:]], capture_output=True,
-                              text=True, check=False, cwd=os.getcwd())
+                               "--phase", "run", *sys.argv[1:]], stdout=subprocess.PIPE,
+                              text=True, check=False, cwd=os.getcwd())  # progress on stderr
     finally:
         subprocess.run(["ip", "netns", "del", ns], check=False)
-    sys.stderr.write(proc.stderr[-5000:])
     if proc.returncode:
         raise SystemExit(f"bench failed rc={proc.returncode}")
     result = json.loads(proc.stdout.strip().splitlines()[-1])
