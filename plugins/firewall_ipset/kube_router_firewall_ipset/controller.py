@@ -32,6 +32,7 @@ from kube_router_firewall_ipset import render
 from kube_router_firewall_ipset import status
 from kube_router_firewall_ipset.dataplane import Dataplane
 from kube_router_firewall_ipset.dataplane import Written
+from kube_router_firewall_ipset.dataplane import keep_equal
 from kube_router_firewall_ipset.members import Cluster
 from kube_router_firewall_ipset.members import eligible
 from kube_router_firewall_ipset.members import ips
@@ -93,7 +94,10 @@ class FirewallController(Controller):
 
     # -- compiling ------------------------------------------------------------------------
 
-    def _compile(self, key: str) -> None:
+    def _compile(self, key: str, old: tuple[dict[str, Policy],
+                                          dict[tuple[int, str], PolicyRender]] | None = None,
+                 ) -> None:
+        """``old``: the policies and renders of before a full sync, kept where equal."""
         self._selection_changed = True
         rec = self.agent.store(NETWORKPOLICY).get(key)
         for f in self.settings.families:
@@ -112,19 +116,30 @@ class FirewallController(Controller):
                                reason)
             return
         self.warnings.forget(key)
+        if old is not None and (prev := old[0].get(key)) is not None and prev == policy:
+            policy = prev
         self.policies[key] = policy
         if _has_named(policy):
             self._named.add(key)
         self.by_namespace.setdefault(policy.namespace, {})[key] = policy
         for f in self.settings.families:
-            self._render(policy, f)
+            self._render(policy, f, old[1].get((f, key)) if old is not None else None)
 
-    def _render(self, policy: Policy, family: int) -> PolicyRender:
+    def _render(self, policy: Policy, family: int,
+                prev: PolicyRender | None = None) -> PolicyRender:
         named = None
         if _has_named(policy):
             pops = render.render_policy(policy, family).named
             named = {p: self.cluster.named_ports(p) for p in pops}
         r = render.render_policy(policy, family, named)
+        if prev is not None:
+            if prev.chains == r.chains and prev.sets == r.sets and prev.named == r.named:
+                r = prev
+            else:  # unchanged chains keep their rules
+                r.chains = {c: have if (have := prev.chains.get(c)) == rules else rules
+                            for c, rules in r.chains.items()}
+                if prev.sets == r.sets:
+                    r.sets = prev.sets
         self.renders[(family, policy.key)] = r
         return r
 
@@ -176,7 +191,7 @@ class FirewallController(Controller):
                 name = nm.pod_chain(pod.meta.namespace, pod.meta.name)
                 if chain is None:
                     self.pod_chains[f].pop(name, None)
-                else:
+                elif self.pod_chains[f].get(name) != chain:
                     self.pod_chains[f][name] = chain
         else:
             old = self.local.pop(key, None)
@@ -191,7 +206,7 @@ class FirewallController(Controller):
             for (fam, _), r in self.renders.items():
                 if fam == f:
                     specs.update(r.sets)
-            self.specs[f] = specs
+            keep_equal(self.specs[f], specs)
 
     def _recompute_sets(self, family: int, names: list[str] | None = None) -> None:
         specs = self.specs[family]
@@ -199,9 +214,14 @@ class FirewallController(Controller):
         cache: dict[SetSpec, frozenset[str]] = {}
         for name in specs if names is None else names:
             spec = specs[name]
+            stype = render.settype(spec)
             if spec not in cache:
                 cache[spec] = self.cluster.members(spec, family)
-            members[name] = (render.settype(spec), cache[spec])
+            have = members.get(name)
+            if have is not None and have[0] == stype and have[1] == cache[spec]:
+                cache[spec] = have[1]  # the long-lived copy, shared by equal sets
+            else:
+                members[name] = (stype, cache[spec])
             self._touch(family, name)
         keep = nm.local_pods(family)  # kept by desired(), not by a policy
         for name in [n for n in members if n not in specs and n != keep]:
@@ -216,24 +236,50 @@ class FirewallController(Controller):
     # -- syncing --------------------------------------------------------------------------
 
     def _full(self) -> None:
-        self.renders.clear()
-        self.policies.clear()
+        """Recompute everything, but keep each long-lived object (policy, render, chain,
+        member set) that comes out equal: the fresh copy dies at once, and a periodic sync
+        does not move the whole state into new memory (which fragments the heap)."""
+        nm.sweep_begin()
+        policies, renders, by_namespace = self.policies, self.renders, self.by_namespace
+        self.policies, self.renders, self.by_namespace = {}, {}, {}
         self._named.clear()
-        self.by_namespace.clear()
         for key, _ in self.agent.store(NETWORKPOLICY).items():
-            self._compile(key)
+            self._compile(key, (policies, renders))
+        keep_equal(policies, self.policies)
+        keep_equal(renders, self.renders)
+        for ns, pols in self.by_namespace.items():
+            if ns in by_namespace:
+                keep_equal(by_namespace[ns], pols)
+                self.by_namespace[ns] = by_namespace[ns]
+        keep_equal(by_namespace, self.by_namespace)
+        self.policies, self.renders, self.by_namespace = policies, renders, by_namespace
         self._rebuild_specs()
         for f in self.settings.families:
             self._recompute_sets(f)
-            self.pod_chains[f] = {}
-        self.local.clear()
         self._local_version += 1
         for f in self.settings.families:
             self.touched[f] = None
-        for key, pod in self.agent.store(POD).items():
+        pods = self.agent.store(POD)
+        local = set()
+        for key, pod in pods.items():
             if self._is_local(pod):
                 self._refresh_local(key)
-        self.seen = {k: p for k, p in self.agent.store(POD).items()}  # type: ignore[misc]
+                local.add(key)
+        for key in [k for k in self.local if k not in local]:
+            del self.local[key]  # gone or no longer local (its chain goes below)
+            self._selection_changed = True
+        names = {nm.pod_chain(p.meta.namespace, p.meta.name) for p in self.local.values()}
+        for f in self.settings.families:
+            for name in [n for n in self.pod_chains[f] if n not in names]:
+                del self.pod_chains[f][name]
+        # the store's records themselves (an equal old one kept would be a second copy)
+        current = dict(pods.items())
+        for key in [k for k in self.seen if k not in current]:
+            del self.seen[key]
+        for key, pod in current.items():
+            if self.seen.get(key) is not pod:
+                self.seen[key] = pod  # type: ignore[assignment]
+        nm.sweep_end()
 
     def _policy_changed(self, key: str) -> None:
         self._compile(key)
@@ -282,7 +328,7 @@ class FirewallController(Controller):
                     if any((old is not None and self.cluster.in_podset(pop, old))
                            or (isinstance(new, Pod) and self.cluster.in_podset(pop, new))
                            for pop in r.named):
-                        r2 = self._render(policy, f)
+                        r2 = self._render(policy, f, r)
                         if r2.sets.keys() != r.sets.keys():
                             touched = True
             if touched:
@@ -316,9 +362,13 @@ class FirewallController(Controller):
                 service_cidrs=[c for c in self.settings.service_cidrs
                                if (":" in c) == (family == 6)],
                 nodeport_range=self.settings.nodeport_range, pod_cidrs=cidrs)
-            self.members[family][nm.local_pods(family)] = (
-                "hash:ip", frozenset(ip for ip, _ in local))
+            addrs = frozenset(ip for ip, _ in local)
+            have = self.members[family].get(nm.local_pods(family))
+            if have != ("hash:ip", addrs):
+                self.members[family][nm.local_pods(family)] = ("hash:ip", addrs)
             self._touch(family, nm.local_pods(family))
+            if cached is not None and cached[1] == top:
+                top = cached[1]  # the same chains: keep the old copy
             cached = self._top[family] = (version, top)
         chains.update(cached[1])
         return chains, self.members[family]

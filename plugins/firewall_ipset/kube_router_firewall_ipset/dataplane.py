@@ -36,6 +36,18 @@ def _timeout(lines: int) -> float:
     return max(30.0, lines / 2000)
 
 
+def keep_equal(old: dict, new: Mapping) -> None:  # type: ignore[type-arg]
+    """Make ``old`` hold ``new``'s entries, keeping its own values where they are equal:
+    long-lived objects stay put and the equal copies just built die at once (a periodic
+    rebuild in fresh memory would fragment the heap)."""
+    for k in [k for k in old if k not in new]:
+        del old[k]
+    for k, v in new.items():
+        have = old.get(k, old)
+        if have is not v and have != v:
+            old[k] = v
+
+
 Chains = Mapping[str, tuple[str, ...]]
 #: name -> (type, members)
 Sets = Mapping[str, tuple[str, frozenset[str]]]
@@ -84,13 +96,13 @@ class Dataplane:
                     chains[chain].append(rule)
                 elif chain in builtin:
                     builtin[chain].append(rule)
-        self.chains = {c: tuple(r) for c, r in chains.items()}
+        keep_equal(self.chains, {c: tuple(r) for c, r in chains.items()})
         self.jumps = all(rules[:1] == [builtin_jump(b)] for b, rules in builtin.items())
         want6 = self.family == 6
         found = ipset.parse_save(await ipset.save(), lambda n: nm.owned_set(n) and (
             n.startswith(nm.V6_PREFIX) == want6) and not n.removeprefix(nm.V6_PREFIX)
             .startswith(nm.TMP_PREFIX))
-        self.sets = {n: (t, frozenset(m)) for n, (t, m) in found.items()}
+        keep_equal(self.sets, {n: (t, frozenset(m)) for n, (t, m) in found.items()})
         self.known = True
         return time.monotonic() - started
 
@@ -107,6 +119,8 @@ class Dataplane:
             stype, members = want
             have = self.sets.get(name)
             if have is not None and (have[1] is members or have == (stype, members)):
+                if have is not want:
+                    self.sets[name] = want  # one copy, shared with the caller's
                 continue
             written.sets += 1
             if have is None or have[0] != stype:
@@ -143,8 +157,15 @@ class Dataplane:
             raise
 
     def _chain_lines(self, chains: Chains, written: Written) -> tuple[list[str], list[str]]:
-        changed = [c for c, rules in chains.items()
-                   if (have := self.chains.get(c)) is not rules and have != rules]
+        changed = []
+        for c, rules in chains.items():
+            have = self.chains.get(c)
+            if have is rules:
+                continue
+            if have == rules:
+                self.chains[c] = rules  # one copy, shared with the caller's
+            else:
+                changed.append(c)
         stale = [c for c in self.chains if c not in chains]
         written.chains, written.chains_deleted = len(changed), len(stale)
         lines = [f":{c} - [0:0]" for c in (*changed, *stale)]
@@ -173,8 +194,11 @@ class Dataplane:
         early: dict[str, tuple[str, frozenset[str]]] = {}
         if late in sets:
             have = self.sets.get(late)
-            early[late] = (sets[late][0], have[1] & sets[late][1]) if have else (
-                sets[late][0], frozenset())
+            stype, want = sets[late]
+            if have is not None and have[0] == stype and have[1] <= want:
+                early[late] = have  # nothing to take away: keep the record as it is
+            else:
+                early[late] = (stype, have[1] & want) if have else (stype, frozenset())
         view = ChainMap(early, sets)  # type: ignore[arg-type]
         set_lines, moves = self._set_lines(view, written, names)
         if set_lines or moves:
@@ -202,10 +226,11 @@ class Dataplane:
             for c in [c for c in self.chains if c not in chains]:
                 del self.chains[c]
             self.jumps = True
-        if late in sets and self.sets.get(late) != sets[late]:
-            started = time.monotonic()
-            await self._write_sets(*self._set_lines(sets, written, [late]))
-            written.ipset_seconds += time.monotonic() - started
+        if late in sets and (have_late := self.sets.get(late)) is not sets[late]:
+            if have_late != sets[late]:
+                started = time.monotonic()
+                await self._write_sets(*self._set_lines(sets, written, [late]))
+                written.ipset_seconds += time.monotonic() - started
             self.sets[late] = sets[late]
         stale = [n for n in (self.sets if touched is None else touched)
                  if n not in sets and n in self.sets]

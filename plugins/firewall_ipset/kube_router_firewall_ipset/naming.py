@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from functools import lru_cache
 
 FORWARD = "KUBE-ROUTER-FORWARD"
 INPUT = "KUBE-ROUTER-INPUT"
@@ -34,9 +33,37 @@ MARK_PASSED = "0x20000"
 COMMENT = "kube-router netpol"
 
 
-@lru_cache(maxsize=1 << 16)
+#: text -> hash; swept to the names a full sync used, so deleted objects leave it
+_hashes: dict[str, str] = {}
+_used: set[str] | None = None
+CACHE_CAP = 1 << 16
+
+
 def _h(text: str) -> str:
-    return base64.b32encode(hashlib.sha256(text.encode()).digest()).decode()[:16]
+    h = _hashes.get(text)
+    if h is None:
+        if len(_hashes) >= CACHE_CAP:
+            _hashes.clear()
+        h = _hashes[text] = base64.b32encode(
+            hashlib.sha256(text.encode()).digest()).decode()[:16]
+    if _used is not None:
+        _used.add(text)
+    return h
+
+
+def sweep_begin() -> None:
+    """Start noting the names in use (a full sync computes every one that exists)."""
+    global _used
+    _used = set()
+
+
+def sweep_end() -> None:
+    """Forget the hashes of names not used since ``sweep_begin`` (objects deleted)."""
+    global _used
+    used, _used = _used, None
+    if used is not None:
+        for text in [t for t in _hashes if t not in used]:
+            del _hashes[text]
 
 
 def pod_chain(namespace: str, name: str) -> str:
