@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from collections.abc import Mapping
 from dataclasses import dataclass
 from dataclasses import field
+from typing import TypeVar
 
 from kube_router.linux import ipset
 from kube_router.linux import iptables
@@ -36,15 +37,18 @@ def _timeout(lines: int) -> float:
     return max(30.0, lines / 2000)
 
 
-def keep_equal(old: dict, new: Mapping) -> None:  # type: ignore[type-arg]
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+def keep_equal(old: dict[K, V], new: Mapping[K, V]) -> None:
     """Make ``old`` hold ``new``'s entries, keeping its own values where they are equal:
     long-lived objects stay put and the equal copies just built die at once (a periodic
     rebuild in fresh memory would fragment the heap)."""
     for k in [k for k in old if k not in new]:
         del old[k]
     for k, v in new.items():
-        have = old.get(k, old)
-        if have is not v and have != v:
+        if k not in old or (old[k] is not v and old[k] != v):
             old[k] = v
 
 

@@ -138,6 +138,39 @@ def test_second_sync_and_restart_write_nothing(fw: SimpleNamespace, pods) -> Non
     assert pods.reach("b", "a") and not pods.reach("b", "a", 9090)
 
 
+def test_periodic_full_sync_keeps_the_objects_it_holds(fw: SimpleNamespace, pods) -> None:
+    """A periodic sync re-reads the kernel and recomputes everything; what comes out equal
+    stays the same objects, and the kernel's record shares the controller's copies."""
+    ctl = controller(fw)
+    world(fw, ctl, pods)
+    fw.put(ctl.agent, fw.policy("p", "x", {
+        "podSelector": {"matchLabels": {"app": "a"}},
+        "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "b"}}},
+                              {"ipBlock": {"cidr": "10.0.0.0/8", "except": ["10.1.0.0/16"]}}],
+                     "ports": [{"port": "http"}]}]}))
+    sync(ctl)
+    plane = ctl.planes[4]
+    policies, renders = dict(ctl.policies), dict(ctl.renders)
+    chains, sets = dict(plane.chains), dict(plane.sets)
+    assert sets and any(c.startswith(nm.POD_PREFIX) for c in chains)
+    for _ in range(2):
+        sync(ctl)  # periodic: plane.known is dropped and the kernel read again
+        assert ctl.last[4].empty and ctl.last[4].save_seconds > 0
+    assert all(ctl.policies[k] is v for k, v in policies.items())
+    assert all(ctl.renders[k] is v for k, v in renders.items())
+    assert [c for c, r in plane.chains.items() if chains[c] is not r] == []
+    assert [n for n, m in plane.sets.items() if sets[n] is not m] == []
+    desired_chains, desired_sets = ctl.desired(4)
+    assert all(plane.chains[c] is r for c, r in desired_chains.items())
+    assert all(plane.sets[n] is m for n, m in desired_sets.items())
+    # drift is still repaired: a member taken out behind our back comes back
+    name = next(n for n, (t, m) in plane.sets.items() if pods.ip["b"] in m)
+    fw.run(["ipset", "del", name, pods.ip["b"]])
+    sync(ctl)
+    assert not ctl.last[4].empty
+    assert pods.ip["b"] in fw.run(["ipset", "list", name])
+
+
 FOREIGN_SET = "foreign-set"
 
 
