@@ -21,6 +21,14 @@ elsewhere (they are only set members).
 - ``chain_floor_seconds``: one ``iptables-restore --noflush`` of that single chain at the
   table's size (iptables-legacy replaces the whole table on every commit).
 
+With ``--resyncs N`` it measures memory instead: a full sync, then N rounds of churn
+(``--churn`` pods replaced by new ones of new names and addresses, one policy's port
+changed, each as the event sync the agent would run) each followed by a periodic full sync
+(which re-reads the kernel), with glibc's free pages returned after each as the agent does.
+``rss_before_mib`` is after the first round, ``rss_after_mib`` after the last;
+``blocks_*`` are Python's allocated blocks at the same points (object counts stay flat,
+so a growing RSS is fragmentation).
+
 Each phase runs in its own network namespace (iptables and ipsets are per namespace). The
 last line printed is one JSON object.
 """
@@ -46,6 +54,7 @@ from kube_router.kube.records import decode_node
 from kube_router.kube.records import decode_pod
 from kube_router.linux import iptables
 from kube_router.linux.memory import one_malloc_arena
+from kube_router.linux.memory import trim
 from kube_router.settings import parse
 from kube_router_firewall_ipset import naming as nm
 from kube_router_firewall_ipset import plugin
@@ -250,6 +259,51 @@ def phase_sync(args: argparse.Namespace) -> dict:
     return out
 
 
+def _rss_mib() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / (1 << 20)
+
+
+def phase_resync(args: argparse.Namespace) -> dict:
+    ctl = _controller(api_objects(args))
+    pods = ctl.agent.store("Pod")
+    policies = ctl.agent.store("NetworkPolicy")
+    names = {i: f"p{i}" for i in range(args.pods)}
+    rss: list[float] = []
+    blocks: list[int] = []
+
+    async def run() -> None:
+        await ctl.sync(None)
+        for r in range(args.resyncs + 1):
+            keys: set[tuple[str, str]] = set()
+            for j in range(args.churn):
+                i = (r * args.churn + j) * 7919 % args.pods
+                ns = f"ns{i % args.namespaces}"
+                pods.remove(f"{ns}/{names[i]}")
+                keys.add(("Pod", f"{ns}/{names[i]}"))
+                names[i] = f"p{i}-r{r}"
+                rec = decode_pod(_pod(i, ns, names[i], i % args.pods_per_local == 0,
+                                      args.pods + (r * args.churn + j) % 60000))
+                pods.put(rec.key, rec)
+                keys.add(("Pod", rec.key))
+            k = (r * 37) % args.policies
+            pol = decode_networkpolicy(_policy(k, args.namespaces, port=1000 + r % 2))
+            policies.put(pol.key, pol)
+            keys.add(("NetworkPolicy", pol.key))
+            await ctl.sync(frozenset(keys))
+            await ctl.sync(None)
+            trim()
+            rss.append(_rss_mib())
+            blocks.append(sys.getallocatedblocks())
+
+    started = time.perf_counter()
+    asyncio.run(run())
+    return {"resync_round_seconds": (time.perf_counter() - started) / (args.resyncs + 1),
+            "rss_before_mib": rss[0], "rss_after_mib": rss[-1],
+            "rss_growth": rss[-1] / rss[0] - 1, "rss_mib": [round(x, 1) for x in rss],
+            "blocks_before": blocks[0], "blocks_after": blocks[-1]}
+
+
 def _in_netns(phase: str, argv: list[str]) -> dict:
     ns = f"bench-fw-{phase}-{uuid.uuid4().hex[:6]}"
     subprocess.run(["ip", "netns", "add", ns], check=True)
@@ -272,18 +326,26 @@ def main() -> None:
     p.add_argument("--pods-per-local", type=int, default=10,
                    help="one pod in this many runs on the benchmarked node (default 10)")
     p.add_argument("--changes", type=int, default=20)
-    p.add_argument("--phase", choices=["floor", "sync"], help=argparse.SUPPRESS)
+    p.add_argument("--resyncs", type=int, default=0,
+                   help="measure memory over this many churn rounds and full syncs")
+    p.add_argument("--churn", type=int, default=50,
+                   help="pods replaced per round with --resyncs (default 50)")
+    p.add_argument("--phase", choices=["floor", "sync", "resync"], help=argparse.SUPPRESS)
     args = p.parse_args()
     os.environ.setdefault("KUBE_ROUTER_IPTABLES", "legacy")
     if args.phase:
         one_malloc_arena()
-        fn = phase_floor if args.phase == "floor" else phase_sync
+        fn = {"floor": phase_floor, "sync": phase_sync, "resync": phase_resync}[args.phase]
         print(json.dumps(fn(args)))
         return
     argv = [f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()
             if k != "phase"]
     result: dict[str, Any] = {k: v for k, v in vars(args).items() if k != "phase"}
     result["local_pods"] = len(range(0, args.pods, args.pods_per_local))
+    if args.resyncs:
+        result.update(_in_netns("resync", argv))
+        print(json.dumps(result))
+        return
     floor = _in_netns("floor", argv)
     sync = _in_netns("sync", argv)
     result["floor_table"] = {"chains": floor.pop("chains"), "rules": floor.pop("rules")}
