@@ -1,7 +1,7 @@
 """ipset members over netlink: the bytes of known messages, laid out field by field from the
 kernel's UAPI (linux/netfilter/ipset/ip_set.h), and a batch's replies mapped back to the
 member that failed. Replies come through a datagram socket pair here; the kernel's own
-answers are checked in tests/kernel/firewall_ipset/test_member_socket.py."""
+answers are checked in tests/kernel/core/test_ipset_members.py."""
 
 from __future__ import annotations
 
