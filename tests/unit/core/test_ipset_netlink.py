@@ -69,7 +69,7 @@ def test_a_prefix_carries_its_length() -> None:
 @pytest.mark.parametrize("member", ["10.1.2", "10.1.2.3,icmp:0", "10.1.2.3,tcp:70000",
                                     "10.1.0.0/33", "fd00::/129", "10.1.2.3,tcp:"])
 def test_a_member_it_cannot_carry(member: str) -> None:
-    with pytest.raises(ValueError, match="member|address|prefix"):
+    with pytest.raises(ValueError, match=r"member|address|prefix"):
         ipset.encode_change("s", member, add=True, seq=1)
 
 
