@@ -374,12 +374,23 @@ class ApiStore:
         self._dispatch()
         return orjson.loads(entry.raw)
 
-    def compact(self) -> None:
-        """Forget the watch history: any older resourceVersion now gets 410 Gone."""
+    def compact(self, upto: int | None = None) -> None:
+        """Forget the watch history up to and including ``upto`` (all of it when None):
+        any older resourceVersion now gets 410 Gone. Compacting only up to an earlier
+        point, as the API server's periodic etcd compaction does, spares the watches that
+        are behind by less than the interval a relist."""
         with self._lock:
-            self._history.clear()
-            self._floor = self._rv
+            upto = self._rv if upto is None else min(upto, self._rv)
+            while self._history and self._history[0].rv <= upto:
+                self._history.popleft()
+            self._floor = max(self._floor, upto)
         self.wake()
+
+    @property
+    def revision(self) -> int:
+        """The resourceVersion of the newest change, as an integer."""
+        with self._lock:
+            return self._rv
 
     # -- extension points -----------------------------------------------------------
 

@@ -117,8 +117,11 @@ def test_full_sync_then_second_sync_is_empty(world: World) -> None:
         world.all_in_place()
         route = world.sh(["ip", "-4", "route", "get", "10.96.0.10"])
         assert f"src {world.NODE_IP}" in route, route
+        states = dict(ctl.svc_states)
         await ctl.sync(None)
         assert ctl.last_result.ops == 0
+        # unchanged Services keep their state objects: nothing long-lived is rebuilt
+        assert states and all(ctl.svc_states[n] is st for n, st in states.items())
         assert not len(ctl.dummy.plan({"10.96.0.10", "10.96.0.53"}, set(), ctl.vip_src))
         # a fresh controller (an agent restart) reads the kernel and has nothing to do
         ctl2 = await world.controller()

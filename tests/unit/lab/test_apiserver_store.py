@@ -246,6 +246,21 @@ def test_history_resumes_and_expires(store: ApiStore) -> None:
     assert store.events_after(2, timeout=0) == ([], 2)
 
 
+def test_compact_up_to_a_point_keeps_the_later_history(store: ApiStore) -> None:
+    for name in "abcd":
+        store.create(pod(name))
+    assert store.revision == 4
+    store.compact(upto=2)
+    with pytest.raises(ApiError) as err:
+        store.events_after(1, timeout=0)
+    assert err.value.code == 410
+    events, rv = store.events_after(2, timeout=0)  # a watch behind by less still resumes
+    assert [e.rv for e in events] == [3, 4] and rv == 4
+    store.compact(upto=1)  # never back below an earlier compaction
+    with pytest.raises(ApiError):
+        store.events_after(1, timeout=0)
+
+
 def test_history_overflow_expires_old_versions() -> None:
     small = ApiStore(history=10)
     for i in range(25):
