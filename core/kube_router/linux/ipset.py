@@ -134,7 +134,7 @@ NETLINK_NETFILTER = 12
 _NFNL_SUBSYS_IPSET = 6
 IPSET_CMD_ADD = 9
 IPSET_CMD_DEL = 10
-#: Every kernel since 3.x accepts 6 (newer ones speak 7 and still take 6 as their minimum).
+#: Kernels of ipset protocol 6 want exactly 6; those of 7 take 6 as their minimum.
 IPSET_PROTOCOL = 6
 _ATTR_PROTOCOL = 1
 _ATTR_SETNAME = 2
@@ -147,7 +147,6 @@ _ATTR_IPADDR_IPV4 = 1
 _ATTR_IPADDR_IPV6 = 2
 _NLA_F_NET_BYTEORDER = 0x4000
 _MAXNAMELEN = 32  # with the NUL
-IPSET_ERR_PRIVATE = 4096
 IPSET_ERR_PROTOCOL = 4097
 IPSET_ERR_EXIST = 4103
 #: The kernel's own reasons for its ipset error numbers (os.strerror knows none of them).
