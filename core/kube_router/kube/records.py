@@ -15,6 +15,7 @@ Each ``decode_*`` takes the object as a dict and returns a record; it raises
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from collections.abc import Mapping
 from dataclasses import dataclass
 from dataclasses import field
@@ -23,11 +24,79 @@ from typing import Any
 
 _EMPTY: Mapping[str, str] = MappingProxyType({})
 
+# Sharing what recurs. A big list decodes into one fresh string per field of every object,
+# though most are the same few values over and over (namespaces, node names, protocols,
+# label values), and into one map per object, though many objects carry the same labels.
+# Each decoded value goes through a dict of the ones already seen and the record keeps the
+# one in it. Our own dicts rather than sys.intern: on Python 3.12 interned strings are
+# never freed. Each is emptied when it passes its cap, so values that come and go cannot
+# grow it without bound; records already made keep theirs, later ones share anew. (Maps
+# cannot be held weakly: a mappingproxy takes no weak reference.) The informers decode in
+# threads of their own; a race between them can only make a second copy of a value.
+# Unique values (uid, resourceVersion, names, addresses) are left out: nothing to share.
+_STRINGS: dict[str, str] = {}
+_STRINGS_CAP = 1 << 16
+# Keyed by the map's items in order, the cheapest key to build.
+_MAPS: dict[tuple[tuple[str, str], ...], Mapping[str, str]] = {}
+_MAPS_CAP = 1 << 12  # the objects that share labels mostly come in a row (a Deployment's Pods)
+# Ports: the same few (http/80, metrics/9090...) on thousands of objects. Keyed by the
+# fields of each port in order; the value is the tuple of records.
+_PORTS: dict[tuple[object, ...], tuple[Any, ...]] = {}
+_PORTS_CAP = 1 << 12
+# Label values may not be longer; annotation values this short are flags and enums.
+_SHORT = 63
+
+#: kubectl apply's copy of the whole manifest: kilobytes, and no controller reads it.
+LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
+
+
+_str = _STRINGS.setdefault  # the shared copy of a string: _str(s, s)
+
+
+def _shared(value: str) -> str:
+    return _str(value, value)
+
+
+def _ports(cls: Callable[..., Any], fields: list[tuple[Any, ...]]) -> tuple[Any, ...]:
+    """The records ``cls(*f)`` of ``fields``, one tuple of them for every object whose ports
+    are the same. A port is read-only like the rest of its record."""
+    if not fields:
+        return ()
+    key = (cls, *fields)
+    shared = _PORTS.get(key)
+    if shared is None:
+        shared = _PORTS[key] = tuple(
+            cls(*(_str(f, f) if type(f) is str else f for f in one)) for one in fields
+        )
+    return shared
+
 
 def _frozen_map(value: Any) -> Mapping[str, str]:
     if not value:
         return _EMPTY
-    return MappingProxyType({str(k): str(v) for k, v in value.items()})
+    try:
+        shared = _MAPS.get(tuple(value.items()))
+    except TypeError:  # a value that is not hashable: not a map of strings
+        shared = None
+    if shared is not None:
+        return shared
+    items = {}
+    for k, v in value.items():
+        if type(k) is not str or type(v) is not str:
+            # Not from a valid object. Made of strings, and not kept: {"a": 1} must not
+            # come back for {"a": True}.
+            return MappingProxyType({str(k): str(v) for k, v in value.items()})
+        items[_str(k, k)] = _str(v, v) if len(v) <= _SHORT else v
+    shared = MappingProxyType(items)
+    # Keyed by the shared strings: the parsed ones would otherwise be kept alive.
+    _MAPS[tuple(items.items())] = shared
+    return shared
+
+
+def _annotations(value: Any) -> Mapping[str, str]:
+    if value and LAST_APPLIED in value:
+        value = {k: v for k, v in value.items() if k != LAST_APPLIED}
+    return _frozen_map(value)
 
 
 @dataclass(slots=True)
@@ -39,6 +108,7 @@ class Meta:
     resource_version: str = field(compare=False)
     # A factory: dataclasses refuse an unhashable default such as a mappingproxy.
     labels: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
+    # Without LAST_APPLIED.
     annotations: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
 
     @property
@@ -51,13 +121,21 @@ def _meta(obj: Mapping[str, Any]) -> Meta:
     name = md.get("name")
     if not name:
         raise ValueError("metadata.name is missing")
+    # Checked once per object rather than per value: a cap passed by a few is no matter.
+    if len(_STRINGS) > _STRINGS_CAP:
+        _STRINGS.clear()
+    if len(_MAPS) > _MAPS_CAP:
+        _MAPS.clear()
+    if len(_PORTS) > _PORTS_CAP:
+        _PORTS.clear()
+    namespace = md.get("namespace") or ""
     return Meta(  # positional: a keyword call costs more, for every object decoded
-        md.get("namespace") or "",  # namespace
+        _str(namespace, namespace),  # namespace
         name,
         md.get("uid") or "",  # uid
         md.get("resourceVersion") or "",  # resource_version
         _frozen_map(md.get("labels")),  # labels
-        _frozen_map(md.get("annotations")),  # annotations
+        _annotations(md.get("annotations")),  # annotations
     )
 
 
@@ -113,15 +191,13 @@ def decode_service(obj: Mapping[str, Any]) -> Service:
         except (KeyError, TypeError, ValueError):
             raise ValueError(f"spec.ports[{i}].port is missing or not a number") from None
         node_port = p.get("nodePort")
-        ports.append(
-            ServicePort(
-                name=p.get("name") or "",
-                protocol=(p.get("protocol") or "TCP").upper(),
-                port=port,
-                target_port=p.get("targetPort") or port,
-                node_port=int(node_port) if node_port else None,
-            )
-        )
+        ports.append((  # ServicePort's fields, in order
+            p.get("name") or "",
+            (p.get("protocol") or "TCP").upper(),
+            port,
+            p.get("targetPort") or port,
+            int(node_port) if node_port else None,
+        ))
     affinity = spec.get("sessionAffinity") or "None"
     timeout = (
         ((spec.get("sessionAffinityConfig") or {}).get("clientIP") or {}).get("timeoutSeconds")
@@ -130,18 +206,18 @@ def decode_service(obj: Mapping[str, Any]) -> Service:
     hc_port = spec.get("healthCheckNodePort")
     return Service(
         meta=meta,
-        type=stype,
+        type=_shared(stype),
         cluster_ips=tuple(ip for ip in ips if ip and ip != "None"),
-        ports=tuple(ports),
+        ports=_ports(ServicePort, ports),
         selector=_frozen_map(spec.get("selector")),
         external_ips=tuple(spec.get("externalIPs") or ()),
         load_balancer_ips=tuple(
             i["ip"] for i in ingress if i.get("ip") and i.get("ipMode") != "Proxy"
         ),
-        session_affinity=affinity,
+        session_affinity=_shared(affinity),
         affinity_timeout=int(timeout) if timeout else DEFAULT_AFFINITY_TIMEOUT,
-        external_traffic_policy=spec.get("externalTrafficPolicy") or "Cluster",
-        internal_traffic_policy=spec.get("internalTrafficPolicy") or "Cluster",
+        external_traffic_policy=_shared(spec.get("externalTrafficPolicy") or "Cluster"),
+        internal_traffic_policy=_shared(spec.get("internalTrafficPolicy") or "Cluster"),
         health_check_node_port=int(hc_port) if hc_port else None,
         headless=headless,
     )
@@ -217,35 +293,33 @@ def _each_once(addrs: list[str]) -> tuple[str, ...]:
 def decode_endpointslice(obj: Mapping[str, Any]) -> EndpointSlice:
     meta = _meta(obj)
     endpoints = []
+    shared = _str
     for ep in obj.get("endpoints") or ():
         cond = ep.get("conditions") or {}
         # API semantics: a nil ready means ready; serving defaults to ready.
         ready = cond.get("ready") is not False
         serving = cond.get("serving")
         ref = ep.get("targetRef") or {}
+        node = ep.get("nodeName") or ""
         endpoints.append(Endpoint(  # positional: a keyword call costs more, per endpoint
             tuple(ep.get("addresses") or ()),  # addresses
             ready,
             ready if serving is None else bool(serving),  # serving
             bool(cond.get("terminating")),  # terminating
-            ep.get("nodeName") or "",  # node_name
+            shared(node, node),  # node_name
             ref.get("name", "") if ref.get("kind") == "Pod" else "",  # pod_name
         ))
-    ports = tuple(
-        EndpointPort(
-            name=p.get("name") or "",
-            protocol=(p.get("protocol") or "TCP").upper(),
-            port=int(p["port"]),
-        )
+    ports = [
+        (p.get("name") or "", (p.get("protocol") or "TCP").upper(), int(p["port"]))
         for p in obj.get("ports") or ()
         if p.get("port") is not None
-    )
+    ]
     return EndpointSlice(
         meta=meta,
-        service_name=meta.labels.get(SERVICE_NAME_LABEL, ""),
-        address_type=obj.get("addressType") or "IPv4",
+        service_name=meta.labels.get(SERVICE_NAME_LABEL, ""),  # shared with the labels
+        address_type=_shared(obj.get("addressType") or "IPv4"),
         endpoints=tuple(endpoints),
-        ports=ports,
+        ports=_ports(EndpointPort, ports),
     )
 
 
@@ -288,24 +362,20 @@ def decode_pod(obj: Mapping[str, Any]) -> Pod:
     spec = obj.get("spec") or {}
     status = obj.get("status") or {}
     ips = [p.get("ip") for p in status.get("podIPs") or ()] or [status.get("podIP")]
-    ports = tuple(
-        ContainerPort(
-            name=p.get("name") or "",
-            protocol=(p.get("protocol") or "TCP").upper(),
-            port=int(p["containerPort"]),
-        )
+    ports = [
+        (p.get("name") or "", (p.get("protocol") or "TCP").upper(), int(p["containerPort"]))
         for c in spec.get("containers") or ()
         for p in c.get("ports") or ()
         if p.get("containerPort") is not None
-    )
+    ]
     grace = spec.get("terminationGracePeriodSeconds")
     return Pod(
         meta=meta,
-        node_name=spec.get("nodeName") or "",
+        node_name=_shared(spec.get("nodeName") or ""),
         pod_ips=tuple(ip for ip in ips if ip),
-        phase=status.get("phase") or "",
+        phase=_shared(status.get("phase") or ""),
         host_network=bool(spec.get("hostNetwork")),
-        ports=ports,
+        ports=_ports(ContainerPort, ports),
         termination_grace_seconds=int(grace) if grace is not None else 30,
     )
 

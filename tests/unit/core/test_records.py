@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import orjson
 import pytest
 
 from kube_router.kube import records
@@ -260,3 +261,131 @@ def test_every_kind_has_a_path_and_a_decoder() -> None:
         assert kind.name == name
         assert kind.path.startswith("/api")
         assert callable(kind.decode)
+
+
+# --- sharing what recurs -----------------------------------------------------------------
+# Decoded from JSON as the informer does: literals in a test are shared already.
+
+
+def _parsed(obj: dict) -> dict:
+    return orjson.loads(orjson.dumps(obj))
+
+
+def _served_svc(name: str, labels: dict, annotations: dict | None = None) -> dict:
+    return _parsed(_svc({"clusterIP": "10.1.0.20", "selector": {"app": "web"},
+                         "ports": [{"name": "http", "port": 80, "protocol": "TCP"}],
+                         "sessionAffinity": "None", "type": "ClusterIP"},
+                        name=name, uid=f"uid-{name}", labels=labels,
+                        annotations=annotations or {}))
+
+
+def test_last_applied_configuration_is_dropped_and_the_rest_kept() -> None:
+    applied = '{"apiVersion":"v1","kind":"Service","metadata":{}}' + " " * 2000
+    svc = records.decode_service(_served_svc("a", {}, {
+        records.LAST_APPLIED: applied, "kube-router.io/service.scheduler": "sh"}))
+    assert svc.meta.annotations == {"kube-router.io/service.scheduler": "sh"}
+    only = records.decode_service(_served_svc("b", {}, {records.LAST_APPLIED: applied}))
+    assert only.meta.annotations == {}
+
+
+def test_equal_label_maps_are_one_object() -> None:
+    a = records.decode_service(_served_svc("a", {"app": "web"}))
+    b = records.decode_service(_served_svc("b", {"app": "web"}))
+    c = records.decode_service(_served_svc("c", {"app": "db"}))
+    assert a.meta.labels is b.meta.labels
+    assert a.meta.labels is a.selector  # same content as the Service's own selector
+    assert c.meta.labels is not a.meta.labels
+    assert c.meta.labels == {"app": "db"}
+    long_value = {"note": "x" * 500}  # too long to share as a string; the map still is
+    d = records.decode_service(_served_svc("d", {}, long_value))
+    e = records.decode_service(_served_svc("e", {}, long_value))
+    assert d.meta.annotations is e.meta.annotations
+    assert d.meta.annotations["note"] == "x" * 500
+
+
+def test_shared_map_is_read_only() -> None:
+    labels = records.decode_service(_served_svc("a", {"app": "web"})).meta.labels
+    with pytest.raises(TypeError):
+        labels["app"] = "db"  # type: ignore[index]
+
+
+def test_map_values_that_are_not_strings_are_not_confused() -> None:
+    one = records.decode_service(_served_svc("a", {"v": 1}))
+    true = records.decode_service(_served_svc("b", {"v": True}))  # True == 1, hash(True) == 1
+    assert one.meta.labels == {"v": "1"}
+    assert true.meta.labels == {"v": "True"}
+    listed = records.decode_service(_served_svc("c", {"v": ["x"]}))  # not hashable
+    assert listed.meta.labels == {"v": "['x']"}
+
+
+def test_recurring_strings_are_one_object() -> None:
+    def sl(i: int) -> records.EndpointSlice:
+        obj = _slice([{"addresses": [f"10.2.0.{i}"], "nodeName": "node-1",
+                       "targetRef": {"kind": "Pod", "name": f"web-{i}"}}],
+                     ports=[{"name": "http", "port": 8080, "protocol": "tcp"}])
+        obj["metadata"]["uid"] = "slice-uid"
+        obj["metadata"]["resourceVersion"] = "slice-rv"
+        return records.decode_endpointslice(_parsed(obj))
+
+    a, b = sl(1), sl(2)
+    assert a.meta.namespace is b.meta.namespace
+    assert a.endpoints[0].node_name is b.endpoints[0].node_name
+    assert a.address_type is b.address_type
+    assert a.service_name is b.service_name is a.meta.labels["kubernetes.io/service-name"]
+    assert a.ports is b.ports  # equal ports: one tuple of records
+    assert a.ports[0].protocol == "TCP"
+    pod = records.decode_pod(_parsed({
+        "metadata": {"name": "web-1", "namespace": "default", "uid": "pod-uid"},
+        "spec": {"nodeName": "node-1",
+                 "containers": [{"ports": [{"name": "http", "containerPort": 8080}]}]},
+        "status": {"phase": "Running"}}))
+    assert pod.node_name is a.endpoints[0].node_name
+    assert pod.meta.namespace is a.meta.namespace
+    assert pod.ports[0].name is a.ports[0].name
+    assert pod.ports[0].protocol is a.ports[0].protocol
+    # Values unique to one object are not gathered.
+    assert "slice-uid" not in records._STRINGS
+    assert "pod-uid" not in records._STRINGS
+    assert "slice-rv" not in records._STRINGS
+    assert "10.2.0.1" not in records._STRINGS
+
+
+def test_ready_addresses_are_the_endpoints_own_strings() -> None:
+    es = records.decode_endpointslice(_parsed(_slice([
+        {"addresses": ["10.2.0.5"]}, {"addresses": ["10.2.0.6", "10.2.0.7"]}])))
+    kept = [a for ep in es.endpoints for a in ep.addresses]
+    assert all(x is y for x, y in zip(es.ready_addresses, kept, strict=True))
+
+
+def test_sharing_leaves_equality_as_it_was() -> None:
+    obj = _served_svc("a", {"app": "web", "tier": "front"},
+                      {records.LAST_APPLIED: "{}", "note": "n"})
+    shared = records.decode_service(obj)
+    records._STRINGS.clear()
+    records._MAPS.clear()
+    records._PORTS.clear()
+    fresh = records.decode_service(_parsed(obj))
+    assert fresh.meta.labels is not shared.meta.labels
+    assert fresh == shared
+    assert fresh.meta == shared.meta
+    assert list(fresh.meta.labels.items()) == [("app", "web"), ("tier", "front")]
+    changed = _parsed(obj)
+    changed["metadata"]["labels"]["tier"] = "back"
+    assert records.decode_service(changed) != shared
+
+
+def test_caches_are_emptied_past_their_caps(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(records, "_STRINGS_CAP", 8)
+    monkeypatch.setattr(records, "_MAPS_CAP", 4)
+    monkeypatch.setattr(records, "_PORTS_CAP", 2)
+    decoded = []
+    for i in range(50):
+        svc = _served_svc(f"s{i}", {"app": f"app-{i}"})
+        svc["spec"]["ports"][0]["port"] = 1000 + i
+        decoded.append(records.decode_service(svc))
+        assert len(records._STRINGS) <= 8 + 16  # what one object adds past the cap
+        assert len(records._MAPS) <= 4 + 4
+        assert len(records._PORTS) <= 2 + 2
+    for i, svc in enumerate(decoded):
+        assert svc.meta.labels == {"app": f"app-{i}"}
+        assert svc.ports[0].port == 1000 + i
