@@ -154,8 +154,7 @@ class Dataplane:
         try:
             if lines:
                 await ipset.restore(lines, timeout=_timeout(len(lines)))
-            for name, member, add in moves:
-                await self.members.change(name, member, add=add)
+            await self.members.change_many(moves)
         except Exception:
             self.known = False
             raise

@@ -259,8 +259,7 @@ class ServiceNetfilter:
             if lines:
                 self.processes += 1
                 await ipset.restore(lines)
-            for name, member, add in moves:
-                await self._members.change(name, member, add=add)
+            await self._members.change_many(moves)
         except Exception:
             for name in types:
                 self._sets.pop(name, None)  # rebuilt whole next time
