@@ -223,10 +223,12 @@ class ServiceNetfilter:
         types = self._set_types(family)
         found = ipset.parse_save(text, types.__contains__)
         for name in types:
-            self._sets.pop(name, None)
-        for name, (stype, members) in found.items():
+            old = self._sets.pop(name, None)
+            stype, members = found.get(name, ("", set()))
             if stype == types[name]:
-                self._sets[name] = members
+                # the record held stays when the kernel agrees with it: the read copy
+                # dies at once instead of replacing it in fresh memory every period
+                self._sets[name] = old if old == members else members
 
     def _set_types(self, family: int) -> dict[str, str]:
         return {set_name(SVIP, family): "hash:ip", set_name(SVIP_PRT, family): "hash:ip,port",
@@ -282,7 +284,9 @@ class ServiceNetfilter:
             for (t, chain) in wanted:
                 saved = dump.get(t, "")
                 if chain in iptables.chains(saved):
-                    self._chains[(family, t, chain)] = iptables.rules_of(saved, chain)
+                    rules = iptables.rules_of(saved, chain)
+                    if self._chains.get((family, t, chain)) != rules:  # else keep ours
+                        self._chains[(family, t, chain)] = rules
                 else:
                     self._chains.pop((family, t, chain), None)
         changed = {key for key, rules in wanted.items()

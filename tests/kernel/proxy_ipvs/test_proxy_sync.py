@@ -118,10 +118,15 @@ def test_full_sync_then_second_sync_is_empty(world: World) -> None:
         route = world.sh(["ip", "-4", "route", "get", "10.96.0.10"])
         assert f"src {world.NODE_IP}" in route, route
         states = dict(ctl.svc_states)
+        assert ctl.netfilter is not None
+        sets, chains = dict(ctl.netfilter._sets), dict(ctl.netfilter._chains)
         await ctl.sync(None)
         assert ctl.last_result.ops == 0
-        # unchanged Services keep their state objects: nothing long-lived is rebuilt
+        # unchanged Services keep their state objects, and the netfilter manager its
+        # record of the kernel (which it read again): nothing long-lived is rebuilt
         assert states and all(ctl.svc_states[n] is st for n, st in states.items())
+        assert sets and all(ctl.netfilter._sets[n] is m for n, m in sets.items())
+        assert chains and all(ctl.netfilter._chains[k] is r for k, r in chains.items())
         assert not len(ctl.dummy.plan({"10.96.0.10", "10.96.0.53"}, set(), ctl.vip_src))
         # a fresh controller (an agent restart) reads the kernel and has nothing to do
         ctl2 = await world.controller()
