@@ -384,6 +384,11 @@ def run(args: argparse.Namespace) -> dict:
     full_syncs = len(re.findall(r"proxy sync full=True", text))
     churn_fulls = _full_syncs(log_path) - fulls_before  # up to the settling
     tracebacks = text.count("Traceback")
+    if tracebacks:  # what failed, for the reader of the run (the log is in the guest)
+        lines = text.splitlines()
+        for i, line in enumerate(lines):
+            if "Traceback" in line:
+                _say("agent traceback:\n" + "\n".join(lines[max(0, i - 2):i + 30]))
     return {
         "plugins": enable, "services": args.services, "endpoints_per_service": ENDPOINTS,
         "pods": args.pods, "policies": policies, "nodes": NODES, "objects": objects,
