@@ -58,7 +58,7 @@ def _ep_ip(i: int, j: int, gen: int = 0) -> str:
 # report, objects by type (frozen ones included), and how much of the frozen heap was
 # unreachable cycles that only an unfreeze and a collection give back.
 PROBE = r"""
-import collections, gc, os, signal, sys, time, tracemalloc
+import collections, ctypes, ctypes.util, gc, os, signal, sys, tempfile, time, tracemalloc
 from kube_router.linux.memory import trim
 frames = int(os.environ.get("PROBE_FRAMES", "0"))
 if frames:
@@ -68,6 +68,61 @@ def _rss():
     for line in open("/proc/self/status"):
         if line.startswith("VmRSS"):
             return int(line.split()[1]) // 1024
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd",
+                "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+try:
+    _mallinfo2 = ctypes.CDLL(ctypes.util.find_library("c")).mallinfo2
+    _mallinfo2.restype = _MallInfo2
+except (OSError, AttributeError):
+    _mallinfo2 = None
+def _pymalloc():
+    # sys._debugmallocstats writes to the C stderr: read it back through a temporary file
+    keep = os.dup(2)
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            sys._debugmallocstats()
+        finally:
+            os.dup2(keep, 2)
+            os.close(keep)
+        tmp.seek(0)
+        text = tmp.read().decode(errors="replace")
+    out = {}
+    for line in text.splitlines():
+        for key in ("arenas allocated current", "bytes in allocated blocks",
+                    "bytes in available blocks", "bytes in unused pools"):
+            if key in line:
+                out[key.replace(" ", "_")] = int(line.split("=")[-1].replace(",", ""))
+    return out
+def _smaps():
+    # resident KiB by kind of mapping: the brk heap, anonymous mmaps, file-backed
+    rss = collections.Counter()
+    big = []
+    kind = None
+    for line in open("/proc/self/smaps"):
+        first = line.split()
+        if "-" in first[0] and not first[0].endswith(":"):
+            path = first[5] if len(first) > 5 else ""
+            kind = "heap" if path == "[heap]" else ("anon" if not path or path.startswith("[anon")
+                                                    else ("stack" if path.startswith("[stack")
+                                                          else "file"))
+            rng = first[0]
+        elif first[0] == "Rss:":
+            kb = int(first[1])
+            rss[kind] += kb
+            if kind == "anon" and kb >= 4096:
+                big.append((rng, kb))
+    return dict(rss), big
+def _mem_report(out):
+    rss, big = _smaps()
+    print("smaps_rss_kib:", rss, "anon_maps>=4MiB:", big, file=out)
+    if _mallinfo2 is not None:
+        m = _mallinfo2()
+        print(f"mallinfo2_kib: arena={m.arena >> 10} inuse={m.uordblks >> 10} "
+              f"free={m.fordblks >> 10} mmapped={m.hblkhd >> 10} n_mmaps={m.hblks} "
+              f"topfree={m.keepcost >> 10}", file=out)
+    print("pymalloc:", _pymalloc(), "allocated_blocks:", sys.getallocatedblocks(), file=out)
 def _report(signum, frame):
     was = gc.isenabled()
     gc.disable()  # no collection of its own while it looks
@@ -78,6 +133,7 @@ def _report(signum, frame):
     print(f"== {time.strftime('%H:%M:%S')} rss_mib={_rss()} frozen={frozen} "
           f"tracked={sum(types.values())}", file=out)
     print("types:", types.most_common(20), file=out)
+    _mem_report(out)
     if frames:
         snap = tracemalloc.take_snapshot()
         if state["snap"] is not None:
@@ -92,6 +148,7 @@ def _report(signum, frame):
         found = gc.collect()
         trim()
         print(f"unreachable_collected={found} rss_after_collect_mib={_rss()}", file=out)
+        _mem_report(out)
     else:
         print("unreachable_collected=not-looked", file=out)
     gc.freeze()
@@ -260,7 +317,8 @@ def run(args: argparse.Namespace) -> dict:
                  ["ip", "link", "set", "bench-node", "up"]):
         subprocess.run(argv, check=True)
     installed = {ep.name for ep in entry_points(group="kube_router.plugins")}
-    enable = [p for p in ("proxy", "router", "firewall") if p in installed]
+    enable = [p for p in ("proxy", "router", "firewall") if p in installed
+              and (not args.enable or p in args.enable.split(","))]
     policies = args.policies if "firewall" in enable else 0
 
     # A window of recent events, as the API server's watch cache keeps (etcd's history
@@ -421,6 +479,9 @@ def main() -> None:
                    help="print the agent's tracked objects by type at synced and after "
                         "churn, and how much a collection of its frozen heap gives back "
                         "(PROBE_FRAMES=N also traces allocations: far slower)")
+    p.add_argument("--enable", default="",
+                   help="a subset of the installed plugins to run, comma separated "
+                        "(default: every installed one of proxy, router, firewall)")
     p.add_argument("--phase", choices=["run"], help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.phase == "run":
