@@ -43,12 +43,22 @@ class Backend(Protocol):
     def diagnostics(self, say: Callable[[str], None]) -> None: ...
 
 
-def substitute(key: str, get: ObjectGetter, node_ip: Callable[[str], str]) -> str:
-    """Resolve ``svc:NS/NAME``, ``nodeport:NS/NAME:PORT``, ``pod:NS/NAME`` or ``node:NAME``
-    from the cluster's objects; KeyError with the reason when it cannot."""
+def substitute(key: str, get: ObjectGetter, node_ip: Callable[[str], str],
+               node_name: Callable[[str], str] = str) -> str:
+    """Resolve ``svc:NS/NAME``, ``nodeport:NS/NAME:PORT``, ``pod:NS/NAME``, ``node:NAME``
+    or ``podcidr:NAME`` from the cluster's objects; KeyError with the reason when it cannot.
+    ``node_name`` maps a lab node's name to its Node object's."""
     kind, _, ref = key.partition(":")
     if kind == "node":
         return node_ip(ref)
+    if kind == "podcidr":
+        # Node IPAM hands out CIDRs in the order it sees the Nodes, which a busy API server
+        # can shuffle: a scenario names the node, never the /24 it expects it to hold.
+        node = get("Node", None, node_name(ref))
+        cidr = ((node or {}).get("spec") or {}).get("podCIDR")
+        if not cidr:
+            raise KeyError(f"node {ref} has no pod CIDR")
+        return str(cidr)
     if kind == "pod":
         namespace, _, name = ref.partition("/")
         pod = get("Pod", namespace, name)
@@ -71,7 +81,7 @@ def substitute(key: str, get: ObjectGetter, node_ip: Callable[[str], str]) -> st
             if str(p.get("port")) == port and p.get("nodePort"):
                 return str(p["nodePort"])
         raise KeyError(f"service {svc_ref} has no node port for port {port!r}")
-    raise KeyError(f"unknown substitution {key!r} (svc:, nodeport:, pod:, node:)")
+    raise KeyError(f"unknown substitution {key!r} (svc:, nodeport:, pod:, node:, podcidr:)")
 
 
 def reach_target(target: str, resolve: Callable[[str], str]) -> tuple[str, int, bool]:

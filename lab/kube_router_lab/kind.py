@@ -261,7 +261,7 @@ class KindCluster:
         return self.nodes[lab_name]
 
     def substitute(self, key: str) -> str:
-        return substitute(key, self._get, self.node_ip)
+        return substitute(key, self._get, self.node_ip, self._node)
 
     # -- commands -----------------------------------------------------------------------
 

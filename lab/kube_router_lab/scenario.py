@@ -43,6 +43,7 @@ SUBST_KINDS = {
     "nodeport": (re.compile(rf"^{_NSNAME}:\d+$"), "NAMESPACE/NAME:PORT"),
     "pod": (re.compile(rf"^{_NSNAME}$"), "NAMESPACE/NAME"),
     "node": (re.compile(r"^[^/\s:{}]+$"), "NAME"),
+    "podcidr": (re.compile(r"^[^/\s:{}]+$"), "NODE"),
 }
 #: ``NS/POD:PORT`` (PORT a number or one of the pod's containerPort names) or
 #: ``svc:NS/NAME:PORT``, each optionally ``/tcp``, ``/udp`` or ``/sctp``
@@ -279,6 +280,8 @@ def check_substitution(key: str, spec: ClusterSpec) -> str | None:
         return f"bad substitution ${{{key}}}: expected ${{{kind}:{form}}}"
     if kind == "node" and arg not in spec.node_names() and arg not in _peer_names(spec):
         return f"bad substitution ${{{key}}}: no node or peer named {arg!r}"
+    if kind == "podcidr" and arg not in spec.node_names():
+        return f"bad substitution ${{{key}}}: no node named {arg!r}"
     return None
 
 

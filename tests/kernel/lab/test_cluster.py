@@ -173,6 +173,7 @@ def test_services_kubernetes_and_slices(lab: Lab) -> None:
     assert lab.substitute("svc:default/myip") == svc["clusterIP"]
     assert lab.substitute("nodeport:default/myip:80") == str(svc["ports"][0]["nodePort"])
     assert lab.substitute("node:node-2") == "192.168.10.102"
+    assert lab.substitute("podcidr:node-2") == "10.2.2.0/24"
     with pytest.raises(KeyError):
         lab.substitute("svc:default/nope")
     slices, _ = lab.store.list("EndpointSlice", "default")

@@ -80,6 +80,11 @@ def test_shared_substitutions_and_reach_targets() -> None:
     assert substitute("node:node-0", get, ips.__getitem__) == "172.18.0.2"
     with pytest.raises(KeyError, match="no node port for port '81'"):
         substitute("nodeport:default/web:81", get, ips.__getitem__)
+    with pytest.raises(KeyError, match="node node-0 has no pod CIDR"):
+        substitute("podcidr:node-0", get, ips.__getitem__)
+    objects[("Node", None, "k-worker")] = node("k-worker", "10.2.3.0/24")
+    names = {"node-0": "k-worker"}
+    assert substitute("podcidr:node-0", get, ips.__getitem__, names.__getitem__) == "10.2.3.0/24"
     resolve = lambda key: substitute(key, get, ips.__getitem__)  # noqa: E731
     assert reach_target("svc:default/web:80", resolve) == ("10.1.0.9", 80, False)
     assert reach_target("default/a:5353/udp", resolve) == ("10.2.1.5", 5353, True)

@@ -89,6 +89,8 @@ def test_unknown_substitution(tmp_path: Path) -> None:
     ("echo ${svc:myip}", "expected ${svc:NAMESPACE/NAME}"),
     ("echo ${nodeport:default/myip}", "expected ${nodeport:NAMESPACE/NAME:PORT}"),
     ("echo ${node:node-9}", "no node or peer named 'node-9'"),
+    ("echo ${podcidr:node-9}", "no node named 'node-9'"),
+    ("echo ${podcidr:default/node-0}", "expected ${podcidr:NODE}"),
     ("echo ${svc:default/x", "unterminated substitution"),
 ])
 def test_bad_substitution_forms(tmp_path: Path, cmd: str, needle: str) -> None:
