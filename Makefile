@@ -11,7 +11,7 @@ empty :=
 MYPYPATH := $(subst $(empty) $(empty),:,core lab $(PLUGINS))
 SYSTEM_PACKAGES := user-mode-linux kmod iproute2 ipvsadm ipset iptables conntrack \
 	gobgpd golang-github-osrg-gobgp-dev containernetworking-plugins bird2 curl socat util-linux \
-	openssl
+	openssl gcc libc6-dev
 # The real control plane (kube-apiserver, kube-controller-manager, kube-scheduler, etcd), built
 # from the Go modules pinned in lab/controlplane/ into a cache outside the checkout.
 CONTROLPLANE_BUILD := lab/controlplane/build.sh

@@ -29,6 +29,8 @@ from pathlib import Path
 from typing import TextIO
 
 from kube_router_lab.original import cache_dir
+from kube_router_lab.uml_xstate import PreloadError
+from kube_router_lab.uml_xstate import preload
 
 KERNELS = ("auto", "uml", "host")
 UML_MODULES = Path("/usr/lib/uml/modules")
@@ -162,6 +164,10 @@ def run(
     kind = resolve_kernel(kernel)
     check_tools()
     kernel_path = find_uml_kernel() if kind == "uml" else None
+    try:
+        uml_preload = preload() if kind == "uml" else None
+    except PreloadError as exc:
+        raise GuestError(str(exc)) from None
     if not argv:
         raise GuestError("no command to run")
     with tempfile.TemporaryDirectory(prefix="kube-router-lab-") as tmp:
@@ -191,15 +197,17 @@ def run(
                 raise GuestError("unshare not found: install the Debian package util-linux")
             cmd = [unshare, "--net", "--mount", "--propagation", "private", "--",
                    sys.executable, "-m", "kube_router_lab.inside", "init", str(job)]
-        return _supervise(cmd, kind, nonce, out_dir, timeout, out, err, work)
+        return _supervise(cmd, kind, nonce, out_dir, timeout, out, err, work, uml_preload)
 
 
 def _supervise(cmd: list[str], kind: str, nonce: str, out_dir: Path, timeout: float,
-               out: TextIO, err: TextIO, work: Path) -> int:
+               out: TextIO, err: TextIO, work: Path, uml_preload: str | None = None) -> int:
     prefix = marker_prefix(nonce)
     started = time.monotonic()
     # UML needs a place for its memory file; keep it with the run's other files
     penv = {**os.environ, "TMPDIR": str(work)}
+    if uml_preload:
+        penv["LD_PRELOAD"] = uml_preload
     # own session: on timeout the kernel and its helper processes go as one group
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, start_new_session=True, env=penv)
