@@ -72,5 +72,5 @@ def test_invalid_scenario_fails_before_boot(lab, tmp_path) -> None:
     assert res.returncode == 2
     assert res.stderr.strip() == f"{bad}: step 1 (run): unknown substitution ${{foo:bar}} " \
         "(known: ${svc:NAMESPACE/NAME}, ${nodeport:NAMESPACE/NAME:PORT}, " \
-        "${pod:NAMESPACE/NAME}, ${node:NAME})"
+        "${pod:NAMESPACE/NAME}, ${node:NAME}, ${podcidr:NODE})"
     assert time.monotonic() - t0 < 5  # no guest was booted
