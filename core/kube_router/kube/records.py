@@ -71,11 +71,20 @@ def _ports(cls: Callable[..., Any], fields: list[tuple[Any, ...]]) -> tuple[Any,
     return shared
 
 
+#: Labels whose value names one object (a slice's Service, a StatefulSet's pod): a map
+#: holding one belongs to that object alone, so it is not kept for sharing. Kept, the maps
+#: of deleted objects would stay in the cache until its next emptying (under churn, up to
+#: its cap of dead maps).
+_NAMING_LABELS = frozenset({"kubernetes.io/service-name",
+                            "statefulset.kubernetes.io/pod-name"})
+
+
 def _frozen_map(value: Any) -> Mapping[str, str]:
     if not value:
         return _EMPTY
+    own = not _NAMING_LABELS.isdisjoint(value)
     try:
-        shared = _MAPS.get(tuple(value.items()))
+        shared = None if own else _MAPS.get(tuple(value.items()))
     except TypeError:  # a value that is not hashable: not a map of strings
         shared = None
     if shared is not None:
@@ -88,8 +97,9 @@ def _frozen_map(value: Any) -> Mapping[str, str]:
             return MappingProxyType({str(k): str(v) for k, v in value.items()})
         items[_str(k, k)] = _str(v, v) if len(v) <= _SHORT else v
     shared = MappingProxyType(items)
-    # Keyed by the shared strings: the parsed ones would otherwise be kept alive.
-    _MAPS[tuple(items.items())] = shared
+    if not own:
+        # Keyed by the shared strings: the parsed ones would otherwise be kept alive.
+        _MAPS[tuple(items.items())] = shared
     return shared
 
 

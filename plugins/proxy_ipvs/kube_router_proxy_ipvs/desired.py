@@ -100,6 +100,10 @@ def skip_reason(svc: Service) -> str | None:
     return None
 
 
+#: Up to this many real servers a lookup scans the tuple (as fast as a set at this size).
+SCAN_LIMIT = 16
+
+
 class Dests(Mapping[tuple[str, int], int]):
     """Real servers sharing one port and one weight, the common case, as the mapping
     (ip, port) -> weight without a tuple and a dict entry per endpoint: a cold sync of
@@ -113,20 +117,25 @@ class Dests(Mapping[tuple[str, int], int]):
         self.weight = weight
         self._set: frozenset[str] | None = None
 
-    def _ip_set(self) -> frozenset[str]:
+    def _has(self, ip: object) -> bool:
+        ips = self.ips
+        if len(ips) <= SCAN_LIMIT:
+            return ip in ips
+        # Only long lists keep a set for lookups: one per Service of ten endpoints, kept
+        # for the life of its state, was megabytes at ten thousand Services.
         found = self._set
         if found is None:
-            found = self._set = frozenset(self.ips)
-        return found
+            found = self._set = frozenset(ips)
+        return ip in found
 
     def __getitem__(self, key: tuple[str, int]) -> int:
-        if key[1] == self.port and key[0] in self._ip_set():
+        if key[1] == self.port and self._has(key[0]):
             return self.weight
         raise KeyError(key)
 
     def __contains__(self, key: object) -> bool:
         return (isinstance(key, tuple) and len(key) == 2 and key[1] == self.port
-                and key[0] in self._ip_set())
+                and self._has(key[0]))
 
     def __iter__(self) -> Iterator[tuple[str, int]]:
         port = self.port
@@ -137,8 +146,11 @@ class Dests(Mapping[tuple[str, int], int]):
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, Dests):
+            # (ips are unique, so equal lengths and each found is the same set; the sets
+            # for a different order are built for this comparison only)
             return (self.port == other.port and self.weight == other.weight
-                    and (self.ips == other.ips or self._ip_set() == other._ip_set()))
+                    and len(self.ips) == len(other.ips)
+                    and (self.ips == other.ips or frozenset(self.ips) == frozenset(other.ips)))
         return Mapping.__eq__(self, other)
 
     __hash__ = None  # type: ignore[assignment]

@@ -229,7 +229,13 @@ class IPVSManager:
         actual = self.actual
         if not self.graceful:
             if actual or type(desired) is not dict:
-                actual.update(desired)
+                for key, want in desired.items():
+                    if actual.get(key) is want:
+                        continue  # a full resync's common case: the same object
+                    # An assignment keeps the dict's old key beside the value's equal new
+                    # one: popping first leaves one key object per service, not two.
+                    actual.pop(key, None)
+                    actual[key] = want
             else:
                 # The first sync: its table becomes the cache (see apply), saving a copy of
                 # thousands of entries in fresh memory.
@@ -242,6 +248,7 @@ class IPVSManager:
                     for dkey in have.dests:
                         if dkey not in dests and (key, dkey) in self.draining:
                             dests[dkey] = 0
+                actual.pop(key, None)  # (one key object per service, as above)
                 actual[key] = VirtualServer(key, want.attrs, dests)
         for key in remove:
             if key not in desired and key in self.actual and self.owns(key):

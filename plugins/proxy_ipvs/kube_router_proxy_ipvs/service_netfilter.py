@@ -249,10 +249,17 @@ class ServiceNetfilter:
             if have is None:  # not there (or not read yet): built whole and swapped in
                 lines += ipset.swap_script(name, types[name], sorted(members), family=fam,
                                            tmp_suffix=SET_TMP_SUFFIX)
+                self._sets[name] = members
             else:
-                moves += [(name, m, False) for m in sorted(have - members)]
-                moves += [(name, m, True) for m in sorted(members - have)]
-            self._sets[name] = members
+                gone, added = have - members, members - have
+                moves += [(name, m, False) for m in sorted(gone)]
+                moves += [(name, m, True) for m in sorted(added)]
+                # The record held is changed in place: a partial sync rebuilds the members
+                # of every Service, and keeping that copy instead would put thousands of
+                # fresh strings in a long-lived set at each change (scattering it over the
+                # heap as the churn goes on); the copy dies at once this way.
+                have -= gone
+                have |= added
         if len(moves) > MAX_NETLINK_MOVES:  # many at once: one process beats many messages
             lines = [f"{'add' if add else 'del'} {n} {m} -exist" for n, m, add in moves] + lines
             moves = []

@@ -389,3 +389,23 @@ def test_caches_are_emptied_past_their_caps(monkeypatch: pytest.MonkeyPatch) -> 
     for i, svc in enumerate(decoded):
         assert svc.meta.labels == {"app": f"app-{i}"}
         assert svc.ports[0].port == 1000 + i
+
+
+def test_a_map_with_a_label_naming_one_object_is_not_kept_for_sharing() -> None:
+    records._STRINGS.clear()
+    records._MAPS.clear()
+    labels = {"kubernetes.io/service-name": "web-7", "app": "web",
+              "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io"}
+    objs = [_slice([{"addresses": ["10.2.0.5"]}]) for _ in range(2)]
+    for obj in objs:
+        obj["metadata"]["labels"] = dict(labels)
+    first, second = (records.decode_endpointslice(_parsed(o)) for o in objs)
+    assert first.meta.labels == second.meta.labels == labels
+    assert first.service_name == "web-7"
+    assert first.service_name is first.meta.labels["kubernetes.io/service-name"]
+    assert not records._MAPS and first.meta.labels is not second.meta.labels
+    # the keys and values are still shared (a big Service has several slices)
+    assert first.service_name is second.service_name
+    assert first.meta.labels["app"] is second.meta.labels["app"]
+    pod = records.decode_service(_served_svc("s", {"app": "web"}))
+    assert pod.meta.labels["app"] is first.meta.labels["app"] and records._MAPS

@@ -339,3 +339,41 @@ def test_the_common_service_s_short_path_gives_the_general_result(case: str,
     assert [vs.key for vs in short.servers] == [vs.key for vs in general.servers]
     if case != "an unsupported protocol":
         assert short.servers and short.vips == ("10.96.0.10",)
+
+
+def test_short_dests_keep_no_lookup_set_and_long_ones_still_compare_as_sets() -> None:
+    from kube_router_proxy_ipvs.desired import SCAN_LIMIT
+    from kube_router_proxy_ipvs.desired import Dests
+
+    short = Dests(("10.2.0.5", "10.2.0.6"), 8080)
+    assert short == Dests(("10.2.0.6", "10.2.0.5"), 8080)
+    assert ("10.2.0.6", 8080) in short and short[("10.2.0.5", 8080)] == 1
+    assert short._set is None  # a state kept across syncs holds no set per Service
+    ips = tuple(f"10.3.0.{i}" for i in range(SCAN_LIMIT + 4))
+    long = Dests(ips, 80)
+    assert (ips[-1], 80) in long and (ips[0], 81) not in long and ("10.4.0.1", 80) not in long
+    assert long == Dests(tuple(reversed(ips)), 80)
+    assert long != Dests((*ips[:-1], "10.4.0.1"), 80)
+    assert long != Dests(ips[:-1], 80) and Dests(ips[:-1], 80) != long
+
+
+def test_a_changed_service_leaves_one_key_object_in_the_cache() -> None:
+    from kube_router_proxy_ipvs.desired import Dests
+    from kube_router_proxy_ipvs.desired import VirtualServer
+    from kube_router_proxy_ipvs.ipvs_manager import IPVSManager
+
+    def server(ips: tuple[str, ...]) -> VirtualServer:
+        # a new key object each time, as a recomputed Service gives
+        k = nl.ServiceKey(socket.AF_INET, socket.IPPROTO_TCP, "10.96.0.10", 80)
+        return VirtualServer(k, nl.ServiceAttrs(), Dests(ips, 8080))
+
+    for graceful in (False, True):
+        mgr = IPVSManager(lambda k: True, graceful=graceful)
+        first = server(("10.2.0.5",))
+        mgr._commit({first.key: first}, ())
+        second = server(("10.2.0.6",))
+        assert second.key == first.key and second.key is not first.key
+        mgr._commit({second.key: second}, ())
+        (cached,) = mgr.actual
+        assert cached is second.key and mgr.actual[cached].key is second.key
+        assert dict(mgr.actual[cached].dests) == {("10.2.0.6", 8080): 1}
