@@ -123,6 +123,32 @@ def _mem_report(out):
               f"free={m.fordblks >> 10} mmapped={m.hblkhd >> 10} n_mmaps={m.hblks} "
               f"topfree={m.keepcost >> 10}", file=out)
     print("pymalloc:", _pymalloc(), "allocated_blocks:", sys.getallocatedblocks(), file=out)
+def _tables(out):
+    # the records module's sharing tables: entries, and the bytes only the table keeps
+    # (values no record holds; a string's table key is its value, so two references)
+    rec = sys.modules.get("kube_router.kube.records")
+    if rec is None:
+        return
+    for name in ("_STRINGS", "_MAPS", "_PORTS"):
+        table = getattr(rec, name, None)
+        if not isinstance(table, dict):
+            continue
+        only = only_bytes = 0
+        for key in list(table):  # a copy: the informers' threads may add meanwhile
+            value = table.get(key)
+            if name == "_STRINGS":  # the table's key and value, the copy's, key, value, the call's
+                alone = sys.getrefcount(value) <= 6
+                size = sys.getsizeof(value)
+            else:  # the table's value, ours, the call's
+                alone = sys.getrefcount(value) <= 3
+                size = (sys.getsizeof(key) + sum(sys.getsizeof(i) for i in key)
+                        + sum(sys.getsizeof(i) for i in gc.get_referents(value))
+                        + sys.getsizeof(value))
+            if alone:
+                only += 1
+                only_bytes += size
+        print(f"table {name}: entries={len(table)} dict_kib={sys.getsizeof(table) >> 10} "
+              f"only_in_table={only} only_in_table_kib={only_bytes >> 10}", file=out)
 def _report(signum, frame):
     was = gc.isenabled()
     gc.disable()  # no collection of its own while it looks
@@ -133,6 +159,7 @@ def _report(signum, frame):
     print(f"== {time.strftime('%H:%M:%S')} rss_mib={_rss()} frozen={frozen} "
           f"tracked={sum(types.values())}", file=out)
     print("types:", types.most_common(20), file=out)
+    _tables(out)
     _mem_report(out)
     if frames:
         snap = tracemalloc.take_snapshot()

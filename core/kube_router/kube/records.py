@@ -72,9 +72,9 @@ def _ports(cls: Callable[..., Any], fields: list[tuple[Any, ...]]) -> tuple[Any,
 
 
 #: Labels whose value names one object (a slice's Service, a StatefulSet's pod): a map
-#: holding one belongs to that object alone, so it is not kept for sharing. Kept, the maps
-#: of deleted objects would stay in the cache until its next emptying (under churn, up to
-#: its cap of dead maps).
+#: holding one belongs to that object alone, so neither it nor that value is kept for
+#: sharing. Kept, the maps and names of deleted objects would stay in the caches until
+#: their next emptying: under churn, up to their caps of dead entries, which is growth.
 _NAMING_LABELS = frozenset({"kubernetes.io/service-name",
                             "statefulset.kubernetes.io/pod-name"})
 
@@ -95,7 +95,8 @@ def _frozen_map(value: Any) -> Mapping[str, str]:
             # Not from a valid object. Made of strings, and not kept: {"a": 1} must not
             # come back for {"a": True}.
             return MappingProxyType({str(k): str(v) for k, v in value.items()})
-        items[_str(k, k)] = _str(v, v) if len(v) <= _SHORT else v
+        unshared = len(v) > _SHORT or (own and k in _NAMING_LABELS)
+        items[_str(k, k)] = v if unshared else _str(v, v)
     shared = MappingProxyType(items)
     if not own:
         # Keyed by the shared strings: the parsed ones would otherwise be kept alive.

@@ -331,7 +331,7 @@ def test_recurring_strings_are_one_object() -> None:
     assert a.meta.namespace is b.meta.namespace
     assert a.endpoints[0].node_name is b.endpoints[0].node_name
     assert a.address_type is b.address_type
-    assert a.service_name is b.service_name is a.meta.labels["kubernetes.io/service-name"]
+    assert a.service_name is a.meta.labels["kubernetes.io/service-name"]
     assert a.ports is b.ports  # equal ports: one tuple of records
     assert a.ports[0].protocol == "TCP"
     pod = records.decode_pod(_parsed({
@@ -404,8 +404,11 @@ def test_a_map_with_a_label_naming_one_object_is_not_kept_for_sharing() -> None:
     assert first.service_name == "web-7"
     assert first.service_name is first.meta.labels["kubernetes.io/service-name"]
     assert not records._MAPS and first.meta.labels is not second.meta.labels
-    # the keys and values are still shared (a big Service has several slices)
-    assert first.service_name is second.service_name
+    # nor is the name: once the Service is gone, nothing would ever ask for it again
+    assert "web-7" not in records._STRINGS
+    # the other keys and values are still shared
     assert first.meta.labels["app"] is second.meta.labels["app"]
+    assert first.meta.labels["endpointslice.kubernetes.io/managed-by"] \
+        is second.meta.labels["endpointslice.kubernetes.io/managed-by"]
     pod = records.decode_service(_served_svc("s", {"app": "web"}))
     assert pod.meta.labels["app"] is first.meta.labels["app"] and records._MAPS
