@@ -160,6 +160,21 @@ def _report(signum, frame):
           f"tracked={sum(types.values())}", file=out)
     print("types:", types.most_common(20), file=out)
     _tables(out)
+    # A dict or set that has lost and gained entries resizes for its entries and the
+    # deleted ones: one of 10,000 entries doubles its table under churn.
+    # (A dict of atomic values is not tracked: found through what refers to it.)
+    big = collections.Counter()
+    seen = set()
+    for o in gc.get_objects():
+        for c in (o, *gc.get_referents(o)):
+            if type(c) in (dict, set) and id(c) not in seen:
+                seen.add(id(c))
+                size = sys.getsizeof(c)
+                if size >= 65536:
+                    big[type(c).__name__ + "_n"] += 1
+                    big[type(c).__name__ + "_kib"] += size >> 10
+    del seen
+    print("dicts and sets >= 64 KiB:", dict(big), file=out)
     _mem_report(out)
     if frames:
         snap = tracemalloc.take_snapshot()
