@@ -164,6 +164,7 @@ def _report(signum, frame):
     # deleted ones: one of 10,000 entries doubles its table under churn.
     # (A dict of atomic values is not tracked: found through what refers to it.)
     big = collections.Counter()
+    each = []
     seen = set()
     for o in gc.get_objects():
         for c in (o, *gc.get_referents(o)):
@@ -173,8 +174,10 @@ def _report(signum, frame):
                 if size >= 65536:
                     big[type(c).__name__ + "_n"] += 1
                     big[type(c).__name__ + "_kib"] += size >> 10
+                    each.append((type(c).__name__, len(c), size >> 10))
     del seen
-    print("dicts and sets >= 64 KiB:", dict(big), file=out)
+    print("dicts and sets >= 64 KiB:", dict(big), "(kind, entries, KiB):", sorted(each),
+          file=out)
     _mem_report(out)
     if frames:
         snap = tracemalloc.take_snapshot()
