@@ -37,13 +37,14 @@ CLUSTER_SCOPED = ("Namespace", "Node")
 
 SUBST_RE = re.compile(r"\$\{([^}]*)\}")
 _NSNAME = r"[^/\s:{}]+/[^/\s:{}]+"
+_NAME = re.compile(r"^[^/\s:{}]+$")
 #: substitution kind -> (pattern of its argument, how the argument is written)
 SUBST_KINDS = {
     "svc": (re.compile(rf"^{_NSNAME}$"), "NAMESPACE/NAME"),
     "nodeport": (re.compile(rf"^{_NSNAME}:\d+$"), "NAMESPACE/NAME:PORT"),
     "pod": (re.compile(rf"^{_NSNAME}$"), "NAMESPACE/NAME"),
-    "node": (re.compile(r"^[^/\s:{}]+$"), "NAME"),
-    "podcidr": (re.compile(r"^[^/\s:{}]+$"), "NODE"),
+    "node": (_NAME, "NAME"),
+    "podcidr": (_NAME, "NODE"),
 }
 #: ``NS/POD:PORT`` (PORT a number or one of the pod's containerPort names) or
 #: ``svc:NS/NAME:PORT``, each optionally ``/tcp``, ``/udp`` or ``/sctp``
