@@ -23,13 +23,15 @@
 
 typedef long (*ptrace_fn)(enum __ptrace_request, pid_t, void *, void *);
 
-static size_t host_size(ptrace_fn real, pid_t pid)
+#define WIDE (1 << 16) /* more than any XSAVE layout so far (AMX: 11,008 bytes) */
+
+/* The host's size, from a GETREGSET into ``buf``: the kernel reports how much of it its
+ * layout fills. */
+static size_t host_size(ptrace_fn real, pid_t pid, unsigned char *buf)
 {
 	static size_t size;
 	if (size == 0) {
-		/* a GETREGSET reports how much of the buffer the kernel's layout fills */
-		static unsigned char probe[1 << 16];
-		struct iovec iov = { probe, sizeof probe };
+		struct iovec iov = { buf, WIDE };
 		if (real(PTRACE_GETREGSET, pid, (void *)NT_X86_XSTATE, &iov) == 0)
 			size = iov.iov_len;
 	}
@@ -54,10 +56,11 @@ long ptrace(enum __ptrace_request request, ...)
 
 	if (request == PTRACE_SETREGSET && (long)addr == NT_X86_XSTATE) {
 		struct iovec *given = data;
-		size_t size = host_size(real, pid);
-		if (size > given->iov_len && size <= (1 << 16)) {
-			if (wide == NULL && (wide = malloc(1 << 16)) == NULL)
-				return real(request, pid, addr, data);
+		size_t size;
+		if (wide == NULL && (wide = malloc(WIDE)) == NULL)
+			return real(request, pid, addr, data);
+		size = host_size(real, pid, wide);
+		if (size > given->iov_len && size <= WIDE) {
 			memcpy(wide, given->iov_base, given->iov_len);
 			memset(wide + given->iov_len, 0, size - given->iov_len);
 			struct iovec iov = { wide, size };
