@@ -394,6 +394,11 @@ def test_udp_client_of_a_terminating_endpoint_moves_on_when_it_is_gone(
     asyncio.run(main())
 
 
+# Fixed client ports above the kernel's ephemeral range (32768-60999): a port inside it may
+# be held at that moment by any other connection in the guest, and the bind would fail.
+REUSED_PORTS = (61000, 61100, 61200, 61300)
+
+
 def _ipvs_conn_dest(client_port: int) -> str | None:
     """The real server IPVS holds for a client port's connection to the VIP, if any."""
     with open("/proc/net/ip_vs_conn") as f:
@@ -432,7 +437,7 @@ def test_reused_source_port_goes_to_a_ready_endpoint_not_the_terminating_one(
     is scheduled again (to the ready pod), neither sent to the terminating one nor held up."""
     async def main() -> None:
         ctl = await controller(k8s, TCP, TCP_TARGET, pods)
-        port = 41000
+        port = REUSED_PORTS[0]
         first = _conn_from(port)
         ending = first.pod
         ready = pods[1] if ending == pods[0] else pods[0]
@@ -460,7 +465,7 @@ def test_reused_source_port_is_scheduled_again(
     may be gone by then or shutting down."""
     async def main() -> None:
         ctl = await controller(k8s, TCP, TCP_TARGET, pods)
-        port = 41100
+        port = REUSED_PORTS[1]
         first = _conn_from(port)
         _reset(first)
         assert _ipvs_conn_dest(port) == first.pod
@@ -479,7 +484,7 @@ def test_reused_source_port_after_its_real_server_is_removed(
     the new connection must reach the pod that is left without being held up."""
     async def main() -> None:
         ctl = await controller(k8s, TCP, TCP_TARGET, pods)
-        port = 41200
+        port = REUSED_PORTS[2]
         first = _conn_from(port)
         gone = first.pod
         left = pods[1] if gone == pods[0] else pods[0]
@@ -546,7 +551,7 @@ def test_reused_source_port_after_server_closed_and_real_server_removed(
         async def main() -> None:
             target = [("http", "TCP", 8081)]
             ctl = await controller(k8s, TCP, target, pods)
-            port = 41300
+            port = REUSED_PORTS[3]
             gone = _closed_by_server_from(port)
             left = pods[1] if gone == pods[0] else pods[0]
             entry = subprocess.run(["ipvsadm", "-Lnc"], capture_output=True, text=True).stdout
