@@ -63,7 +63,36 @@ from kube_router.linux.memory import trim
 frames = int(os.environ.get("PROBE_FRAMES", "0"))
 if frames:
     tracemalloc.start(frames)
-state = {"snap": None, "reports": 0}
+state = {"snap": None, "reports": 0, "windows": []}
+def _watch_peaks():
+    # With PROBE_PEAKS=1: the moments the most small objects were alive (a full sync's
+    # temporaries open arenas that the objects allocated beside them keep), each second's
+    # highest count of pymalloc blocks and what every other thread was doing then.
+    import threading, traceback
+    me = threading.get_ident()
+    while True:
+        end = time.monotonic() + 1.0
+        top, stacks = -1, None
+        while time.monotonic() < end:
+            n = sys.getallocatedblocks()
+            if n > top:
+                top = n
+                stacks = {tid: traceback.extract_stack(f)[-7:]
+                          for tid, f in sys._current_frames().items() if tid != me}
+            time.sleep(0.005)
+        state["windows"].append((top, time.strftime("%H:%M:%S"), stacks))
+if os.environ.get("PROBE_PEAKS") == "1":
+    import threading
+    threading.Thread(target=_watch_peaks, daemon=True).start()
+def _peaks(out):
+    windows, state["windows"] = state["windows"], []
+    now = sys.getallocatedblocks()
+    for top, when, stacks in sorted(windows, key=lambda w: w[0], reverse=True)[:6]:
+        print(f"peak {when}: blocks={top} (+{top - now} over now)", file=out)
+        for tid, st in (stacks or {}).items():
+            where = (f"{os.path.basename(fr.filename)}:{fr.name}:{fr.lineno}"
+                     for fr in reversed(st))
+            print("   thread", tid, " <- ".join(where), file=out)
 def _rss():
     for line in open("/proc/self/status"):
         if line.startswith("VmRSS"):
@@ -179,6 +208,7 @@ def _report(signum, frame):
     print("dicts and sets >= 64 KiB:", dict(big), "(kind, entries, KiB):", sorted(each),
           file=out)
     _mem_report(out)
+    _peaks(out)
     if frames:
         snap = tracemalloc.take_snapshot()
         if state["snap"] is not None:
@@ -523,7 +553,8 @@ def main() -> None:
     p.add_argument("--diagnose", action="store_true",
                    help="print the agent's tracked objects by type at synced and after "
                         "churn, and how much a collection of its frozen heap gives back "
-                        "(PROBE_FRAMES=N also traces allocations: far slower)")
+                        "(PROBE_FRAMES=N also traces allocations: far slower; PROBE_PEAKS=1 prints "
+                        "the seconds with the most small objects alive and what ran then)")
     p.add_argument("--enable", default="",
                    help="a subset of the installed plugins to run, comma separated "
                         "(default: every installed one of proxy, router, firewall)")

@@ -16,7 +16,11 @@ import struct
 import threading
 from collections.abc import Callable
 from collections.abc import Iterable
+from collections.abc import Iterator
+from collections.abc import Mapping
 from collections.abc import Sequence
+from collections.abc import Set as AbstractSet
+from typing import TypeVar
 
 from kube_router.errors import TemporaryError
 from kube_router.linux import netlink
@@ -25,6 +29,8 @@ from kube_router.linux.run import restore as run_restore
 from kube_router.linux.run import restore_text
 from kube_router.linux.run import run
 from kube_router.linux.run import run_sync
+
+_Members = TypeVar("_Members", bound=AbstractSet[str])
 
 
 def swap_script(name: str, settype: str, members: Iterable[str], *, family: str = "inet",
@@ -107,21 +113,60 @@ def save_sync() -> str:
     return out
 
 
-def parse_save(text: str, wanted: Callable[[str], bool]) -> dict[str, tuple[str, set[str]]]:
+def parse_save(text: str, wanted: Callable[[str], bool],
+               held: Mapping[str, _Members] | None = None,
+               ) -> dict[str, tuple[str, set[str] | _Members]]:
     """name -> (type, members) for the sets ``wanted`` accepts, from ``ipset save``.
 
     A member keeps its options as saved (``10.1.0.0/16 nomatch``); ipset prints a host
-    prefix (/32, /128) of a hash:net member as the bare address.
+    prefix (/32, /128) of a hash:net member as the bare address. ``ipset save`` prints
+    each set's ``add`` lines right after its ``create`` line.
+
+    Where ``held`` has a set's members as the kernel has them, that very object comes
+    back instead of a copy, and the sets not wanted are skipped unread: a periodic read
+    of tens of thousands of members otherwise makes as many short-lived strings, and the
+    objects other threads allocate meanwhile keep their memory from being given back.
     """
-    sets: dict[str, tuple[str, set[str]]] = {}
-    for line in text.splitlines():
-        verb, _, rest = line.partition(" ")
+    sets: dict[str, tuple[str, set[str] | _Members]] = {}
+    pos, end = 0, len(text)
+    while pos < end:
+        eol = text.find("\n", pos)
+        if eol < 0:
+            eol = end
+        verb, _, rest = text[pos:eol].partition(" ")
+        nxt = text.find("\ncreate ", eol)  # the next set's first line, or the end
+        stop = end if nxt < 0 else nxt
         name, _, tail = rest.partition(" ")
         if verb == "create" and wanted(name):
-            sets[name] = (tail.split(" ", 1)[0], set())
-        elif verb == "add" and name in sets:
-            sets[name][1].add(tail.strip())
+            prefix = f"add {name} "
+            old = held.get(name) if held is not None else None
+            if old is not None and _same(_members(text, eol + 1, stop, prefix), old):
+                sets[name] = (tail.split(" ", 1)[0], old)
+            else:
+                sets[name] = (tail.split(" ", 1)[0], set(_members(text, eol + 1, stop, prefix)))
+        pos = stop + 1
     return sets
+
+
+def _members(text: str, start: int, stop: int, prefix: str) -> Iterator[str]:
+    """The members on the lines of text[start:stop] that begin with ``prefix``."""
+    skip = len(prefix)
+    while start < stop:
+        eol = text.find("\n", start, stop)
+        if eol < 0:
+            eol = stop
+        if text.startswith(prefix, start, eol):
+            yield text[start + skip:eol].strip()
+        start = eol + 1
+
+
+def _same(members: Iterator[str], held: AbstractSet[str]) -> bool:
+    count = 0
+    for m in members:
+        if m not in held:
+            return False
+        count += 1
+    return count == len(held)
 
 
 #: Protocols of hash:ip,port members, by the name ``ipset save`` prints.

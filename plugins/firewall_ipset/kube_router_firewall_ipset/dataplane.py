@@ -103,9 +103,15 @@ class Dataplane:
         keep_equal(self.chains, {c: tuple(r) for c, r in chains.items()})
         self.jumps = all(rules[:1] == [builtin_jump(b)] for b, rules in builtin.items())
         want6 = self.family == 6
-        found = ipset.parse_save(await ipset.save(), lambda n: nm.owned_set(n) and (
-            n.startswith(nm.V6_PREFIX) == want6) and not n.removeprefix(nm.V6_PREFIX)
-            .startswith(nm.TMP_PREFIX))
+
+        def ours(n: str) -> bool:
+            return (nm.owned_set(n) and n.startswith(nm.V6_PREFIX) == want6
+                    and not n.removeprefix(nm.V6_PREFIX).startswith(nm.TMP_PREFIX))
+
+        held = {n: members for n, (_, members) in self.sets.items()}
+        found = ipset.parse_save(await ipset.save(), ours, held)
+        # a set the kernel holds unchanged comes back as the one held (frozenset() of
+        # a frozenset is itself): no copy is made at every period
         keep_equal(self.sets, {n: (t, frozenset(m)) for n, (t, m) in found.items()})
         self.known = True
         return time.monotonic() - started

@@ -121,14 +121,30 @@ class IPVSManager:
         return await self._in_turn(self._drift)
 
     def _drift(self) -> list[str]:
+        # Each dumped service is looked at and dropped: this runs at every full sync, and
+        # a table of ten thousand held at once is megabytes of short-lived objects, whose
+        # memory the records other threads allocate meanwhile keep from being given back.
         assert self.sock is not None
-        kernel = {s.key: s.attrs for s in self.sock.services(stats=False)
-                  if s.key is not None}
         actual = self.actual
-        gone = [k for k in actual if k not in kernel]
-        changed = [k for k, attrs in kernel.items() if k in actual
-                   and actual[k].attrs != attrs]
-        unknown = [k for k in kernel if k not in actual and self.owns(k)]
+        found = 0
+        changed: list[nl.ServiceKey] = []
+        unknown: list[nl.ServiceKey] = []
+        for svc in self.sock.each_service(stats=False):
+            key = svc.key
+            if key is None:
+                continue
+            vs = actual.get(key)
+            if vs is None:
+                if self.owns(key):
+                    unknown.append(key)
+                continue
+            found += 1
+            if vs.attrs != svc.attrs:
+                changed.append(key)
+        gone: list[nl.ServiceKey] = []
+        if found < len(actual):  # some are missing: which, from a set of the keys alone
+            there = {svc.key for svc in self.sock.each_service(stats=False)}
+            gone = [k for k in actual if k not in there]
         return [f"{what}={len(keys)} (first {keys[0]})" for what, keys in
                 (("missing", gone), ("changed", changed), ("unknown", unknown)) if keys]
 

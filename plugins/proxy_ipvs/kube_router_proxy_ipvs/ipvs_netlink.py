@@ -18,6 +18,7 @@ import socket
 import struct
 from collections.abc import Callable
 from collections.abc import Iterable
+from collections.abc import Iterator
 from collections.abc import Sequence
 from dataclasses import dataclass
 from dataclasses import field
@@ -872,8 +873,14 @@ class IPVSSocket:
                       ack=True)
 
     def services(self, stats: bool = True) -> list[DumpedService]:
+        return list(self.each_service(stats))
+
+    def each_service(self, stats: bool = True) -> Iterator[DumpedService]:
+        """The dumped services one at a time, as they are read: a caller that looks at
+        each and keeps none never holds the whole table."""
         body = _GENL.pack(CMD_GET_SERVICE, IPVS_GENL_VERSION, 0)
-        return [decode_service(p, stats) for p in self._dump(body, "IPVS service dump")]
+        for _t, payload in self.nl.dump(self.family, body, "IPVS service dump", IPVSError):
+            yield decode_service(payload[_GENL.size :], stats)
 
     def dests(self, key: ServiceKey, stats: bool = True) -> list[DumpedDest]:
         return [decode_dest(p, key.af, stats)

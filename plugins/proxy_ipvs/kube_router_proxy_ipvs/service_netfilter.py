@@ -221,14 +221,14 @@ class ServiceNetfilter:
             self.processes += 1
             text = await ipset.save()
         types = self._set_types(family)
-        found = ipset.parse_save(text, types.__contains__)
+        # the record held comes back when the kernel agrees with it: no copy is made
+        # to replace it in fresh memory every period
+        found = ipset.parse_save(text, types.__contains__, self._sets)
         for name in types:
-            old = self._sets.pop(name, None)
+            self._sets.pop(name, None)
             stype, members = found.get(name, ("", set()))
             if stype == types[name]:
-                # the record held stays when the kernel agrees with it: the read copy
-                # dies at once instead of replacing it in fresh memory every period
-                self._sets[name] = old if old == members else members
+                self._sets[name] = members
 
     def _set_types(self, family: int) -> dict[str, str]:
         return {set_name(SVIP, family): "hash:ip", set_name(SVIP_PRT, family): "hash:ip,port",

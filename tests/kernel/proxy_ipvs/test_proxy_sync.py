@@ -161,8 +161,15 @@ def test_later_full_sync_repairs_what_others_changed(world: World) -> None:
         world.sh(["ipvsadm", "-D", "-t", "10.96.0.10:80"])
         world.sh(["ipvsadm", "-E", "-u", "10.96.0.53:53", "-s", "wrr"])
         world.sh(["ip", "addr", "del", "10.96.0.53/32", "dev", "kube-dummy-if"])
+        # and one added in the service range, which no Service wants
+        world.sh(["ipvsadm", "-A", "-t", "10.96.7.7:80"])
+        drift = await ctl.ipvs.drift()
+        assert [d.split(" ")[0] for d in drift] == ["missing=1", "changed=1", "unknown=1"]
+        assert "10.96.0.10" in drift[0] and "10.96.0.53" in drift[1], drift
         await ctl.sync(None)  # as every --ipvs-sync-period
         world.all_in_place()
+        assert await ctl.ipvs.drift() == []
+        assert "10.96.7.7" not in world.sh(["ipvsadm", "-Ln"])
         # the link itself deleted
         world.sh(["ip", "link", "del", "kube-dummy-if"])
         await ctl.sync(None)
