@@ -338,7 +338,11 @@ def _socket() -> nl.Socket:
 
 def addresses(index: int) -> set[str]:
     """Every address on link ``index``, both families (blocking)."""
-    out: set[str] = set()
+    return set(each_address(index))
+
+
+def each_address(index: int) -> Iterator[str]:
+    """Every address on link ``index``, both families, one at a time as read (blocking)."""
     with _socket() as sock:
         for mtype, payload in sock.dump(RTM_GETADDR, _IFADDR.pack(0, 0, 0, 0, index),
                                      f"address dump link={index}"):
@@ -348,8 +352,7 @@ def addresses(index: int) -> set[str]:
             attrs = nl.parse_attrs(payload, _IFADDR.size)
             raw = attrs.get(IFA_LOCAL) or attrs.get(IFA_ADDRESS)
             if raw:
-                out.add(socket.inet_ntop(family, raw))
-    return out
+                yield socket.inet_ntop(family, raw)
 
 
 def addresses_except(skip: AbstractSet[int]) -> list[str]:
@@ -390,6 +393,13 @@ def _dump_local(sock: nl.Socket, index: int, fam: int) -> Iterator[tuple[str, st
         src = socket.inet_ntop(family, attrs[RTA_PREFSRC]) if RTA_PREFSRC in attrs else ""
         metric = _INT.unpack(attrs[RTA_PRIORITY][:4])[0] if RTA_PRIORITY in attrs else 0
         yield dst, src, metric
+
+
+def each_local_route(index: int, fam: int) -> Iterator[tuple[str, str, int]]:
+    """(destination, preferred source or "", metric) of the local-table host routes
+    through link ``index`` in one family, one at a time as read (blocking)."""
+    with _socket() as sock:
+        yield from _dump_local(sock, index, fam)
 
 
 def local_routes(index: int) -> dict[str, str]:

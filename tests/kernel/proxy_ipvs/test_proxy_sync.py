@@ -161,6 +161,7 @@ def test_later_full_sync_repairs_what_others_changed(world: World) -> None:
         world.sh(["ipvsadm", "-D", "-t", "10.96.0.10:80"])
         world.sh(["ipvsadm", "-E", "-u", "10.96.0.53:53", "-s", "wrr"])
         world.sh(["ip", "addr", "del", "10.96.0.53/32", "dev", "kube-dummy-if"])
+        assert ctl.dummy.drift() == "addresses=1 expected=2"
         # and one added in the service range, which no Service wants
         world.sh(["ipvsadm", "-A", "-t", "10.96.7.7:80"])
         drift = await ctl.ipvs.drift()
@@ -170,6 +171,14 @@ def test_later_full_sync_repairs_what_others_changed(world: World) -> None:
         world.all_in_place()
         assert await ctl.ipvs.drift() == []
         assert "10.96.7.7" not in world.sh(["ipvsadm", "-Ln"])
+        assert ctl.dummy.drift() is None
+        # a VIP's local route given another source
+        world.sh(["ip", "route", "replace", "table", "local", "local", "10.96.0.10", "dev",
+                  "kube-dummy-if", "proto", "kernel", "scope", "host", "src", "127.0.0.1"])
+        assert ctl.dummy.drift() == "route_sources_changed=1"
+        await ctl.sync(None)
+        assert ctl.dummy.drift() is None
+        world.all_in_place()
         # the link itself deleted
         world.sh(["ip", "link", "del", "kube-dummy-if"])
         await ctl.sync(None)
