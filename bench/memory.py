@@ -80,14 +80,15 @@ def _watch_peaks():
                 stacks = {tid: traceback.extract_stack(f)[-7:]
                           for tid, f in sys._current_frames().items() if tid != me}
             time.sleep(0.005)
-        state["windows"].append((top, time.strftime("%H:%M:%S"), stacks))
+        windows = [*state["windows"], (top, time.strftime("%H:%M:%S"), stacks)]
+        state["windows"] = sorted(windows, key=lambda w: w[0], reverse=True)[:6]
 if os.environ.get("PROBE_PEAKS") == "1":
     import threading
     threading.Thread(target=_watch_peaks, daemon=True).start()
 def _peaks(out):
     windows, state["windows"] = state["windows"], []
     now = sys.getallocatedblocks()
-    for top, when, stacks in sorted(windows, key=lambda w: w[0], reverse=True)[:6]:
+    for top, when, stacks in windows:
         print(f"peak {when}: blocks={top} (+{top - now} over now)", file=out)
         for tid, st in (stacks or {}).items():
             where = (f"{os.path.basename(fr.filename)}:{fr.name}:{fr.lineno}"
