@@ -58,7 +58,8 @@ def _ep_ip(i: int, j: int, gen: int = 0) -> str:
 # report, objects by type (frozen ones included), and how much of the frozen heap was
 # unreachable cycles that only an unfreeze and a collection give back.
 PROBE = r"""
-import collections, ctypes, ctypes.util, gc, os, signal, sys, tempfile, time, tracemalloc
+import collections, ctypes, ctypes.util, gc, os, signal, sys, tempfile, threading, time
+import traceback, tracemalloc
 from kube_router.linux.memory import trim
 frames = int(os.environ.get("PROBE_FRAMES", "0"))
 if frames:
@@ -68,7 +69,6 @@ def _watch_peaks():
     # With PROBE_PEAKS=1: the moments the most small objects were alive (a full sync's
     # temporaries open arenas that the objects allocated beside them keep), each second's
     # highest count of pymalloc blocks and what every other thread was doing then.
-    import threading, traceback
     me = threading.get_ident()
     while True:
         end = time.monotonic() + 1.0
@@ -83,7 +83,6 @@ def _watch_peaks():
         windows = [*state["windows"], (top, time.strftime("%H:%M:%S"), stacks)]
         state["windows"] = sorted(windows, key=lambda w: w[0], reverse=True)[:6]
 if os.environ.get("PROBE_PEAKS") == "1":
-    import threading
     threading.Thread(target=_watch_peaks, daemon=True).start()
 def _peaks(out):
     windows, state["windows"] = state["windows"], []

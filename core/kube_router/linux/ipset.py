@@ -138,12 +138,12 @@ def parse_save(text: str, wanted: Callable[[str], bool],
         stop = end if nxt < 0 else nxt
         name, _, tail = rest.partition(" ")
         if verb == "create" and wanted(name):
-            prefix = f"add {name} "
+            stype, prefix = tail.split(" ", 1)[0], f"add {name} "
             old = held.get(name) if held is not None else None
             if old is not None and _same(_members(text, eol + 1, stop, prefix), old):
-                sets[name] = (tail.split(" ", 1)[0], old)
+                sets[name] = (stype, old)
             else:
-                sets[name] = (tail.split(" ", 1)[0], set(_members(text, eol + 1, stop, prefix)))
+                sets[name] = (stype, set(_members(text, eol + 1, stop, prefix)))
         pos = stop + 1
     return sets
 
